@@ -1,0 +1,9 @@
+"""User-facing errors: their message is shown to the person who filled the form, so it names the input at fault."""
+
+
+class DlmError(Exception):
+    """Base class of errors caused by user input or by the environment, not by a bug."""
+
+
+class ModelError(DlmError):
+    """A model or tokenizer cannot be found, recognised or loaded as asked."""

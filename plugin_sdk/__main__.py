@@ -1,0 +1,78 @@
+"""Command line: `python -m plugin_sdk {run,list,validate,stop}`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from plugin_sdk.errors import PluginError
+from plugin_sdk.manifest import find_plugin, load_manifest, validate_gallery
+from plugin_sdk.params import read_raw_parameters
+from plugin_sdk.runner import request_stop, run_plugin
+from plugin_sdk.workspace import Workspace
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _gallery() -> list[dict]:
+    return json.loads((REPO_ROOT / "index.json").read_text(encoding="utf-8"))
+
+
+def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
+    plugin_dir = Path(args.plugin) if Path(args.plugin).is_dir() else find_plugin(args.plugin, REPO_ROOT)
+    load_manifest(plugin_dir)
+    raw = read_raw_parameters(extra)
+    workspace = Workspace(args.workspace)
+    code, _ = run_plugin(plugin_dir, dict(raw.values), workspace=workspace, experiment=args.experiment)
+    return code
+
+
+def cmd_list(args: argparse.Namespace, extra: list[str]) -> int:
+    for entry in _gallery():
+        print(f"{entry['uniqueId']:28} {entry['type']:10} {entry['version']:8} {entry['name']}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace, extra: list[str]) -> int:
+    problems = validate_gallery(REPO_ROOT)
+    for problem in problems:
+        print(problem)
+    print(f"{len(problems)} problem(s) in the gallery and its plugins" if problems else "gallery and plugins valid")
+    return 1 if problems else 0
+
+
+def cmd_stop(args: argparse.Namespace, extra: list[str]) -> int:
+    request_stop(Workspace(args.workspace), args.job_id)
+    print(f"stop requested for job {args.job_id}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m plugin_sdk", description="Run and check the diffusion LM plugins.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a plugin as a local job",
+                         description="Extra options: --config FILE.yaml|json and --set key=value (repeatable).")
+    run.add_argument("plugin", help="plugin id from the gallery, or a plugin folder")
+    run.add_argument("--workspace", help="local workspace folder (default: $DLM_WORKSPACE or ./workspace)")
+    run.add_argument("--experiment", default="default", help="experiment name (default: default)")
+    run.set_defaults(handler=cmd_run)
+    sub.add_parser("list", help="list the plugins in the gallery").set_defaults(handler=cmd_list)
+    sub.add_parser("validate", help="check every plugin's index.json and the gallery").set_defaults(handler=cmd_validate)
+    stop = sub.add_parser("stop", help="ask a running local job to stop")
+    stop.add_argument("job_id")
+    stop.add_argument("--workspace")
+    stop.set_defaults(handler=cmd_stop)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "run":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return args.handler(args, extra)
+    except PluginError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""User-facing errors: their message is what the job record shows as `completion_details`."""
+
+
+class PluginError(Exception):
+    """A problem the user can fix (bad parameter, missing file, ...). Shown without a traceback."""
+
+
+class ParameterError(PluginError):
+    """One or more parameters are missing, of the wrong type or out of range."""
+
+
+class DatasetError(PluginError):
+    """A dataset cannot be found, read, or turned into training rows."""
+
+
+class TemplateError(PluginError):
+    """A user template does not parse, uses an undefined variable, or tries to escape the sandbox."""
+
+
+class JobStopped(Exception):
+    """The user asked the job to stop (job data `stop: true`, SIGTERM or SIGINT)."""

@@ -1,0 +1,311 @@
+"""The job a plugin runs: parameters in, progress/metrics/outputs out, one clear ending.
+
+A plugin's `main.py` is::
+
+    from plugin_sdk import run_job
+
+    def main() -> None:
+        run_job(__file__, train)      # train(job) does the work
+
+`run_job` reads and validates the parameters against the plugin's `index.json`, picks the backend (the
+Transformer Lab host when running under its harness, else the local workspace), relaunches itself on several
+processes when asked, starts tracking, calls the plugin, and records how it ended: success, failed with the
+real reason (and a non-zero exit), or stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from plugin_sdk import launch
+from plugin_sdk.backends import HostBackend, LocalBackend, now, running_under_host
+from plugin_sdk.errors import JobStopped, ParameterError, PluginError
+from plugin_sdk.manifest import load_manifest
+from plugin_sdk.params import Params, coerce_and_validate, read_raw_parameters
+from plugin_sdk.tracking import Tracker
+from plugin_sdk.workspace import Workspace
+
+EXIT_FAILED = 1
+EXIT_STOPPED = 3
+
+
+class Job:
+    """What a running plugin sees of its job. Only the main process writes anything."""
+
+    def __init__(
+        self,
+        *,
+        params: Params,
+        backend: LocalBackend | HostBackend,
+        job_id: str,
+        plugin_dir: Path,
+        manifest: Mapping[str, Any],
+        experiment: str,
+    ) -> None:
+        self.params = params
+        self.backend = backend
+        self.workspace: Workspace = backend.workspace
+        self.job_id = job_id
+        self.plugin_dir = plugin_dir
+        self.manifest = manifest
+        self.experiment = experiment
+        self.plugin_type: str = manifest.get("type", "trainer")
+        self.is_main_process = launch.process_rank() == 0
+        self.tracker: Tracker | None = None
+        self._signalled = False
+        self._last_progress = -1
+
+    # ---- paths -------------------------------------------------------------------------------------------
+    @property
+    def output_dir(self) -> Path:
+        """Trainer: TensorBoard/metrics folder (the host's `output_dir`). Evaluator: the evaluation's folder."""
+        given = self.params.get("output_dir")
+        if given:
+            return Path(given)
+        if self.plugin_type == "evaluator":
+            eval_name = self.params.get("eval_name") or self.manifest["uniqueId"]
+            return self.workspace.eval_output_dir(self.experiment, eval_name, self.job_id)
+        template = self.params.get("template_name") or self.manifest["uniqueId"]
+        return self.workspace.trainer_output_dir(self.experiment, template)
+
+    @property
+    def adaptor_dir(self) -> Path:
+        """Where a LoRA adapter goes (the host's `adaptor_output_dir`)."""
+        given = self.params.get("adaptor_output_dir")
+        if given:
+            return Path(given)
+        model = self.params.get("model_name") or "model"
+        return self.workspace.adaptor_dir(model, self.params.get("adaptor_name") or f"adaptor_{self.job_id}")
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Resumable checkpoints of this job."""
+        return self.output_dir / f"checkpoints_job_{self.job_id}"
+
+    def model_dir(self, name: str) -> Path:
+        return self.workspace.model_dir(name)
+
+    # ---- reporting ---------------------------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        if self.is_main_process:
+            print(message, flush=True)
+
+    def set_data(self, key: str, value: Any) -> None:
+        if self.is_main_process:
+            self.backend.set_data(key, value)
+
+    def progress(self, percent: float) -> None:
+        """Report progress (0..100) and raise `JobStopped` when a stop was requested."""
+        percent = int(max(0, min(100, percent)))
+        if self.is_main_process and percent != self._last_progress:
+            self._last_progress = percent
+            try:
+                self.backend.set_progress(percent)
+            except KeyboardInterrupt as exc:  # the host SDK's way of saying "stop"
+                raise JobStopped("stopped from the workbench") from exc
+        self.check_stop()
+
+    def stop_requested(self) -> bool:
+        """Whether anyone asked this job to stop; the same answer on every process of a multi-process run."""
+        requested = self._signalled or (self.is_main_process and self.backend.stop_requested())
+        return launch.any_process(requested)
+
+    def check_stop(self) -> None:
+        if self.stop_requested():
+            raise JobStopped("stop requested")
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        if not self.is_main_process:
+            return
+        if self.tracker is not None:
+            self.tracker.log_metrics(metrics, step)
+        shown = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
+        print(f"step {step}: {shown}", flush=True)
+
+    def log_text(self, tag: str, text: str, step: int) -> None:
+        if self.is_main_process and self.tracker is not None:
+            self.tracker.log_text(tag, text, step)
+
+    # ---- outputs -----------------------------------------------------------------------------------------
+    def register_model(self, model_dir: Path, *, architecture: str, json_data: Mapping[str, Any] | None = None) -> None:
+        """Register a saved full model in the model zoo (`index.json` + `_tlab_provenance.json`)."""
+        if not self.is_main_process:
+            return
+        provenance = {
+            "job_id": self.job_id,
+            "input_model": self.params.get("model_name"),
+            "dataset": self.params.get("dataset_name"),
+            "adaptor_name": self.params.get("adaptor_name"),
+            "parameters": dict(self.params),
+            "start_time": self.params.get("start_time", ""),
+        }
+        self.backend.register_model(
+            Path(model_dir), name=Path(model_dir).name, architecture=architecture,
+            json_data=dict(json_data or {}), provenance=provenance,
+        )
+        self.log(f"Registered model {Path(model_dir).name} at {model_dir}")
+
+    def save_eval_results(self, rows: Any) -> tuple[Path, Path]:
+        """Save per-test-case scores (`test_case_id`, `metric_name`, `score`, extra columns allowed) in the
+        host's formats: CSV, plot JSON and the job's `score` summary."""
+        import json
+
+        import pandas as pd
+
+        frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+        missing = {"test_case_id", "metric_name", "score"} - set(frame.columns)
+        if missing:
+            raise ValueError(f"evaluation results lack the columns {sorted(missing)}")
+        csv_path, plot_path = self.backend.save_eval_results(frame, self.output_dir, self.job_id)
+        summary = [
+            {"type": metric, "score": float(frame.loc[frame.metric_name == metric, "score"].mean())}
+            for metric in dict.fromkeys(frame.metric_name)
+        ]
+        self.set_data("additional_output_path", str(csv_path))
+        self.set_data("plot_data_path", str(plot_path))
+        self.set_data("score", json.dumps(summary))
+        return csv_path, plot_path
+
+    # ---- lifecycle ---------------------------------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._signalled and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C means now
+        self._signalled = True
+        self.log(f"Received {signal.Signals(signum).name}: stopping after the current step.")
+
+    def _finish(self, status: str, completion: str, details: str) -> None:
+        if not self.is_main_process:
+            return
+        self.backend.set_data("completion_status", completion)
+        self.backend.set_data("completion_details", details)
+        self.backend.set_data("end_time", now())
+        if completion == "success":
+            self.backend.set_data("progress", 100)
+            try:
+                self.backend.set_progress(100)
+            except KeyboardInterrupt:
+                pass
+        self.backend.set_status(status)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _plugin_dir(plugin_file: str | os.PathLike[str]) -> Path:
+    path = Path(plugin_file).resolve()
+    return path.parent if path.is_file() else path
+
+
+def _make_backend(raw_values: dict[str, Any], plugin_type: str) -> tuple[LocalBackend | HostBackend, dict[str, Any]]:
+    if running_under_host():
+        backend = HostBackend(plugin_type)
+        return backend, {**backend.host_parameters(), **raw_values}
+    workspace = Workspace(raw_values.get("workspace"))
+    job_id = str(raw_values.get("job_id") or os.environ.get("DLM_JOB_ID") or workspace.next_job_id())
+    values = {**raw_values, "job_id": job_id, "workspace": str(workspace.root)}
+    experiment = values.get("experiment_name") or "default"
+    backend = LocalBackend(workspace, job_id, job_type=_job_type(plugin_type), experiment=experiment)
+    return backend, values
+
+
+def _job_type(plugin_type: str) -> str:
+    return "EVAL" if plugin_type == "evaluator" else "TRAIN"
+
+
+def run_job(plugin_file: str | os.PathLike[str], work: Callable[[Job], str | None], argv: list[str] | None = None) -> None:
+    """Run `work(job)` as a job of the plugin whose `main.py` is `plugin_file`; exits non-zero unless it succeeded.
+
+    `work` returns an optional one-line summary that becomes `completion_details`."""
+    plugin_dir = _plugin_dir(plugin_file)
+    manifest = load_manifest(plugin_dir)
+    plugin_type = manifest.get("type", "trainer")
+    argv = sys.argv[1:] if argv is None else argv
+    under_host = running_under_host()
+    raw = read_raw_parameters([] if under_host else argv)
+    backend, values = _make_backend(dict(raw.values), plugin_type)
+    experiment = str(values.get("experiment_name") or (raw.experiment or {}).get("name") or "default")
+    job_id = str(values["job_id"])
+    main_process = launch.process_rank() == 0
+
+    def fail(details: str) -> None:
+        if main_process:
+            print(f"ERROR: {details}", flush=True)
+            backend.set_data("completion_status", "failed")
+            backend.set_data("completion_details", details)
+            backend.set_data("end_time", now())
+            backend.set_status("FAILED")
+        raise SystemExit(EXIT_FAILED)
+
+    try:
+        params = coerce_and_validate(values, manifest.get("parameters", {}), aliases=manifest.get("parameter_aliases"))
+    except ParameterError as exc:
+        fail(str(exc))
+    if main_process:
+        backend.set_status("RUNNING")
+        backend.set_data("start_time", now())
+        backend.set_data("config", {k: v for k, v in params.items() if "token" not in k and "key" not in k})
+    params["start_time"] = now()
+
+    plan = launch.plan_processes(params)
+    if plan.num_processes > 1 and not launch.is_child_run():
+        print(f"Relaunching on {plan.num_processes} processes through accelerate ...", flush=True)
+        code = launch.relaunch(plan, job_id=job_id, workspace=str(backend.workspace.root))
+        if code != 0:
+            details = f"worker processes exited with code {code}; see the job log for their error"
+            record_failed_unless_set(backend, details)
+            raise SystemExit(EXIT_FAILED if code != EXIT_STOPPED else EXIT_STOPPED)
+        return
+
+    job = Job(params=params, backend=backend, job_id=job_id, plugin_dir=plugin_dir, manifest=manifest,
+              experiment=experiment)
+    previous = {sig: signal.signal(sig, job._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    failed = True
+    try:
+        if job.is_main_process:
+            job.tracker = Tracker(
+                job.output_dir, log_to_wandb=bool(params.get("log_to_wandb")), run_name=f"job_{job_id}",
+                config=params, set_job_data=backend.set_data, log=job.log,
+            )
+        summary = work(job)
+        failed = False
+        job._finish("COMPLETE", "success", summary or "Job completed successfully")
+    except (JobStopped, KeyboardInterrupt) as exc:
+        failed = False
+        job.log(f"Job stopped: {exc or 'interrupted'}")
+        if job.is_main_process:
+            backend.set_data("completion_details", f"Stopped by user ({exc or 'interrupted'}).")
+            backend.set_data("end_time", now())
+            backend.set_status("STOPPED")
+        raise SystemExit(EXIT_STOPPED) from None
+    except PluginError as exc:
+        fail(str(exc))
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every other failure must end as failed, with its reason
+        traceback.print_exc()
+        sys.stderr.flush()
+        fail(f"{type(exc).__name__}: {exc}")
+    finally:
+        if job.tracker is not None:
+            job.tracker.close(failed=failed)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def record_failed_unless_set(backend: LocalBackend | HostBackend, details: str) -> None:
+    """After a child run died: mark the job failed unless the child itself already recorded why."""
+    if isinstance(backend, LocalBackend):
+        data = backend.record.read().get("job_data", {})
+        if data.get("completion_status") == "failed" or backend.record.read().get("status") == "STOPPED":
+            return
+    backend.set_data("completion_status", "failed")
+    backend.set_data("completion_details", details)
+    backend.set_data("end_time", now())
+    backend.set_status("FAILED")

@@ -1,0 +1,113 @@
+"""Several processes through accelerate: decide how many, relaunch the plugin, report the children's exit code.
+
+The parent process relaunches the very command it was started with (the host's harness, our harness, or
+`main.py`) under `accelerate launch`, marks the children with `DLM_CHILD_RUN=1`, waits, and returns their exit
+code, which the caller turns into a failed job when it is not 0. CPU runs set the CPU mode explicitly: without
+it each process would silently train alone.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CHILD_ENV = "DLM_CHILD_RUN"
+ACCELERATE_CONFIGS = Path(__file__).resolve().parent / "accelerate_configs"
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    num_processes: int
+    use_cpu: bool
+    gpu_ids: str | None = None
+    config_file: Path | None = None
+
+
+def process_rank() -> int:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+
+
+def is_child_run() -> bool:
+    return os.environ.get(CHILD_ENV) == "1"
+
+
+def any_process(flag: bool) -> bool:
+    """`flag` OR-ed over all processes when torch.distributed is running, so every rank takes the same branch."""
+    if "torch" not in sys.modules:
+        return flag
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    import torch
+
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    value = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def _cuda_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:
+        return 0
+
+
+def plan_processes(params: dict[str, Any]) -> LaunchPlan:
+    """How many processes the parameters ask for.
+
+    `train_device` cpu: `num_processes` (default 1). cuda/auto: one process per id in `gpu_ids` ("0,1", or
+    "auto" for every visible GPU), else `num_processes`. `distributed_strategy` names a shipped accelerate config
+    (ddp, fsdp, deepspeed_zero2, deepspeed_zero3)."""
+    device = str(params.get("train_device") or "auto").lower()
+    use_cpu = device == "cpu" or (device == "auto" and _cuda_count() == 0)
+    gpu_ids = params.get("gpu_ids")
+    if isinstance(gpu_ids, list):
+        gpu_ids = ",".join(str(g) for g in gpu_ids)
+    gpu_ids = str(gpu_ids).strip() if gpu_ids not in (None, "") else None
+    if use_cpu:
+        count = int(params.get("num_processes") or 1)
+        gpu_ids = None
+    elif gpu_ids and gpu_ids.lower() == "auto":
+        count = max(1, _cuda_count())
+        gpu_ids = None
+    elif gpu_ids:
+        count = len([g for g in gpu_ids.split(",") if g.strip()])
+    else:
+        count = int(params.get("num_processes") or 1)
+    strategy = params.get("distributed_strategy")
+    config_file = ACCELERATE_CONFIGS / f"{strategy}.yaml" if strategy and strategy != "ddp" else None
+    return LaunchPlan(num_processes=count, use_cpu=use_cpu, gpu_ids=gpu_ids, config_file=config_file)
+
+
+def accelerate_command(plan: LaunchPlan, argv: list[str]) -> list[str]:
+    """The `accelerate launch` command line that reruns `argv` (script first) on `plan.num_processes` processes."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(plan.num_processes)]
+    if plan.config_file is not None:
+        cmd += ["--config_file", str(plan.config_file)]
+    else:
+        cmd += ["--multi_gpu"] if plan.num_processes > 1 else []
+    cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if plan.use_cpu:
+        cmd += ["--cpu"] if plan.num_processes == 1 else []
+    elif plan.gpu_ids:
+        cmd += ["--gpu_ids", plan.gpu_ids]
+    return cmd + argv
+
+
+def relaunch(plan: LaunchPlan, *, job_id: str, workspace: str, argv: list[str] | None = None) -> int:
+    """Run this same command again on several processes; returns the children's exit code (never hides one)."""
+    script = [sys.argv[0]] + (sys.argv[1:] if argv is None else argv)
+    env = {**os.environ, CHILD_ENV: "1", "DLM_JOB_ID": job_id, "DLM_WORKSPACE": workspace, "PYTHONUNBUFFERED": "1"}
+    if plan.use_cpu:
+        # Without this each CPU process trains alone instead of joining the gloo group.
+        env["ACCELERATE_USE_CPU"] = "1"
+    completed = subprocess.run(accelerate_command(plan, script), env=env, check=False)
+    return completed.returncode

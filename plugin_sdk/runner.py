@@ -1,0 +1,125 @@
+"""`python -m plugin_sdk run`: start a plugin as the host would, on a local workspace, and watch it.
+
+The runner creates the job record, hands the parameters over exactly as the host does (an input file for
+trainers, `--key value` arguments for evaluators), starts the plugin through the harness in a child process,
+writes its output to the job log, shows progress, and makes sure the job never ends looking successful when
+the process failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from plugin_sdk.backends import JobRecord, now
+from plugin_sdk.manifest import load_manifest
+from plugin_sdk.workspace import Workspace, write_json_atomic
+
+
+def plugin_command(plugin_dir: Path, manifest: dict, values: dict[str, Any], workspace: Workspace, job_id: str,
+                   experiment: str) -> list[str]:
+    """The child command line: harness + parameters in the form the host uses for this plugin type."""
+    cmd = [sys.executable, "-m", "plugin_sdk.harness", "--plugin_dir", str(plugin_dir)]
+    if manifest.get("type") == "evaluator":
+        for key, value in values.items():
+            cmd += [f"--{key}", json.dumps(value) if isinstance(value, (list, dict)) else str(value)]
+        eval_name = str(values.get("eval_name") or manifest["uniqueId"])
+        return cmd + ["--experiment_name", experiment, "--eval_name", eval_name, "--job_id", job_id]
+    input_file = workspace.input_file(job_id)
+    write_json_atomic(input_file, {"experiment": {"name": experiment}, "config": {**values, "job_id": job_id}})
+    return cmd + ["--input_file", str(input_file), "--experiment_name", experiment]
+
+
+class _ProgressView:
+    """A progress bar fed from the job record while the child runs (terminal only)."""
+
+    def __init__(self, record: JobRecord, enabled: bool) -> None:
+        self.record = record
+        self.enabled = enabled
+        self._done = threading.Event()
+        self._bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {n:.0f}/100 [{elapsed}<{remaining}]")
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+
+    def write(self, line: str) -> None:
+        if self._bar is not None:
+            self._bar.write(line.rstrip("\n"))
+        else:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+
+    def _poll(self) -> None:
+        while not self._done.wait(0.5):
+            progress = int(self.record.read().get("progress") or 0)
+            if self._bar is not None and progress != self._bar.n:
+                self._bar.update(progress - self._bar.n)
+
+    def close(self) -> None:
+        self._done.set()
+        if self._bar is not None:
+            self._bar.close()
+
+
+def run_plugin(plugin_dir: Path, values: dict[str, Any], *, workspace: Workspace, experiment: str = "default",
+               show_progress: bool | None = None) -> tuple[int, str]:
+    """Run one job of the plugin; returns (exit code, job id)."""
+    manifest = load_manifest(plugin_dir)
+    job_id = str(values.pop("job_id", None) or workspace.next_job_id())
+    record = JobRecord(workspace, job_id)
+    record.create(job_type="EVAL" if manifest.get("type") == "evaluator" else "TRAIN", experiment=experiment)
+    cmd = plugin_command(plugin_dir, manifest, values, workspace, job_id, experiment)
+    log_path = record.dir / "output.txt"
+    env = {**os.environ, "DLM_WORKSPACE": str(workspace.root), "DLM_BACKEND": "local", "DLM_JOB_ID": job_id,
+           "PYTHONUNBUFFERED": "1"}
+    view = _ProgressView(record, sys.stdout.isatty() if show_progress is None else show_progress)
+    view.write(f"Job {job_id} ({manifest['uniqueId']}), log: {log_path}\n")
+    with open(log_path, "a", encoding="utf-8") as log:
+        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        try:
+            for line in process.stdout:
+                log.write(line)
+                log.flush()
+                view.write(line)
+            code = process.wait()
+        except KeyboardInterrupt:
+            process.terminate()
+            code = process.wait()
+        finally:
+            view.close()
+    final = settle(record, code)
+    view.write(f"Job {job_id}: {final['status']} - {final['job_data'].get('completion_details', '')}\n")
+    return code, job_id
+
+
+def settle(record: JobRecord, code: int) -> dict[str, Any]:
+    """Make the record agree with the exit code: a failed or killed process never leaves a successful job."""
+    data = record.read()
+    job_data = data.get("job_data", {})
+    if data.get("status") == "STOPPED":
+        return data
+    if code != 0 and job_data.get("completion_status") != "failed":
+        return record.update(status="FAILED", completion_status="failed", end_time=now(),
+                             completion_details=f"the plugin process exited with code {code} before reporting why; "
+                                                f"see {record.dir / 'output.txt'}")
+    if code == 0 and job_data.get("completion_status") != "success":
+        return record.update(status="FAILED", completion_status="failed", end_time=now(),
+                             completion_details="the plugin process exited without reporting success")
+    return data
+
+
+def request_stop(workspace: Workspace, job_id: str) -> None:
+    """Ask a running job to stop, as the workbench's Stop button does (`job_data.stop = true`)."""
+    record = JobRecord(workspace, job_id)
+    if not record.path.exists():
+        raise FileNotFoundError(f"no job {job_id} in {workspace.root / 'jobs'}")
+    record.update(stop=True)
+

@@ -1,0 +1,115 @@
+"""The local workspace: the same folder layout a Transformer Lab host keeps in its own workspace.
+
+    <workspace>/jobs/<job_id>/index.json        job record (status, progress, job_data)
+    <workspace>/jobs/<job_id>/output.txt        the job's log
+    <workspace>/temp/plugin_input_<job_id>.json parameters handed to a trainer
+    <workspace>/experiments/<exp>/tensorboards/<template>/   trainer output_dir (TensorBoard, metrics.json)
+    <workspace>/experiments/<exp>/evals/<eval>/<job_id>/     evaluator outputs
+    <workspace>/adaptors/<model>/<adaptor_name>/             LoRA adapters
+    <workspace>/models/<name>/                               full models (index.json + _tlab_provenance.json)
+    <workspace>/datasets/<id>/                               datasets (index.json + files)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from plugin_sdk.errors import PluginError
+
+WORKSPACE_ENV = "DLM_WORKSPACE"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def default_workspace() -> Path:
+    """`$DLM_WORKSPACE`, else `./workspace` in the current folder."""
+    return Path(os.environ.get(WORKSPACE_ENV) or Path.cwd() / "workspace").expanduser().resolve()
+
+
+def safe_name(name: str, *, field: str) -> str:
+    """A name that becomes one path component: `/` becomes `_` (as the host does for model ids); anything that
+    could leave its folder (`..`, absolute paths, empty names) is refused."""
+    cleaned = _UNSAFE.sub("_", str(name).strip().replace("/", "_"))
+    if not cleaned or set(cleaned) <= {".", "_"}:
+        raise PluginError(f"{field}={name!r} cannot be used as a folder name; use letters, digits, '.', '_' or '-'.")
+    return cleaned
+
+
+def child_path(parent: Path, name: str, *, field: str) -> Path:
+    """`parent/name` with `name` made safe, guaranteed to stay inside `parent`."""
+    path = (parent / safe_name(name, field=field)).resolve()
+    if parent.resolve() not in path.parents:
+        raise PluginError(f"{field}={name!r} would leave {parent}.")
+    return path
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Workspace:
+    """Paths of one local workspace; creates folders on demand and checks that it is writable."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(root).expanduser().resolve() if root else default_workspace()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = tempfile.NamedTemporaryFile(dir=self.root, prefix=".write-test-", delete=True)
+            probe.close()
+        except OSError as exc:
+            raise PluginError(
+                f"The workspace {self.root} is not writable ({exc.strerror or exc}). Choose another with --workspace "
+                f"or the {WORKSPACE_ENV} environment variable."
+            ) from exc
+
+    def job_dir(self, job_id: str) -> Path:
+        return child_path(self.root / "jobs", job_id, field="job_id")
+
+    def input_file(self, job_id: str) -> Path:
+        return self.root / "temp" / f"plugin_input_{safe_name(job_id, field='job_id')}.json"
+
+    def experiment_dir(self, experiment: str) -> Path:
+        return child_path(self.root / "experiments", experiment, field="experiment_name")
+
+    def trainer_output_dir(self, experiment: str, template_name: str) -> Path:
+        return child_path(self.experiment_dir(experiment) / "tensorboards", template_name, field="template_name")
+
+    def eval_output_dir(self, experiment: str, eval_name: str, job_id: str) -> Path:
+        evals = child_path(self.experiment_dir(experiment) / "evals", eval_name, field="eval_name")
+        return child_path(evals, job_id, field="job_id")
+
+    def adaptor_dir(self, model_name: str, adaptor_name: str) -> Path:
+        model = child_path(self.root / "adaptors", model_name, field="model_name")
+        return child_path(model, adaptor_name, field="adaptor_name")
+
+    def model_dir(self, name: str) -> Path:
+        return child_path(self.root / "models", name, field="model name")
+
+    def dataset_dir(self, dataset_id: str) -> Path:
+        return child_path(self.root / "datasets", dataset_id, field="dataset_name")
+
+    def next_job_id(self) -> str:
+        """The next free numeric job id (the host numbers jobs too)."""
+        jobs = self.root / "jobs"
+        jobs.mkdir(parents=True, exist_ok=True)
+        taken = [int(p.name) for p in jobs.iterdir() if p.name.isdigit()]
+        job_id = max(taken, default=0) + 1
+        while True:
+            try:
+                (jobs / str(job_id)).mkdir()
+                return str(job_id)
+            except FileExistsError:
+                job_id += 1
