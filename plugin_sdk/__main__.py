@@ -52,14 +52,19 @@ def cmd_stop(args: argparse.Namespace, extra: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m plugin_sdk", description="Run and check the diffusion LM plugins.")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a plugin as a local job",
-                         description="Extra options: --config FILE.yaml|json and --set key=value (repeatable).")
+    run = sub.add_parser(
+        "run",
+        help="run a plugin as a local job",
+        description="Extra options: --config FILE.yaml|json and --set key=value (repeatable).",
+    )
     run.add_argument("plugin", help="plugin id from the gallery, or a plugin folder")
     run.add_argument("--workspace", help="local workspace folder (default: $DLM_WORKSPACE or ./workspace)")
     run.add_argument("--experiment", default="default", help="experiment name (default: default)")
     run.set_defaults(handler=cmd_run)
     sub.add_parser("list", help="list the plugins in the gallery").set_defaults(handler=cmd_list)
-    sub.add_parser("validate", help="check every plugin's index.json and the gallery").set_defaults(handler=cmd_validate)
+    sub.add_parser("validate", help="check every plugin's index.json and the gallery").set_defaults(
+        handler=cmd_validate
+    )
     stop = sub.add_parser("stop", help="ask a running local job to stop")
     stop.add_argument("job_id")
     stop.add_argument("--workspace")

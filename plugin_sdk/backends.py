@@ -111,7 +111,9 @@ class LocalBackend:
     def set_data(self, key: str, value: Any) -> None:
         self.record.update(**{key: value})
 
-    def register_model(self, model_dir: Path, *, name: str, architecture: str, json_data: dict, provenance: dict) -> None:
+    def register_model(
+        self, model_dir: Path, *, name: str, architecture: str, json_data: dict, provenance: dict
+    ) -> None:
         model_dir = Path(model_dir)
         description = {
             "model_id": f"TransformerLab/{name}",
@@ -137,8 +139,13 @@ class LocalBackend:
         ]
         write_json_atomic(
             model_dir / "_tlab_provenance.json",
-            {**provenance, "model_name": name, "model_architecture": architecture, "end_time": now(),
-             "md5_checksums": checksums},
+            {
+                **provenance,
+                "model_name": name,
+                "model_architecture": architecture,
+                "end_time": now(),
+                "md5_checksums": checksums,
+            },
         )
 
     def save_eval_results(self, frame: Any, eval_dir: Path, job_id: str) -> tuple[Path, Path]:
@@ -192,7 +199,9 @@ class HostBackend:
     def set_data(self, key: str, value: Any) -> None:
         self.tlab.add_job_data(key, value)
 
-    def register_model(self, model_dir: Path, *, name: str, architecture: str, json_data: dict, provenance: dict) -> None:
+    def register_model(
+        self, model_dir: Path, *, name: str, architecture: str, json_data: dict, provenance: dict
+    ) -> None:
         self.tlab.create_transformerlab_model(name, architecture, json_data, output_dir=str(Path(model_dir).parent))
 
     def save_eval_results(self, frame: Any, eval_dir: Path, job_id: str) -> tuple[Path, Path]:

@@ -146,8 +146,11 @@ class Job:
             "start_time": self.params.get("start_time", ""),
         }
         self.backend.register_model(
-            Path(model_dir), name=Path(model_dir).name, architecture=architecture,
-            json_data=dict(json_data or {}), provenance=provenance,
+            Path(model_dir),
+            name=Path(model_dir).name,
+            architecture=architecture,
+            json_data=dict(json_data or {}),
+            provenance=provenance,
         )
         self.log(f"Registered model {Path(model_dir).name} at {model_dir}")
 
@@ -219,7 +222,9 @@ def _job_type(plugin_type: str) -> str:
     return "EVAL" if plugin_type == "evaluator" else "TRAIN"
 
 
-def run_job(plugin_file: str | os.PathLike[str], work: Callable[[Job], str | None], argv: list[str] | None = None) -> None:
+def run_job(
+    plugin_file: str | os.PathLike[str], work: Callable[[Job], str | None], argv: list[str] | None = None
+) -> None:
     """Run `work(job)` as a job of the plugin whose `main.py` is `plugin_file`; exits non-zero unless it succeeded.
 
     `work` returns an optional one-line summary that becomes `completion_details`."""
@@ -263,15 +268,20 @@ def run_job(plugin_file: str | os.PathLike[str], work: Callable[[Job], str | Non
             raise SystemExit(EXIT_FAILED if code != EXIT_STOPPED else EXIT_STOPPED)
         return
 
-    job = Job(params=params, backend=backend, job_id=job_id, plugin_dir=plugin_dir, manifest=manifest,
-              experiment=experiment)
+    job = Job(
+        params=params, backend=backend, job_id=job_id, plugin_dir=plugin_dir, manifest=manifest, experiment=experiment
+    )
     previous = {sig: signal.signal(sig, job._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     failed = True
     try:
         if job.is_main_process:
             job.tracker = Tracker(
-                job.output_dir, log_to_wandb=bool(params.get("log_to_wandb")), run_name=f"job_{job_id}",
-                config=params, set_job_data=backend.set_data, log=job.log,
+                job.output_dir,
+                log_to_wandb=bool(params.get("log_to_wandb")),
+                run_name=f"job_{job_id}",
+                config=params,
+                set_job_data=backend.set_data,
+                log=job.log,
             )
         summary = work(job)
         failed = False

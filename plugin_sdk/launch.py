@@ -51,6 +51,16 @@ def any_process(flag: bool) -> bool:
     return bool(value.item())
 
 
+def distributed_state() -> Any:
+    """accelerate's `PartialState` for this process, in CPU mode when the launch asked for it.
+
+    `PartialState` ignores `ACCELERATE_USE_CPU` (only `Accelerator` reads it) and would then leave each CPU
+    process on its own; passing `cpu=True` makes the processes join one gloo group."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=os.environ.get("ACCELERATE_USE_CPU", "").lower() in {"1", "true", "yes"})
+
+
 def _cuda_count() -> int:
     try:
         import torch

@@ -154,7 +154,9 @@ def _metadata_problems(manifest: dict, folder: Path) -> list[str]:
     if not (isinstance(files, list) and all(isinstance(f, str) for f in files)):
         problems.append("'files' must be a list of file names")
     else:
-        problems += [f"'files' lists {name!r}, which is not in the plugin folder" for name in files if not _inside(folder, name)]
+        problems += [
+            f"'files' lists {name!r}, which is not in the plugin folder" for name in files if not _inside(folder, name)
+        ]
     hardware = manifest.get("supported_hardware_architectures", [])
     if not (isinstance(hardware, list) and hardware and all(isinstance(h, str) for h in hardware)):
         problems.append("'supported_hardware_architectures' must be a non-empty list of strings")

@@ -10,8 +10,12 @@ Coercion rules (one place, so that every plugin agrees):
 - array: lists, a JSON list string ('["a", "b"]', '[1, 2]') or a comma-joined string ("a, b"); items are coerced by
   the property's `items` schema.
 - string: kept exactly as given ("None" and "" stay strings); numbers become their text, booleans "true"/"false".
-- A value that is None, or for a non-string type "" / "None" / "null" (what a host writes for an unset field), counts
-  as not given: the default applies, and a required field without a default is reported missing.
+- A value that is None, for a non-string type "" / "None" / "null" (what a host writes for an unset field), or ""
+  for a string whose `enum` lacks "", counts as not given: the default applies, and a required field without a
+  default is reported missing.
+
+Keys the schema does not declare (the host's job_id, model_name, output_dir, templates, ...; the harness's
+plugin_dir and experiment_name) are kept as given.
 """
 
 from __future__ import annotations
@@ -28,31 +32,6 @@ from typing import Any, Literal
 import yaml
 
 from plugin_sdk.errors import ParameterError
-
-# Keys that the host, the harness or the CLI add beside the form values. They are kept as given, never validated.
-HOST_KEYS = frozenset(
-    {
-        "workspace",
-        "job_id",
-        "experiment_name",
-        "plugin_dir",
-        "input_file",
-        "template_name",
-        "model_name",
-        "model_architecture",
-        "model_path",
-        "model_adapter",
-        "dataset_name",
-        "output_dir",
-        "adaptor_output_dir",
-        "adaptor_name",
-        "instruction_template",
-        "input_template",
-        "output_template",
-        "eval_name",
-        "run_sweeps",
-    }
-)
 
 Origin = Literal["input_file", "arguments", "config"]
 
@@ -336,7 +315,11 @@ def _label(key: str, prop: Mapping[str, Any]) -> str:
 def _is_unset(value: Any, prop: Mapping[str, Any]) -> bool:
     if value is None:
         return True
-    return prop.get("type") != "string" and isinstance(value, str) and value.strip().lower() in _UNSET_WORDS
+    if not isinstance(value, str):
+        return False
+    if prop.get("type") == "string":
+        return value == "" and isinstance(prop.get("enum"), list) and "" not in prop["enum"]
+    return value.strip().lower() in _UNSET_WORDS
 
 
 def _to_integer(value: Any, prop: Mapping[str, Any]) -> int:

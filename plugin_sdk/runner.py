@@ -21,8 +21,9 @@ from plugin_sdk.manifest import load_manifest
 from plugin_sdk.workspace import Workspace, write_json_atomic
 
 
-def plugin_command(plugin_dir: Path, manifest: dict, values: dict[str, Any], workspace: Workspace, job_id: str,
-                   experiment: str) -> list[str]:
+def plugin_command(
+    plugin_dir: Path, manifest: dict, values: dict[str, Any], workspace: Workspace, job_id: str, experiment: str
+) -> list[str]:
     """The child command line: harness + parameters in the form the host uses for this plugin type."""
     cmd = [sys.executable, "-m", "plugin_sdk.harness", "--plugin_dir", str(plugin_dir)]
     if manifest.get("type") == "evaluator":
@@ -69,17 +70,28 @@ class _ProgressView:
             self._bar.close()
 
 
-def run_plugin(plugin_dir: Path, values: dict[str, Any], *, workspace: Workspace, experiment: str = "default",
-               show_progress: bool | None = None) -> tuple[int, str]:
+def run_plugin(
+    plugin_dir: Path,
+    values: dict[str, Any],
+    *,
+    workspace: Workspace,
+    experiment: str = "default",
+    show_progress: bool | None = None,
+) -> tuple[int, str]:
     """Run one job of the plugin; returns (exit code, job id)."""
     manifest = load_manifest(plugin_dir)
     job_id = str(values.pop("job_id", None) or workspace.next_job_id())
     record = JobRecord(workspace, job_id)
     record.create(job_type="EVAL" if manifest.get("type") == "evaluator" else "TRAIN", experiment=experiment)
     cmd = plugin_command(plugin_dir, manifest, values, workspace, job_id, experiment)
-    log_path = record.dir / "output.txt"
-    env = {**os.environ, "DLM_WORKSPACE": str(workspace.root), "DLM_BACKEND": "local", "DLM_JOB_ID": job_id,
-           "PYTHONUNBUFFERED": "1"}
+    log_path = record.dir / f"output_{job_id}.txt"
+    env = {
+        **os.environ,
+        "DLM_WORKSPACE": str(workspace.root),
+        "DLM_BACKEND": "local",
+        "DLM_JOB_ID": job_id,
+        "PYTHONUNBUFFERED": "1",
+    }
     view = _ProgressView(record, sys.stdout.isatty() if show_progress is None else show_progress)
     view.write(f"Job {job_id} ({manifest['uniqueId']}), log: {log_path}\n")
     with open(log_path, "a", encoding="utf-8") as log:
@@ -107,12 +119,20 @@ def settle(record: JobRecord, code: int) -> dict[str, Any]:
     if data.get("status") == "STOPPED":
         return data
     if code != 0 and job_data.get("completion_status") != "failed":
-        return record.update(status="FAILED", completion_status="failed", end_time=now(),
-                             completion_details=f"the plugin process exited with code {code} before reporting why; "
-                                                f"see {record.dir / 'output.txt'}")
+        return record.update(
+            status="FAILED",
+            completion_status="failed",
+            end_time=now(),
+            completion_details=f"the plugin process exited with code {code} before reporting why; "
+            f"see the job log in {record.dir}",
+        )
     if code == 0 and job_data.get("completion_status") != "success":
-        return record.update(status="FAILED", completion_status="failed", end_time=now(),
-                             completion_details="the plugin process exited without reporting success")
+        return record.update(
+            status="FAILED",
+            completion_status="failed",
+            end_time=now(),
+            completion_details="the plugin process exited without reporting success",
+        )
     return data
 
 
@@ -122,4 +142,3 @@ def request_stop(workspace: Workspace, job_id: str) -> None:
     if not record.path.exists():
         raise FileNotFoundError(f"no job {job_id} in {workspace.root / 'jobs'}")
     record.update(stop=True)
-

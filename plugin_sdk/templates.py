@@ -53,13 +53,13 @@ def render_template(source: str, variables: Mapping[str, Any], *, name: str) -> 
     try:
         return template.render(dict(variables))
     except SecurityError as err:
-        raise TemplateError(f"template {name!r} was refused: {err} Templates may only read the row's columns.") from None
+        raise TemplateError(
+            f"template {name!r} was refused: {err} Templates may only read the row's columns."
+        ) from None
     except UndefinedError as err:
         missing = re.match(r"'([^']+)' is undefined", err.message or "")
         what = f"the undefined variable {missing.group(1)!r}" if missing else f"an undefined value ({err.message})"
-        raise TemplateError(
-            f"template {name!r} uses {what}; available columns: {_names(variables)}"
-        ) from None
+        raise TemplateError(f"template {name!r} uses {what}; available columns: {_names(variables)}") from None
     except Exception as err:  # anything a template expression can raise: TypeError, OverflowError, ...
         raise TemplateError(f"template {name!r} failed: {type(err).__name__}: {err}") from None
 
@@ -169,7 +169,11 @@ def _inferred(row: Mapping[str, Any], kind: str) -> list[dict[str, str]]:
     # TRL's conversational prompt-completion data holds message lists instead of text.
     def turns(column: str, role: str) -> list[dict[str, str]]:
         value = row[column]
-        return _normalize_chat(value, column) if isinstance(value, list) else [{"role": role, "content": _text(row, column)}]
+        return (
+            _normalize_chat(value, column)
+            if isinstance(value, list)
+            else [{"role": role, "content": _text(row, column)}]
+        )
 
     return turns("prompt", "user") + turns(answer_column, "assistant")
 

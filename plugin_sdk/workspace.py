@@ -1,13 +1,13 @@
 """The local workspace: the same folder layout a Transformer Lab host keeps in its own workspace.
 
-    <workspace>/jobs/<job_id>/index.json        job record (status, progress, job_data)
-    <workspace>/jobs/<job_id>/output.txt        the job's log
-    <workspace>/temp/plugin_input_<job_id>.json parameters handed to a trainer
-    <workspace>/experiments/<exp>/tensorboards/<template>/   trainer output_dir (TensorBoard, metrics.json)
-    <workspace>/experiments/<exp>/evals/<eval>/<job_id>/     evaluator outputs
-    <workspace>/adaptors/<model>/<adaptor_name>/             LoRA adapters
-    <workspace>/models/<name>/                               full models (index.json + _tlab_provenance.json)
-    <workspace>/datasets/<id>/                               datasets (index.json + files)
+<workspace>/jobs/<job_id>/index.json        job record (status, progress, job_data)
+<workspace>/jobs/<job_id>/output_<job_id>.txt  the job log
+<workspace>/temp/plugin_input_<job_id>.json parameters handed to a trainer
+<workspace>/experiments/<exp>/tensorboards/<template>/   trainer output_dir (TensorBoard, metrics.json)
+<workspace>/experiments/<exp>/evals/<eval>/<job_id>/     evaluator outputs
+<workspace>/adaptors/<model>/<adaptor_name>/             LoRA adapters
+<workspace>/models/<name>/                               full models (index.json + _tlab_provenance.json)
+<workspace>/datasets/<id>/                               datasets (index.json + files)
 """
 
 from __future__ import annotations

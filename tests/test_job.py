@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from plugin_sdk.backends import JobRecord
 from plugin_sdk.runner import request_stop, run_plugin
 from plugin_sdk.workspace import Workspace
 
@@ -18,11 +19,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def record(ws: Workspace, job_id: str) -> dict:
-    return json.loads((ws.job_dir(job_id) / "index.json").read_text())
+    return JobRecord(ws, job_id).read()
 
 
 def log_of(ws: Workspace, job_id: str) -> str:
-    return (ws.job_dir(job_id) / "output.txt").read_text()
+    return (ws.job_dir(job_id) / f"output_{job_id}.txt").read_text()
 
 
 @pytest.fixture
@@ -40,9 +41,19 @@ def test_success_with_string_parameters_dataset_templates_and_tracking(ws, tmp_p
     data = tmp_path / "data.jsonl"
     data.write_text("\n".join(json.dumps({"question": f"q{i}", "answer": f"a{i}"}) for i in range(5)) + "\n")
     code, job_id, rec = run(
-        ws, steps="3", learning_rate="2e-05", ratio="0.75", flag="True", tags="a, b", mode="fancy",
-        dataset=str(data), instruction_template="Q: {{ question }}", output_template="{{ answer }}",
-        log_to_wandb="true", model_name="org/tiny", adaptor_name="my-adaptor",
+        ws,
+        steps="3",
+        learning_rate="2e-05",
+        ratio="0.75",
+        flag="True",
+        tags="a, b",
+        mode="fancy",
+        dataset=str(data),
+        instruction_template="Q: {{ question }}",
+        output_template="{{ answer }}",
+        log_to_wandb="true",
+        model_name="org/tiny",
+        adaptor_name="my-adaptor",
     )
     assert code == 0, log_of(ws, job_id)
     data_ = rec["job_data"]
@@ -52,8 +63,14 @@ def test_success_with_string_parameters_dataset_templates_and_tracking(ws, tmp_p
     assert data_["start_time"] and data_["end_time"]
     log = log_of(ws, job_id)
     params = json.loads(log.split("params ", 1)[1].splitlines()[0])
-    assert params == {"steps": 3, "learning_rate": 2e-05, "ratio": 0.75, "flag": True, "tags": ["a", "b"],
-                      "mode": "fancy"}
+    assert params == {
+        "steps": 3,
+        "learning_rate": 2e-05,
+        "ratio": 0.75,
+        "flag": True,
+        "tags": ["a", "b"],
+        "mode": "fancy",
+    }
     messages = json.loads(log.split("messages ", 1)[1].splitlines()[0])
     assert messages[-2:] == [{"role": "user", "content": "Q: q0"}, {"role": "assistant", "content": "a0"}]
     # the trainer input file is written exactly as the host writes it
@@ -66,8 +83,9 @@ def test_success_with_string_parameters_dataset_templates_and_tracking(ws, tmp_p
     events.Reload()
     assert [e.value for e in events.Scalars("train/loss")] == pytest.approx([1.0, 0.5, 1 / 3])
     output_dir = ws.trainer_output_dir("exp", "contract_probe")
-    assert json.loads((output_dir / "metrics.json").read_text()) == pytest.approx({"train/loss": 1 / 3,
-                                                                                  "train/lr": 2e-05})
+    assert json.loads((output_dir / "metrics.json").read_text()) == pytest.approx(
+        {"train/loss": 1 / 3, "train/lr": 2e-05}
+    )
     # W&B offline run created and recorded
     assert data_["wandb_logging"] is True
     assert data_["wandb_run_url"].startswith("file://") and Path(data_["wandb_run_url"][7:]).is_dir()
@@ -102,8 +120,25 @@ def test_bad_parameters_list_every_field(ws):
 def test_stop_mid_run_writes_checkpoint_and_ends_stopped(ws):
     job_id = ws.next_job_id()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "plugin_sdk", "run", str(PROBE), "--workspace", str(ws.root), "--experiment", "exp",
-           "--set", "steps=200", "--set", "step_seconds=0.05", "--set", "required_note=x", "--set", f"job_id={job_id}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "plugin_sdk",
+        "run",
+        str(PROBE),
+        "--workspace",
+        str(ws.root),
+        "--experiment",
+        "exp",
+        "--set",
+        "steps=200",
+        "--set",
+        "step_seconds=0.05",
+        "--set",
+        "required_note=x",
+        "--set",
+        f"job_id={job_id}",
+    ]
     process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60
     while record(ws, job_id).get("progress", 0) < 2 and time.monotonic() < deadline:
@@ -113,8 +148,9 @@ def test_stop_mid_run_writes_checkpoint_and_ends_stopped(ws):
     rec = record(ws, job_id)
     assert rec["status"] == "STOPPED", out
     assert 0 < rec["progress"] < 100
-    state = json.loads((ws.trainer_output_dir("exp", "contract_probe") / f"checkpoints_job_{job_id}" / "state.json")
-                       .read_text())
+    state = json.loads(
+        (ws.trainer_output_dir("exp", "contract_probe") / f"checkpoints_job_{job_id}" / "state.json").read_text()
+    )
     assert 0 < state["step"] < 200
     assert process.returncode == 3
 
@@ -122,8 +158,18 @@ def test_stop_mid_run_writes_checkpoint_and_ends_stopped(ws):
 def test_sigterm_stops_the_job(ws):
     job_id = ws.next_job_id()
     env = {**os.environ, "DLM_WORKSPACE": str(ws.root), "DLM_BACKEND": "local"}
-    cmd = [sys.executable, str(PROBE / "main.py"), "--set", "steps=200", "--set", "step_seconds=0.05",
-           "--set", "required_note=x", "--set", f"job_id={job_id}"]
+    cmd = [
+        sys.executable,
+        str(PROBE / "main.py"),
+        "--set",
+        "steps=200",
+        "--set",
+        "step_seconds=0.05",
+        "--set",
+        "required_note=x",
+        "--set",
+        f"job_id={job_id}",
+    ]
     process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60
     while record(ws, job_id).get("progress", 0) < 2 and time.monotonic() < deadline:
@@ -155,8 +201,13 @@ def test_evaluator_gets_arguments_and_saves_results_in_host_formats(ws, tmp_path
     shutil.copytree(PROBE, plugin)
     manifest = json.loads((plugin / "index.json").read_text())
     (plugin / "index.json").write_text(json.dumps({**manifest, "type": "evaluator", "evalsType": "model"}))
-    code, job_id = run_plugin(plugin, {"required_note": "n", "steps": "2", "tags": ["x", "y"]}, workspace=ws,
-                              experiment="exp", show_progress=False)
+    code, job_id = run_plugin(
+        plugin,
+        {"required_note": "n", "steps": "2", "tags": ["x", "y"]},
+        workspace=ws,
+        experiment="exp",
+        show_progress=False,
+    )
     rec = record(ws, job_id)
     assert code == 0, log_of(ws, job_id)
     assert not ws.input_file(job_id).exists()  # evaluators get --key value arguments, as from the host

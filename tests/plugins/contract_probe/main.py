@@ -24,9 +24,10 @@ def probe(job: Job) -> str:
     if job.params.num_processes > 1:
         import torch
         import torch.distributed as dist
-        from accelerate import PartialState
 
-        state = PartialState()
+        from plugin_sdk.launch import distributed_state
+
+        state = distributed_state()
         world, rank = state.num_processes, state.process_index
         total = torch.tensor([float(rank + 1)])
         dist.all_reduce(total)

@@ -1,0 +1,51 @@
+"""Turn a causal LM (Llama, Qwen2, Qwen3) into a masked-diffusion LM (A2D) checkpoint.
+
+Transformers 5 gives these models fully bidirectional attention (padding still masked) when their config says
+`is_causal: false`, and saves that flag in `config.json`; so the conversion is a config change plus a mask token.
+The converted weights are the causal model's: the model still has to be trained with the diffusion loss.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dlm.errors import ModelError
+from dlm.families import CAUSAL_ARCHITECTURES, CAUSAL_MODEL_TYPES
+
+
+def convert_causal_to_diffusion(src: str | Path, dst: str | Path, *, mask_token: str = "<|mdm_mask|>") -> Path:
+    """Save `src` (a local Llama/Qwen2/Qwen3 checkpoint) to `dst` as an `a2d` checkpoint and return `dst`.
+
+    Sets `is_causal=False`, adds `mask_token` to the tokenizer when absent (growing the embeddings and output head
+    only if the new id does not fit, as checkpoints often carry spare rows) and stores its id as
+    `config.mask_token_id`. `dst` must not exist or be empty.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src, dst = Path(src), Path(dst)
+    config_file = src / "config.json"
+    if not config_file.is_file():
+        raise ModelError(f"cannot convert {src}: no config.json there (expected a local causal LM checkpoint)")
+    raw = json.loads(config_file.read_text())
+    architectures = raw.get("architectures") or []
+    if raw.get("model_type") not in CAUSAL_MODEL_TYPES or not set(architectures) & set(CAUSAL_ARCHITECTURES):
+        raise ModelError(
+            f"cannot convert {src}: it has architectures={architectures} and model_type={raw.get('model_type')!r}; "
+            f"conversion to diffusion supports {', '.join(CAUSAL_ARCHITECTURES)}"
+        )
+    if dst.exists() and any(dst.iterdir()):
+        raise ModelError(f"cannot convert into {dst}: the folder is not empty")
+
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype="auto")
+    tokenizer.add_special_tokens({"mask_token": mask_token})
+    mask_id = tokenizer.convert_tokens_to_ids(mask_token)
+    if mask_id >= model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(mask_id + 1)
+    model.config.is_causal = False
+    model.config.mask_token_id = mask_id
+    dst.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(dst)
+    tokenizer.save_pretrained(dst)
+    return dst

@@ -1,0 +1,234 @@
+"""Load any supported checkpoint (tiny preset, local folder or hub id) with its tokenizer, family and special ids."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dlm.errors import ModelError
+from dlm.families import Family, SpecialIds, detect_family, get_family, resolve_special_ids
+from dlm.presets import resolve_model_path
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    family: Family
+    special_ids: SpecialIds
+    path: str
+    """The local folder, or the hub id, the checkpoint was loaded from."""
+
+
+def hub_offline() -> bool:
+    """True when the environment forbids reaching the model hub."""
+    from transformers.utils import is_offline_mode
+
+    value = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
+    return value in ("1", "true", "yes", "on") or is_offline_mode()
+
+
+def _looks_like_path(name: str) -> bool:
+    """Hub ids are `name` or `org/name`; anything else that is not an existing folder is a missing path."""
+    return name.startswith(("/", "~", ".", "\\")) or name.count("/") > 1 or "\\" in name or name.endswith("/")
+
+
+def _read_config(file: str | Path) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(file).read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ModelError(f"{file} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ModelError(f"{file} does not hold a JSON object")
+    return data
+
+
+def locate_checkpoint(name_or_path: str | Path, workspace: str | Path | None = None) -> tuple[str, dict[str, Any]]:
+    """What to pass to `from_pretrained` for `name_or_path` (a local folder or a hub id), and its `config.json`.
+
+    Tiny presets are built on first use; hub ids are read from the local cache when the hub is offline.
+    """
+    from transformers.utils import cached_file
+
+    source = resolve_model_path(str(name_or_path), workspace)
+    local = Path(source).expanduser()
+    if local.is_dir():
+        config_file = local / "config.json"
+        if config_file.is_file():
+            return str(local), _read_config(config_file)
+        if (local / "adapter_config.json").is_file():
+            raise ModelError(
+                f"{local} holds a LoRA adapter, not a model: load the base model named in its adapter_config.json "
+                "(base_model_name_or_path) and apply the adapter to it"
+            )
+        raise ModelError(f"{local} is not a model checkpoint: it has no config.json")
+    if local.exists():
+        raise ModelError(f"{local} is a file; pass the checkpoint folder that holds config.json")
+    if _looks_like_path(source):
+        raise ModelError(f"model path {source} does not exist")
+    offline = hub_offline()
+    try:
+        config_file = cached_file(source, "config.json", local_files_only=offline)
+    except OSError as e:
+        if offline or "connect" in str(e).lower():
+            raise ModelError(
+                f"{source!r} is not a local folder, and the model hub is unreachable (HF_HUB_OFFLINE=1 / no network); "
+                f"download {source} elsewhere and pass its local folder"
+            ) from e
+        raise ModelError(f"{source!r} is neither a local folder nor a model on the hub: {e}") from e
+    if config_file is None:
+        raise ModelError(f"{source!r} has no config.json")
+    return source, _read_config(config_file)
+
+
+def _use_remote_code(source: str, raw: dict[str, Any], trust_remote_code: bool) -> bool:
+    """Whether loading must run the checkpoint's own code; raises when that is needed but not allowed.
+
+    Model types that transformers or dlm implement always load locally, even when `config.json` carries an
+    `auto_map` (the official LLaDA and Dream ones point at code that fails on transformers 5).
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    model_type = raw.get("model_type")
+    if model_type in CONFIG_MAPPING or not raw.get("auto_map"):
+        return False
+    if not trust_remote_code:
+        raise ModelError(
+            f"checkpoint {source} (model_type {model_type!r}, architectures {raw.get('architectures')}) is not "
+            f"implemented by transformers or dlm; its config.json points at its own code ({raw['auto_map']}). "
+            "Running that code is off by default: pass trust_remote_code=True only for a source you trust."
+        )
+    return True
+
+
+def _family_for(source: str, raw: dict[str, Any], family: Family | str | None) -> Family:
+    detected = None
+    try:
+        detected = detect_family({**raw, "_name_or_path": source})
+    except ModelError:
+        if family is None:
+            raise
+    if family is None:
+        return detected
+    chosen = get_family(family)
+    causal = {"a2d", "ar"}
+    if detected is not None and {chosen.name, detected.name} <= causal and chosen != detected:
+        raise ModelError(
+            f"checkpoint {source} is a {detected.name} model (is_causal={raw.get('is_causal', True)}), not "
+            f"{chosen.name}: "
+            + (
+                "convert it with dlm.convert.convert_causal_to_diffusion to train it as diffusion"
+                if chosen.name == "a2d"
+                else "it was converted to diffusion; load it as a2d"
+            )
+        )
+    return chosen
+
+
+def _torch_dtype(dtype: str) -> Any:
+    import torch
+
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+    return "auto" if dtype == "auto" else getattr(torch, dtype)
+
+
+def _quantization_config(family: Family, torch_dtype: Any, four_bit: bool) -> Any:
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    flag = "load_in_4bit" if four_bit else "load_in_8bit"
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as e:  # any import failure means the library cannot run on this machine
+        raise ModelError(
+            f"{flag} needs bitsandbytes, which cannot run here ({type(e).__name__}: {e}); load the model "
+            "without quantization"
+        ) from e
+    if isinstance(torch_dtype, torch.dtype):
+        compute = torch_dtype
+    elif torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        compute = torch.bfloat16
+    else:
+        compute = torch.float32
+    # The output head stays in full precision: quantizing it costs accuracy for little memory.
+    skip = [family.output_head]
+    if four_bit:
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+            llm_int8_skip_modules=skip,
+        )
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+
+
+def _auto_class(family: Family, raw: dict[str, Any], remote: bool) -> Any:
+    import transformers
+
+    name = family.auto_class
+    if remote and name not in raw["auto_map"]:
+        name = next((k for k in raw["auto_map"] if k.startswith("AutoModel")), name)
+    return getattr(transformers, name)
+
+
+def load_model_and_tokenizer(
+    name_or_path: str | Path,
+    *,
+    family: Family | str | None = None,
+    dtype: str = "auto",
+    load_in_4bit: bool = False,
+    load_in_8bit: bool = False,
+    device_map: Any = None,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+    gradient_checkpointing: bool = False,
+    workspace: str | Path | None = None,
+) -> LoadedModel:
+    """Load a checkpoint of any supported family with its tokenizer.
+
+    `name_or_path`: a tiny preset (`tiny-llada`, ...; built in `workspace/models/` on first use), a local folder
+    or a hub id (read from the local cache when offline). `family` forces a family instead of detecting it.
+    The tokenizer gets the family's chat template when it has none. Remote code runs only with
+    `trust_remote_code=True`, and never for model types dlm or transformers implement.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    torch_dtype = _torch_dtype(dtype)
+    if load_in_4bit and load_in_8bit:
+        raise ModelError("load_in_4bit and load_in_8bit are exclusive: choose one")
+    source, raw = locate_checkpoint(name_or_path, workspace)
+    remote = _use_remote_code(source, raw, trust_remote_code)
+    fam = _family_for(source, raw, family)
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=remote)
+    except (ValueError, KeyError) as e:
+        raise ModelError(f"cannot read the config of {source}: {e}") from e
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=remote)
+    except (OSError, ValueError, TypeError) as e:
+        raise ModelError(f"cannot load the tokenizer of {source}: {e}") from e
+    if tokenizer.chat_template is None and fam.chat_template is not None:
+        tokenizer.chat_template = fam.chat_template
+    special_ids = resolve_special_ids(fam, config, tokenizer)
+
+    kwargs: dict[str, Any] = {"config": config, "dtype": torch_dtype, "trust_remote_code": remote}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if load_in_4bit or load_in_8bit:
+        kwargs["quantization_config"] = _quantization_config(fam, torch_dtype, load_in_4bit)
+    model = _auto_class(fam, raw, remote).from_pretrained(source, **kwargs)
+    if gradient_checkpointing:
+        if not model.supports_gradient_checkpointing:
+            raise ModelError(f"{type(model).__name__} does not support gradient checkpointing; turn it off")
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return LoadedModel(model=model, tokenizer=tokenizer, family=fam, special_ids=special_ids, path=source)
