@@ -7,38 +7,35 @@ The converted weights are the causal model's: the model still has to be trained 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from dlm.errors import ModelError
 from dlm.families import CAUSAL_ARCHITECTURES, CAUSAL_MODEL_TYPES
+from dlm.loading import locate_checkpoint
 
 
 def convert_causal_to_diffusion(src: str | Path, dst: str | Path, *, mask_token: str = "<|mdm_mask|>") -> Path:
-    """Save `src` (a local Llama/Qwen2/Qwen3 checkpoint) to `dst` as an `a2d` checkpoint and return `dst`.
+    """Save `src` (a Llama/Qwen2/Qwen3 checkpoint: local folder or cached hub id) to `dst` as an `a2d` checkpoint.
 
     Sets `is_causal=False`, adds `mask_token` to the tokenizer when absent (growing the embeddings and output head
     only if the new id does not fit, as checkpoints often carry spare rows) and stores its id as
-    `config.mask_token_id`. `dst` must not exist or be empty.
+    `config.mask_token_id`. `dst` must not exist or be empty. Returns `dst`.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    src, dst = Path(src), Path(dst)
-    config_file = src / "config.json"
-    if not config_file.is_file():
-        raise ModelError(f"cannot convert {src}: no config.json there (expected a local causal LM checkpoint)")
-    raw = json.loads(config_file.read_text())
+    source, raw = locate_checkpoint(src)
+    dst = Path(dst)
     architectures = raw.get("architectures") or []
     if raw.get("model_type") not in CAUSAL_MODEL_TYPES or not set(architectures) & set(CAUSAL_ARCHITECTURES):
         raise ModelError(
-            f"cannot convert {src}: it has architectures={architectures} and model_type={raw.get('model_type')!r}; "
+            f"cannot convert {source}: it has architectures={architectures} and model_type={raw.get('model_type')!r}; "
             f"conversion to diffusion supports {', '.join(CAUSAL_ARCHITECTURES)}"
         )
     if dst.exists() and any(dst.iterdir()):
         raise ModelError(f"cannot convert into {dst}: the folder is not empty")
 
-    tokenizer = AutoTokenizer.from_pretrained(src)
-    model = AutoModelForCausalLM.from_pretrained(src, dtype="auto")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype="auto")
     tokenizer.add_special_tokens({"mask_token": mask_token})
     mask_id = tokenizer.convert_tokens_to_ids(mask_token)
     if mask_id >= model.get_input_embeddings().num_embeddings:

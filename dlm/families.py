@@ -23,9 +23,12 @@ CAUSAL_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 class Family:
     """Everything that differs between model families.
 
+    `auto_class` is the transformers Auto class that loads the checkpoint.
     `mask_token_source` says where the mask id is read first: `config` (`config.mask_token_id`), `tokenizer`
     (`tokenizer.mask_token`) or `added` (a converted causal model: the id that `dlm.convert` stored in the config
-    and the token it added to the tokenizer); `None` for a family that needs no mask token.
+    and the token it added to the tokenizer); `None` for a family that needs no mask token. `mask_tokens` are
+    token strings taken as the mask when neither config nor tokenizer names one. `eot_tokens`: end-of-turn tokens,
+    the first one in the vocabulary wins (else EOS ends a turn).
     Padding: `pad_with_eos` pads with EOS (else with the tokenizer's pad token, which for BERT is also the end
     token); `uses_attention_mask` passes an attention mask to the model (else pads are attended like any token);
     `train_on_padding` makes pad positions maskable and trained (the model learns where the answer ends).
@@ -35,7 +38,6 @@ class Family:
     """
 
     name: str
-    description: str
     architectures: tuple[str, ...]
     model_types: tuple[str, ...]
     auto_class: str
@@ -72,7 +74,6 @@ FAMILIES: dict[str, Family] = {
     for f in (
         Family(
             name="llada",
-            description="LLaDA masked-diffusion LM (GSAI-ML/LLaDA-8B-*, LLaDA-1.5)",
             architectures=("LLaDAModelLM",),
             model_types=("llada",),
             auto_class="AutoModel",
@@ -90,7 +91,6 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             name="dream",
-            description="Dream masked-diffusion LM (Dream-org/Dream-v0-*-7B), shifted logits",
             architectures=("DreamModel",),
             model_types=("Dream",),
             auto_class="AutoModel",
@@ -108,7 +108,6 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             name="bert",
-            description="BERT-style masked LM used as a diffusion LM (ModernBERT, BERT)",
             architectures=("ModernBertForMaskedLM", "BertForMaskedLM"),
             model_types=("modernbert", "bert"),
             auto_class="AutoModelForMaskedLM",
@@ -127,7 +126,6 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             name="a2d",
-            description="causal LM converted to masked diffusion (is_causal=false plus an added mask token)",
             architectures=CAUSAL_ARCHITECTURES,
             model_types=CAUSAL_MODEL_TYPES,
             auto_class="AutoModelForCausalLM",
@@ -145,7 +143,6 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             name="ar",
-            description="plain causal LM (next-token loss), the autoregressive baseline",
             architectures=CAUSAL_ARCHITECTURES,
             model_types=CAUSAL_MODEL_TYPES,
             auto_class="AutoModelForCausalLM",

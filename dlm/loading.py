@@ -26,11 +26,11 @@ class LoadedModel:
 
 
 def hub_offline() -> bool:
-    """True when the environment forbids reaching the model hub."""
-    from transformers.utils import is_offline_mode
+    """True when the environment forbids reaching the model hub (read now, not when huggingface_hub was imported)."""
+    from huggingface_hub import is_offline_mode
 
-    value = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
-    return value in ("1", "true", "yes", "on") or is_offline_mode()
+    values = (os.environ.get(k, "").strip().lower() for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(v in ("1", "true", "yes", "on") for v in values) or is_offline_mode()
 
 
 def _looks_like_path(name: str) -> bool:
@@ -229,6 +229,6 @@ def load_model_and_tokenizer(
     if gradient_checkpointing:
         if not model.supports_gradient_checkpointing:
             raise ModelError(f"{type(model).__name__} does not support gradient checkpointing; turn it off")
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     return LoadedModel(model=model, tokenizer=tokenizer, family=fam, special_ids=special_ids, path=source)

@@ -29,7 +29,9 @@ def _parse_targets(target_modules: str | list[str] | tuple[str, ...]) -> list[st
     return targets
 
 
-def lora_targets(model: Any, family: Family | str, target_modules: str | list[str] | tuple[str, ...]) -> list[str] | str:
+def lora_targets(
+    model: Any, family: Family | str, target_modules: str | list[str] | tuple[str, ...]
+) -> list[str] | str:
     """The module-name suffixes LoRA adapts (or `"all-linear"`), checked against the model's modules.
 
     `"default"` is the family's list, restricted to the names this architecture has; a list (or a comma-joined

@@ -45,23 +45,23 @@ def default_workspace() -> Path:
 def _training_text() -> list[str]:
     """A few thousand lines of simple English and arithmetic, the same on every run."""
     rng = random.Random(SEED)
-    names = ["Lily", "Tom", "Anna", "Sam", "Mia", "Ben", "Zoe", "Max", "the teacher", "the farmer", "my friend"]
-    verbs = ["walks", "runs", "reads", "writes", "cooks", "paints", "sings", "counts", "jumps", "drives", "sleeps"]
-    things = [
-        "a book", "the river", "two apples", "a small house", "the red car", "three cats", "a long letter",
-        "the old bridge", "some bread", "a green garden", "the blue sky", "five stones", "a cup of tea",
-    ]
-    places = ["in the park", "at home", "near the sea", "on the hill", "at school", "in the city", "by the lake"]
-    times = ["every morning", "at night", "on Sunday", "after lunch", "in winter", "before dinner", "today"]
-    questions = [
-        "What is the capital of France?", "How far is the lake?", "Can you help me?", "Why is the sky blue?",
-        "Please write a short story.", "What time is it?", "Where does Lily live?", "Explain how plants grow.",
-    ]
-    answers = [
-        "The capital of France is Paris.", "It is about ten km away.", "Sure, I can help you with that.",
-        "Sunlight is scattered by the air, and blue light scatters the most.", "Once upon a time, a cat found a key.",
-        "It is three o'clock.", "Lily lives in a small house near the sea.", "Plants use light, water and air.",
-    ]
+    names = "Lily|Tom|Anna|Sam|Mia|Ben|Zoe|Max|the teacher|the farmer|my friend".split("|")
+    verbs = "walks|runs|reads|writes|cooks|paints|sings|counts|jumps|drives|sleeps".split("|")
+    things = (
+        "a book|the river|two apples|a small house|the red car|three cats|a long letter|the old bridge|some bread|"
+        "a green garden|the blue sky|five stones|a cup of tea"
+    ).split("|")
+    places = "in the park|at home|near the sea|on the hill|at school|in the city|by the lake".split("|")
+    times = "every morning|at night|on Sunday|after lunch|in winter|before dinner|today".split("|")
+    questions = (
+        "What is the capital of France?|How far is the lake?|Can you help me?|Why is the sky blue?|"
+        "Please write a short story.|What time is it?|Where does Lily live?|Explain how plants grow."
+    ).split("|")
+    answers = (
+        "The capital of France is Paris.|It is about ten km away.|Sure, I can help you with that.|"
+        "Sunlight is scattered by the air, and blue light scatters the most.|Once upon a time, a cat found a key.|"
+        "It is three o'clock.|Lily lives in a small house near the sea.|Plants use light, water and air."
+    ).split("|")
     lines = []
     for _ in range(4000):
         kind = rng.randrange(4)
@@ -79,7 +79,9 @@ def _training_text() -> list[str]:
             lines.append(f"{questions[i]} {answers[i]}")
         else:
             n = rng.randint(2, 60)
-            lines.append(f"{rng.choice(names).capitalize()} has {n} coins and gives away {n // 2}, so {n - n // 2} are left.")
+            lines.append(
+                f"{rng.choice(names).capitalize()} has {n} coins and gives away {n // 2}, so {n - n // 2} are left."
+            )
     return lines
 
 

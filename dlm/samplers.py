@@ -81,13 +81,10 @@ def _check_llada_settings(steps: int, gen_length: int, block_length: int, temper
         raise SamplingError(f"cfg_scale must be >= 0 (0 turns classifier-free guidance off), got {cfg_scale}")
 
 
-def _check_prompt(prompt_ids: torch.Tensor, attention_mask: torch.Tensor | None, mask_id: int) -> None:
+def _check_prompt(prompt_ids: torch.Tensor, attention_mask: torch.Tensor | None, mask_id: int) -> torch.Tensor:
+    """Validate the prompts; return each row's left-padding length [B]."""
     if prompt_ids.dim() != 2:
         raise SamplingError(f"prompt_ids must be 2-D [batch, length], got shape {tuple(prompt_ids.shape)}")
-    if attention_mask is not None and attention_mask.shape != prompt_ids.shape:
-        raise SamplingError(
-            f"attention_mask shape {tuple(attention_mask.shape)} differs from prompt_ids shape {tuple(prompt_ids.shape)}"
-        )
     hits = (prompt_ids == mask_id).nonzero()
     if len(hits):
         row, col = hits[0].tolist()
@@ -95,6 +92,19 @@ def _check_prompt(prompt_ids: torch.Tensor, attention_mask: torch.Tensor | None,
             f"prompt row {row} holds the mask token id {mask_id} at position {col}: prompts (and their padding) must "
             "not contain the mask token; pad with EOS or the pad token instead"
         )
+    if attention_mask is None:
+        return torch.zeros(prompt_ids.shape[0], dtype=torch.long, device=prompt_ids.device)
+    if attention_mask.shape != prompt_ids.shape:
+        raise SamplingError(
+            f"attention_mask shape {tuple(attention_mask.shape)} differs from prompt_ids shape {tuple(prompt_ids.shape)}"
+        )
+    keep = attention_mask.bool()
+    if bool((keep[:, :-1] & ~keep[:, 1:]).any()) or not bool(keep[:, -1].all()):
+        raise SamplingError(
+            "prompts must be left-padded (attention_mask 0...0 1...1 in every row, ending with a real token): "
+            "set tokenizer.padding_side = 'left'"
+        )
+    return (~keep).sum(-1)
 
 
 def _padding_mask(attention_mask: torch.Tensor | None, gen_length: int) -> torch.Tensor | None:
@@ -117,12 +127,18 @@ def _multinomial(probs: torch.Tensor, num_samples: int, generator: torch.Generat
     return torch.multinomial(probs.to(source), num_samples, generator=generator).to(probs.device)
 
 
-def _top_ranked(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Boolean mask of the `counts[b]` highest scores of each row b (`scores` [B, N], `counts` [B])."""
-    order = scores.argsort(dim=-1, descending=True, stable=True)
-    ranks = torch.empty_like(order)
-    ranks.scatter_(-1, order, torch.arange(scores.shape[-1], device=scores.device).expand_as(order))
-    return ranks < counts.unsqueeze(-1)
+def _reveal_top(confidence: torch.Tensor, counts: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Boolean [B, T]: the `counts[b]` most confident positions of each row b.
+
+    `confidence` covers the whole canvas (-inf where nothing may be revealed). Each row runs `torch.topk` on its
+    canvas without the left padding (`offsets[b]` positions), as the official code does on a one-prompt canvas:
+    ties (saturated probabilities are common) then break exactly as there, whatever the batch.
+    """
+    reveal = torch.zeros_like(confidence, dtype=torch.bool)
+    for row, (count, offset) in enumerate(zip(counts.tolist(), offsets.tolist(), strict=True)):
+        if count:
+            reveal[row, offset + torch.topk(confidence[row, offset:], count).indices] = True
+    return reveal
 
 
 def _count_generated(generated: torch.Tensor, end_ids: Sequence[int | None]) -> torch.Tensor:
@@ -167,7 +183,7 @@ def generate_llada(
     `generated_tokens`. A step with nothing to reveal in any row (more steps than masks) skips its forward pass.
     """
     _check_llada_settings(steps, gen_length, block_length, temperature, remasking, cfg_scale)
-    _check_prompt(prompt_ids, attention_mask, mask_id)
+    offsets = _check_prompt(prompt_ids, attention_mask, mask_id)
     if (suppress_eos_in_logits and eos_id is None) or (suppress_eos_in_confidence and eos_id is None and eot_id is None):
         raise SamplingError("suppressing EOS needs eos_id (and eot_id for the confidence option)")
     batch, prompt_len = prompt_ids.shape
@@ -186,20 +202,23 @@ def generate_llada(
     for block in range(blocks):
         start = prompt_len + block * block_length
         end = start + block_length
-        positions = torch.arange(start, end, device=device).expand(batch, -1)
+        positions = torch.zeros_like(x, dtype=torch.bool)
+        positions[:, start:end] = True
         counts = llada_transfer_counts((x[:, start:end] == mask_id).sum(-1), steps_per_block)
         for step in range(steps_per_block):
             if not bool(counts[:, step].any()):
                 continue
             if cfg_scale > 0:
                 unconditional[:, prompt_len:] = x[:, prompt_len:]
-                pair = logits_at_positions(model, torch.cat([x, unconditional]), pair_mask,
-                                           torch.cat([positions, positions]), False)
-                cond, uncond = pair.float().chunk(2)
+                pair = logits_at_positions(
+                    model, torch.cat([x, unconditional]), pair_mask, torch.cat([positions, positions]), False
+                )
+                cond, uncond = pair.float().reshape(2 * batch, block_length, -1).chunk(2)
                 logits = uncond + (cfg_scale + 1) * (cond - uncond)
                 nfe += 2
             else:
                 logits = logits_at_positions(model, x, canvas_mask, positions, False).float()
+                logits = logits.reshape(batch, block_length, -1)
                 nfe += 1
             if suppress_eos_in_logits:
                 logits[..., eos_id] = -torch.inf
@@ -219,7 +238,9 @@ def generate_llada(
 
             current = x[:, start:end]
             masked = current == mask_id
-            reveal = _top_ranked(confidence.masked_fill(~masked, -torch.inf), counts[:, step]) & masked
+            canvas_confidence = torch.full(x.shape, -torch.inf, device=device)
+            canvas_confidence[:, start:end] = confidence.masked_fill(~masked, -torch.inf)
+            reveal = _reveal_top(canvas_confidence, counts[:, step], offsets)[:, start:end] & masked
             x[:, start:end] = torch.where(reveal, x0, current)
 
     return SampleOutput(sequences=x, nfe=nfe, generated_tokens=_count_generated(x[:, prompt_len:], (eos_id, eot_id)))
@@ -309,12 +330,13 @@ def generate_dream(
     with nothing to reveal in any row skips its forward pass.
     """
     _check_dream_settings(steps, max_new_tokens, temperature, top_p, top_k, alg, alg_temp, eps)
-    _check_prompt(prompt_ids, attention_mask, mask_id)
+    offsets = _check_prompt(prompt_ids, attention_mask, mask_id)
     batch, prompt_len = prompt_ids.shape
     device = prompt_ids.device
     x = torch.cat([prompt_ids, prompt_ids.new_full((batch, max_new_tokens), mask_id)], dim=1)
     canvas_mask = _padding_mask(attention_mask, max_new_tokens)
-    positions = torch.arange(prompt_len, x.shape[1], device=device).expand(batch, -1)
+    positions = torch.zeros_like(x, dtype=torch.bool)
+    positions[:, prompt_len:] = True
     # float32 on the canvas' device as the official code, so int(masks * (1 - s/t)) rounds the same way
     times = torch.linspace(1, eps, steps + 1, device=device)
 
@@ -333,7 +355,7 @@ def generate_dream(
             counts = left if last else (left.float() * (1 - s / t)).long()
             if not bool(counts.any()):
                 continue
-        logits = logits_at_positions(model, x, canvas_mask, positions, True).float()
+        logits = logits_at_positions(model, x, canvas_mask, positions, True).float().reshape(batch, max_new_tokens, -1)
         nfe += 1
         probs, x0, confidence = _dream_choose(logits, temperature, top_p, top_k, generator)
         if alg != "origin":
@@ -342,11 +364,12 @@ def generate_dream(
                 confidence = best_two[..., 0] - best_two[..., 1]
             elif alg == "entropy":
                 confidence = (probs * (probs + ENTROPY_EPS).log()).sum(-1)
-            confidence = confidence.masked_fill(~masked, -torch.inf)
+            canvas_confidence = torch.full(x.shape, -torch.inf, device=device)
+            canvas_confidence[:, prompt_len:] = confidence.masked_fill(~masked, -torch.inf)
             if not alg_temp:
-                reveal = _top_ranked(confidence, counts)
+                reveal = _reveal_top(canvas_confidence, counts, offsets)[:, prompt_len:]
             else:
-                weights = F.softmax(confidence / alg_temp, dim=-1)
+                weights = F.softmax(canvas_confidence[:, prompt_len:] / alg_temp, dim=-1)
                 reveal = torch.zeros_like(masked)
                 for row in range(batch):
                     if counts[row]:

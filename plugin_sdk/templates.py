@@ -162,7 +162,8 @@ def _inferred(row: Mapping[str, Any], kind: str) -> list[dict[str, str]]:
             "use a pre-training mode or give instruction/input/output templates"
         )
     if kind == "alpaca":
-        user = "\n\n".join(part for part in (_text(row, "instruction"), _text(row, "input")) if part)
+        parts = [_text(row, "instruction"), _text(row, "input") if "input" in row else ""]
+        user = "\n\n".join(part for part in parts if part)
         return [{"role": "user", "content": user}, {"role": "assistant", "content": _text(row, "output")}]
     answer_column = "completion" if kind == "prompt_completion" else "response"
 

@@ -8,6 +8,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from dlm.errors import ModelError
 from dlm.families import FAMILIES, detect_family, get_family, resolve_special_ids
+from dlm.presets import ensure_preset
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
 FIXTURE_FAMILY = {"llada-tiny": "llada", "dream-tiny": "dream", "modernbert-tiny": "bert"}
@@ -121,6 +122,28 @@ def test_family_templates_are_the_fixtures(folder):
 def test_fixture_chat_templates_render_design_formats(folder):
     tokenizer = AutoTokenizer.from_pretrained(GOLDEN / folder)
     rendered, expected = render(tokenizer, FIXTURE_FAMILY[folder])
+    assert rendered == expected
+
+
+@pytest.fixture(scope="session")
+def preset_workspace(tmp_path_factory):
+    """The session's preset workspace, shared with the other model test modules (presets are built once)."""
+    return tmp_path_factory.getbasetemp() / "preset-workspace"
+
+
+@pytest.mark.parametrize(
+    ("preset", "family"),
+    [
+        ("tiny-llada", "llada"),
+        ("tiny-dream", "dream"),
+        ("tiny-bert", "bert"),
+        ("tiny-a2d", "llada"),
+        ("tiny-ar", "llada"),
+    ],
+)
+def test_preset_chat_templates_render_design_formats(preset_workspace, preset, family):
+    tokenizer = AutoTokenizer.from_pretrained(ensure_preset(preset, preset_workspace))
+    rendered, expected = render(tokenizer, family)
     assert rendered == expected
 
 

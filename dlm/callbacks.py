@@ -1,0 +1,93 @@
+"""Trainer callbacks that report to a job: progress, metrics under stable names, stop requests, sample text.
+
+A `Reporter` is anything with the few methods below; `plugin_sdk.Job` is one. dlm itself never imports the
+host contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+# Trainer log keys -> the metric names shown in TensorBoard, W&B, metrics.json and the job log.
+RENAMED = {"loss": "train/loss", "learning_rate": "train/lr", "grad_norm": "train/grad_norm", "epoch": "train/epoch"}
+DROPPED = {
+    "total_flos",
+    "train_runtime",
+    "train_samples_per_second",
+    "train_steps_per_second",
+    "train_loss",
+    "eval_runtime",
+    "eval_samples_per_second",
+    "eval_steps_per_second",
+    "eval_epoch",
+}
+
+
+class Reporter(Protocol):
+    is_main_process: bool
+
+    def progress(self, percent: float) -> None: ...
+    def stop_requested(self) -> bool: ...
+    def log(self, message: str) -> None: ...
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
+    def log_text(self, tag: str, text: str, step: int) -> None: ...
+
+
+def metric_name(key: str) -> str:
+    if key in RENAMED:
+        return RENAMED[key]
+    if key.startswith("eval_"):
+        return "val/" + key[len("eval_") :]
+    return "train/" + key
+
+
+class ReporterCallback(TrainerCallback):
+    """Progress every optimizer step, metrics on every log, and a clean stop: when the job is asked to stop, the
+    Trainer saves a checkpoint at the current step and ends; `stopped` then tells the caller."""
+
+    def __init__(self, reporter: Reporter, *, progress_start: float = 5.0, progress_end: float = 95.0) -> None:
+        self.reporter = reporter
+        self.start, self.end = progress_start, progress_end
+        self.stopped = False
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if state.max_steps:
+            self.reporter.progress(self.start + (self.end - self.start) * state.global_step / state.max_steps)
+        if self.reporter.stop_requested():
+            self.stopped = True
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and self.reporter.is_main_process:
+            metrics = {
+                metric_name(k): float(v) for k, v in logs.items() if k not in DROPPED and isinstance(v, int | float)
+            }
+            if metrics:
+                self.reporter.log_metrics(metrics, step=state.global_step)
+
+
+class SampleCallback(TrainerCallback):
+    """Every `every` optimizer steps, generate answers for a few prompts and log them as text."""
+
+    def __init__(self, reporter: Reporter, generate: Callable[[], list[tuple[str, str]]], every: int) -> None:
+        self.reporter, self.generate, self.every = reporter, generate, every
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.every and state.global_step % self.every == 0 and self.reporter.is_main_process:
+            was_training = model.training if model is not None else False
+            if model is not None:
+                model.eval()
+            try:
+                samples = self.generate()
+            finally:
+                if model is not None and was_training:
+                    model.train()
+            text = "\n\n".join(f"PROMPT: {prompt}\nANSWER: {answer}" for prompt, answer in samples)
+            self.reporter.log_text("samples", text, state.global_step)
+            self.reporter.log(f"samples at step {state.global_step}:\n{text}")
+        return control

@@ -1,0 +1,156 @@
+"""Training data for diffusion LMs: chat conversations and raw text into token ids, labels and padded batches.
+
+SFT: `ids = template(messages)`, `prompt = template(messages[:-1], generation prompt)`; labels are the ids with the
+prompt part set to -100 (when the prompt loss is masked), so only the final assistant turn is trained.
+Pre-training: texts joined with EOS and cut into `max_length` chunks; every token is trainable.
+Padding follows the family: LLaDA / converted models pad with EOS and train on those pads, Dream does too but
+keeps an attention mask, BERT pads with [PAD] (its end token); the causal baseline ignores its pads.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dlm.errors import ModelError
+from dlm.families import Family, SpecialIds
+
+IGNORE = -100
+DROP_PROMPT_TOO_LONG = "prompt alone longer than max_length"
+DROP_TOO_LONG = "longer than max_length (truncation=filter)"
+DROP_NO_RESPONSE = "no assistant turn to train on"
+
+
+def _ids(tokenizer: Any, messages: Sequence[Mapping[str, str]], *, generation_prompt: bool) -> list[int]:
+    ids = tokenizer.apply_chat_template(
+        list(messages), tokenize=True, add_generation_prompt=generation_prompt, return_dict=False
+    )
+    return list(ids)
+
+
+def encode_conversation(
+    messages: Sequence[Mapping[str, str]],
+    tokenizer: Any,
+    *,
+    max_length: int,
+    mask_prompt_loss: bool = True,
+    truncation: str = "right",
+) -> dict[str, list[int]] | str:
+    """Token ids and labels of one conversation whose last message is the assistant's answer, or the reason
+    it is dropped (one of the DROP_* strings)."""
+    if not messages or messages[-1].get("role") != "assistant":
+        return DROP_NO_RESPONSE
+    ids = _ids(tokenizer, messages, generation_prompt=False)
+    prompt = _ids(tokenizer, messages[:-1], generation_prompt=True)
+    if ids[: len(prompt)] != prompt:
+        raise ModelError(
+            "the chat template renders the conversation without its generation prompt as a prefix, so the prompt "
+            "cannot be told from the answer; use a template whose generation prompt opens the assistant turn"
+        )
+    if len(prompt) >= max_length:
+        return DROP_PROMPT_TOO_LONG
+    if len(ids) > max_length:
+        if truncation == "filter":
+            return DROP_TOO_LONG
+        ids = ids[:max_length]
+    labels = [IGNORE] * len(prompt) + ids[len(prompt) :] if mask_prompt_loss else list(ids)
+    return {"input_ids": ids, "labels": labels, "prompt_length": len(prompt)}
+
+
+@dataclass
+class EncodedData:
+    rows: list[dict[str, list[int]]]
+    dropped: Counter
+
+    def summary(self) -> str:
+        kept = f"{len(self.rows)} examples"
+        if not self.dropped:
+            return kept
+        return kept + "; dropped " + ", ".join(f"{n} ({why})" for why, n in self.dropped.items())
+
+
+def encode_conversations(
+    conversations: Iterable[Sequence[Mapping[str, str]]],
+    tokenizer: Any,
+    *,
+    max_length: int,
+    mask_prompt_loss: bool = True,
+    truncation: str = "right",
+) -> EncodedData:
+    rows: list[dict[str, list[int]]] = []
+    dropped: Counter = Counter()
+    for messages in conversations:
+        encoded = encode_conversation(
+            messages, tokenizer, max_length=max_length, mask_prompt_loss=mask_prompt_loss, truncation=truncation
+        )
+        if isinstance(encoded, str):
+            dropped[encoded] += 1
+        else:
+            rows.append(encoded)
+    return EncodedData(rows, dropped)
+
+
+def pack_texts(texts: Iterable[str], tokenizer: Any, *, max_length: int, eos_id: int) -> list[dict[str, list[int]]]:
+    """Pre-training rows: every text tokenized, followed by EOS, all concatenated and cut into `max_length`
+    chunks (the last, shorter chunk is kept); every token is trainable."""
+    stream: list[int] = []
+    for text in texts:
+        stream.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        stream.append(eos_id)
+    return [
+        {"input_ids": stream[i : i + max_length], "labels": stream[i : i + max_length], "prompt_length": 0}
+        for i in range(0, len(stream), max_length)
+    ]
+
+
+@dataclass
+class DiffusionCollator:
+    """Pads a list of encoded rows into a batch the way the family was trained.
+
+    Dream options: `perbatch_cutoff` trims every response in the batch to the response length of one randomly
+    chosen example (so a batch has a common answer length); `resp_cutoff_ratio` is the probability that an
+    example's response is cut to a random shorter length. Both only shorten responses, never prompts."""
+
+    family: Family
+    special: SpecialIds
+    perbatch_cutoff: bool = False
+    resp_cutoff_ratio: float = 0.0
+    rng: Callable[[], float] | None = None
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        rows = self._cut(rows)
+        length = max(len(r["input_ids"]) for r in rows)
+        pad = self.special.pad
+        label_pad = pad if self.family.train_on_padding else IGNORE
+        input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
+        labels = torch.full((len(rows), length), label_pad, dtype=torch.long)
+        attention = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, row in enumerate(rows):
+            n = len(row["input_ids"])
+            input_ids[i, :n] = torch.tensor(row["input_ids"])
+            labels[i, :n] = torch.tensor(row["labels"])
+            attention[i, :n] = 1
+        batch = {"input_ids": input_ids, "labels": labels}
+        if self.family.uses_attention_mask:
+            batch["attention_mask"] = attention
+        return batch
+
+    def _cut(self, rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        if not (self.perbatch_cutoff or self.resp_cutoff_ratio > 0):
+            return list(rows)
+        draw = self.rng or random.random
+        responses = [len(r["input_ids"]) - r["prompt_length"] for r in rows]
+        cut_to = responses[int(draw() * len(rows)) % len(rows)] if self.perbatch_cutoff else None
+        out = []
+        for row, response in zip(rows, responses, strict=True):
+            keep = response if cut_to is None else min(response, cut_to)
+            if self.resp_cutoff_ratio > 0 and draw() < self.resp_cutoff_ratio and keep > 1:
+                keep = 1 + int(draw() * keep) % keep
+            end = row["prompt_length"] + max(keep, 1)
+            out.append({**row, "input_ids": row["input_ids"][:end], "labels": row["labels"][:end]})
+        return out

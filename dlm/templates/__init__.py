@@ -1,0 +1,1 @@
+"""Default chat templates of the model families (read by `dlm.families.Family.chat_template`)."""

@@ -1,0 +1,70 @@
+"""Diffusion LLM Trainer: masked-diffusion SFT / pre-training of LLaDA, Dream, ModernBERT and converted LMs."""
+
+from plugin_sdk import Job, JobStopped, run_job
+from plugin_sdk.data import load_dataset_splits
+from plugin_sdk.errors import ParameterError
+from plugin_sdk.templates import build_messages, row_text
+
+
+def read_rows(job: Job) -> tuple[list, list | None]:
+    """Training and validation rows: conversations in SFT mode, texts in pre-training mode."""
+    p = job.params
+    source = p.get("dataset") or p.get("dataset_name")
+    if not source:
+        raise ParameterError("no training data: set dataset (a file, folder or workspace dataset id)")
+    splits = load_dataset_splits(
+        source,
+        workspace=job.workspace.root,
+        validation_split="auto" if p.eval_strategy != "no" else None,
+        validation_fraction=p.validation_fraction,
+        max_samples=p.max_samples or None,
+        seed=p.seed,
+    )
+    if p.train_mode == "pretrain":
+        convert = row_text
+    else:
+
+        def convert(row):
+            return build_messages(
+                row,
+                instruction_template=p.get("instruction_template"),
+                input_template=p.get("input_template"),
+                output_template=p.get("output_template"),
+                system_message=p.get("system_message") or None,
+            )
+
+    validation = [convert(r) for r in splits.validation] if splits.validation is not None else None
+    return [convert(r) for r in splits.train], validation
+
+
+def train(job: Job) -> str:
+    from dlm.sft import SFTConfig, run_sft, save_outputs
+
+    p = job.params
+    if not p.get("model_name"):
+        raise ParameterError(
+            "no model: set model_name (a local checkpoint, a hub id, or a tiny preset such as tiny-llada)"
+        )
+    config = SFTConfig.from_params(p, output_dir=str(job.checkpoint_dir), workspace=str(job.workspace.root))
+    train_rows, validation_rows = read_rows(job)
+    job.progress(3)
+    result = run_sft(config, train_rows, validation_rows, job)
+    if result.stopped:
+        raise JobStopped(f"stopped at step {result.global_step}; resume with resume_from_checkpoint=latest")
+    job.progress(96)
+    full = p.save_full_model or p.merge_adapter or not p.lora
+    full_dir = job.model_dir(f"{p.model_name.split('/')[-1]}_{p.adaptor_name}") if full else None
+    if job.is_main_process:
+        for path in save_outputs(result, adaptor_dir=job.adaptor_dir if p.lora else None, full_model_dir=full_dir):
+            job.log(f"saved {path}")
+        if full_dir is not None:
+            job.register_model(full_dir, architecture=type(result.model).__name__)
+    return result.summary
+
+
+def main() -> None:
+    run_job(__file__, train)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Offline tiny presets: built once, cached, reloadable, trainable, with the families' tokens and templates."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dlm import presets
+from dlm.errors import ModelError
+from dlm.loading import load_model_and_tokenizer
+from dlm.presets import PRESETS, ensure_preset, resolve_model_path
+
+MESSAGES = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."}]
+PRESET_FAMILY = {"tiny-llada": "llada", "tiny-dream": "dream", "tiny-bert": "bert", "tiny-a2d": "a2d", "tiny-ar": "ar"}
+PRESET_CLASS = {
+    "tiny-llada": "LLaDAModelLM",
+    "tiny-dream": "DreamModel",
+    "tiny-bert": "ModernBertForMaskedLM",
+    "tiny-a2d": "LlamaForCausalLM",
+    "tiny-ar": "LlamaForCausalLM",
+}
+FAMILY_TOKENS = {
+    "tiny-llada": [
+        "<|startoftext|>", "<|endoftext|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|mdm_mask|>",
+    ],
+    "tiny-dream": ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|mask|>", "<|beginoftext|>"],
+    "tiny-bert": ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]", "[SYS]", "[/SYS]", "[Question]", "[/Question]",
+                  "[Answer]", "[/Answer]"],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def preset_workspace(tmp_path_factory):
+    """One preset workspace for the whole test session (the other model test modules use the same folder)."""
+    return tmp_path_factory.getbasetemp() / "preset-workspace"
+
+
+@pytest.fixture(scope="session")
+def built(preset_workspace):
+    return {name: ensure_preset(name, preset_workspace) for name in PRESETS}
+
+
+def test_every_preset_builds_where_expected(built, preset_workspace):
+    for name, folder in built.items():
+        assert folder == preset_workspace / "models" / name
+        assert json.loads((folder / "dlm_preset.json").read_text()) == {"preset": name, "version": 1}
+        assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= {
+            p.name for p in folder.iterdir()
+        }
+    assert sorted(p.name for p in (preset_workspace / "models").iterdir()) == sorted(PRESETS)  # no temporary leftovers
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_reloads_and_trains(built, preset_workspace, name):
+    loaded = load_model_and_tokenizer(name, workspace=preset_workspace)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    assert loaded.family.name == PRESET_FAMILY[name]
+    assert type(model).__name__ == PRESET_CLASS[name]
+    assert loaded.path == str(built[name])
+    assert model.config.hidden_size == 128 and model.config.num_hidden_layers == 2
+    assert 1000 <= len(tokenizer) <= 2048
+    assert sum(p.numel() for p in model.parameters()) < 1_000_000
+    ids = tokenizer.apply_chat_template(MESSAGES, tokenize=True, return_dict=False)
+    batch = torch.tensor([ids, ids])
+    if loaded.family.is_diffusion:
+        batch[:, 3::2] = loaded.special_ids.mask
+    model.train()
+    logits = model(input_ids=batch).logits
+    assert logits.shape[:2] == batch.shape and logits.shape[-1] >= len(tokenizer)
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), torch.tensor([ids, ids]).flatten())
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
+def test_second_call_does_not_rebuild(built, preset_workspace, monkeypatch):
+    stamps = {name: (folder / "model.safetensors").stat().st_mtime_ns for name, folder in built.items()}
+
+    def refuse(dst):
+        raise AssertionError("rebuilt a cached preset")
+
+    for name in PRESETS:
+        monkeypatch.setitem(PRESETS, name, refuse)
+        assert ensure_preset(name, preset_workspace) == built[name]
+        assert (built[name] / "model.safetensors").stat().st_mtime_ns == stamps[name]
+
+
+def test_incomplete_or_stale_preset_is_rebuilt(tmp_path):
+    half = tmp_path / "models" / "tiny-bert"
+    half.mkdir(parents=True)
+    (half / "config.json").write_text("{}")  # a folder without the marker, e.g. copied by hand mid-way
+    folder = ensure_preset("tiny-bert", tmp_path)
+    assert (folder / "model.safetensors").is_file()
+    (folder / "dlm_preset.json").write_text(json.dumps({"preset": "tiny-bert", "version": 0}))
+    ensure_preset("tiny-bert", tmp_path)
+    assert json.loads((folder / "dlm_preset.json").read_text())["version"] == presets.PRESET_VERSION
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["tiny-bert"]
+
+
+def test_build_is_deterministic(built, tmp_path):
+    again = ensure_preset("tiny-llada", tmp_path)
+    first, second = load_file(built["tiny-llada"] / "model.safetensors"), load_file(again / "model.safetensors")
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert (again / "tokenizer.json").read_text() == (built["tiny-llada"] / "tokenizer.json").read_text()
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_TOKENS))
+def test_preset_special_tokens_are_single_tokens(built, preset_workspace, name):
+    tokenizer = load_model_and_tokenizer(name, workspace=preset_workspace).tokenizer
+    for token in FAMILY_TOKENS[name]:
+        assert tokenizer.encode(token, add_special_tokens=False) == [tokenizer.convert_tokens_to_ids(token)], token
+    text = "What is 12 + 30? Lily runs near the sea."
+    assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
+
+
+def test_llada_ar_and_a2d_share_token_ids(built, preset_workspace):
+    loaded = {n: load_model_and_tokenizer(n, workspace=preset_workspace) for n in ("tiny-llada", "tiny-ar", "tiny-a2d")}
+    encodings = {n: lm.tokenizer.apply_chat_template(MESSAGES, return_dict=False) for n, lm in loaded.items()}
+    assert encodings["tiny-llada"] == encodings["tiny-ar"] == encodings["tiny-a2d"]
+    masks = {n: lm.special_ids.mask for n, lm in loaded.items()}
+    assert masks["tiny-llada"] == masks["tiny-a2d"] == len(loaded["tiny-ar"].tokenizer)
+    assert masks["tiny-ar"] is None
+
+
+def test_resolve_model_path(built, preset_workspace, monkeypatch):
+    assert resolve_model_path("tiny-dream", preset_workspace) == str(built["tiny-dream"])
+    assert resolve_model_path("GSAI-ML/LLaDA-8B-Instruct", preset_workspace) == "GSAI-ML/LLaDA-8B-Instruct"
+    with pytest.raises(ModelError, match="unknown tiny preset 'tiny-gpt'; choose one of: tiny-llada, tiny-dream"):
+        resolve_model_path("tiny-gpt", preset_workspace)
+    monkeypatch.setenv("DLM_WORKSPACE", str(preset_workspace))
+    assert presets.default_workspace() == Path(preset_workspace)
+    assert resolve_model_path("tiny-bert") == str(built["tiny-bert"])
