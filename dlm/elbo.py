@@ -88,8 +88,9 @@ def _check_masks(response_mask: torch.Tensor, masks: torch.Tensor, input_ids: to
             f"{tuple(input_ids.shape)} and {tuple(response_mask.shape)}"
         )
     if masks.dim() != 3 or masks.shape[1:] != input_ids.shape:
-        raise ValueError(f"masks must be [n, batch, length] = [n, {', '.join(map(str, input_ids.shape))}], "
-                         f"got {tuple(masks.shape)}")
+        raise ValueError(
+            f"masks must be [n, batch, length] = [n, {', '.join(map(str, input_ids.shape))}], got {tuple(masks.shape)}"
+        )
     outside = masks & ~response_mask.unsqueeze(0)
     if bool(outside.any()):
         sample, row, pos = outside.nonzero()[0].tolist()
@@ -116,7 +117,8 @@ def elbo_terms(
     `input_ids` [B, T] clean sequences, `response_mask` [B, T] the scored tokens (L per row), `masks` [n, B, T]
     (from `draw_elbo_masks`; l = masks per sample), `shift` True for families whose output at i - 1 predicts
     token i (Dream). Up to `batch_size` (sample, row) sequences go through one forward pass, and the output head
-    runs only at masked positions. Log-probabilities are float32 log-softmax, accumulated in float64.
+    runs only at masked positions. Log-probabilities are log-softmax in float32 (float64 for a float64 model),
+    accumulated in float64.
     Gradients flow when enabled (the caller chooses `torch.no_grad()` or not).
     """
     response_mask = response_mask.bool()
@@ -141,7 +143,7 @@ def elbo_terms(
             mask,
             shift,
         )
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        log_probs = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
         token_log_probs = log_probs.gather(-1, clean[mask].unsqueeze(-1)).squeeze(-1)
         # logits come in row-major order of the mask: sum them per sequence in float64
         owner = mask.nonzero()[:, 0]
@@ -172,8 +174,16 @@ def elbo(
     """
     if masks is None:
         masks = draw_elbo_masks(response_mask, n, generator)
-    terms = elbo_terms(model, input_ids, response_mask, masks, mask_id=mask_id, shift=shift,
-                       attention_mask=attention_mask, batch_size=batch_size)
+    terms = elbo_terms(
+        model,
+        input_ids,
+        response_mask,
+        masks,
+        mask_id=mask_id,
+        shift=shift,
+        attention_mask=attention_mask,
+        batch_size=batch_size,
+    )
     count = terms.shape[0]
     stderr = terms.std(dim=0) / math.sqrt(count) if count > 1 else torch.full_like(terms[0], math.nan)
     return terms.mean(dim=0), stderr

@@ -146,7 +146,9 @@ def logits_at_positions(
     return _run_with_head_input(model, input_ids, attention_mask, lambda hidden: hidden[batch_idx, source_idx])
 
 
-def hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def hidden_states(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """The backbone's hidden states [B, L, H] after its final norm (what the output head reads).
 
     The model's forward runs with an empty selection for the head. For several position sets on one forward pass

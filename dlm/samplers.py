@@ -56,8 +56,9 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def _check_llada_settings(steps: int, gen_length: int, block_length: int, temperature: float, remasking: str,
-                          cfg_scale: float) -> None:
+def _check_llada_settings(
+    steps: int, gen_length: int, block_length: int, temperature: float, remasking: str, cfg_scale: float
+) -> None:
     if gen_length < 1:
         raise SamplingError(f"gen_length must be at least 1, got {gen_length}")
     if block_length < 1 or gen_length % block_length:
@@ -115,8 +116,9 @@ def _padding_mask(attention_mask: torch.Tensor | None, gen_length: int) -> torch
     return torch.cat([attention_mask, ones], dim=1)
 
 
-def _rand(shape: Sequence[int], generator: torch.Generator | None, device: torch.device,
-          dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def _rand(
+    shape: Sequence[int], generator: torch.Generator | None, device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Uniform [0, 1) noise drawn on the generator's device (so a CPU generator seeds CUDA runs too)."""
     source = generator.device if generator is not None else device
     return torch.rand(tuple(shape), generator=generator, device=source, dtype=dtype).to(device)
@@ -139,6 +141,10 @@ def _reveal_top(confidence: torch.Tensor, counts: torch.Tensor, offsets: torch.T
         if count:
             reveal[row, offset + torch.topk(confidence[row, offset:], count).indices] = True
     return reveal
+
+
+def _at_least_float32(logits: torch.Tensor) -> torch.Tensor:
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
 def _count_generated(generated: torch.Tensor, end_ids: Sequence[int | None]) -> torch.Tensor:
@@ -184,7 +190,9 @@ def generate_llada(
     """
     _check_llada_settings(steps, gen_length, block_length, temperature, remasking, cfg_scale)
     offsets = _check_prompt(prompt_ids, attention_mask, mask_id)
-    if (suppress_eos_in_logits and eos_id is None) or (suppress_eos_in_confidence and eos_id is None and eot_id is None):
+    if (suppress_eos_in_logits and eos_id is None) or (
+        suppress_eos_in_confidence and eos_id is None and eot_id is None
+    ):
         raise SamplingError("suppressing EOS needs eos_id (and eot_id for the confidence option)")
     batch, prompt_len = prompt_ids.shape
     device = prompt_ids.device
@@ -213,11 +221,11 @@ def generate_llada(
                 pair = logits_at_positions(
                     model, torch.cat([x, unconditional]), pair_mask, torch.cat([positions, positions]), False
                 )
-                cond, uncond = pair.float().reshape(2 * batch, block_length, -1).chunk(2)
+                cond, uncond = _at_least_float32(pair).reshape(2 * batch, block_length, -1).chunk(2)
                 logits = uncond + (cfg_scale + 1) * (cond - uncond)
                 nfe += 2
             else:
-                logits = logits_at_positions(model, x, canvas_mask, positions, False).float()
+                logits = _at_least_float32(logits_at_positions(model, x, canvas_mask, positions, False))
                 logits = logits.reshape(batch, block_length, -1)
                 nfe += 1
             if suppress_eos_in_logits:
@@ -261,8 +269,9 @@ def _top_k_filter(logits: torch.Tensor, top_k: int) -> torch.Tensor:
     return logits.masked_fill(logits < kth, torch.finfo(logits.dtype).min)
 
 
-def _dream_choose(logits: torch.Tensor, temperature: float, top_p: float | None, top_k: int | None,
-                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _dream_choose(
+    logits: torch.Tensor, temperature: float, top_p: float | None, top_k: int | None, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(probabilities after temperature/top-p/top-k, chosen tokens, their probabilities) as Dream's
     `sample_tokens`: filters apply at temperature 0 too, where the choice is the argmax."""
     if temperature > 0:
@@ -280,8 +289,16 @@ def _dream_choose(logits: torch.Tensor, temperature: float, top_p: float | None,
     return probs, x0, top
 
 
-def _check_dream_settings(steps: int, max_new_tokens: int, temperature: float, top_p: float | None,
-                          top_k: int | None, alg: str, alg_temp: float | None, eps: float) -> None:
+def _check_dream_settings(
+    steps: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float | None,
+    top_k: int | None,
+    alg: str,
+    alg_temp: float | None,
+    eps: float,
+) -> None:
     if max_new_tokens < 1:
         raise SamplingError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if steps < 1:
@@ -355,7 +372,8 @@ def generate_dream(
             counts = left if last else (left.float() * (1 - s / t)).long()
             if not bool(counts.any()):
                 continue
-        logits = logits_at_positions(model, x, canvas_mask, positions, True).float().reshape(batch, max_new_tokens, -1)
+        logits = _at_least_float32(logits_at_positions(model, x, canvas_mask, positions, True))
+        logits = logits.reshape(batch, max_new_tokens, -1)
         nfe += 1
         probs, x0, confidence = _dream_choose(logits, temperature, top_p, top_k, generator)
         if alg != "origin":
