@@ -31,6 +31,18 @@ def ws(tmp_path: Path) -> Workspace:
     return Workspace(tmp_path / "ws")
 
 
+SLOW_STEPS = ["--set", "steps=200", "--set", "step_seconds=0.05", "--set", "required_note=x"]
+
+
+def start_long_job(cmd: list[str], env: dict, ws: Workspace, job_id: str) -> subprocess.Popen:
+    """Start a slow probe job and wait until it has made some progress."""
+    process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while record(ws, job_id).get("progress", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return process
+
+
 def run(ws: Workspace, **values) -> tuple[int, str, dict]:
     values.setdefault("required_note", "hello")
     code, job_id = run_plugin(PROBE, values, workspace=ws, experiment="exp", show_progress=False)
@@ -130,19 +142,11 @@ def test_stop_mid_run_writes_checkpoint_and_ends_stopped(ws):
         str(ws.root),
         "--experiment",
         "exp",
-        "--set",
-        "steps=200",
-        "--set",
-        "step_seconds=0.05",
-        "--set",
-        "required_note=x",
+        *SLOW_STEPS,
         "--set",
         f"job_id={job_id}",
     ]
-    process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 60
-    while record(ws, job_id).get("progress", 0) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    process = start_long_job(cmd, env, ws, job_id)
     request_stop(ws, job_id)
     out, _ = process.communicate(timeout=60)
     rec = record(ws, job_id)
@@ -161,19 +165,11 @@ def test_sigterm_stops_the_job(ws):
     cmd = [
         sys.executable,
         str(PROBE / "main.py"),
-        "--set",
-        "steps=200",
-        "--set",
-        "step_seconds=0.05",
-        "--set",
-        "required_note=x",
+        *SLOW_STEPS,
         "--set",
         f"job_id={job_id}",
     ]
-    process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 60
-    while record(ws, job_id).get("progress", 0) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    process = start_long_job(cmd, env, ws, job_id)
     process.send_signal(signal.SIGTERM)
     out, _ = process.communicate(timeout=60)
     assert record(ws, job_id)["status"] == "STOPPED", out
