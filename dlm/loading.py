@@ -119,8 +119,8 @@ def _family_for(source: str, raw: dict[str, Any], family: Family | str | None) -
     causal = {"a2d", "ar"}
     if detected is not None and {chosen.name, detected.name} <= causal and chosen != detected:
         raise ModelError(
-            f"checkpoint {source} is a {detected.name} model (is_causal={raw.get('is_causal', True)}), not "
-            f"{chosen.name}: "
+            f"checkpoint {source} belongs to family {detected.name} (is_causal={raw.get('is_causal', True)}), "
+            f"not {chosen.name}: "
             + (
                 "convert it with dlm.convert.convert_causal_to_diffusion to train it as diffusion"
                 if chosen.name == "a2d"

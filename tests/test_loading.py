@@ -114,9 +114,9 @@ def test_bad_arguments(preset_workspace):
 
 
 def test_causal_and_converted_are_not_mixed_up(preset_workspace):
-    with pytest.raises(ModelError, match="is a ar model .*convert it with dlm.convert.convert_causal_to_diffusion"):
+    with pytest.raises(ModelError, match="belongs to family ar .*convert it with dlm.convert.convert_causal_to_diffusion"):
         load("tiny-ar", preset_workspace, family="a2d")
-    with pytest.raises(ModelError, match="is a a2d model .*load it as a2d"):
+    with pytest.raises(ModelError, match="belongs to family a2d .*load it as a2d"):
         load("tiny-a2d", preset_workspace, family="ar")
 
 
