@@ -17,12 +17,6 @@ GOLDEN = Path(__file__).parent / "fixtures" / "golden"
 MASK = "<|mdm_mask|>"
 
 
-@pytest.fixture(scope="session")
-def preset_workspace(tmp_path_factory):
-    """The session's preset workspace, shared with the other model test modules (presets are built once)."""
-    return tmp_path_factory.getbasetemp() / "preset-workspace"
-
-
 @pytest.fixture(scope="module")
 def sources(preset_workspace, tmp_path_factory):
     """Causal checkpoints without a mask token: the Llama preset, a Qwen2 with spare embedding rows, a Qwen3."""

@@ -125,12 +125,6 @@ def test_fixture_chat_templates_render_design_formats(folder):
     assert rendered == expected
 
 
-@pytest.fixture(scope="session")
-def preset_workspace(tmp_path_factory):
-    """The session's preset workspace, shared with the other model test modules (presets are built once)."""
-    return tmp_path_factory.getbasetemp() / "preset-workspace"
-
-
 @pytest.mark.parametrize(
     ("preset", "family"),
     [

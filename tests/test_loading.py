@@ -18,12 +18,6 @@ FIXTURES = {"llada-tiny": ("llada", "LLaDAModelLM"), "dream-tiny": ("dream", "Dr
 PRESET_FAMILY = {"tiny-llada": "llada", "tiny-dream": "dream", "tiny-bert": "bert", "tiny-a2d": "a2d", "tiny-ar": "ar"}
 
 
-@pytest.fixture(scope="session")
-def preset_workspace(tmp_path_factory):
-    """The session's preset workspace, shared with the other model test modules (presets are built once)."""
-    return tmp_path_factory.getbasetemp() / "preset-workspace"
-
-
 def load(name, workspace, **kwargs):
     return load_model_and_tokenizer(name, workspace=workspace, **kwargs)
 
@@ -114,7 +108,9 @@ def test_bad_arguments(preset_workspace):
 
 
 def test_causal_and_converted_are_not_mixed_up(preset_workspace):
-    with pytest.raises(ModelError, match="belongs to family ar .*convert it with dlm.convert.convert_causal_to_diffusion"):
+    with pytest.raises(
+        ModelError, match="belongs to family ar .*convert it with dlm.convert.convert_causal_to_diffusion"
+    ):
         load("tiny-ar", preset_workspace, family="a2d")
     with pytest.raises(ModelError, match="belongs to family a2d .*load it as a2d"):
         load("tiny-a2d", preset_workspace, family="ar")
