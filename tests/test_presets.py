@@ -32,12 +32,6 @@ FAMILY_TOKENS = {
 
 
 @pytest.fixture(scope="session")
-def preset_workspace(tmp_path_factory):
-    """One preset workspace for the whole test session (the other model test modules use the same folder)."""
-    return tmp_path_factory.getbasetemp() / "preset-workspace"
-
-
-@pytest.fixture(scope="session")
 def built(preset_workspace):
     return {name: ensure_preset(name, preset_workspace) for name in PRESETS}
 
