@@ -107,7 +107,7 @@ def _check_method(config: SFTConfig, loaded: LoadedModel) -> str:
         raise ModelError(f"{config.model_name} is a converted diffusion model; ar needs a causal checkpoint")
     raise ModelError(
         f"training_method={method} does not match the model {config.model_name}, which is a {family} model "
-        f"({loaded.family.description}); use training_method=auto or {family}"
+        f"({', '.join(loaded.family.architectures)}); use training_method=auto or {family}"
     )
 
 

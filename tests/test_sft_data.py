@@ -39,7 +39,7 @@ CONVERSATIONS = [
     [
         {"role": "system", "content": "you are helpful"},
         {"role": "user", "content": "please write a python function"},
-        {"role": "assistant", "content": "def hello(): return one plus two"},
+        {"role": "assistant", "content": "def hello ( ) : return one plus two"},
     ],
     [
         {"role": "user", "content": "one plus one"},
