@@ -7,7 +7,8 @@ official checkpoints: ``model.embed_tokens``, ``model.layers.N.self_attn.{q,k,v,
 ``model.layers.N.mlp.{gate,up,down}_proj``, ``model.layers.N.{input,post_attention}_layernorm``, ``model.norm``,
 ``lm_head``.
 
-A 2-D ``attention_mask`` [B, L] (1 = real token) hides padded keys; padded query rows get (meaningless) logits. As in
+A 2-D ``attention_mask`` [B, L] (1 = real token) hides padded keys and, as in the official code, gives padded
+queries nothing to attend to (with SDPA their attention output is zero; Dream trains on those EOS pads). As in
 Qwen2 (and the official Dream code), RoPE tables are cast to the activation dtype.
 
 Logits are returned unshifted: ``logits[:, i]`` is the model's output at position ``i``, which Dream trains to predict
@@ -59,6 +60,17 @@ class DreamConfig(Qwen2Config):
         super().__post_init__(**kwargs)
 
 
+def _pairwise_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The official Dream mask [B, 1, L, L]: query i attends to key j only when both are real tokens, so a padded
+    position's query attends to nothing (SDPA then outputs zeros there). Dream SFT trains on EOS padding under an
+    attention mask, so those rows enter the loss and must match the reference. Not used with eager attention, whose
+    softmax over a fully masked row is uniform rather than empty (its padded rows differ; real rows are equal)."""
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    real = attention_mask.bool()
+    return real[:, None, :, None] & real[:, None, None, :]
+
+
 class DreamModel(Qwen2PreTrainedModel):
     """Dream with its ``lm_head``; returns ``MaskedLMOutput`` with unshifted logits."""
 
@@ -101,7 +113,9 @@ class DreamModel(Qwen2PreTrainedModel):
         kwargs.pop("use_cache", None)
         base = self.model(
             input_ids=input_ids,
-            attention_mask=attention_mask,
+            attention_mask=attention_mask
+            if self.config._attn_implementation == "eager"
+            else _pairwise_mask(attention_mask),
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
             output_hidden_states=output_hidden_states,
