@@ -258,12 +258,16 @@ def test_sparse_logits_loss_and_gradients_equal_full_logits(family: str, attenti
     model = tiny_model(family)
     batch = make_batch(attention_mask=attention_mask)
     t, masked = fixed_mask(batch)
+    head_outputs = []
     for weight, norm, shift in SETTINGS:
         shift = family == "dream" if shift is None else shift
         config = LossConfig(MASK_ID, shift_logits=shift, loss_weight_type=weight, loss_norm_type=norm)
+        hook = model.get_output_embeddings().register_forward_hook(lambda _m, _a, out: head_outputs.append(out.shape))
         ours, our_grads = loss_and_grads(
             model, lambda c=config: diffusion_loss(model, batch, masked=masked, t=t, config=c).loss
         )
+        hook.remove()
+        assert head_outputs.pop() == (masked.sum(), VOCAB)  # the vocabulary projection saw the masked rows only
         reference, reference_grads = loss_and_grads(
             model, lambda c=config: full_logits_loss(model, batch, masked, t, c)
         )
@@ -298,7 +302,7 @@ def test_shift_keeps_position_zero_and_uses_previous_position() -> None:
 
 def test_peft_and_gradient_checkpointing_wrappers() -> None:
     model = tiny_model("llada")
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
     targets = ["q_proj", "v_proj", "model.transformer.ff_out"]
     peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=targets, init_lora_weights=False))
     batch = make_batch()
