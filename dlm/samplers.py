@@ -84,8 +84,10 @@ def _check_llada_settings(
 
 def _check_prompt(prompt_ids: torch.Tensor, attention_mask: torch.Tensor | None, mask_id: int) -> torch.Tensor:
     """Validate the prompts; return each row's left-padding length [B]."""
-    if prompt_ids.dim() != 2:
-        raise SamplingError(f"prompt_ids must be 2-D [batch, length], got shape {tuple(prompt_ids.shape)}")
+    if prompt_ids.dim() != 2 or prompt_ids.shape[1] == 0:
+        raise SamplingError(
+            f"prompt_ids must be 2-D [batch, length] with at least one token, got shape {tuple(prompt_ids.shape)}"
+        )
     hits = (prompt_ids == mask_id).nonzero()
     if len(hits):
         row, col = hits[0].tolist()

@@ -55,6 +55,7 @@ def max_rel_diff(ours: torch.Tensor, reference: torch.Tensor) -> float:
 
 def tiny_llada(**overrides) -> LLaDAModelLM:
     fields = dict(d_model=64, n_heads=4, n_layers=2, mlp_hidden_size=96, vocab_size=70, embedding_size=70)
+    fields |= dict(bos_token_id=1, eos_token_id=2, pad_token_id=2, mask_token_id=3)
     torch.manual_seed(0)
     return LLaDAModelLM(LLaDAConfig(**(fields | overrides))).eval()
 
@@ -246,7 +247,9 @@ def test_gradient_checkpointing_gives_same_grads(family: str) -> None:
     plain = grads(load(family))
     model = load(family)
     model.gradient_checkpointing_enable()
-    first_norm = model.model.transformer.blocks[0].attn_norm if family == "llada" else model.model.layers[0].input_layernorm
+    first_norm = (
+        model.model.transformer.blocks[0].attn_norm if family == "llada" else model.model.layers[0].input_layernorm
+    )
     calls = []
     first_norm.register_forward_pre_hook(lambda *_: calls.append(1))
     checkpointed = grads(model)
@@ -318,7 +321,9 @@ def test_lora_default_targets_train(family: str) -> None:
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 @pytest.mark.parametrize("family", FAMILIES)
 def test_qlora_4bit_on_cpu(family: str) -> None:
-    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+    )
     model = load(family, quantization_config=quantization, device_map="cpu")
     linears = {name: type(m).__name__ for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     head = "model.transformer.ff_out" if family == "llada" else "lm_head"
@@ -356,3 +361,14 @@ def test_unknown_config_fields_are_kept(tmp_path: Path) -> None:
     config = LLaDAConfig(d_model=64, n_heads=4, some_future_field=[1, 2])
     config.save_pretrained(tmp_path)
     assert AutoConfig.from_pretrained(tmp_path).some_future_field == [1, 2]
+
+
+def test_llada_logit_and_embedding_scaling() -> None:
+    plain = tiny_llada()
+    scaled = tiny_llada(scale_logits=True, input_emb_norm=True)
+    scaled.load_state_dict(plain.state_dict())
+    ids = random_ids(1, 6)
+    embeds = plain.get_input_embeddings()(ids) * 64**0.5  # input_emb_norm multiplies embeddings by sqrt(d_model)
+    with torch.no_grad():
+        expected = plain(inputs_embeds=embeds).logits * 64**-0.5  # scale_logits divides logits by sqrt(d_model)
+        torch.testing.assert_close(scaled(input_ids=ids).logits, expected)

@@ -24,6 +24,7 @@ class Recorder(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.module = model
+        self.config = model.config
         self.inputs: list[torch.Tensor] = []
 
     def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> Any:
@@ -91,7 +92,7 @@ def test_llada_batch_equals_one_prompt_at_a_time(llada: nn.Module, settings: dic
     assert batched.nfe == alone.nfe
 
 
-@pytest.mark.parametrize("alg", ["maskgit_plus", "topk_margin", "entropy", "origin"])
+@pytest.mark.parametrize("alg", ["maskgit_plus", "topk_margin", "entropy"])  # origin reveals at random
 def test_dream_batch_equals_one_prompt_at_a_time(dream: nn.Module, alg: str) -> None:
     prompts = _prompts([6, 13, 3], seed=1)
     ids, attention = _left_pad(prompts)
@@ -271,20 +272,16 @@ def test_dream_randomness_is_seeded(dream: nn.Module, settings: dict[str, Any]) 
     assert not torch.equal(run(0), run(1))
 
 
-def test_dream_top_k_one_is_greedy(dream: nn.Module) -> None:
+@pytest.mark.parametrize("keep_one", [{"top_k": 1}, {"top_p": 1e-6}])
+def test_dream_sampling_respects_top_k_and_top_p(dream: nn.Module, keep_one: dict[str, Any]) -> None:
     prompt = _prompts([6], seed=4)[0].unsqueeze(0)
-    greedy = _dream(dream, prompt, steps=5, max_new_tokens=10, alg="maskgit_plus").sequences
+    settings = {"steps": 5, "max_new_tokens": 10, "alg": "maskgit_plus", **keep_one}
+    # the filters apply at temperature 0 too (they change the confidences), so compare with that
+    greedy = _dream(dream, prompt, **settings).sequences
+    assert not torch.equal(greedy, _dream(dream, prompt, steps=5, max_new_tokens=10, alg="maskgit_plus").sequences)
     for seed in range(3):
-        sampled = _dream(
-            dream,
-            prompt,
-            steps=5,
-            max_new_tokens=10,
-            alg="maskgit_plus",
-            temperature=1.0,
-            top_k=1,
-            generator=torch.Generator().manual_seed(seed),
-        ).sequences
+        generator = torch.Generator().manual_seed(seed)
+        sampled = _dream(dream, prompt, temperature=1.0, generator=generator, **settings).sequences
         assert torch.equal(sampled, greedy)
 
 
@@ -296,7 +293,10 @@ def test_bad_block_length_says_which_would_work(llada: nn.Module) -> None:
 
 def test_bad_steps_say_which_would_work(llada: nn.Module) -> None:
     prompt = _prompts([3])[0].unsqueeze(0)
-    with pytest.raises(SamplingError, match=r"steps=6 .* 16/4 = 4 blocks?: use steps=4 or steps=8"):
+    with pytest.raises(
+        SamplingError,
+        match=r"steps=6 must be a positive multiple of the number of blocks, .* 16/4 = 4: use steps=4 or steps=8",
+    ):
         _llada(llada, prompt, steps=6, gen_length=16, block_length=4)
 
 

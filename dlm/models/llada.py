@@ -105,7 +105,7 @@ class LLaDAConfig(PretrainedConfig):
     init_cutoff_factor: float | int | None = None
     precision: str | None = None
     use_cache: bool = False
-    bos_token_id: int | None = None
+    bos_token_id: int | None = 126080
     eos_token_id: int | list[int] | None = 126081
     pad_token_id: int | None = 126081
     mask_token_id: int | None = 126336
@@ -414,5 +414,7 @@ class LLaDAModelLM(LLaDAPreTrainedModel):
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
-        output = MaskedLMOutput(logits=self.logits_from_hidden(base.last_hidden_state), hidden_states=base.hidden_states)
+        output = MaskedLMOutput(
+            logits=self.logits_from_hidden(base.last_hidden_state), hidden_states=base.hidden_states
+        )
         return output if return_dict else output.to_tuple()
