@@ -104,12 +104,22 @@ def accelerate_command(plan: LaunchPlan, argv: list[str]) -> list[str]:
         cmd += ["--config_file", str(plan.config_file)]
     else:
         cmd += ["--multi_gpu"] if plan.num_processes > 1 else []
-    cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    # A free port per run: two jobs on one machine must not meet at accelerate's default rendezvous port.
+    cmd += ["--num_machines", "1", "--main_process_port", str(_free_port())]
+    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no"]
     if plan.use_cpu:
         cmd += ["--cpu"] if plan.num_processes == 1 else []
     elif plan.gpu_ids:
         cmd += ["--gpu_ids", plan.gpu_ids]
     return cmd + argv
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def relaunch(plan: LaunchPlan, *, job_id: str, workspace: str, argv: list[str] | None = None) -> int:
