@@ -4,7 +4,8 @@ output head at masked positions only) vs one sample per forward pass, written be
 
 Same tiny checkpoint (LLaDA, and Dream with its shifted logits), same sequences (prompts and responses of different
 lengths, right-padded, padding never scored) and the very same masks (`mc_num` per sequence) on both sides, so the
-estimates must agree to float32 rounding. Runs alternate (order flipped each round) after a warm-up; times are medians.
+estimates must agree to float32 rounding. Runs alternate (order flipped each round) after a warm-up, on one thread
+unless `--threads` says otherwise; times are medians.
 
 The last line printed is ``{"throughput_ratio": batched / one-per-forward sequences per second (the smaller of the two
 families), "max_abs_diff": the largest |difference| between the two ELBO estimates of a sequence}``.
@@ -90,11 +91,19 @@ def run_family(name: str, args: argparse.Namespace) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sequences", type=int, default=8)
+    parser.add_argument("--sequences", type=int, default=4)
     parser.add_argument("--mc-num", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=128, help="(sample, sequence) pairs per forward pass")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads for both sides (default 1: tiny one-sequence forwards slow down several-fold "
+        "with 2 threads on a busy 2-core machine, which would flatter the batched side)",
+    )
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     results = [run_family(name, args) for name in ("llada-tiny", "dream-tiny")]
     print(
         json.dumps(

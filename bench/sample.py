@@ -4,8 +4,9 @@ official algorithms (LLaDA `generate.py`, Dream `diffusion_generate`), written b
 Same tiny checkpoint, same prompts (different lengths; ours left-pads them into one batch with an attention mask),
 temperature 0 and the same number of forward passes per prompt. The reference runs the full model (logits at every
 position) once per step and prompt; ours runs one forward per step for the whole batch and applies the output head
-only where tokens can be revealed. Runs alternate (order flipped each round) after a warm-up; times are medians.
-Tokens per second count generated tokens other than EOS, identical on both sides when the outputs are.
+only where tokens can be revealed. Runs alternate (order flipped each round) after a warm-up, on one thread unless
+`--threads` says otherwise; times are medians. Tokens per second count generated tokens other than EOS, identical on
+both sides when the outputs are.
 
 The last line printed is ``{"tokens_per_sec_ratio": ours / reference (the smaller of LLaDA and Dream),
 "outputs_identical": true if every output token matched}``.
@@ -140,12 +141,20 @@ def compare(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prompts", type=int, default=12)
+    parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--gen-length", type=int, default=32)
     parser.add_argument("--block-length", type=int, default=8)
     parser.add_argument("--dream-steps", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads for both sides (default 1: tiny one-sequence forwards slow down several-fold "
+        "with 2 threads on a busy 2-core machine, which would flatter the batched side)",
+    )
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     if args.prompts < 8:
         parser.error("--prompts must be at least 8")
     torch.manual_seed(0)

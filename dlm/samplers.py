@@ -99,7 +99,8 @@ def _check_prompt(prompt_ids: torch.Tensor, attention_mask: torch.Tensor | None,
         return torch.zeros(prompt_ids.shape[0], dtype=torch.long, device=prompt_ids.device)
     if attention_mask.shape != prompt_ids.shape:
         raise SamplingError(
-            f"attention_mask shape {tuple(attention_mask.shape)} differs from prompt_ids shape {tuple(prompt_ids.shape)}"
+            f"attention_mask shape {tuple(attention_mask.shape)} differs from prompt_ids shape "
+            f"{tuple(prompt_ids.shape)}"
         )
     keep = attention_mask.bool()
     if bool((keep[:, :-1] & ~keep[:, 1:]).any()) or not bool(keep[:, -1].all()):
