@@ -28,7 +28,7 @@ from plugin_sdk.backends import HostBackend, LocalBackend, now, running_under_ho
 from plugin_sdk.errors import JobStopped, ParameterError, PluginError
 from plugin_sdk.manifest import load_manifest
 from plugin_sdk.params import Params, coerce_and_validate, read_raw_parameters
-from plugin_sdk.tracking import Tracker
+from plugin_sdk.tracking import Tracker, public_config
 from plugin_sdk.workspace import Workspace
 
 EXIT_FAILED = 1
@@ -189,7 +189,6 @@ class Job:
         self.backend.set_data("completion_details", details)
         self.backend.set_data("end_time", now())
         if completion == "success":
-            self.backend.set_data("progress", 100)
             try:
                 self.backend.set_progress(100)
             except KeyboardInterrupt:
@@ -255,7 +254,7 @@ def run_job(
     if main_process:
         backend.set_status("RUNNING")
         backend.set_data("start_time", now())
-        backend.set_data("config", {k: v for k, v in params.items() if "token" not in k and "key" not in k})
+        backend.set_data("config", public_config(params))
     params["start_time"] = now()
 
     plan = launch.plan_processes(params)
@@ -312,8 +311,8 @@ def run_job(
 def record_failed_unless_set(backend: LocalBackend | HostBackend, details: str) -> None:
     """After a child run died: mark the job failed unless the child itself already recorded why."""
     if isinstance(backend, LocalBackend):
-        data = backend.record.read().get("job_data", {})
-        if data.get("completion_status") == "failed" or backend.record.read().get("status") == "STOPPED":
+        record = backend.record.read()
+        if record.get("job_data", {}).get("completion_status") == "failed" or record.get("status") == "STOPPED":
             return
     backend.set_data("completion_status", "failed")
     backend.set_data("completion_details", details)

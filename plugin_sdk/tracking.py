@@ -59,7 +59,7 @@ class Tracker:
                 import wandb
 
                 self._wandb_run = wandb.init(
-                    project=wandb_project, name=run_name, dir=str(self.output_dir), config=_public_config(config)
+                    project=wandb_project, name=run_name, dir=str(self.output_dir), config=public_config(config)
                 )
                 url = self._wandb_run.url or Path(self._wandb_run.settings.sync_dir).as_uri()
                 set_job_data("wandb_run_url", url)
@@ -100,7 +100,7 @@ class Tracker:
 _SECRET_MARKERS = ("key", "token", "secret", "password")
 
 
-def _public_config(config: Mapping[str, Any]) -> dict[str, Any]:
+def public_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """The run configuration without anything that looks like a credential."""
     return {k: v for k, v in config.items() if not any(marker in k.lower() for marker in _SECRET_MARKERS)}
 
