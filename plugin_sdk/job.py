@@ -306,6 +306,7 @@ def run_job(
             job.tracker.close(failed=failed)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        launch.shutdown_distributed(wait_for_all=not failed)
 
 
 def record_failed_unless_set(backend: LocalBackend | HostBackend, details: str) -> None:

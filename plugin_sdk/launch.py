@@ -61,6 +61,22 @@ def distributed_state() -> Any:
     return PartialState(cpu=os.environ.get("ACCELERATE_USE_CPU", "").lower() in {"1", "true", "yes"})
 
 
+def shutdown_distributed(*, wait_for_all: bool) -> None:
+    """Tear the process group down before the interpreter exits.
+
+    Left to interpreter shutdown, gloo's worker threads can be destroyed while still running, which aborts the
+    process ("terminate called without an active exception") after a run that had succeeded."""
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if wait_for_all:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def _cuda_count() -> int:
     try:
         import torch
