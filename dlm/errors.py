@@ -4,6 +4,8 @@
 class DlmError(Exception):
     """Base class of errors caused by user input or by the environment, not by a bug."""
 
+    user_error = True  # a job reports the message alone, as for the plugin SDK's own user errors
+
 
 class ModelError(DlmError):
     """A model or tokenizer cannot be found, recognised or loaded as asked."""

@@ -25,7 +25,7 @@ from typing import Any
 
 from plugin_sdk import launch
 from plugin_sdk.backends import HostBackend, LocalBackend, now, running_under_host
-from plugin_sdk.errors import JobStopped, ParameterError, PluginError
+from plugin_sdk.errors import JobStopped, ParameterError, is_user_error
 from plugin_sdk.manifest import load_manifest
 from plugin_sdk.params import Params, coerce_and_validate, read_raw_parameters
 from plugin_sdk.tracking import Tracker, public_config
@@ -293,11 +293,11 @@ def run_job(
             backend.set_data("end_time", now())
             backend.set_status("STOPPED")
         raise SystemExit(EXIT_STOPPED) from None
-    except PluginError as exc:
-        fail(str(exc))
     except SystemExit:
         raise
-    except BaseException as exc:  # noqa: BLE001 - every other failure must end as failed, with its reason
+    except BaseException as exc:  # noqa: BLE001 - every failure must end as failed, with its reason
+        if is_user_error(exc):
+            fail(str(exc))
         traceback.print_exc()
         sys.stderr.flush()
         fail(f"{type(exc).__name__}: {exc}")
