@@ -29,7 +29,7 @@ DROPPED = {
 class Reporter(Protocol):
     is_main_process: bool
 
-    def progress(self, percent: float) -> None: ...
+    def report_progress(self, percent: float) -> None: ...  # records progress, never raises
     def stop_requested(self) -> bool: ...
     def log(self, message: str) -> None: ...
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
@@ -55,7 +55,7 @@ class ReporterCallback(TrainerCallback):
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         if state.max_steps:
-            self.reporter.progress(self.start + (self.end - self.start) * state.global_step / state.max_steps)
+            self.reporter.report_progress(self.start + (self.end - self.start) * state.global_step / state.max_steps)
         if self.reporter.stop_requested():
             self.stopped = True
             control.should_save = True

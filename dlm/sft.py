@@ -145,14 +145,28 @@ def _encode(config: SFTConfig, loaded: LoadedModel, rows: Sequence[Any], what: s
     return data.rows
 
 
+def _latest_checkpoint(checkpoint_dir: Path) -> str | None:
+    """The newest checkpoint of this run, else of the earlier runs whose checkpoint folders sit beside it (a job
+    resumed from the workbench is a new job, with its own, still empty folder)."""
+    own = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+    if own is not None:
+        return own
+    states = checkpoint_dir.parent.glob("*/checkpoint-*/trainer_state.json") if checkpoint_dir.parent.is_dir() else []
+    newest = max(states, key=lambda state: state.stat().st_mtime, default=None)
+    return str(newest.parent) if newest is not None else None
+
+
 def _resume_path(config: SFTConfig, checkpoint_dir: Path) -> str | None:
     wanted = config.resume_from_checkpoint.strip()
     if not wanted:
         return None
     if wanted == "latest":
-        found = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+        found = _latest_checkpoint(checkpoint_dir)
         if found is None:
-            raise ModelError(f"resume_from_checkpoint=latest, but {checkpoint_dir} holds no checkpoint yet")
+            raise ModelError(
+                f"resume_from_checkpoint=latest, but neither {checkpoint_dir} nor the folders beside it hold a "
+                "checkpoint yet"
+            )
         return found
     if not (Path(wanted) / "trainer_state.json").is_file():
         raise ModelError(f"resume_from_checkpoint={wanted!r} is not a checkpoint folder (no trainer_state.json)")
@@ -164,40 +178,48 @@ def _interval(value: float) -> float | int:
     return float(value) if value < 1 else int(value)
 
 
-def training_arguments(config: SFTConfig, checkpoint_dir: Path, has_validation: bool) -> DiffusionTrainingArguments:
+def common_training_arguments(config: Any, checkpoint_dir: Path) -> dict[str, Any]:
+    """`TrainingArguments` keywords every dlm trainer shares, from a config with the shared field names
+    (`SFTConfig`, `dlm.dpo.DPOConfig`)."""
     use_cpu = config.train_device == "cpu" or not torch.cuda.is_available()
     bf16 = config.dtype == "bfloat16" or (config.dtype == "auto" and not use_cpu and torch.cuda.is_bf16_supported())
+    return {
+        "output_dir": str(checkpoint_dir),
+        "per_device_train_batch_size": config.batch_size,
+        "per_device_eval_batch_size": config.batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "learning_rate": config.learning_rate,
+        "lr_scheduler_type": config.learning_rate_schedule,
+        "weight_decay": config.weight_decay,
+        "max_grad_norm": config.max_grad_norm,
+        "num_train_epochs": config.num_train_epochs if config.num_train_epochs > 0 else 1,
+        "max_steps": config.train_steps if config.num_train_epochs == 0 else -1,
+        "logging_steps": config.logging_steps,
+        "save_strategy": "steps",
+        "save_steps": _interval(config.save_steps) if config.save_steps > 0 else 1.0,
+        "seed": config.seed,
+        "data_seed": config.seed,
+        "bf16": bf16,
+        "fp16": config.dtype == "float16" and not use_cpu,
+        "use_cpu": use_cpu,
+        "activation_checkpointing": config.gradient_checkpointing,
+        "report_to": "none",
+        "remove_unused_columns": False,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+        "ddp_find_unused_parameters": False,
+    }
+
+
+def training_arguments(config: SFTConfig, checkpoint_dir: Path, has_validation: bool) -> DiffusionTrainingArguments:
     return DiffusionTrainingArguments(
-        output_dir=str(checkpoint_dir),
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.learning_rate_schedule,
+        **common_training_arguments(config, checkpoint_dir),
         warmup_steps=min(config.warmup_ratio, 0.999),  # below 1: a fraction of training
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm,
-        num_train_epochs=config.num_train_epochs if config.num_train_epochs > 0 else 1,
-        max_steps=config.train_steps if config.num_train_epochs == 0 else -1,
-        logging_steps=config.logging_steps,
         eval_strategy=config.eval_strategy if has_validation else "no",
         eval_steps=_interval(config.eval_steps) if config.eval_strategy == "steps" else None,
-        save_strategy="steps",
-        save_steps=_interval(config.save_steps) if config.save_steps > 0 else 1.0,
-        seed=config.seed,
-        data_seed=config.seed,
-        bf16=bf16,
-        fp16=config.dtype == "float16" and not use_cpu,
-        use_cpu=use_cpu,
-        gradient_checkpointing=config.gradient_checkpointing,
-        report_to="none",
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
         loss_norm_type=config.loss_norm_type,
         random_length_ratio=config.random_length_ratio if config.train_mode == "pretrain" else 0.0,
         eval_mask_seed=config.seed + 1,
-        disable_tqdm=True,
-        ddp_find_unused_parameters=False,
     )
 
 
@@ -274,6 +296,7 @@ def run_sft(
     if resume:
         reporter.log(f"resuming from {resume}")
     trainer.train(resume_from_checkpoint=resume)
+    model.eval()  # training is over: whoever uses the result next (samples, evaluation) must not see dropout
     if trainer.skipped_empty_batches:
         reporter.log(f"{trainer.skipped_empty_batches} batches had no trainable token and contributed nothing")
     summary = (

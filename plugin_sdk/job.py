@@ -100,15 +100,20 @@ class Job:
         if self.is_main_process:
             self.backend.set_data(key, value)
 
-    def progress(self, percent: float) -> None:
-        """Report progress (0..100) and raise `JobStopped` when a stop was requested."""
+    def report_progress(self, percent: float) -> None:
+        """Record progress (0..100); never raises. A stop the host signals while recording is remembered, and
+        `stop_requested` says so, so a trainer can end cleanly (save a checkpoint) at a step boundary."""
         percent = int(max(0, min(100, percent)))
         if self.is_main_process and percent != self._last_progress:
             self._last_progress = percent
             try:
                 self.backend.set_progress(percent)
-            except KeyboardInterrupt as exc:  # the host SDK's way of saying "stop"
-                raise JobStopped("stopped from the workbench") from exc
+            except KeyboardInterrupt:  # the host SDK's way of saying "stop"
+                self._signalled = True
+
+    def progress(self, percent: float) -> None:
+        """Report progress (0..100) and raise `JobStopped` when a stop was requested."""
+        self.report_progress(percent)
         self.check_stop()
 
     def stop_requested(self) -> bool:

@@ -9,12 +9,15 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 PROBE = Path(__file__).parent / "plugins" / "contract_probe"
 REPO = Path(__file__).resolve().parent.parent
+TRAINER = REPO / "plugins" / "diffusion_llm_trainer"
 SDK_DIR = os.environ.get("TLAB_SDK_DIR")
 
 pytestmark = pytest.mark.skipif(
@@ -36,7 +39,7 @@ def host(tmp_path):
     return env, workspace
 
 
-def launch_trainer(env, workspace: Path, job_id: str, config: dict) -> tuple[subprocess.CompletedProcess, dict]:
+def start_trainer(env, workspace: Path, job_id: str, config: dict, plugin: Path = PROBE) -> subprocess.Popen:
     """What the host does: create the job, write the input file, start the harness."""
     create = f"import asyncio; from lab import Job; asyncio.run(Job.create({job_id!r}))"
     subprocess.run([sys.executable, "-c", create], env=env, check=True)
@@ -57,15 +60,23 @@ def launch_trainer(env, workspace: Path, job_id: str, config: dict) -> tuple[sub
         sys.executable,
         str(Path(SDK_DIR) / "plugin_harness.py"),
         "--plugin_dir",
-        str(PROBE),
+        str(plugin),
         "--input_file",
         str(input_file),
         "--experiment_name",
         "exp",
     ]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    record = json.loads((workspace / "jobs" / job_id / "index.json").read_text())
-    return done, record
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def read_record(workspace: Path, job_id: str) -> dict:
+    return json.loads((workspace / "jobs" / job_id / "index.json").read_text())
+
+
+def launch_trainer(env, workspace: Path, job_id: str, config: dict, plugin: Path = PROBE) -> tuple[Any, dict]:
+    process = start_trainer(env, workspace, job_id, config, plugin)
+    stdout, _ = process.communicate(timeout=300)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, ""), read_record(workspace, job_id)
 
 
 def test_success_under_the_host(host):
@@ -97,3 +108,59 @@ def test_bad_parameters_under_the_host(host):
     assert done.returncode == 1
     details = record["job_data"]["completion_details"]
     assert "steps" in details and "required_note" in details
+
+
+# ---- the diffusion trainer itself --------------------------------------------------------------------------------
+def write_chat_data(path: Path, n: int = 24) -> str:
+    path.write_text(
+        "".join(json.dumps({"instruction": f"What is {i} + {i}?", "output": f"{2 * i}"}) + "\n" for i in range(n))
+    )
+    return str(path)
+
+
+def trainer_config(tmp_path: Path, **values: str) -> dict:
+    return {
+        "model_name": "tiny-llada",
+        "dataset": write_chat_data(tmp_path / "data.jsonl"),
+        "train_device": "cpu",
+        "batch_size": "2",
+        "num_train_epochs": "0",
+        "max_length": "64",
+        "learning_rate": "0.001",
+        "logging_steps": "1",
+        "lora": "True",
+        "dtype": "float32",
+        **values,
+    }
+
+
+def test_diffusion_trainer_under_the_host(host, tmp_path):
+    env, workspace = host
+    done, record = launch_trainer(env, workspace, "21", trainer_config(tmp_path, train_steps="3"), TRAINER)
+    assert done.returncode == 0, done.stdout
+    assert record["status"] == "COMPLETE" and record["progress"] == 100, done.stdout
+    assert record["job_data"]["completion_status"] == "success"
+    assert "for 3 steps" in record["job_data"]["completion_details"]
+    adaptor = workspace / "adaptors" / "org_tiny" / "probe"
+    assert (adaptor / "adapter_config.json").is_file() and (adaptor / "adapter_model.safetensors").is_file()
+    output_dir = workspace / "experiments" / "exp" / "tensorboards" / "probe"
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert {"train/loss", "train/accuracy", "train/lr", "train/grad_norm"} <= set(metrics)
+
+
+def test_diffusion_trainer_stops_under_the_host(host, tmp_path):
+    env, workspace = host
+    process = start_trainer(env, workspace, "22", trainer_config(tmp_path, train_steps="400"), TRAINER)
+    deadline = time.monotonic() + 240
+    while read_record(workspace, "22").get("progress", 0) < 10:
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+        time.sleep(0.5)
+    stop = "import asyncio; from lab import Job; asyncio.run(Job('22').update_job_data_field('stop', True))"
+    subprocess.run([sys.executable, "-c", stop], env=env, check=True)
+    stdout, _ = process.communicate(timeout=240)
+    record = read_record(workspace, "22")
+    assert process.returncode == 3, stdout
+    assert record["status"] == "STOPPED", stdout
+    assert "resume with resume_from_checkpoint=latest" in record["job_data"]["completion_details"]
+    assert not (workspace / "adaptors" / "org_tiny" / "probe" / "adapter_config.json").exists()
+    assert list(workspace.rglob("checkpoint-*/trainer_state.json")), "the stop must leave a resumable checkpoint"

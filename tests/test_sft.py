@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 import torch
 
+import dlm.presets
 import dlm.sft
 import dlm.trainer
 from dlm.errors import ModelError
@@ -32,7 +34,7 @@ class Reporter:
         self.metrics: list[tuple[int, dict[str, float]]] = []
         self.texts: list[str] = []
 
-    def progress(self, percent: float) -> None:
+    def report_progress(self, percent: float) -> None:
         self.steps += 1
 
     def stop_requested(self) -> bool:
@@ -114,8 +116,12 @@ def fixed_mask(batch, config, generator=None):
     return t, maskable & ((ids + positions) % 3 != 0)
 
 
-@pytest.mark.parametrize("norm", ["token", "sequence"])
-def test_gradient_accumulation_is_exact(workspace, tmp_path, monkeypatch, norm):
+@pytest.mark.parametrize(
+    ("model", "norm"),
+    # LLaDA's forward has no **kwargs, Dream's has: transformers scales the loss for accumulation differently
+    [("tiny-llada", "token"), ("tiny-llada", "sequence"), ("tiny-dream", "token"), ("tiny-dream", "batch")],
+)
+def test_gradient_accumulation_is_exact(workspace, tmp_path, monkeypatch, model, norm):
     monkeypatch.setattr(dlm.sft, "_encode", lambda cfg, loaded, rows, what, reporter: fixed_rows(len(rows)))
     monkeypatch.setattr(dlm.trainer, "draw_mask", fixed_mask)
     make_args = dlm.sft.training_arguments
@@ -129,6 +135,7 @@ def test_gradient_accumulation_is_exact(workspace, tmp_path, monkeypatch, norm):
         cfg = config(
             workspace,
             tmp_path / f"{batch_size}x{accumulation}",
+            model_name=model,
             lora=False,
             batch_size=batch_size,
             gradient_accumulation_steps=accumulation,
@@ -138,7 +145,7 @@ def test_gradient_accumulation_is_exact(workspace, tmp_path, monkeypatch, norm):
         )
         results[batch_size] = run_sft(cfg, conversations(4), None, Reporter())
         assert results[batch_size].global_step == 1
-    before = weights(load_model_and_tokenizer("tiny-llada", workspace=workspace, dtype="float32").model)
+    before = weights(load_model_and_tokenizer(model, workspace=workspace, dtype="float32").model)
     after = {k: weights(r.model) for k, r in results.items()}
     moved = max((after[4][k] - v).abs().max().item() for k, v in before.items())
     assert moved > 1e-3  # the step did something
@@ -235,7 +242,7 @@ def test_eval_without_validation_data(workspace, tmp_path):
 @pytest.mark.parametrize("where", ["latest", "missing"])
 def test_resume_from_nothing(workspace, tmp_path, where):
     target = "latest" if where == "latest" else str(tmp_path / "nowhere")
-    expected = "holds no checkpoint yet" if where == "latest" else "is not a checkpoint folder"
+    expected = "hold a checkpoint yet" if where == "latest" else "is not a checkpoint folder"
     with pytest.raises(ModelError, match=expected):
         run_sft(config(workspace, tmp_path / "out", resume_from_checkpoint=target), conversations(4), None, Reporter())
 
@@ -253,6 +260,33 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(workspa
     with pytest.raises(FloatingPointError, match="at step 3"):
         run_sft(config(workspace, tmp_path, train_steps=5, save_steps=1), conversations(12), None, Reporter())
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+
+
+# ---- sample generations during training ---------------------------------------------------------------------------
+def test_samples_are_logged_every_n_steps_with_the_family_sampler(workspace, tmp_path):
+    from dlm.generation import SamplerSettings, answer
+
+    reporter = Reporter()
+    validation = conversations(3, offset=50)
+    result = run_sft(
+        config(workspace, tmp_path, train_steps=4, sample_every_steps=2, num_samples=2),
+        conversations(8),
+        validation,
+        reporter,
+    )
+    assert len(reporter.texts) == 2  # steps 2 and 4
+    prompts = [conv[:-1] for conv in validation[:2]]
+    final = answer(
+        result.model,
+        result.tokenizer,
+        result.loaded.family,
+        result.loaded.special_ids,
+        prompts,
+        SamplerSettings(steps=32, max_new_tokens=32, block_length=32),
+    )
+    expected = "\n\n".join(f"PROMPT: {p[-1]['content']}\nANSWER: {a}" for p, a in zip(prompts, final, strict=True))
+    assert reporter.texts[-1] == expected
+    assert any(m.startswith("samples at step 4:") for m in reporter.messages)
 
 
 # ---- the plugin through the local runner ---------------------------------------------------------------------------
@@ -304,9 +338,79 @@ def test_plugin_run_writes_adapter_metrics_and_tensorboard(workspace, tmp_path):
 
 
 @pytest.mark.slow
+def test_two_processes_see_different_data_and_end_with_identical_weights(workspace, tmp_path):
+    import os
+    import subprocess
+
+    from plugin_sdk.launch import LaunchPlan, accelerate_command
+
+    dlm.presets.ensure_preset("tiny-llada", workspace)
+    script = str(REPO / "tests" / "scripts" / "sft_rank_probe.py")
+    command = accelerate_command(LaunchPlan(num_processes=2, use_cpu=True), [script, workspace, str(tmp_path)])
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = [json.loads((tmp_path / f"seen{rank}.json").read_text()) for rank in (0, 1)]
+    assert [s["world"] for s in seen] == [2, 2]
+    # at least 3 steps x batch 2 on each rank (the loader may collate a batch ahead), and no example on both
+    assert all(len(s["seen"]) >= 6 for s in seen)
+    assert not {tuple(x) for x in seen[0]["seen"]} & {tuple(x) for x in seen[1]["seen"]}
+    ranks = [torch.load(tmp_path / f"weights{rank}.pt") for rank in (0, 1)]
+    before = weights(load_model_and_tokenizer("tiny-llada", workspace=workspace, dtype="float32").model)
+    assert max((ranks[0][k] - v).abs().max().item() for k, v in before.items()) > 1e-4  # training happened
+    assert_same_weights(ranks[0], ranks[1], atol=0.0)
+
+
+@pytest.mark.slow
 def test_plugin_two_cpu_processes(workspace, tmp_path):
     code, record, log, ws = run_trainer(workspace, tmp_path, num_processes="2")
     assert code == 0, log
     assert record["job_data"]["completion_status"] == "success", log
     assert log.count("saved ") == 1, log
     assert (ws.adaptor_dir("tiny-llada", tmp_path.name) / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_plugin_stopped_from_the_runner_resumes_in_a_new_job(workspace, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from plugin_sdk.backends import JobRecord
+    from plugin_sdk.runner import request_stop
+    from plugin_sdk.workspace import Workspace
+
+    ws = Workspace(Path(workspace))
+    job_id = ws.next_job_id()
+    data = str(write_dataset(tmp_path / "data.jsonl", 24))
+    settings = ["--set", "model_name=tiny-llada", "--set", f"dataset={data}", "--set", "train_device=cpu"]
+    for key, value in [("train_steps", 40), ("num_train_epochs", 0), ("max_length", 64), ("save_steps", 1000)]:
+        settings += ["--set", f"{key}={value}"]
+    command = [sys.executable, "-m", "plugin_sdk", "run", str(PLUGIN), "--workspace", workspace, "--experiment", "stop"]
+    process = subprocess.Popen(
+        [*command, *settings, "--set", f"job_id={job_id}"],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while JobRecord(ws, job_id).read().get("progress", 0) < 10:
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+        time.sleep(0.2)
+    request_stop(ws, job_id)
+    out, _ = process.communicate(timeout=120)
+    record = JobRecord(ws, job_id).read()
+    assert process.returncode == 3 and record["status"] == "STOPPED", out
+    assert "resume with resume_from_checkpoint=latest" in record["job_data"]["completion_details"]
+    stopped_at = int(record["job_data"]["completion_details"].split("stopped at step ")[1].split(";")[0])
+    assert 0 < stopped_at < 40
+    resumed = subprocess.run(
+        [*command, *settings, "--set", "resume_from_checkpoint=latest"],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"checkpoint-{stopped_at}" in resumed.stdout and "for 40 steps" in resumed.stdout
