@@ -9,6 +9,7 @@ keeps an attention mask, BERT pads with [PAD] (its end token); the causal baseli
 
 from __future__ import annotations
 
+import functools
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -74,6 +75,19 @@ class EncodedData:
         return kept + "; dropped " + ", ".join(f"{n} ({why})" for why, n in self.dropped.items())
 
 
+def map_in_processes(function: Callable[[Any], Any], items: Sequence[Any], num_proc: int = 1) -> list[Any]:
+    """`[function(x) for x in items]`, spread over `num_proc` worker processes when that is worth it (tokenizing a
+    large dataset); order kept. `function` must be picklable (a module-level function or a `functools.partial`)."""
+    if num_proc <= 1 or len(items) < 64 * num_proc:
+        return [function(item) for item in items]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: a forked copy of a process holding torch threads or a process group can deadlock
+    with ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(function, items, chunksize=max(1, len(items) // (4 * num_proc))))
+
+
 def encode_conversations(
     conversations: Iterable[Sequence[Mapping[str, str]]],
     tokenizer: Any,
@@ -81,13 +95,18 @@ def encode_conversations(
     max_length: int,
     mask_prompt_loss: bool = True,
     truncation: str = "right",
+    num_proc: int = 1,
 ) -> EncodedData:
     rows: list[dict[str, list[int]]] = []
     dropped: Counter = Counter()
-    for messages in conversations:
-        encoded = encode_conversation(
-            messages, tokenizer, max_length=max_length, mask_prompt_loss=mask_prompt_loss, truncation=truncation
-        )
+    encode = functools.partial(
+        encode_conversation,
+        tokenizer=tokenizer,
+        max_length=max_length,
+        mask_prompt_loss=mask_prompt_loss,
+        truncation=truncation,
+    )
+    for encoded in map_in_processes(encode, list(conversations), num_proc):
         if isinstance(encoded, str):
             dropped[encoded] += 1
         else:
@@ -95,12 +114,18 @@ def encode_conversations(
     return EncodedData(rows, dropped)
 
 
-def pack_texts(texts: Iterable[str], tokenizer: Any, *, max_length: int, eos_id: int) -> list[dict[str, list[int]]]:
+def _text_ids(text: str, tokenizer: Any) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def pack_texts(
+    texts: Iterable[str], tokenizer: Any, *, max_length: int, eos_id: int, num_proc: int = 1
+) -> list[dict[str, list[int]]]:
     """Pre-training rows: every text tokenized, followed by EOS, all concatenated and cut into `max_length`
     chunks (the last, shorter chunk is kept); every token is trainable."""
     stream: list[int] = []
-    for text in texts:
-        stream.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+    for ids in map_in_processes(functools.partial(_text_ids, tokenizer=tokenizer), list(texts), num_proc):
+        stream.extend(ids)
         stream.append(eos_id)
     return [
         {"input_ids": stream[i : i + max_length], "labels": stream[i : i + max_length], "prompt_length": 0}

@@ -164,3 +164,11 @@ def test_perbatch_cutoff_trims_responses_only() -> None:
     draws = iter([0.0, 0.0, 0.9, 0.0, 0.3])  # row 0 cut to 1, row 1 not cut, row 2 cut to 1 + int(0.3 * 10)
     cut = DiffusionCollator(get_family("dream"), special, resp_cutoff_ratio=0.5, rng=lambda: next(draws))(rows)
     assert cut["attention_mask"].sum(1).tolist() == [6 + 1, 5, 2 + 4]
+
+
+def test_tokenizing_in_worker_processes_gives_the_same_rows() -> None:
+    tokenizer = loaded("llada").tokenizer
+    conversations = CONVERSATIONS * 40  # enough rows for the work to be spread (64 per process at least)
+    alone = encode_conversations(conversations, tokenizer, max_length=24, truncation="filter")
+    spread = encode_conversations(conversations, tokenizer, max_length=24, truncation="filter", num_proc=2)
+    assert spread.rows == alone.rows and spread.dropped == alone.dropped and alone.dropped
