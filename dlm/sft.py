@@ -74,6 +74,7 @@ class SFTConfig:
     sample_every_steps: int = 0
     num_samples: int = 2
     train_device: str = "auto"
+    num_proc: int = 1
     trust_remote_code: bool = False
     workspace: str | None = None
 
@@ -126,7 +127,13 @@ def _loss_config(config: SFTConfig, loaded: LoadedModel) -> LossConfig | None:
 
 def _encode(config: SFTConfig, loaded: LoadedModel, rows: Sequence[Any], what: str, reporter: Reporter) -> list:
     if config.train_mode == "pretrain":
-        encoded = pack_texts(rows, loaded.tokenizer, max_length=config.max_length, eos_id=loaded.special_ids.eos)
+        encoded = pack_texts(
+            rows,
+            loaded.tokenizer,
+            max_length=config.max_length,
+            eos_id=loaded.special_ids.eos,
+            num_proc=config.num_proc,
+        )
         reporter.log(f"{what}: {len(rows)} texts packed into {len(encoded)} chunks of up to {config.max_length} tokens")
         return encoded
     data = encode_conversations(
@@ -135,6 +142,7 @@ def _encode(config: SFTConfig, loaded: LoadedModel, rows: Sequence[Any], what: s
         max_length=config.max_length,
         mask_prompt_loss=config.mask_prompt_loss,
         truncation=config.truncation,
+        num_proc=config.num_proc,
     )
     reporter.log(f"{what}: {data.summary()}")
     if rows and not data.rows:
