@@ -56,7 +56,7 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def _check_llada_settings(
+def check_llada_settings(
     steps: int, gen_length: int, block_length: int, temperature: float, remasking: str, cfg_scale: float
 ) -> None:
     if gen_length < 1:
@@ -191,7 +191,7 @@ def generate_llada(
     other masked position of the block (lowest confidence, still finite). `eos_id`/`eot_id` are also excluded from
     `generated_tokens`. A step with nothing to reveal in any row (more steps than masks) skips its forward pass.
     """
-    _check_llada_settings(steps, gen_length, block_length, temperature, remasking, cfg_scale)
+    check_llada_settings(steps, gen_length, block_length, temperature, remasking, cfg_scale)
     offsets = _check_prompt(prompt_ids, attention_mask, mask_id)
     if (suppress_eos_in_logits and eos_id is None) or (
         suppress_eos_in_confidence and eos_id is None and eot_id is None
@@ -292,7 +292,7 @@ def _dream_choose(
     return probs, x0, top
 
 
-def _check_dream_settings(
+def check_dream_settings(
     steps: int,
     max_new_tokens: int,
     temperature: float,
@@ -349,7 +349,7 @@ def generate_dream(
     from softmax(confidence / alg_temp) instead. `eos_id`/`eot_id` are excluded from `generated_tokens`. A step
     with nothing to reveal in any row skips its forward pass.
     """
-    _check_dream_settings(steps, max_new_tokens, temperature, top_p, top_k, alg, alg_temp, eps)
+    check_dream_settings(steps, max_new_tokens, temperature, top_p, top_k, alg, alg_temp, eps)
     offsets = _check_prompt(prompt_ids, attention_mask, mask_id)
     batch, prompt_len = prompt_ids.shape
     device = prompt_ids.device

@@ -1,0 +1,498 @@
+"""Evaluate a diffusion or causal LM on a dataset: likelihood metrics of texts and metrics of generated answers.
+
+Metric groups (`EvalSettings.metrics`):
+- `perplexity`: the ELBO upper bound of a diffusion LM (Monte-Carlo, with its standard error), the exact perplexity
+  of a causal LM; both over the same tokens (`dlm.metrics.likelihood`).
+- `accuracy`: masked-token accuracy at each mask ratio (diffusion), next-token accuracy (causal).
+- `generation`: the answers to the prompts, their generation perplexity (under `scorer`, by default the model
+  itself) always paired with their unigram entropy.
+- `task_accuracy`: answers against the reference (`answer_extraction`: exact, first_number or regex).
+- `diversity`: Self-BLEU and distinct-1/2 of the answers.
+- `speed`: generated non-EOS tokens per second, forward passes (NFE) per sample, latency per prompt, peak memory.
+The last four share one generation pass (batches of `batch_size` prompts, the family's sampler); every metric of a
+generated answer carries the sampler settings in its details.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from dlm.generation import SamplerSettings, decode_answers, encode_prompts, generate
+from dlm.loading import LoadedModel
+from dlm.metrics.likelihood import (
+    ScoringInputs,
+    causal_perplexity,
+    causal_scores,
+    diffusion_perplexity,
+    masked_accuracy_name,
+    masked_token_accuracy,
+    next_token_accuracy,
+    next_token_metric,
+    perplexity,
+    scoring_inputs,
+    text_elbos,
+)
+from dlm.metrics.result import EvaluationError, MetricResult
+from dlm.metrics.text import (
+    ANSWER_EXTRACTIONS,
+    compile_answer_regex,
+    distinct_n,
+    extract_answer,
+    is_correct,
+    reference_answer,
+    self_bleu,
+    unigram_entropy,
+)
+from dlm.samplers import SamplingError, check_dream_settings, check_llada_settings
+
+__all__ = [
+    "ANSWER_EXTRACTIONS",
+    "METRIC_GROUPS",
+    "EvalExample",
+    "EvalOutput",
+    "EvalSettings",
+    "EvaluationError",
+    "GenerationRun",
+    "MetricResult",
+    "ScoringInputs",
+    "check_sampler_settings",
+    "distinct_n",
+    "evaluate",
+    "extract_answer",
+    "generate_answers",
+    "is_correct",
+    "masked_accuracy_name",
+    "masked_token_accuracy",
+    "next_token_accuracy",
+    "perplexity",
+    "reference_answer",
+    "self_bleu",
+    "unigram_entropy",
+    "validate",
+]
+
+METRIC_GROUPS = ("perplexity", "accuracy", "generation", "task_accuracy", "diversity", "speed")
+TEXT_GROUPS = frozenset({"perplexity", "accuracy"})
+GENERATION_GROUPS = frozenset({"generation", "task_accuracy", "diversity", "speed"})
+
+
+@dataclass
+class EvalExample:
+    """One dataset row: `text` for likelihood metrics, `prompt` (chat messages ending with a user turn) for
+    generation, `reference` (the expected answer) for task accuracy."""
+
+    text: str | None = None
+    prompt: list[dict[str, str]] | None = None
+    reference: str | None = None
+
+
+@dataclass
+class EvalSettings:
+    """Evaluation settings; the field names are the evaluator plugin's parameter names."""
+
+    metrics: tuple[str, ...] = ("perplexity",)
+    mc_num: int = 128
+    mask_ratios: tuple[float, ...] = (0.15, 0.5, 0.85)
+    batch_size: int = 8
+    seed: int = 42
+    max_length: int = 512
+    apply_chat_template: bool = True
+    answer_extraction: str = "exact"
+    answer_regex: str = ""
+    sampler: SamplerSettings = field(default_factory=SamplerSettings)
+
+
+@dataclass
+class EvalOutput:
+    """The metrics, and one record per generated answer: input (the last prompt message), output, reference,
+    correct (None without task accuracy), tokens (generated non-EOS tokens), latency_s, nfe."""
+
+    metrics: list[MetricResult]
+    samples: list[dict[str, Any]]
+
+
+def _listing(indices: Sequence[int], limit: int = 5) -> str:
+    shown = ", ".join(map(str, indices[:limit]))
+    return shown + (f" and {len(indices) - limit} more" if len(indices) > limit else "")
+
+
+def check_sampler_settings(family_name: str, sampler: SamplerSettings) -> None:
+    """Raise `EvaluationError` for sampler settings the family's sampler rejects (saying which values work)."""
+    try:
+        if family_name == "dream":
+            check_dream_settings(
+                sampler.steps,
+                sampler.max_new_tokens,
+                sampler.temperature,
+                sampler.top_p,
+                sampler.top_k,
+                sampler.alg,
+                sampler.alg_temp,
+                1e-3,
+            )
+        elif family_name != "ar":
+            check_llada_settings(
+                sampler.steps,
+                sampler.max_new_tokens,
+                sampler.block_length,
+                sampler.temperature,
+                sampler.remasking,
+                sampler.cfg_scale,
+            )
+    except SamplingError as e:
+        raise EvaluationError(f"sampler settings (gen_length is max_new_tokens): {e}") from e
+    if sampler.max_new_tokens < 1:
+        raise EvaluationError(f"max_new_tokens must be at least 1, got {sampler.max_new_tokens}")
+    if sampler.temperature < 0:
+        raise EvaluationError(f"temperature must be >= 0, got {sampler.temperature}")
+
+
+def validate(loaded: LoadedModel, examples: Sequence[EvalExample], settings: EvalSettings) -> frozenset[str]:
+    """Check settings and data before any model work; return the metric groups to compute."""
+    if not examples:
+        raise EvaluationError("no examples to evaluate: the dataset split is empty")
+    groups = frozenset(settings.metrics)
+    unknown = sorted(groups - set(METRIC_GROUPS))
+    if unknown or not groups:
+        raise EvaluationError(
+            (f"unknown metrics: {', '.join(unknown)}; " if unknown else "no metrics chosen; ")
+            + f"choose from: {', '.join(METRIC_GROUPS)}"
+        )
+    if settings.mc_num < 1:
+        raise EvaluationError(f"mc_num (Monte-Carlo samples per text) must be at least 1, got {settings.mc_num}")
+    if settings.batch_size < 1:
+        raise EvaluationError(f"batch_size must be at least 1, got {settings.batch_size}")
+    if settings.max_length < 2:
+        raise EvaluationError(f"max_length must be at least 2, got {settings.max_length}")
+    if groups & TEXT_GROUPS:
+        missing = [i for i, ex in enumerate(examples) if ex.text is None]
+        if missing:
+            raise EvaluationError(
+                f"{' and '.join(sorted(groups & TEXT_GROUPS))} need a text in every example; examples "
+                f"{_listing(missing)} have none (check the text column)"
+            )
+    if "accuracy" in groups and loaded.family.is_diffusion:
+        if not settings.mask_ratios:
+            raise EvaluationError("masked-token accuracy needs at least one mask ratio (mask_ratios)")
+        bad = [r for r in settings.mask_ratios if not 0 < r <= 1]
+        if bad:
+            raise EvaluationError(f"mask ratios must lie in (0, 1], got {', '.join(map(str, bad))}")
+    if groups & GENERATION_GROUPS:
+        _validate_generation(loaded, examples, settings, groups)
+    return groups
+
+
+def _validate_generation(
+    loaded: LoadedModel, examples: Sequence[EvalExample], settings: EvalSettings, groups: frozenset[str]
+) -> None:
+    for i, ex in enumerate(examples):
+        if not ex.prompt:
+            raise EvaluationError(
+                f"{', '.join(sorted(groups & GENERATION_GROUPS))} need a prompt in every example; example {i} has "
+                "none (check the prompt column)"
+            )
+        last = ex.prompt[-1]
+        if not isinstance(last, dict) or last.get("role") != "user" or not isinstance(last.get("content"), str):
+            raise EvaluationError(
+                f"example {i}: a prompt must be chat messages ending with a user turn "
+                f"({{'role': 'user', 'content': ...}}), its last message is {last!r}"
+            )
+    if "task_accuracy" in groups:
+        missing = [i for i, ex in enumerate(examples) if ex.reference is None]
+        if missing:
+            raise EvaluationError(
+                f"task_accuracy needs a reference answer in every example; examples {_listing(missing)} have none "
+                "(check the reference column)"
+            )
+        compile_answer_regex(settings.answer_extraction, settings.answer_regex)
+    if "diversity" in groups and len(examples) < 2:
+        raise EvaluationError("diversity (Self-BLEU) compares answers with each other: it needs at least 2 prompts")
+    check_sampler_settings(loaded.family.name, settings.sampler)
+
+
+class _Progress:
+    """Turns per-phase counts of finished items into one overall fraction, weighting each item by its cost."""
+
+    def __init__(self, callback: Callable[[float], None] | None, total: float) -> None:
+        self.callback, self.total, self.done = callback, max(total, 1.0), 0.0
+
+    def phase(self, weight: float) -> Callable[[int], None]:
+        def advance(items: int) -> None:
+            self.done += items * weight
+            if self.callback is not None:
+                self.callback(min(self.done / self.total, 1.0))
+
+        return advance
+
+
+@dataclass
+class GenerationRun:
+    """One generation pass: per prompt the answer text, its generated token ids (up to the first end token),
+    generated non-EOS tokens, forward passes and the wall time of its batch; plus totals."""
+
+    device: str
+    outputs: list[str] = field(default_factory=list)
+    token_ids: list[list[int]] = field(default_factory=list)
+    generated_tokens: list[int] = field(default_factory=list)
+    nfe: list[int] = field(default_factory=list)
+    latency_s: list[float] = field(default_factory=list)
+    wall_time_s: float = 0.0
+    peak_memory_gb: float = 0.0
+    memory_measure: str = ""
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _until_end(row: list[int], end_ids: tuple[int, int]) -> list[int]:
+    cut = next((i for i, token in enumerate(row) if token in end_ids), len(row))
+    return row[:cut]
+
+
+def generate_answers(
+    loaded: LoadedModel,
+    prompts: Sequence[Sequence[dict[str, str]]],
+    settings: EvalSettings,
+    progress: Callable[[int], None] | None = None,
+) -> GenerationRun:
+    """Answer `prompts` in batches of `settings.batch_size` with the family's sampler, timing each batch.
+    Randomness comes from `settings.seed` (the global RNG state of the caller is restored afterwards)."""
+    model, tokenizer, special = loaded.model, loaded.tokenizer, loaded.special_ids
+    device = next(model.parameters()).device
+    run = GenerationRun(device=str(device))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(settings.seed)  # transformers' `generate` samples from the global generator
+        generator = torch.Generator().manual_seed(settings.seed)
+        for first in range(0, len(prompts), settings.batch_size):
+            batch = prompts[first : first + settings.batch_size]
+            ids, attention = encode_prompts(
+                tokenizer, batch, special.pad, apply_chat_template=settings.apply_chat_template
+            )
+            _synchronize(device)
+            start = time.perf_counter()
+            out = generate(model, loaded.family, special, ids, attention, settings.sampler, generator)
+            _synchronize(device)
+            elapsed = time.perf_counter() - start
+            sequences = out.sequences.cpu()
+            run.outputs += decode_answers(tokenizer, special, sequences, ids.shape[1])
+            run.token_ids += [
+                _until_end(row, (special.eos, special.eot)) for row in sequences[:, ids.shape[1] :].tolist()
+            ]
+            run.generated_tokens += out.generated_tokens.tolist()
+            run.nfe += [out.nfe] * len(batch)
+            run.latency_s += [elapsed] * len(batch)
+            run.wall_time_s += elapsed
+            if progress is not None:
+                progress(len(batch))
+    if device.type == "cuda":
+        run.peak_memory_gb = torch.cuda.max_memory_allocated(device) / 2**30
+        run.memory_measure = f"peak memory allocated on {device} during generation"
+    else:
+        # ru_maxrss is in KiB on Linux
+        run.peak_memory_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        run.memory_measure = "peak resident memory of the process (CPU run)"
+    return run
+
+
+def _mean_and_stderr(values: Sequence[float]) -> tuple[float, float | None]:
+    mean = math.fsum(values) / len(values)
+    return mean, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None)
+
+
+def _generation_metrics(
+    run: GenerationRun,
+    examples: Sequence[EvalExample],
+    settings: EvalSettings,
+    groups: frozenset[str],
+    scorer: LoadedModel,
+    progress: _Progress,
+) -> tuple[list[MetricResult], list[bool | None]]:
+    """The metrics of one generation pass, and per answer whether it is correct (None without task accuracy)."""
+    sampler = {
+        "sampler": asdict(settings.sampler),
+        "apply_chat_template": settings.apply_chat_template,
+        "batch_size": settings.batch_size,
+        "seed": settings.seed,
+        "prompts": len(run.outputs),
+    }
+    metrics: list[MetricResult] = []
+    correct: list[bool | None] = [None] * len(run.outputs)
+    if "generation" in groups:
+        entropies = [unigram_entropy(ids) for ids in run.token_ids]
+        entropy, entropy_err = _mean_and_stderr(entropies)
+        inputs = scoring_inputs(
+            scorer.tokenizer, scorer.special_ids.bos, run.outputs, settings.max_length, strict=False
+        )
+        entropy_details = {**sampler, "unit": "nats, over the model's token ids of each answer, mean over answers"}
+        if inputs.ids:
+            gen_ppl = _perplexity_metric(scorer, inputs, settings, progress, "generation_perplexity")
+            gen_ppl.details.update(sampler, scorer=scorer.path, scored="the generated answers, without their prompts")
+            metrics.append(gen_ppl)
+        else:
+            entropy_details["generation_perplexity"] = "not computed: every answer is empty"
+        metrics.append(MetricResult("unigram_entropy", entropy, entropy_err, "estimate", entropy_details))
+    if "task_accuracy" in groups:
+        correct = [
+            is_correct(output, ex.reference, settings.answer_extraction, settings.answer_regex)
+            for output, ex in zip(run.outputs, examples, strict=True)
+        ]
+        value, stderr = _mean_and_stderr([float(c) for c in correct])
+        details = {**sampler, "answer_extraction": settings.answer_extraction, "correct": sum(correct)}
+        if settings.answer_extraction == "regex":
+            details["answer_regex"] = settings.answer_regex
+        metrics.append(MetricResult("task_accuracy", value, stderr, "estimate", details))
+    if "diversity" in groups:
+        words = {**sampler, "tokens": "sacreBLEU 13a words"}
+        metrics.append(MetricResult("self_bleu", self_bleu(run.outputs), None, "exact", {**words, "scale": "0-1"}))
+        for n in (1, 2):
+            metrics.append(MetricResult(f"distinct_{n}", distinct_n(run.outputs, n), None, "exact", words))
+    if "speed" in groups:
+        timing = {**sampler, "device": run.device, "wall_time_s": run.wall_time_s}
+        tokens = sum(run.generated_tokens)
+        metrics += [
+            MetricResult(
+                "tokens_per_sec",
+                tokens / run.wall_time_s if run.wall_time_s > 0 else 0.0,
+                None,
+                "estimate",
+                {**timing, "generated_tokens": tokens, "counted": "generated tokens other than EOS/end-of-turn"},
+            ),
+            MetricResult("nfe_per_sample", math.fsum(run.nfe) / len(run.nfe), None, "exact", timing),
+            MetricResult(
+                "latency_per_prompt_s",
+                math.fsum(run.latency_s) / len(run.latency_s),
+                None,
+                "estimate",
+                {
+                    **timing,
+                    "latency": "wall time of the batch that answered the prompt",
+                    "amortized_s_per_prompt": run.wall_time_s / len(run.outputs),
+                },
+            ),
+            MetricResult(
+                "peak_memory_gb", run.peak_memory_gb, None, "estimate", {**timing, "measure": run.memory_measure}
+            ),
+        ]
+    return metrics, correct
+
+
+def _perplexity_metric(
+    loaded: LoadedModel, inputs: ScoringInputs, settings: EvalSettings, progress: _Progress, name: str
+) -> MetricResult:
+    if loaded.family.is_diffusion:
+        means, stderrs = text_elbos(
+            loaded,
+            inputs,
+            mc_num=settings.mc_num,
+            batch_size=settings.batch_size,
+            seed=settings.seed,
+            progress=progress.phase(settings.mc_num),
+        )
+        return diffusion_perplexity(means, stderrs, inputs, settings.mc_num, name)
+    scores = causal_scores(loaded, inputs, batch_size=settings.batch_size, progress=progress.phase(1))
+    return causal_perplexity(scores, inputs, name)
+
+
+def _passes_per_answer(loaded: LoadedModel, settings: EvalSettings) -> int:
+    return settings.sampler.max_new_tokens if loaded.family.name == "ar" else settings.sampler.steps
+
+
+def _planned_work(
+    loaded: LoadedModel,
+    scorer: LoadedModel,
+    examples: Sequence[EvalExample],
+    settings: EvalSettings,
+    groups: frozenset[str],
+) -> float:
+    """Forward passes (roughly) the evaluation will run, so progress advances with the work done."""
+    count = len(examples)
+    work = 0.0
+    if loaded.family.is_diffusion:
+        work += count * settings.mc_num * ("perplexity" in groups)
+        work += count * len(settings.mask_ratios) * ("accuracy" in groups)
+    elif groups & TEXT_GROUPS:
+        work += count
+    if groups & GENERATION_GROUPS:
+        work += count * _passes_per_answer(loaded, settings)
+    if "generation" in groups:
+        work += count * (settings.mc_num if scorer.family.is_diffusion else 1)
+    return work
+
+
+@torch.no_grad()
+def evaluate(
+    loaded: LoadedModel,
+    examples: Sequence[EvalExample],
+    settings: EvalSettings,
+    progress: Callable[[float], None] | None = None,
+    *,
+    scorer: LoadedModel | None = None,
+) -> EvalOutput:
+    """Compute the metric groups of `settings.metrics` on `examples`; `progress` gets the fraction done (0..1).
+    `scorer` scores generated answers for generation perplexity (default: the evaluated model)."""
+    groups = validate(loaded, examples, settings)
+    scorer = scorer or loaded
+    loaded.model.eval()
+    scorer.model.eval()
+    tracker = _Progress(progress, _planned_work(loaded, scorer, examples, settings, groups))
+    metrics: list[MetricResult] = []
+    if groups & TEXT_GROUPS:
+        inputs = scoring_inputs(
+            loaded.tokenizer, loaded.special_ids.bos, [ex.text for ex in examples], settings.max_length
+        )
+        if loaded.family.is_diffusion:
+            if "perplexity" in groups:
+                metrics.append(_perplexity_metric(loaded, inputs, settings, tracker, "perplexity"))
+            if "accuracy" in groups:
+                for ratio in settings.mask_ratios:
+                    metric = masked_token_accuracy(
+                        loaded,
+                        inputs,
+                        ratio,
+                        batch_size=settings.batch_size,
+                        seed=settings.seed,
+                        progress=tracker.phase(1),
+                    )
+                    metrics.append(metric)
+        else:
+            # one causal pass serves both metrics
+            scores = causal_scores(loaded, inputs, batch_size=settings.batch_size, progress=tracker.phase(1))
+            if "perplexity" in groups:
+                metrics.append(causal_perplexity(scores, inputs))
+            if "accuracy" in groups:
+                metrics.append(next_token_metric(scores, inputs))
+    samples: list[dict[str, Any]] = []
+    if groups & GENERATION_GROUPS:
+        prompts = [ex.prompt for ex in examples]
+        run = generate_answers(loaded, prompts, settings, tracker.phase(_passes_per_answer(loaded, settings)))
+        generation, correct = _generation_metrics(run, examples, settings, groups, scorer, tracker)
+        metrics += generation
+        samples = [
+            {
+                "input": ex.prompt[-1]["content"],
+                "output": output,
+                "reference": ex.reference,
+                "correct": ok,
+                "tokens": tokens,
+                "latency_s": latency,
+                "nfe": nfe,
+            }
+            for ex, output, ok, tokens, latency, nfe in zip(
+                examples, run.outputs, correct, run.generated_tokens, run.latency_s, run.nfe, strict=True
+            )
+        ]
+    if progress is not None:
+        progress(1.0)
+    return EvalOutput(metrics=metrics, samples=samples)
