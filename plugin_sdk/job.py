@@ -262,7 +262,10 @@ def run_job(
         backend.set_data("config", public_config(params))
     params["start_time"] = now()
 
-    plan = launch.plan_processes(params)
+    try:
+        plan = launch.plan_processes(params)
+    except ParameterError as exc:
+        fail(str(exc))
     if plan.num_processes > 1 and not launch.is_child_run():
         print(f"Relaunching on {plan.num_processes} processes through accelerate ...", flush=True)
         code = launch.relaunch(plan, job_id=job_id, workspace=str(backend.workspace.root))

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from plugin_sdk.errors import ParameterError
+
 CHILD_ENV = "DLM_CHILD_RUN"
 ACCELERATE_CONFIGS = Path(__file__).resolve().parent / "accelerate_configs"
 
@@ -108,9 +110,26 @@ def plan_processes(params: dict[str, Any]) -> LaunchPlan:
         count = len([g for g in gpu_ids.split(",") if g.strip()])
     else:
         count = int(params.get("num_processes") or 1)
-    strategy = params.get("distributed_strategy")
-    config_file = ACCELERATE_CONFIGS / f"{strategy}.yaml" if strategy and strategy != "ddp" else None
+    strategy = params.get("distributed_strategy") or "ddp"
+    config_file = None
+    if strategy != "ddp" and count > 1:
+        _check_strategy(strategy, use_cpu)
+        config_file = ACCELERATE_CONFIGS / f"{strategy}.yaml"
     return LaunchPlan(num_processes=count, use_cpu=use_cpu, gpu_ids=gpu_ids, config_file=config_file)
+
+
+def _check_strategy(strategy: str, use_cpu: bool) -> None:
+    import importlib.util
+
+    if use_cpu:
+        raise ParameterError(
+            f"distributed_strategy={strategy} shards the model over CUDA GPUs; on the CPU use distributed_strategy=ddp"
+        )
+    if strategy.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+        raise ParameterError(
+            f"distributed_strategy={strategy} needs the deepspeed package, which is not installed: "
+            "`pip install deepspeed` in the plugin's environment, or use fsdp"
+        )
 
 
 def accelerate_command(plan: LaunchPlan, argv: list[str]) -> list[str]:
