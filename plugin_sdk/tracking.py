@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import netrc
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -97,12 +98,17 @@ class Tracker:
             self._wandb_run = None
 
 
-_SECRET_MARKERS = ("key", "token", "secret", "password")
+_SECRET_WORDS = {"key", "apikey", "token", "secret", "password", "passwd", "credentials", "auth"}
+
+
+def _is_secret(name: str) -> bool:
+    # whole words, so that hf_token and wandb_api_key go but max_new_tokens stays
+    return any(word in _SECRET_WORDS for word in re.split(r"[^a-z0-9]+", name.lower()))
 
 
 def public_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """The run configuration without anything that looks like a credential."""
-    return {k: v for k, v in config.items() if not any(marker in k.lower() for marker in _SECRET_MARKERS)}
+    return {k: v for k, v in config.items() if not _is_secret(k)}
 
 
 def _escape(text: str) -> str:
