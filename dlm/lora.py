@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
 from typing import Any
 
 from dlm.errors import ModelError
 from dlm.families import Family, get_family
+from dlm.loading import LoadedModel, load_model_and_tokenizer
 
 
 def _matches(module_name: str, target: str) -> bool:
@@ -100,3 +104,62 @@ def apply_lora(
         task_type=None if family.is_diffusion else "CAUSAL_LM",
     )
     return get_peft_model(model, config)
+
+
+def adapter_base_model(adapter_dir: str | Path) -> str | None:
+    """The base model a saved LoRA adapter names (`base_model_name_or_path` of its adapter_config.json)."""
+    config = Path(adapter_dir) / "adapter_config.json"
+    if not config.is_file():
+        raise ModelError(f"{adapter_dir} is not a LoRA adapter folder: it has no adapter_config.json")
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ModelError(f"{config} is not valid JSON: {e}") from e
+    base = data.get("base_model_name_or_path") if isinstance(data, dict) else None
+    return str(base) if base else None
+
+
+def load_adapter(loaded: LoadedModel, adapter_dir: str | Path) -> LoadedModel:
+    """`loaded` with the LoRA adapter saved in `adapter_dir` (by `save_pretrained`, e.g. an SFT run) applied for
+    inference; an adapter that does not fit the model is an error naming both."""
+    from peft import PeftModel, get_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    trained_on = adapter_base_model(adapter_dir)
+    mismatch = (
+        f"the LoRA adapter {adapter_dir} (trained on {trained_on or 'an unnamed base model'}) does not fit "
+        f"{loaded.path} ({type(loaded.model).__name__})"
+    )
+    try:
+        model = PeftModel.from_pretrained(loaded.model, str(adapter_dir), is_trainable=False)
+    except (ValueError, RuntimeError, KeyError, AttributeError) as e:  # what peft raises for a mismatched model
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelError(f"{mismatch}: {reason}") from e
+    # peft only warns when the adapter's LoRA weights and the model's adapted layers differ; an adapter that does
+    # not cover its layers would evaluate a half-adapted model. (Full embedding weights saved beside are peft's.)
+    saved = {k for k in load_peft_weights(str(adapter_dir), device="cpu") if "lora_" in k}
+    expected = {k for k in get_peft_model_state_dict(model, save_embedding_layers=False) if "lora_" in k}
+    if saved != expected:
+        missing, unexpected = sorted(expected - saved), sorted(saved - expected)
+        raise ModelError(
+            f"{mismatch}: {len(missing)} adapted weights of the model are not in the adapter (e.g. "
+            f"{', '.join(missing[:2]) or 'none'}) and {len(unexpected)} adapter weights match no layer (e.g. "
+            f"{', '.join(unexpected[:2]) or 'none'})"
+        )
+    model.eval()
+    return dataclasses.replace(loaded, model=model)
+
+
+def load_model_with_adapter(
+    name_or_path: str | Path, adapter_dir: str | Path | None = None, **load_kwargs: Any
+) -> LoadedModel:
+    """`dlm.loading.load_model_and_tokenizer(name_or_path, **load_kwargs)` with the LoRA adapter in `adapter_dir`
+    applied. `name_or_path` may itself be an adapter folder: its base model (from adapter_config.json) is loaded."""
+    folder = Path(str(name_or_path)).expanduser()
+    if adapter_dir is None and (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+        base = adapter_base_model(folder)
+        if base is None:
+            raise ModelError(f"the LoRA adapter {folder} does not name its base model (base_model_name_or_path)")
+        name_or_path, adapter_dir = base, folder
+    loaded = load_model_and_tokenizer(name_or_path, **load_kwargs)
+    return loaded if adapter_dir is None else load_adapter(loaded, adapter_dir)

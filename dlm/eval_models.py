@@ -1,0 +1,168 @@
+"""Evaluate several models on the same examples, one after the other (each loaded with its optional LoRA adapter,
+evaluated, then freed), for a side-by-side comparison."""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dlm.evaluation import EvalExample, EvalSettings, evaluate
+from dlm.generation import SamplerSettings
+from dlm.lora import load_model_with_adapter
+from dlm.report import ModelResult, lm_eval_metrics
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model to evaluate: `label` names it in tables, `model` is what `load_model_and_tokenizer` takes (or an
+    adapter folder), `adapter` an optional LoRA adapter folder to apply."""
+
+    label: str
+    model: str
+    adapter: Path | None = None
+
+
+@dataclass(frozen=True)
+class LmEvalOptions:
+    """lm-evaluation-harness tasks run on every model (none: no lm-eval)."""
+
+    tasks: tuple[str, ...] = ()
+    num_fewshot: int | None = None
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How every model is loaded (`dlm.loading.load_model_and_tokenizer` arguments)."""
+
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    workspace: str | None = None
+
+
+def eval_settings_from(params: Mapping[str, Any]) -> EvalSettings:
+    """`EvalSettings` from the evaluator's parameter values (same names). The form's "off" values of the sampler
+    (alg_temp 0, top_p 1, top_k 0) are the samplers' None."""
+    sampler = SamplerSettings(
+        steps=params["steps"],
+        max_new_tokens=params["max_new_tokens"],
+        block_length=params["block_length"],
+        temperature=params["temperature"],
+        remasking=params["remasking"],
+        cfg_scale=params["cfg_scale"],
+        alg=params["alg"],
+        alg_temp=params["alg_temp"] or None,
+        top_p=params["top_p"] if params["top_p"] < 1 else None,
+        top_k=params["top_k"] or None,
+        suppress_eos_confidence=params["suppress_eos_confidence"],
+    )
+    names = ("mc_num", "batch_size", "seed", "max_length", "apply_chat_template", "answer_extraction", "answer_regex")
+    return EvalSettings(
+        metrics=tuple(dict.fromkeys(params["metrics"])),
+        mask_ratios=tuple(params["mask_ratios"]),
+        sampler=sampler,
+        **{name: params[name] for name in names},
+    )
+
+
+def evaluate_models(
+    specs: Sequence[ModelSpec],
+    examples: Sequence[EvalExample],
+    settings: EvalSettings,
+    *,
+    lm_eval: LmEvalOptions = LmEvalOptions(),
+    load: LoadOptions = LoadOptions(),
+    log: Log = print,
+    progress: Callable[[float], None] | None = None,
+) -> list[ModelResult]:
+    """Evaluate each model in turn; `progress` gets the overall fraction done (0..1, never decreasing)."""
+    results = []
+    for index, spec in enumerate(specs):
+        span = (index / len(specs), (index + 1) / len(specs))
+        results.append(_evaluate_one(spec, examples, settings, lm_eval, load, log, _Span(progress, *span)))
+        log(f"{spec.label} evaluated in {results[-1].seconds:.1f} s")
+    return results
+
+
+class _Span:
+    """Maps a model's own progress (0..1) into its share of the whole run, never moving backwards."""
+
+    def __init__(self, callback: Callable[[float], None] | None, low: float, high: float) -> None:
+        self.callback, self.low, self.high, self.reached = callback, low, high, low
+
+    def __call__(self, fraction: float) -> None:
+        self.reached = max(self.reached, self.low + min(max(fraction, 0.0), 1.0) * (self.high - self.low))
+        if self.callback is not None:
+            self.callback(self.reached)
+
+
+def _evaluate_one(
+    spec: ModelSpec,
+    examples: Sequence[EvalExample],
+    settings: EvalSettings,
+    lm_eval: LmEvalOptions,
+    load: LoadOptions,
+    log: Log,
+    progress: _Span,
+) -> ModelResult:
+    import torch
+
+    started = time.perf_counter()
+    cuda = torch.cuda.is_available()
+    loaded = load_model_with_adapter(
+        spec.model,
+        spec.adapter,
+        dtype=load.dtype,
+        trust_remote_code=load.trust_remote_code,
+        workspace=load.workspace,
+        device_map={"": "cuda"} if cuda else None,
+    )
+    # a model given as an adapter folder comes back with the adapter applied on its base
+    adapter = spec.adapter or (Path(spec.model) if hasattr(loaded.model, "peft_config") else None)
+    log(
+        f"{spec.label}: {loaded.family.name} model from {loaded.path}" + (f" with adapter {adapter}" if adapter else "")
+    )
+    result = ModelResult(spec.label, spec.model, loaded.path, loaded.family.name, adapter=_text(adapter))
+    progress(0.05)
+    # metrics, then lm-eval (which restarts its counts for each kind of request), share the model's span
+    metrics_end = (0.525 if lm_eval.tasks else 1.0) if settings.metrics else 0.05
+    if settings.metrics:
+        output = evaluate(
+            loaded, examples, settings, progress=lambda done: progress(0.05 + (metrics_end - 0.05) * done)
+        )
+        result.metrics, result.samples = list(output.metrics), output.samples
+    if lm_eval.tasks:
+        from dlm.lm_eval_adapter import run_lm_eval
+
+        base = metrics_end
+        result.lm_eval = run_lm_eval(
+            loaded,
+            lm_eval.tasks,
+            num_fewshot=lm_eval.num_fewshot,
+            limit=lm_eval.limit,
+            batch_size=settings.batch_size,
+            mc_num=settings.mc_num,
+            sampler=settings.sampler,
+            seed=settings.seed,
+            apply_chat_template=settings.apply_chat_template,
+            log=log,
+            progress=lambda kind, done, total: progress(base + (1 - base) * done / max(total, 1)),
+        )
+        details = {"source": "lm-eval", "num_fewshot": lm_eval.num_fewshot, "limit": lm_eval.limit}
+        result.metrics += lm_eval_metrics(result.lm_eval["metrics"], {**details, "mc_num": settings.mc_num})
+    result.seconds = time.perf_counter() - started
+    del loaded
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    return result
+
+
+def _text(path: Path | None) -> str | None:
+    return None if path is None else str(path)

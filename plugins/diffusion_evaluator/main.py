@@ -1,0 +1,131 @@
+"""Diffusion LLM Evaluator: likelihood, generation, task and speed metrics of diffusion LMs and causal LMs side by
+side, in the host's result formats plus results.json, a chart and an HTML report."""
+
+import json
+from pathlib import Path
+
+from plugin_sdk import Job, ParameterError, PluginError, run_job
+from plugin_sdk.data import load_rows
+from plugin_sdk.eval_data import check_columns, eval_examples, infer_eval_columns
+
+HOST_KEYS = ("model_name", "model_path", "model_architecture", "model_adapter", "dataset_name", "eval_name")
+
+
+def read_examples(job: Job, metrics: tuple[str, ...]) -> tuple[list[dict], dict]:
+    """The evaluation examples (EvalExample fields) and where they came from."""
+    p = job.params
+    source = p.get("dataset") or p.get("dataset_name")
+    if not source:
+        raise ParameterError(f"metrics {', '.join(metrics)} need a dataset: set dataset (a file, folder or dataset id)")
+    rows = load_rows(source, workspace=job.workspace.root, split=p.dataset_split)
+    if p.num_samples:
+        rows = rows.select(range(min(p.num_samples, len(rows))))
+    columns = infer_eval_columns(
+        rows.column_names,
+        text_column=p.text_column,
+        prompt_column=p.prompt_column,
+        reference_column=p.reference_column,
+        first_row=rows[0],
+    )
+    from dlm.evaluation import TEXT_GROUPS
+
+    needs = {
+        m: ("text",) if m in TEXT_GROUPS else ("prompt", "reference") if m == "task_accuracy" else ("prompt",)
+        for m in metrics
+    }
+    check_columns(columns, rows.column_names, needs)
+    examples = eval_examples(rows, columns, needs)
+    job.log(f"{len(examples)} examples from {source}; {columns.describe()}")
+    return examples, {
+        "source": source,
+        "split": p.dataset_split,
+        "num_examples": len(examples),
+        "columns": columns.describe(),
+    }
+
+
+def adapter_dir(job: Job) -> Path | None:
+    """The host's `model_adapter`: an adapter name under `<workspace>/adaptors/<model>/`, or a folder path."""
+    name = job.params.get("model_adapter")
+    if not name or name.strip().lower() in ("none", "null"):  # how hosts write "no adapter"
+        return None
+    if Path(name).expanduser().is_dir():
+        return Path(name).expanduser()
+    folder = job.workspace.adaptor_dir(job.params.model_name, name)
+    if not folder.is_dir():
+        present = sorted(p.name for p in folder.parent.glob("*") if p.is_dir()) if folder.parent.is_dir() else []
+        raise ParameterError(
+            f"model_adapter={name!r} is neither an adapter folder nor an adapter of {job.params.model_name} "
+            f"(looked in {folder.parent}; adapters there: {', '.join(present) or 'none'})"
+        )
+    return folder
+
+
+def models_to_evaluate(job: Job) -> list:
+    """The workbench's model (with its adapter), then each `compare_with` entry; labels are unique."""
+    from dlm.eval_models import ModelSpec
+
+    p = job.params
+    model_path = p.get("model_path")
+    main = model_path if model_path and Path(model_path).is_dir() else p.get("model_name")
+    if not main:
+        raise ParameterError("no model: set model_name (a local checkpoint, a hub id, or a preset such as tiny-llada)")
+    adapter = adapter_dir(job)
+    first = ModelSpec(
+        Path(str(p.get("model_name") or main)).name + (f"+{adapter.name}" if adapter else ""), main, adapter
+    )
+    specs, seen = [], {}
+    for spec in [first, *(ModelSpec(Path(name).name, name) for name in p.compare_with)]:
+        seen[spec.label] = seen.get(spec.label, 0) + 1
+        specs.append(spec if seen[spec.label] == 1 else ModelSpec(f"{spec.label}#{seen[spec.label]}", spec.model))
+    return specs
+
+
+def run(job: Job) -> str:
+    p = job.params
+    metrics = tuple(dict.fromkeys(p.metrics))
+    if not metrics and not p.tasks:
+        raise ParameterError("nothing to evaluate: choose metrics, lm-eval tasks (tasks), or both")
+    examples, dataset = read_examples(job, metrics) if metrics else ([], None)
+
+    from dlm.eval_models import LmEvalOptions, LoadOptions, eval_settings_from, evaluate_models
+    from dlm.evaluation import EvalExample
+    from dlm.report import comparison_text, format_value, job_score, score_rows, write_report
+
+    settings = eval_settings_from(p)
+    specs = models_to_evaluate(job)
+    if p.tasks:
+        from dlm.lm_eval_adapter import load_tasks
+
+        load_tasks(p.tasks, job.log)  # a task that is unknown or cannot get its data fails now, not after hours
+    job.progress(3)
+    results = evaluate_models(
+        specs,
+        [EvalExample(**example) for example in examples],
+        settings,
+        lm_eval=LmEvalOptions(tuple(p.tasks), num_fewshot=p.num_fewshot, limit=p.limit or None),
+        load=LoadOptions(dtype=p.dtype, trust_remote_code=p.trust_remote_code, workspace=str(job.workspace.root)),
+        log=job.log,
+        progress=lambda done: job.progress(3 + 92 * done),
+    )
+    rows = score_rows(results)
+    if not rows:
+        raise PluginError("the evaluation produced no metric: check the chosen metrics and lm-eval tasks")
+    job.save_eval_results(rows)
+    score = job_score(results[0])
+    job.set_data("score", json.dumps(score))  # the main model's metrics, headline first, not a mean over models
+    recorded = {k: p.get(k) for k in (*job.manifest["parameters"], *HOST_KEYS)}
+    paths = write_report(job.output_dir, results, recorded, dataset=dataset, extra={"job_id": job.job_id})
+    job.log("Results (mean ± standard error; ≤ marks an upper bound):\n" + comparison_text(results))
+    for kind, path in paths.items():
+        job.log(f"{kind}: {path}")
+    headline = f"{score[0]['type']} {format_value(score[0]['score'])}" if score else "no finite metric"
+    return f"Evaluated {', '.join(r.label for r in results)}; {results[0].label}: {headline}. Report: {paths['html']}"
+
+
+def main() -> None:
+    run_job(__file__, run)
+
+
+if __name__ == "__main__":
+    main()
