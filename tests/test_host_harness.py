@@ -164,3 +164,46 @@ def test_diffusion_trainer_stops_under_the_host(host, tmp_path):
     assert "resume with resume_from_checkpoint=latest" in record["job_data"]["completion_details"]
     assert not (workspace / "adaptors" / "org_tiny" / "probe" / "adapter_config.json").exists()
     assert list(workspace.rglob("checkpoint-*/trainer_state.json")), "the stop must leave a resumable checkpoint"
+
+
+# ---- the evaluator -----------------------------------------------------------------------------------------------
+EVALUATOR = REPO / "plugins" / "diffusion_evaluator"
+
+
+def test_diffusion_evaluator_under_the_host(host, tmp_path):
+    env, workspace = host
+    subprocess.run(
+        [sys.executable, "-c", "import asyncio; from lab import Job; asyncio.run(Job.create('31'))"],
+        env=env,
+        check=True,
+    )
+    data = tmp_path / "qa.jsonl"
+    data.write_text(
+        "".join(json.dumps({"question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n" for i in range(3))
+    )
+    arguments = {
+        "job_id": "31",
+        "experiment_name": "exp",
+        "eval_name": "ev",
+        "model_name": "tiny-llada",
+        "dataset": str(data),
+        "metrics": "perplexity,task_accuracy",
+        "mc_num": "4",
+        "steps": "8",
+        "max_new_tokens": "8",
+        "block_length": "8",
+        "answer_extraction": "first_number",
+    }
+    command = [sys.executable, str(Path(SDK_DIR) / "plugin_harness.py"), "--plugin_dir", str(EVALUATOR)]
+    for key, value in arguments.items():
+        command += [f"--{key}", value]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    record = read_record(workspace, "31")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert record["status"] == "COMPLETE" and record["job_data"]["completion_status"] == "success", done.stdout
+    score = json.loads(record["job_data"]["score"])
+    assert {entry["type"] for entry in score} >= {"perplexity", "task_accuracy"}
+    csv_file = Path(record["job_data"]["additional_output_path"])
+    assert csv_file.is_file() and "test_case_id" in csv_file.read_text().splitlines()[0]
+    results = json.loads((csv_file.parent / "results.json").read_text())
+    assert results["models"][0]["metrics"]
