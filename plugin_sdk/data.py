@@ -80,13 +80,15 @@ def load_dataset_splits(
     max_samples: int | None = None,
     max_validation_samples: int | None = None,
     seed: int = 42,
+    row_numbers: str | None = None,
 ) -> DatasetSplits:
     """Training rows and optional validation rows.
 
     validation_split: None = the dataset's own validation split if it has one; "auto" = that, or else a seeded
     `validation_fraction` of the training rows carved off (never shared with training); any other value names the
     split to use. `max_samples` cuts the training rows to a seeded subset before any carving;
-    `max_validation_samples` cuts the validation rows.
+    `max_validation_samples` cuts the validation rows. `row_numbers` names a column to add that holds each row's
+    1-based number in its split as read, before any subset or carving, so that messages can point at the row.
     """
     opened = _open_source(source, workspace)
     train = _pick_split(opened, split, fallback=True)
@@ -97,6 +99,8 @@ def load_dataset_splits(
         validation = _pick_split(opened, validation_split, fallback=False)
     elif _canonical(split) != "validation" and "validation" in opened.loaders:
         validation = opened.loaders["validation"]()
+    if row_numbers:
+        train, validation = (_numbered(rows, row_numbers) for rows in (train, validation))
     rng = _rng(seed)
     train = _subset(train, max_samples, rng)
     if validation is None and validation_split == "auto":
@@ -403,6 +407,14 @@ def _subset(rows: datasets.Dataset, limit: int | None, rng: np.random.Generator)
     return rows.select(keep)
 
 
+def _numbered(rows: datasets.Dataset | None, column: str) -> datasets.Dataset | None:
+    if rows is None:
+        return None
+    if column in rows.column_names:
+        raise DatasetError(f"the dataset has a column named {column!r}, which is reserved for row numbers")
+    return rows.add_column(column, list(range(1, len(rows) + 1)))
+
+
 def _carve(
     rows: datasets.Dataset, fraction: float, rng: np.random.Generator, description: str
 ) -> tuple[datasets.Dataset, datasets.Dataset]:
@@ -410,6 +422,9 @@ def _carve(
         raise ParameterError(f"validation_fraction must be between 0 and 1 (exclusive), got {fraction}")
     count = max(1, round(len(rows) * fraction))
     if len(rows) - count < 1:
-        raise DatasetError(f"{description} has {len(rows)} training rows: too few to set {count} aside for validation")
+        raise DatasetError(
+            f"{description} has {len(rows)} training rows: too few to set {count} aside for validation; "
+            "add a validation split, or set validation_fraction=0 (and eval off)"
+        )
     order = rng.permutation(len(rows)).tolist()
     return rows.select(sorted(order[count:])), rows.select(sorted(order[:count]))

@@ -323,11 +323,20 @@ def run_trainer(workspace: str, tmp_path: Path, **values):
 
 def test_plugin_run_writes_adapter_metrics_and_tensorboard(workspace, tmp_path):
     code, record, log, ws = run_trainer(
-        workspace, tmp_path, eval_strategy="steps", eval_steps="2", validation_fraction="0.25", lora="true"
+        workspace,
+        tmp_path,
+        eval_strategy="steps",
+        eval_steps="2",
+        validation_fraction="0.25",
+        lora="true",
+        save_full_model="true",
     )
     assert code == 0, log
     assert record["status"] == "COMPLETE" and record["job_data"]["completion_status"] == "success", log
     assert (ws.adaptor_dir("tiny-llada", tmp_path.name) / "adapter_config.json").is_file()
+    # the merged model is registered under its own class, not the LoRA wrapper's
+    registered = json.loads((ws.model_dir(f"tiny-llada_{tmp_path.name}") / "index.json").read_text())
+    assert registered["json_data"]["architecture"] == "LLaDAModelLM"
     metrics = json.loads((ws.trainer_output_dir("sft", "diffusion_llm_trainer") / "metrics.json").read_text())
     assert {"train/loss", "train/accuracy", "train/perplexity", "train/lr", "val/loss"} <= set(metrics)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

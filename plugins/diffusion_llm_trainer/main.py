@@ -38,7 +38,8 @@ def read_rows(job: Job) -> tuple[list, list | None]:
 
 
 def train(job: Job) -> str:
-    from dlm.sft import SFTConfig, run_sft, save_outputs
+    from dlm.outputs import publish_outputs
+    from dlm.sft import SFTConfig, run_sft
 
     p = job.params
     if not p.get("model_name"):
@@ -52,13 +53,7 @@ def train(job: Job) -> str:
     if result.stopped:
         raise JobStopped(f"stopped at step {result.global_step}; resume with resume_from_checkpoint=latest")
     job.progress(96)
-    full = p.save_full_model or p.merge_adapter or not p.lora
-    full_dir = job.model_dir(f"{p.model_name.split('/')[-1]}_{p.adaptor_name}") if full else None
-    if job.is_main_process:
-        for path in save_outputs(result, adaptor_dir=job.adaptor_dir if p.lora else None, full_model_dir=full_dir):
-            job.log(f"saved {path}")
-        if full_dir is not None:
-            job.register_model(full_dir, architecture=type(result.model).__name__)
+    publish_outputs(result, job, lora=p.lora, full_model=p.save_full_model or p.merge_adapter or not p.lora)
     return result.summary
 
 
