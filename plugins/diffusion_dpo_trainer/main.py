@@ -1,0 +1,75 @@
+"""Diffusion DPO Trainer: ELBO-based preference optimisation (LLaDA 1.5's VRPO) of masked-diffusion LMs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from plugin_sdk import Job, JobStopped, run_job
+from plugin_sdk.data import load_dataset_splits
+from plugin_sdk.errors import ParameterError
+
+if TYPE_CHECKING:
+    import datasets
+
+ROW = "__source_row__"  # the column load_dataset_splits adds with each row's number in its file
+
+
+def read_pairs(job: Job) -> tuple[list, list | None]:
+    """Training and validation preference pairs; rows that cannot be used are counted in the log."""
+    p = job.params
+    source = p.get("dataset") or p.get("dataset_name")
+    if not source:
+        raise ParameterError("no training data: set dataset (a file, folder or workspace dataset id)")
+    splits = load_dataset_splits(
+        source,
+        workspace=job.workspace.root,
+        split=p.dataset_split,
+        validation_split="auto" if p.validation_fraction > 0 else None,
+        validation_fraction=p.validation_fraction,
+        max_samples=p.random_sample_size or None,
+        seed=p.seed,
+        row_numbers=ROW,
+    )
+    train = _pairs(job, splits.train, splits.source, "training")
+    if splits.validation is None:
+        return train, None
+    # Rows carved out for validation keep their numbers in the training split; those of a validation split of its
+    # own are numbered in that split.
+    return train, _pairs(job, splits.validation, f"{splits.source} (validation)", "validation")
+
+
+def _pairs(job: Job, rows: datasets.Dataset, source: str, what: str) -> list:
+    from dlm.preference_data import read_preferences
+
+    pairs, skipped = read_preferences(rows.remove_columns(ROW), source, row_numbers=rows[ROW])
+    counts = "; skipped " + ", ".join(f"{n} ({why})" for why, n in skipped.items()) if skipped else ""
+    job.log(f"{what} pairs: {len(pairs)} of {len(rows)} rows of {source}{counts}")
+    return pairs
+
+
+def train(job: Job) -> str:
+    p = job.params
+    if not p.get("model_name"):
+        raise ParameterError(
+            "no model: set model_name (a local checkpoint, a hub id, or a tiny preset such as tiny-llada)"
+        )
+    train_pairs, validation_pairs = read_pairs(job)
+    job.progress(2)
+    from dlm.dpo import DPOConfig, run_dpo
+    from dlm.outputs import publish_outputs
+
+    config = DPOConfig.from_params(p, output_dir=str(job.checkpoint_dir), workspace=str(job.workspace.root))
+    result = run_dpo(config, train_pairs, validation_pairs, job)
+    if result.stopped:
+        raise JobStopped(f"stopped at step {result.global_step}; resume with resume_from_checkpoint=latest")
+    job.progress(96)
+    publish_outputs(result, job, lora=p.lora, full_model=p.save_full_model or not p.lora)
+    return result.summary
+
+
+def main() -> None:
+    run_job(__file__, train)
+
+
+if __name__ == "__main__":
+    main()
