@@ -52,7 +52,7 @@ from dlm.preference_loss import (
     elbo_dpo_loss,
     response_elbos,
 )
-from dlm.sft import SFTResult, _interval, _last, _resume_path, common_training_arguments
+from dlm.sft import SFTResult, common_training_arguments, last_logged, resume_path, step_interval
 from dlm.trainer import memory_in_use_gb
 
 REFERENCE_MODES = ("auto", "frozen_copy", "disabled_adapters", "precomputed")
@@ -497,7 +497,7 @@ def training_arguments(config: DPOConfig, checkpoint_dir: Path, has_validation: 
         warmup_steps=config.warmup_steps if config.warmup_steps > 0 else min(config.warmup_ratio, 0.999),
         adam_beta2=config.adam_beta2,
         eval_strategy="steps" if has_validation and config.eval_steps > 0 else "no",
-        eval_steps=_interval(config.eval_steps) if has_validation and config.eval_steps > 0 else None,
+        eval_steps=step_interval(config.eval_steps) if has_validation and config.eval_steps > 0 else None,
         beta=config.beta,
         loss_type=config.loss_type,
         sft_weight=config.sft_weight,
@@ -574,7 +574,7 @@ def run_dpo(
         reporter.log(
             f"reference ELBOs precomputed for {len(train)} training and {len(validation or [])} validation pairs"
         )
-    resume = _resume_path(config, checkpoint_dir)
+    resume = resume_path(config, checkpoint_dir)
     if resume:
         reporter.log(f"resuming from {resume}")
     trainer.train(resume_from_checkpoint=resume)
@@ -588,7 +588,7 @@ def run_dpo(
     model.eval()  # training is over: whoever uses the result next must not see dropout
     summary = (
         f"DPO-trained {loaded.family.name} model {config.model_name} for {trainer.state.global_step} steps; "
-        f"final train/loss {_last(trainer, 'loss')}, train/rewards/accuracies {_last(trainer, 'rewards/accuracies')}"
+        f"final train/loss {last_logged(trainer, 'loss')}, train/rewards/accuracies {last_logged(trainer, 'rewards/accuracies')}"
     )
     if metrics:
         summary += f", val/rewards/accuracies {metrics.get('eval_rewards/accuracies', float('nan')):.4g}"

@@ -164,7 +164,7 @@ def _latest_checkpoint(checkpoint_dir: Path) -> str | None:
     return str(newest.parent) if newest is not None else None
 
 
-def _resume_path(config: SFTConfig, checkpoint_dir: Path) -> str | None:
+def resume_path(config: SFTConfig, checkpoint_dir: Path) -> str | None:
     wanted = config.resume_from_checkpoint.strip()
     if not wanted:
         return None
@@ -181,7 +181,7 @@ def _resume_path(config: SFTConfig, checkpoint_dir: Path) -> str | None:
     return wanted
 
 
-def _interval(value: float) -> float | int:
+def step_interval(value: float) -> float | int:
     """A fraction of training below 1, a step count from 1 (what TrainingArguments expects)."""
     return float(value) if value < 1 else int(value)
 
@@ -204,7 +204,7 @@ def common_training_arguments(config: Any, checkpoint_dir: Path) -> dict[str, An
         "max_steps": config.train_steps if config.num_train_epochs == 0 else -1,
         "logging_steps": config.logging_steps,
         "save_strategy": "steps",
-        "save_steps": _interval(config.save_steps) if config.save_steps > 0 else 1.0,
+        "save_steps": step_interval(config.save_steps) if config.save_steps > 0 else 1.0,
         "seed": config.seed,
         "data_seed": config.seed,
         "bf16": bf16,
@@ -224,7 +224,7 @@ def training_arguments(config: SFTConfig, checkpoint_dir: Path, has_validation: 
         **common_training_arguments(config, checkpoint_dir),
         warmup_steps=min(config.warmup_ratio, 0.999),  # below 1: a fraction of training
         eval_strategy=config.eval_strategy if has_validation else "no",
-        eval_steps=_interval(config.eval_steps) if config.eval_strategy == "steps" else None,
+        eval_steps=step_interval(config.eval_steps) if config.eval_strategy == "steps" else None,
         loss_norm_type=config.loss_norm_type,
         random_length_ratio=config.random_length_ratio if config.train_mode == "pretrain" else 0.0,
         eval_mask_seed=config.seed + 1,
@@ -300,7 +300,7 @@ def run_sft(
         loss_config=_loss_config(config, loaded),
     )
     trainer.remove_callback(PrinterCallback)  # metrics reach the job log through the reporter instead
-    resume = _resume_path(config, checkpoint_dir)
+    resume = resume_path(config, checkpoint_dir)
     if resume:
         reporter.log(f"resuming from {resume}")
     trainer.train(resume_from_checkpoint=resume)
@@ -309,7 +309,7 @@ def run_sft(
         reporter.log(f"{trainer.skipped_empty_batches} batches had no trainable token and contributed nothing")
     summary = (
         f"trained {loaded.family.name} model {config.model_name} for {trainer.state.global_step} steps; "
-        f"final train/loss {_last(trainer, 'loss')}"
+        f"final train/loss {last_logged(trainer, 'loss')}"
     )
     return SFTResult(
         model=model,
@@ -322,7 +322,7 @@ def run_sft(
     )
 
 
-def _last(trainer: DiffusionTrainer, key: str) -> str:
+def last_logged(trainer: DiffusionTrainer, key: str) -> str:
     values = [entry[key] for entry in trainer.state.log_history if key in entry]
     return f"{values[-1]:.4g}" if values else "n/a"
 
