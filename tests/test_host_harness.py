@@ -207,3 +207,38 @@ def test_diffusion_evaluator_under_the_host(host, tmp_path):
     assert csv_file.is_file() and "test_case_id" in csv_file.read_text().splitlines()[0]
     results = json.loads((csv_file.parent / "results.json").read_text())
     assert results["models"][0]["metrics"]
+
+
+# ---- the DPO trainer ---------------------------------------------------------------------------------------------
+DPO = REPO / "plugins" / "diffusion_dpo_trainer"
+
+
+def test_diffusion_dpo_trainer_under_the_host(host, tmp_path):
+    env, workspace = host
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        "".join(json.dumps({"prompt": f"Say {i}", "chosen": f"{i}.", "rejected": f"{i + 1}."}) + "\n" for i in range(8))
+    )
+    config = {
+        "model_name": "tiny-llada",
+        "dataset": str(pairs),
+        "train_device": "cpu",
+        "num_train_epochs": "0",
+        "train_steps": "2",
+        "batch_size": "2",
+        "max_length": "48",
+        "diffusion_samples": "2",  # the name users know from other diffusion DPO trainers
+        "learning_rate": "0.001",
+        "warmup_steps": "0",
+        "logging_steps": "1",
+        "dtype": "float32",
+    }
+    done, record = launch_trainer(env, workspace, "41", config, DPO)
+    assert done.returncode == 0, done.stdout
+    assert record["status"] == "COMPLETE" and record["job_data"]["completion_status"] == "success", done.stdout
+    assert record["job_data"]["config"]["mc_samples"] == 2
+    assert (workspace / "adaptors" / "org_tiny" / "probe" / "adapter_model.safetensors").is_file()
+    metrics = json.loads((workspace / "experiments" / "exp" / "tensorboards" / "probe" / "metrics.json").read_text())
+    assert {"train/rewards/accuracies", "train/rewards/margins", "train/logps/chosen", "val/rewards/accuracies"} <= set(
+        metrics
+    )
