@@ -14,9 +14,9 @@ must agree to float rounding.
 
 Peak memory of a step is the weights the method holds (the model with its adapters, plus the reference copy when
 there is one) plus the peak of the tensor bytes created during the step (activations, logits, gradients), measured
-as in bench/sft.py: `torch.cuda.max_memory_allocated` on CUDA, live tensor storages on CPU (`LiveTensorBytes`, in a
-pass of its own). Times are medians of alternating runs after a warm-up, on one CPU thread unless `--threads` says
-otherwise. The SFT term of the trainer is left out: it is the same for every method.
+as bench/common.py describes, in a pass of its own. Times are medians of alternating runs after a warm-up, on one
+CPU thread unless `--threads` says otherwise. The SFT term of the trainer is left out: it is the same for every
+method.
 
 The last line printed is a JSON object with ratios ours / straightforward: `step_time_ratio` and `memory_ratio` of
 the default path, `memory_ratio_per_sample_backward` (the same mode as the default at n = 8),
@@ -32,15 +32,13 @@ import argparse
 import copy
 import json
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
-from sft import LiveTensorBytes, synchronize  # bench/sft.py: the same memory measurement
+from common import add_model_arguments, peak_step_bytes, random_llada, time_alternating
 
 from dlm.dpo import PreferenceCollator
 from dlm.lora import apply_lora
-from dlm.models import LLaDAConfig, LLaDAModelLM
 from dlm.preference_loss import (
     ElboDPOSettings,
     draw_pair_masks,
@@ -56,21 +54,14 @@ Step = Callable[[dict, torch.Tensor], torch.Tensor]
 
 def build_models(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(policy: the model with LoRA adapters, reference: a frozen copy of the model without them)."""
-    torch.manual_seed(args.seed)
-    config = LLaDAConfig(
-        d_model=args.d_model,
-        n_heads=args.d_model // 64,
-        n_layers=args.layers,
-        mlp_hidden_size=args.d_model * 2,
-        vocab_size=args.vocab,
-        embedding_size=args.vocab,
-        max_sequence_length=args.prompt * 2 + args.response * 2,
+    base = random_llada(
+        args,
+        args.prompt * 2 + args.response * 2,
         mask_token_id=MASK_ID,
         eos_token_id=EOS_ID,
         pad_token_id=EOS_ID,
         bos_token_id=BOS_ID,
     )
-    base = LLaDAModelLM(config).to(args.device)
     reference = copy.deepcopy(base).eval().requires_grad_(False)
     policy = apply_lora(base, "llada", r=args.lora_r, alpha=2 * args.lora_r, dropout=0.0).train()
     # Non-zero adapters, as after some training: the policy differs from the reference and the loss from ln 2.
@@ -158,35 +149,9 @@ def resident_bytes(*models: torch.nn.Module) -> int:
     return sum(storages.values())
 
 
-def run_timed(policy: torch.nn.Module, step: Step, inputs: tuple, device: str) -> tuple[float, torch.Tensor]:
-    policy.zero_grad(set_to_none=True)
-    synchronize(device)
-    start = time.perf_counter()
-    loss = step(*inputs)
-    synchronize(device)
-    return time.perf_counter() - start, loss
-
-
-def peak_step_bytes(policy: torch.nn.Module, step: Step, inputs: tuple, device: str) -> int:
-    policy.zero_grad(set_to_none=True)
-    if device.startswith("cuda"):
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        step(*inputs)
-        synchronize(device)
-        return torch.cuda.max_memory_allocated() - before
-    with LiveTensorBytes() as tracker:
-        step(*inputs)
-    return tracker.peak
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--vocab", type=int, default=32768)
-    parser.add_argument("--d-model", type=int, default=None, help="default: 128 on CPU, 1024 on CUDA")
-    parser.add_argument("--layers", type=int, default=2)
+    add_model_arguments(parser)
     parser.add_argument("--pairs", type=int, default=None, help="pairs per batch; default: 2 on CPU, 4 on CUDA")
     parser.add_argument("--prompt", type=int, default=None, help="longest prompt; default: 32 on CPU, 128 on CUDA")
     parser.add_argument("--response", type=int, default=None, help="longest response; default 64 CPU, 256 CUDA")
@@ -195,7 +160,6 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=None, help="timed iterations per method (default 3 CPU, 10 CUDA)")
     parser.add_argument("--batches", type=int, default=2, help="distinct batches, cycled")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads")
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
     args.d_model = args.d_model or (1024 if cuda else 128)
@@ -224,21 +188,9 @@ def main() -> None:
     )
 
     peaks = {name: held[name] + peak_step_bytes(policy, step, batches[0], args.device) for name, step in steps.items()}
-    for step in steps.values():  # warm-up
-        run_timed(policy, step, batches[0], args.device)
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    last_loss: dict[str, float] = {}
-    max_loss_diff = 0.0
-    for i in range(args.iters):
-        inputs = batches[i % len(batches)]
-        order = list(steps) if i % 2 == 0 else list(reversed(steps))
-        losses = {}
-        for name in order:
-            seconds, losses[name] = run_timed(policy, steps[name], inputs, args.device)
-            times[name].append(seconds)
-        last_loss = {name: loss.item() for name, loss in losses.items()}
-        reference_loss = losses["straightforward"].item()
-        max_loss_diff = max([max_loss_diff, *(abs(loss.item() - reference_loss) for loss in losses.values())])
+    times, losses = time_alternating(policy, steps, batches, args.iters, args.device)
+    last_loss = losses[-1]
+    max_loss_diff = max(abs(loss - round_["straightforward"]) for round_ in losses for loss in round_.values())
 
     median = {name: statistics.median(values) for name, values in times.items()}
     base = "straightforward"

@@ -9,11 +9,8 @@ median is printed too. On CPU the clock is this process's CPU time and torch run
 neighbours, while single-thread CPU time measures the work. On CUDA the clock is wall time after synchronising.
 
 Memory is the peak of bytes allocated during one forward+backward beyond what was allocated before it (parameters and
-inputs excluded), so it is dominated by activations and gradients:
-- CUDA: ``torch.cuda.max_memory_allocated()`` minus ``torch.cuda.memory_allocated()`` at the start of the step;
-- CPU: :class:`LiveStorageTracker`, a ``TorchDispatchMode`` that adds the size of every new tensor storage an op
-  returns (forward and backward ops both pass through it) and subtracts it when a weak reference reports the storage
-  freed; scratch memory that kernels allocate internally is not seen, for either model.
+inputs excluded), so it is dominated by activations and gradients; it is measured as bench/common.py describes
+(forward and backward ops alike; scratch memory that kernels allocate internally is not seen, for either model).
 
 The last line printed is ``{"speed_ratio": ours / stock, "memory_ratio": ours / stock}``.
 Run: ``python bench/models.py`` (about half a minute on 2 CPU cores; ``--help`` for sizes).
@@ -25,47 +22,14 @@ import argparse
 import json
 import statistics
 import time
-import weakref
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from common import peak_bytes
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from dlm.models import LLaDAConfig, LLaDAModelLM
-
-
-class LiveStorageTracker(TorchDispatchMode):
-    """Peak bytes of tensor storages created while the mode is active and still alive."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live = 0
-        self.peak = 0
-        self._refs: dict[int, weakref.ref] = {}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for leaf in tree_leaves(out):
-            if isinstance(leaf, torch.Tensor) and leaf.device.type != "meta":
-                self._track(leaf.untyped_storage())
-        return out
-
-    def _track(self, storage: torch.UntypedStorage) -> None:
-        key = id(storage)  # torch keeps one Python object per live storage, so the id is stable while it lives
-        if key in self._refs:
-            return
-        size = storage.nbytes()
-
-        def release(_: weakref.ref) -> None:
-            self.live -= size
-            del self._refs[key]
-
-        self._refs[key] = weakref.ref(storage, release)
-        self.live += size
-        self.peak = max(self.peak, self.live)
 
 
 def build_models(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict[str, PreTrainedModel]:
@@ -119,20 +83,6 @@ def timed(step: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def peak_step_bytes(step: Callable[[], None], device: torch.device) -> int:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - before
-    tracker = LiveStorageTracker()
-    with tracker:
-        step()
-    return tracker.peak
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -165,7 +115,7 @@ def main() -> None:
             if i >= args.warmup:
                 times[name].append(elapsed)
         order.reverse()
-    peaks = {name: peak_step_bytes(step, device) for name, step in steps.items()}
+    peaks = {name: peak_bytes(step, str(device)) for name, step in steps.items()}
 
     tokens = args.batch * args.seq_len
     speed = {name: tokens / min(values) for name, values in times.items()}

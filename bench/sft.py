@@ -6,10 +6,7 @@ vocabulary (the regime of real checkpoints, where the output head dominates acti
 batches (prompt not maskable, response and EOS padding maskable) with the same masks and times, alternating.
 
 Peak memory is the peak of live tensor bytes during one step above what was live before it (activations, logits,
-gradients). On CUDA it is `torch.cuda.max_memory_allocated`; on CPU, which has no allocator statistics, a
-`TorchDispatchMode` adds the size of every tensor storage that an operator creates and subtracts it when the storage
-is freed (a weakref finalizer), so it sees every tensor but not scratch memory inside one kernel. The memory pass runs
-apart from the timed iterations, whose speed the mode would distort.
+gradients), measured as bench/common.py describes, in a pass apart from the timed iterations.
 
 The last line printed is a JSON object with the ratios ours / straightforward: throughput (tokens per second of the
 training step), peak memory, and the largest loss difference between the two formulations.
@@ -23,62 +20,22 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
-import weakref
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
-from torch.utils.weak import WeakIdKeyDictionary
+from common import add_model_arguments, peak_step_bytes, random_llada, time_alternating
 
 from dlm.losses import LossConfig, diffusion_loss, draw_mask, token_weights
-from dlm.models import LLaDAConfig, LLaDAModelLM
+from dlm.models import LLaDAModelLM
 
 MASK_ID, EOS_ID = 3, 2
 Step = Callable[[dict, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class LiveTensorBytes(TorchDispatchMode):
-    """Tracks the bytes of tensor storages created while active and still alive, and their peak."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live = self.peak = 0
-        self._seen = WeakIdKeyDictionary()
-
-    def _freed(self, nbytes: int) -> None:
-        self.live -= nbytes
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for tensor in tree_leaves(out):
-            if isinstance(tensor, torch.Tensor):
-                storage = tensor.untyped_storage()
-                if storage not in self._seen:
-                    self._seen[storage] = True
-                    self.live += storage.nbytes()
-                    weakref.finalize(storage, self._freed, storage.nbytes())
-        self.peak = max(self.peak, self.live)
-        return out
-
-
 def build_model(args: argparse.Namespace) -> LLaDAModelLM:
-    torch.manual_seed(args.seed)
-    config = LLaDAConfig(
-        d_model=args.d_model,
-        n_heads=args.d_model // 64,
-        n_layers=args.layers,
-        mlp_hidden_size=args.d_model * 2,
-        vocab_size=args.vocab,
-        embedding_size=args.vocab,
-        max_sequence_length=args.length,
-        mask_token_id=MASK_ID,
-        eos_token_id=EOS_ID,
-        pad_token_id=EOS_ID,
-    )
-    return LLaDAModelLM(config).to(args.device).train()
+    model = random_llada(args, args.length, mask_token_id=MASK_ID, eos_token_id=EOS_ID, pad_token_id=EOS_ID)
+    return model.train()
 
 
 def make_batches(args: argparse.Namespace, config: LossConfig) -> list[tuple[dict, torch.Tensor, torch.Tensor]]:
@@ -121,45 +78,13 @@ def straightforward(model: LLaDAModelLM, config: LossConfig) -> Step:
     return step
 
 
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def run_timed(model: LLaDAModelLM, step: Step, inputs: tuple, device: str) -> tuple[float, torch.Tensor]:
-    model.zero_grad(set_to_none=True)
-    synchronize(device)
-    start = time.perf_counter()
-    loss = step(*inputs)
-    synchronize(device)
-    return time.perf_counter() - start, loss
-
-
-def peak_step_bytes(model: LLaDAModelLM, step: Step, inputs: tuple, device: str) -> int:
-    model.zero_grad(set_to_none=True)
-    if device.startswith("cuda"):
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        step(*inputs)
-        synchronize(device)
-        return torch.cuda.max_memory_allocated() - before
-    with LiveTensorBytes() as tracker:
-        step(*inputs)
-    return tracker.peak
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--vocab", type=int, default=32768)
-    parser.add_argument("--d-model", type=int, default=None, help="default: 128 on CPU, 1024 on CUDA")
-    parser.add_argument("--layers", type=int, default=2)
+    add_model_arguments(parser)
     parser.add_argument("--batch", type=int, default=None, help="default: 4 on CPU, 8 on CUDA")
     parser.add_argument("--length", type=int, default=None, help="default: 256 on CPU, 512 on CUDA")
     parser.add_argument("--iters", type=int, default=None, help="timed iterations per variant (default 4 CPU, 20 CUDA)")
     parser.add_argument("--batches", type=int, default=3, help="distinct batches, cycled")
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
     args.d_model = args.d_model or (1024 if cuda else 128)
@@ -179,18 +104,8 @@ def main() -> None:
     )
 
     peaks = {name: peak_step_bytes(model, step, batches[0], args.device) for name, step in steps.items()}
-    for step in steps.values():  # warm-up
-        run_timed(model, step, batches[0], args.device)
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    max_loss_diff = 0.0
-    for i in range(args.iters):
-        inputs = batches[i % len(batches)]
-        order = list(steps) if i % 2 == 0 else list(reversed(steps))
-        losses = {}
-        for name in order:
-            seconds, losses[name] = run_timed(model, steps[name], inputs, args.device)
-            times[name].append(seconds)
-        max_loss_diff = max(max_loss_diff, abs(losses["ours"].item() - losses["straightforward"].item()))
+    times, losses = time_alternating(model, steps, batches, args.iters, args.device)
+    max_loss_diff = max([0.0, *(abs(loss["ours"] - loss["straightforward"]) for loss in losses)])
 
     tokens = args.batch * args.length
     throughput = {name: tokens / statistics.median(values) for name, values in times.items()}

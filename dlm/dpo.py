@@ -29,7 +29,6 @@ Choices the trainer makes:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,9 +39,9 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainingArguments
 
 from dlm.callbacks import Reporter, ReporterCallback
+from dlm.config import TrainerConfig
 from dlm.errors import DlmError, ModelError
 from dlm.loading import LoadedModel, load_model_and_tokenizer
-from dlm.lora import apply_lora
 from dlm.losses import LossConfig, LossOutput, diffusion_loss, draw_mask
 from dlm.preference_loss import (
     LOSS_TYPES,
@@ -52,8 +51,15 @@ from dlm.preference_loss import (
     elbo_dpo_loss,
     response_elbos,
 )
-from dlm.sft import SFTResult, common_training_arguments, last_logged, resume_path, step_interval
-from dlm.trainer import memory_in_use_gb
+from dlm.sft import (
+    SFTResult,
+    common_training_arguments,
+    last_logged,
+    resume_path,
+    step_interval,
+    trainable_model,
+)
+from dlm.trainer import FixedEvalMasks, memory_in_use_gb
 
 REFERENCE_MODES = ("auto", "frozen_copy", "disabled_adapters", "precomputed")
 MEMORY_MODES = ("auto", "keep_graphs", "per_sample_backward")
@@ -73,26 +79,19 @@ class DPOError(DlmError):
 
 
 @dataclass
-class DPOConfig:
-    """Everything a DPO run needs; built from the plugin's parameters (same names). Defaults: the LLaDA 1.5 recipe."""
+class DPOConfig(TrainerConfig):
+    """Everything a DPO run needs; built from the plugin's parameters (same names). Defaults: the LLaDA 1.5 recipe
+    (shared settings declared again here where its default differs from SFT's)."""
 
-    model_name: str
-    output_dir: str
     dataset_split: str = "train"
     random_sample_size: int = 0
     max_length: int = 1024
     max_prompt_length: int = 512
-    batch_size: int = 4
-    gradient_accumulation_steps: int = 1
     learning_rate: float = 5e-7
-    learning_rate_schedule: str = "cosine"
     warmup_steps: int = 15
     warmup_ratio: float = 0.0
     weight_decay: float = 0.01
     adam_beta2: float = 0.95
-    max_grad_norm: float = 1.0
-    num_train_epochs: int = 1
-    train_steps: int = 0
     beta: float = 0.2
     loss_type: str = "sigmoid"
     sft_weight: float = 0.05
@@ -100,30 +99,10 @@ class DPOConfig:
     antithetic: bool = True
     reference: str = "auto"
     memory_mode: str = "auto"
-    dtype: str = "auto"
-    gradient_checkpointing: bool = False
-    load_in_4bit: bool = False
-    load_in_8bit: bool = False
-    lora: bool = True
-    lora_r: int = 16
-    lora_alpha: int = 32
     lora_dropout: float = 0.0
-    lora_target_modules: str = "default"
     logging_steps: int = 1
     eval_steps: float = 0.25
-    save_steps: float = 0.25
-    resume_from_checkpoint: str = ""
-    seed: int = 42
     adaptor_name: str = "diffusion_dpo_adaptor"
-    train_device: str = "auto"
-    trust_remote_code: bool = False
-    workspace: str | None = None
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any], **overrides: Any) -> DPOConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in params.items() if k in names and v is not None}
-        return cls(**{**values, **overrides})
 
     def check(self) -> None:
         """Raise DPOError naming the setting when the settings cannot work (before anything is loaded)."""
@@ -212,7 +191,7 @@ class PreferenceCollator:
         return batch
 
 
-class DiffusionDPOTrainer(Trainer):
+class DiffusionDPOTrainer(FixedEvalMasks, Trainer):
     """Trains `model` with ELBO-DPO (see `dlm.preference_loss`) plus `sft_weight` times the MDLM loss of the chosen
     responses (`sft_config`). The reference is `ref_model` (frozen_copy), the model with its LoRA adapters
     disabled, or ELBOs precomputed here at construction (precomputed)."""
@@ -247,7 +226,6 @@ class DiffusionDPOTrainer(Trainer):
         if self.ref_model is not None and not getattr(self.ref_model, "hf_device_map", None):
             self.ref_model.to(self.args.device)
         self._sums: dict[str, torch.Tensor] = {}
-        self._eval_generator: torch.Generator | None = None
         if mode == "precomputed":
             self.train_dataset = self.precompute_reference(self.train_dataset, "train")
             if self.eval_dataset is not None:
@@ -431,14 +409,7 @@ class DiffusionDPOTrainer(Trainer):
         )
         self._sums[mode] = self._sums[mode] + values if mode in self._sums else values
 
-    # ---- evaluation with fixed masks -------------------------------------------------------------------------------
-    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
-        self._eval_generator = torch.Generator(device=self.args.device).manual_seed(self.args.eval_mask_seed)
-        try:
-            return super().evaluate(*args, **kwargs)
-        finally:
-            self._eval_generator = None
-
+    # ---- evaluation (fixed masks: `FixedEvalMasks`) --------------------------------------------------------------
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
@@ -526,21 +497,8 @@ def run_dpo(
             "by masking them, so it needs a masked diffusion model (LLaDA, Dream, BERT, or a causal LM converted "
             "with dlm.convert)"
         )
-    reporter.log(
-        f"model {config.model_name}: family {loaded.family.name}, "
-        f"{sum(p.numel() for p in loaded.model.parameters()) / 1e6:.2f}M parameters"
-    )
     ref_model = _load(config).model if config.reference_mode == "frozen_copy" else None
-    model = loaded.model
-    if config.lora:
-        model = apply_lora(
-            model,
-            loaded.family,
-            r=config.lora_r,
-            alpha=config.lora_alpha,
-            dropout=config.lora_dropout,
-            target_modules=config.lora_target_modules,
-        )
+    model = trainable_model(config, loaded, reporter)
     train = _encode(config, loaded, train_examples, "training pairs", reporter)
     validation = (
         _encode(config, loaded, validation_examples, "validation pairs", reporter) if validation_examples else None

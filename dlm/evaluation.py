@@ -65,6 +65,7 @@ __all__ = [
     "ScoringInputs",
     "check_sampler_settings",
     "distinct_n",
+    "example_fields",
     "evaluate",
     "extract_answer",
     "generate_answers",
@@ -82,6 +83,25 @@ __all__ = [
 METRIC_GROUPS = ("perplexity", "accuracy", "generation", "task_accuracy", "diversity", "speed")
 TEXT_GROUPS = frozenset({"perplexity", "accuracy"})
 GENERATION_GROUPS = frozenset({"generation", "task_accuracy", "diversity", "speed"})
+
+
+# The `EvalExample` fields each metric group needs in every example.
+EXAMPLE_FIELDS = {
+    "perplexity": ("text",),
+    "accuracy": ("text",),
+    "generation": ("prompt",),
+    "task_accuracy": ("prompt", "reference"),
+    "diversity": ("prompt",),
+    "speed": ("prompt",),
+}
+
+
+def example_fields(metrics: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """`{metric group: the example fields it needs}` for `metrics` (text, prompt, reference)."""
+    unknown = [m for m in metrics if m not in EXAMPLE_FIELDS]
+    if unknown:
+        raise EvaluationError(f"unknown metrics: {', '.join(unknown)}; choose from: {', '.join(METRIC_GROUPS)}")
+    return {metric: EXAMPLE_FIELDS[metric] for metric in metrics}
 
 
 @dataclass

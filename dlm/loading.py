@@ -178,6 +178,13 @@ def _auto_class(family: Family, raw: dict[str, Any], remote: bool) -> Any:
     return getattr(transformers, name)
 
 
+def inference_device_map() -> dict[str, int] | None:
+    """`device_map` for inference: the whole model on the current CUDA device, or None (the CPU) without CUDA."""
+    import torch
+
+    return {"": torch.cuda.current_device()} if torch.cuda.is_available() else None
+
+
 def load_model_and_tokenizer(
     name_or_path: str | Path,
     *,

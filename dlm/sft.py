@@ -7,8 +7,7 @@ last one is the assistant's answer) in SFT mode, or plain texts in pre-training 
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from transformers import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from dlm.callbacks import Reporter, ReporterCallback, SampleCallback
+from dlm.config import TrainerConfig
 from dlm.data import DiffusionCollator, encode_conversations, pack_texts
 from dlm.errors import ModelError
 from dlm.generation import SamplerSettings, answer
@@ -30,35 +30,13 @@ TRAINING_METHODS = ("auto", "bert", "dream", "llada", "a2d", "ar")
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(TrainerConfig):
     """Everything a training run needs; built from the plugin's parameters (same names)."""
 
-    model_name: str
-    output_dir: str
     training_method: str = "auto"
     train_mode: str = "sft"
-    batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 2e-5
-    learning_rate_schedule: str = "cosine"
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    num_train_epochs: int = 1
-    train_steps: int = 0
-    max_length: int = 512
     truncation: str = "right"
     mask_prompt_loss: bool = True
-    seed: int = 42
-    dtype: str = "auto"
-    gradient_checkpointing: bool = False
-    load_in_4bit: bool = False
-    load_in_8bit: bool = False
-    lora: bool = True
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: str = "default"
     loss_weight_type: str = "auto"
     loss_norm_type: str = "token"
     noise_schedule: str = "linear"
@@ -66,23 +44,10 @@ class SFTConfig:
     random_length_ratio: float = 0.01
     perbatch_cutoff: bool = False
     resp_cutoff_ratio: float = 0.0
-    logging_steps: int = 10
     eval_strategy: str = "no"
-    eval_steps: float = 0.1
-    save_steps: float = 0.25
-    resume_from_checkpoint: str = ""
     sample_every_steps: int = 0
     num_samples: int = 2
-    train_device: str = "auto"
     num_proc: int = 1
-    trust_remote_code: bool = False
-    workspace: str | None = None
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any], **overrides: Any) -> SFTConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in params.items() if k in names and v is not None}
-        return cls(**{**values, **overrides})
 
 
 @dataclass
@@ -153,6 +118,24 @@ def _encode(config: SFTConfig, loaded: LoadedModel, rows: Sequence[Any], what: s
     return data.rows
 
 
+def trainable_model(config: TrainerConfig, loaded: LoadedModel, reporter: Reporter) -> Any:
+    """The loaded model, under new LoRA adapters when `config.lora` is on; its size goes to the log."""
+    reporter.log(
+        f"model {config.model_name}: family {loaded.family.name}, "
+        f"{sum(p.numel() for p in loaded.model.parameters()) / 1e6:.2f}M parameters"
+    )
+    if not config.lora:
+        return loaded.model
+    return apply_lora(
+        loaded.model,
+        loaded.family,
+        r=config.lora_r,
+        alpha=config.lora_alpha,
+        dropout=config.lora_dropout,
+        target_modules=config.lora_target_modules,
+    )
+
+
 def _latest_checkpoint(checkpoint_dir: Path) -> str | None:
     """The newest checkpoint of this run, else of the earlier runs whose checkpoint folders sit beside it (a job
     resumed from the workbench is a new job, with its own, still empty folder)."""
@@ -164,7 +147,7 @@ def _latest_checkpoint(checkpoint_dir: Path) -> str | None:
     return str(newest.parent) if newest is not None else None
 
 
-def resume_path(config: SFTConfig, checkpoint_dir: Path) -> str | None:
+def resume_path(config: TrainerConfig, checkpoint_dir: Path) -> str | None:
     wanted = config.resume_from_checkpoint.strip()
     if not wanted:
         return None
@@ -186,9 +169,8 @@ def step_interval(value: float) -> float | int:
     return float(value) if value < 1 else int(value)
 
 
-def common_training_arguments(config: Any, checkpoint_dir: Path) -> dict[str, Any]:
-    """`TrainingArguments` keywords every dlm trainer shares, from a config with the shared field names
-    (`SFTConfig`, `dlm.dpo.DPOConfig`)."""
+def common_training_arguments(config: TrainerConfig, checkpoint_dir: Path) -> dict[str, Any]:
+    """`TrainingArguments` keywords every dlm trainer shares, from their shared settings."""
     use_cpu = config.train_device == "cpu" or not torch.cuda.is_available()
     bf16 = config.dtype == "bfloat16" or (config.dtype == "auto" and not use_cpu and torch.cuda.is_bf16_supported())
     return {
@@ -255,20 +237,7 @@ def run_sft(
         device_map={"": 0} if (config.load_in_4bit or config.load_in_8bit) and torch.cuda.is_available() else None,
     )
     _check_method(config, loaded)
-    reporter.log(
-        f"model {config.model_name}: family {loaded.family.name}, "
-        f"{sum(p.numel() for p in loaded.model.parameters()) / 1e6:.2f}M parameters"
-    )
-    model = loaded.model
-    if config.lora:
-        model = apply_lora(
-            model,
-            loaded.family,
-            r=config.lora_r,
-            alpha=config.lora_alpha,
-            dropout=config.lora_dropout,
-            target_modules=config.lora_target_modules,
-        )
+    model = trainable_model(config, loaded, reporter)
     train = _encode(config, loaded, train_rows, "training data", reporter)
     validation = _encode(config, loaded, validation_rows, "validation data", reporter) if validation_rows else None
     checkpoint_dir = Path(config.output_dir)

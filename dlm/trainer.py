@@ -38,7 +38,21 @@ class DiffusionTrainingArguments(TrainingArguments):
     eval_mask_seed: int = field(default=1234, metadata={"help": "seed of the fixed validation masks"})
 
 
-class DiffusionTrainer(Trainer):
+class FixedEvalMasks:
+    """`Trainer` mixin: every evaluation draws its masks from `_eval_generator`, seeded anew with
+    `args.eval_mask_seed`, so validation losses compare like with like; it is None outside evaluation."""
+
+    _eval_generator: torch.Generator | None = None
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        self._eval_generator = torch.Generator(device=self.args.device).manual_seed(self.args.eval_mask_seed)
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            self._eval_generator = None
+
+
+class DiffusionTrainer(FixedEvalMasks, Trainer):
     """Trains `model` with `loss_config` (masked diffusion) or, when it is None, the next-token AR loss."""
 
     def __init__(self, *args: Any, loss_config: LossConfig | None, **kwargs: Any) -> None:
@@ -47,7 +61,6 @@ class DiffusionTrainer(Trainer):
         # Our losses divide by the whole step's denominator themselves: the Trainer must not divide again.
         self.loss_is_scaled_for_ga = True
         self._sums: dict[str, dict[str, float]] = {"train": defaultdict(float), "eval": defaultdict(float)}
-        self._eval_generator: torch.Generator | None = None
         self._log_clock = time.perf_counter()
         self.skipped_empty_batches = 0
 
@@ -111,15 +124,7 @@ class DiffusionTrainer(Trainer):
             sums[name] += float(getattr(out, name))
         sums["tokens"] += float(inputs["input_ids"].numel())
 
-    # ---- evaluation with fixed masks -------------------------------------------------------------------------
-    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
-        device = self.args.device
-        self._eval_generator = torch.Generator(device=device).manual_seed(self.args.eval_mask_seed)
-        try:
-            return super().evaluate(*args, **kwargs)
-        finally:
-            self._eval_generator = None
-
+    # ---- evaluation (fixed masks: `FixedEvalMasks`) ----------------------------------------------------------
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +51,15 @@ class DatasetSplits:
 class _Source:
     description: str
     loaders: dict[str, Callable[[], datasets.Dataset]]
+
+
+def dataset_source(params: Mapping[str, Any], missing: str = "no training data") -> str:
+    """The dataset a job names: its `dataset` parameter, else the host's `dataset_name`. Neither set: a
+    ParameterError that starts with `missing`."""
+    source = params.get("dataset") or params.get("dataset_name")
+    if not source:
+        raise ParameterError(f"{missing}: set dataset (a file, folder or workspace dataset id)")
+    return source
 
 
 def load_rows(

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from plugin_sdk.data import load_rows
 from plugin_sdk.errors import DatasetError
 from plugin_sdk.templates import CHAT_COLUMNS, build_messages, infer_format
 
@@ -154,6 +156,36 @@ def eval_examples(
                 )
         examples.append(example)
     return examples
+
+
+def load_eval_examples(
+    source: str,
+    needs: Mapping[str, Iterable[str]],
+    *,
+    workspace: str | Path | None,
+    split: str = "test",
+    num_samples: int = 0,
+    text_column: str = "",
+    prompt_column: str = "",
+    reference_column: str = "",
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The first `num_samples` rows (0: all) of `split` of `source` as examples (`eval_examples`), checked against
+    `needs` (`{metric: fields}`), and where they came from: `{source, split, num_examples, columns}`."""
+    rows = load_rows(source, workspace=workspace, split=split)
+    if len(rows) == 0:  # files are checked when read; a saved or hub dataset can still hold an empty split
+        raise DatasetError(f"the {split!r} split of {source} is empty: there is nothing to evaluate")
+    if num_samples:
+        rows = rows.select(range(min(num_samples, len(rows))))
+    columns = infer_eval_columns(
+        rows.column_names,
+        text_column=text_column,
+        prompt_column=prompt_column,
+        reference_column=reference_column,
+        first_row=rows[0],
+    )
+    check_columns(columns, rows.column_names, needs)
+    examples = eval_examples(rows, columns, needs)
+    return examples, {"source": source, "split": split, "num_examples": len(examples), "columns": columns.describe()}
 
 
 def _text(row: Mapping[str, Any], column: str, index: int) -> str:

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from plugin_sdk.data import load_dataset_splits, load_rows
+from plugin_sdk.data import dataset_source, load_dataset_splits, load_rows
 from plugin_sdk.errors import DatasetError, ParameterError
 
 ROWS = [{"prompt": f"p{i}", "completion": f"c{i}", "n": i} for i in range(20)]
@@ -320,3 +320,12 @@ def test_carving_needs_enough_rows(tmp_path):
         load_dataset_splits(file, workspace=None, validation_split="auto")
     with pytest.raises(ParameterError, match="validation_fraction must be between 0 and 1"):
         load_dataset_splits(file, workspace=None, validation_split="auto", validation_fraction=1.5)
+
+
+def test_dataset_source_prefers_dataset_then_the_hosts_dataset_name():
+    assert dataset_source({"dataset": "mine.jsonl", "dataset_name": "host_id"}) == "mine.jsonl"
+    assert dataset_source({"dataset": "", "dataset_name": "host_id"}) == "host_id"
+    with pytest.raises(ParameterError, match=r"^no training data: set dataset \(a file"):
+        dataset_source({"dataset": None})
+    with pytest.raises(ParameterError, match=r"^metrics need a dataset: set dataset"):
+        dataset_source({}, "metrics need a dataset")

@@ -7,11 +7,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import Reporter, max_difference, tiny_run, weights
 
 import dlm.dpo
 from dlm.dpo import DPOConfig, DPOError, PreferenceCollator, run_dpo
@@ -33,39 +33,6 @@ REPO = Path(__file__).resolve().parent.parent
 LN2_FLOAT32 = float(torch.tensor(math.log(2), dtype=torch.float32))
 
 
-class Reporter:
-    """The Reporter protocol, recording metrics; asks to stop once `stop_at` optimizer steps are done."""
-
-    is_main_process = True
-
-    def __init__(self, stop_at: int | None = None) -> None:
-        self.stop_at, self.steps = stop_at, 0
-        self.messages: list[str] = []
-        self.metrics: list[tuple[int, dict[str, float]]] = []
-
-    def report_progress(self, percent: float) -> None:
-        self.steps += 1
-
-    progress = report_progress
-
-    def stop_requested(self) -> bool:
-        return self.stop_at is not None and self.steps >= self.stop_at
-
-    def log(self, message: str) -> None:
-        self.messages.append(message)
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        self.metrics.append((step, dict(metrics)))
-
-    def log_text(self, tag: str, text: str, step: int) -> None: ...
-
-    def first(self, name: str) -> float:
-        return next(m[name] for _, m in self.metrics if name in m)
-
-    def last(self, name: str) -> float:
-        return [m[name] for _, m in self.metrics if name in m][-1]
-
-
 def pairs(n: int, offset: int = 0) -> list[PreferenceExample]:
     """'Say A' / 'Say B' prompts of varied length (so batches are padded); the chosen answer is the letter asked
     for. Half ask for each letter, so a preference for one letter alone scores 50%."""
@@ -84,33 +51,14 @@ def workspace(preset_workspace: Path) -> str:
 
 def config(workspace: str, out: Path, **overrides) -> DPOConfig:
     values = {
-        "model_name": "tiny-llada",
-        "output_dir": str(out),
-        "workspace": workspace,
+        **tiny_run(workspace, out),
         "batch_size": 4,
-        "num_train_epochs": 0,
         "train_steps": 1,
-        "max_length": 64,
-        "learning_rate": 1e-3,
-        "learning_rate_schedule": "constant",
         "warmup_steps": 0,
         "mc_samples": 2,
         "sft_weight": 0.0,
-        "logging_steps": 1,
-        "save_steps": 1000,
-        "train_device": "cpu",
-        "dtype": "float32",
     }
     return DPOConfig(**{**values, **overrides})
-
-
-def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys()
-    return max((x - b[k]).abs().max().item() for k, x in a.items())
 
 
 # ---- the estimator on a tiny LoRA model ----------------------------------------------------------------------------

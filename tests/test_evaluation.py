@@ -438,6 +438,17 @@ def test_bad_settings_are_named(presets, changes: dict, message: str) -> None:
         evaluate(presets["tiny-llada"], _examples(), settings)
 
 
+def test_example_fields_per_metric_group() -> None:
+    assert evaluation.example_fields(["perplexity", "task_accuracy", "speed"]) == {
+        "perplexity": ("text",),
+        "task_accuracy": ("prompt", "reference"),
+        "speed": ("prompt",),
+    }
+    assert set(evaluation.EXAMPLE_FIELDS) == set(evaluation.METRIC_GROUPS)
+    with pytest.raises(EvaluationError, match="unknown metrics: bleu; choose from: perplexity"):
+        evaluation.example_fields(["bleu"])
+
+
 def test_bad_data_is_named(presets) -> None:
     loaded = presets["tiny-llada"]
     with pytest.raises(EvaluationError, match="no examples to evaluate: the dataset split is empty"):

@@ -129,6 +129,54 @@ def test_manifest_is_valid_for_the_host():
     assert manifest["parameters"]["metrics"]["items"]["enum"] == list(METRIC_GROUPS)
 
 
+def test_load_eval_examples_takes_the_first_rows_and_describes_them(tmp_path):
+    from plugin_sdk.eval_data import load_eval_examples
+
+    data = write_rows(tmp_path / "data.jsonl", ROWS)
+    examples, described = load_eval_examples(str(data), NEEDS, workspace=tmp_path, num_samples=2)
+    assert examples == examples_of(ROWS)[1][:2]
+    assert described == {
+        "source": str(data),
+        "split": "test",
+        "num_examples": 2,
+        "columns": "text=prompt and reference, prompt=prompt, reference=answer",
+    }
+    assert len(load_eval_examples(str(data), NEEDS, workspace=tmp_path)[0]) == len(ROWS)  # 0: every row
+
+
+def test_an_empty_split_is_named(tmp_path, monkeypatch):
+    import datasets
+
+    import plugin_sdk.eval_data as eval_data
+
+    folder = tmp_path / "splits"
+    folder.mkdir()
+    write_rows(folder / "train.jsonl", ROWS)
+    (folder / "test.jsonl").write_text("")
+    with pytest.raises(DatasetError, match=r"test.jsonl has no rows"):
+        eval_data.load_eval_examples(str(folder), NEEDS, workspace=tmp_path, split="test")
+    assert len(eval_data.load_eval_examples(str(folder), NEEDS, workspace=tmp_path, split="train")[0]) == len(ROWS)
+    # a hub dataset's split is not read from a file here: an empty one is caught before its first row is read
+    empty = datasets.Dataset.from_dict({"prompt": [], "answer": []})
+    monkeypatch.setattr(eval_data, "load_rows", lambda *args, **kwargs: empty)
+    with pytest.raises(DatasetError, match=r"the 'test' split of org/data is empty: there is nothing to evaluate"):
+        eval_data.load_eval_examples("org/data", NEEDS, workspace=tmp_path)
+
+
+def test_model_labels_are_unique():
+    from dlm.eval_models import ModelSpec, model_specs
+
+    adapter = Path("/ws/adaptors/tiny-llada/sft")
+    specs = model_specs("/ws/models/tiny-llada", ["tiny-ar", "org/tiny-llada", "tiny-ar"], adapter=adapter)
+    assert specs == [
+        ModelSpec("tiny-llada+sft", "/ws/models/tiny-llada", adapter),
+        ModelSpec("tiny-ar", "tiny-ar"),
+        ModelSpec("tiny-llada", "org/tiny-llada"),
+        ModelSpec("tiny-ar#2", "tiny-ar"),
+    ]
+    assert [s.label for s in model_specs("/ws/x", ["x"], label="main")] == ["main", "x"]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Models and adapters
 
@@ -193,6 +241,23 @@ def test_unknown_family_and_mismatched_adapter_are_named(preset_workspace, tmp_p
     converted_adapter = save_adapter(preset_workspace, "tiny-a2d", "a2d_adapter")
     with pytest.raises(ModelError, match=r"does not fit .*tiny-llada.*adapted weights of the model are not in the"):
         load_model_with_adapter("tiny-llada", converted_adapter, workspace=preset_workspace, dtype="float32")
+
+
+def test_models_are_checked_from_their_configs_before_loading(preset_workspace, adapter, monkeypatch):
+    import dlm.eval_models as eval_models
+    from dlm.evaluation import EvalSettings, EvaluationError
+    from dlm.generation import SamplerSettings
+
+    monkeypatch.setattr(eval_models, "load_model_with_adapter", lambda *a, **k: pytest.fail("a model was loaded"))
+    load = _load(preset_workspace)
+    blocks = EvalSettings(metrics=("speed",), sampler=SamplerSettings(steps=8, max_new_tokens=8, block_length=3))
+    # an adapter folder given as the model is checked as its base model's family
+    specs = [eval_models.ModelSpec("ar", "tiny-ar"), eval_models.ModelSpec("adapted", str(adapter))]
+    with pytest.raises(EvaluationError, match=r"^adapted \(llada family\): sampler settings .*block_length=3"):
+        eval_models.evaluate_models(specs, [], blocks, load=load)
+    # without generation the sampler settings do not matter; Dream has no blocks at all
+    eval_models.check_models(specs, EvalSettings(metrics=("perplexity",), sampler=blocks.sampler), load)
+    eval_models.check_models([eval_models.ModelSpec("d", "tiny-dream")], blocks, load)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -270,6 +335,11 @@ def test_job_compares_models_with_an_adapter_in_the_host_formats(preset_workspac
     for label, by_name in zip(labels, metrics, strict=True):
         accuracy = by_name["dlm_tiny_mc/acc"]
         assert accuracy["details"]["source"] == "lm-eval" and accuracy["details"]["limit"] == 2
+        assert accuracy["details"]["seed"] == 3 and accuracy["details"]["batch_size"] == 4
+        if by_name["perplexity"]["kind"] == "upper_bound":  # diffusion: ELBO likelihoods, our sampler
+            assert accuracy["details"]["mc_num"] == 2 and accuracy["details"]["sampler"]["steps"] == 4
+        else:  # causal: lm-eval's HFLM, exact likelihoods and the task's own generation settings
+            assert "mc_num" not in accuracy["details"] and "sampler" not in accuracy["details"]
         documents = lm_samples[label]["dlm_tiny_mc"]
         assert len(documents) == 2 and accuracy["value"] == pytest.approx(sum(d["acc"] for d in documents) / 2)
 
@@ -298,7 +368,12 @@ def test_job_compares_models_with_an_adapter_in_the_host_formats(preset_workspac
         assert len(correct) == len(ROWS) and list(correct.expected_output) == [r["answer"] for r in ROWS]
         assert correct.score.mean() == pytest.approx(by_name["task_accuracy"]["value"])
         assert set(correct.input) == {r["prompt"] for r in ROWS}
-    assert Path(record["job_data"]["plot_data_path"]).is_file()
+    # plot data as the host writes it: every CSV row's test case, display-style metric name and score
+    plot = json.loads(Path(record["job_data"]["plot_data_path"]).read_text())
+    assert all(set(point) == {"test_case_id", "metric_name", "score"} for point in plot) and len(plot) == len(csv)
+    assert {"Task Accuracy", "Answer Correct", "Perplexity"} <= {point["metric_name"] for point in plot}
+    headline = next(p for p in plot if p["test_case_id"] == labels[0] and p["metric_name"] == "Task Accuracy")
+    assert headline["score"] == pytest.approx(metrics[0]["task_accuracy"]["value"])
     score = json.loads(record["job_data"]["score"])
     assert score[0] == {"type": "task_accuracy", "score": metrics[0]["task_accuracy"]["value"]}
     assert {s["type"] for s in score} == {n for n, m in metrics[0].items() if m["value"] is not None}
@@ -385,3 +460,54 @@ def test_bad_input_fails_the_job_with_its_reason(preset_workspace, tmp_path, cas
     data = run_in_process(preset_workspace, f"bad_{case}", **values)
     assert re.search(message, data["completion_details"]), data["completion_details"]
     assert "Traceback" not in data["completion_details"]
+
+
+@pytest.mark.parametrize(
+    ("case", "compare", "values", "message"),
+    [
+        (
+            "compare_unknown",
+            "GPT2",
+            {},
+            r"(?s)cannot tell which model family .*gpt2-like.*Supported families and architectures:.*llada",
+        ),
+        (
+            "compare_blocks",
+            "tiny-llada",
+            {"steps": "8", "max_new_tokens": "8", "block_length": "3"},
+            r"tiny-llada \(llada family\): sampler settings .*block_length=3 must divide gen_length=8; block "
+            r"lengths that work: 1, 2, 4, 8",
+        ),
+        (
+            "compare_steps",
+            "tiny-llada",
+            {"steps": "6", "max_new_tokens": "8", "block_length": "2"},
+            r"steps=6 must be a positive multiple of the number of blocks.*use steps=4 or steps=8",
+        ),
+    ],
+)
+def test_a_bad_compared_model_fails_the_job_before_any_model_runs(
+    preset_workspace, tmp_path, capsys, case, compare, values, message
+):
+    """The main model (a causal LM: no block sampler) is fine; the compared one is checked before it is evaluated."""
+    import re
+
+    if compare == "GPT2":
+        compare = str(tmp_path / "gpt2-like")
+        Path(compare).mkdir()
+        (Path(compare) / "config.json").write_text(
+            json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"})
+        )
+    job_id = f"bad_{case}"
+    data = run_in_process(
+        preset_workspace,
+        job_id,
+        model_name="tiny-ar",
+        compare_with=[compare],
+        dataset=str(write_rows(tmp_path / "data.jsonl", ROWS)),
+        metrics=["perplexity", "generation"],
+        **values,
+    )
+    assert re.search(message, data["completion_details"]), data["completion_details"]
+    log = capsys.readouterr().out
+    assert "3 examples from" in log and "tiny-ar: ar model from" not in log, log  # no model was loaded

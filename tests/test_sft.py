@@ -6,11 +6,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import Reporter, assert_same_weights, tiny_run, weights
 
 import dlm.presets
 import dlm.sft
@@ -21,33 +21,6 @@ from dlm.sft import SFTConfig, run_sft, save_outputs
 
 REPO = Path(__file__).resolve().parent.parent
 PLUGIN = REPO / "plugins" / "diffusion_llm_trainer"
-
-
-class Reporter:
-    """The Reporter protocol, recording everything; asks to stop once `stop_at` optimizer steps are done."""
-
-    is_main_process = True
-
-    def __init__(self, stop_at: int | None = None) -> None:
-        self.stop_at, self.steps = stop_at, 0
-        self.messages: list[str] = []
-        self.metrics: list[tuple[int, dict[str, float]]] = []
-        self.texts: list[str] = []
-
-    def report_progress(self, percent: float) -> None:
-        self.steps += 1
-
-    def stop_requested(self) -> bool:
-        return self.stop_at is not None and self.steps >= self.stop_at
-
-    def log(self, message: str) -> None:
-        self.messages.append(message)
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        self.metrics.append((step, dict(metrics)))
-
-    def log_text(self, tag: str, text: str, step: int) -> None:
-        self.texts.append(text)
 
 
 def conversations(n: int, offset: int = 0) -> list[list[dict[str, str]]]:
@@ -66,33 +39,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def config(workspace: str, out: Path, **overrides) -> SFTConfig:
-    values = {
-        "model_name": "tiny-llada",
-        "output_dir": str(out),
-        "workspace": workspace,
-        "batch_size": 2,
-        "num_train_epochs": 0,
-        "train_steps": 2,
-        "max_length": 64,
-        "learning_rate": 1e-3,
-        "learning_rate_schedule": "constant",
-        "warmup_ratio": 0.0,
-        "logging_steps": 1,
-        "save_steps": 1000,
-        "train_device": "cpu",
-        "dtype": "float32",
-    }
+    values = {**tiny_run(workspace, out), "batch_size": 2, "train_steps": 2, "warmup_ratio": 0.0}
     return SFTConfig(**{**values, **overrides})
-
-
-def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 1e-6) -> None:
-    assert a.keys() == b.keys()
-    worst = max((x - b[k]).abs().max().item() for k, x in a.items())
-    assert worst <= atol, worst
 
 
 # ---- gradient accumulation ---------------------------------------------------------------------------------------

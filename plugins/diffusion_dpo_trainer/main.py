@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from plugin_sdk import Job, JobStopped, run_job
-from plugin_sdk.data import load_dataset_splits
+from plugin_sdk.data import dataset_source, load_dataset_splits
 from plugin_sdk.errors import ParameterError
 
 if TYPE_CHECKING:
@@ -17,11 +17,8 @@ ROW = "__source_row__"  # the column load_dataset_splits adds with each row's nu
 def read_pairs(job: Job) -> tuple[list, list | None]:
     """Training and validation preference pairs; rows that cannot be used are counted in the log."""
     p = job.params
-    source = p.get("dataset") or p.get("dataset_name")
-    if not source:
-        raise ParameterError("no training data: set dataset (a file, folder or workspace dataset id)")
     splits = load_dataset_splits(
-        source,
+        dataset_source(p),
         workspace=job.workspace.root,
         split=p.dataset_split,
         validation_split="auto" if p.validation_fraction > 0 else None,

@@ -5,43 +5,10 @@ import json
 from pathlib import Path
 
 from plugin_sdk import Job, ParameterError, PluginError, run_job
-from plugin_sdk.data import load_rows
-from plugin_sdk.eval_data import check_columns, eval_examples, infer_eval_columns
+from plugin_sdk.data import dataset_source
+from plugin_sdk.eval_data import load_eval_examples
 
 HOST_KEYS = ("model_name", "model_path", "model_architecture", "model_adapter", "dataset_name", "eval_name")
-
-
-def read_examples(job: Job, metrics: tuple[str, ...]) -> tuple[list[dict], dict]:
-    """The evaluation examples (EvalExample fields) and where they came from."""
-    p = job.params
-    source = p.get("dataset") or p.get("dataset_name")
-    if not source:
-        raise ParameterError(f"metrics {', '.join(metrics)} need a dataset: set dataset (a file, folder or dataset id)")
-    rows = load_rows(source, workspace=job.workspace.root, split=p.dataset_split)
-    if p.num_samples:
-        rows = rows.select(range(min(p.num_samples, len(rows))))
-    columns = infer_eval_columns(
-        rows.column_names,
-        text_column=p.text_column,
-        prompt_column=p.prompt_column,
-        reference_column=p.reference_column,
-        first_row=rows[0],
-    )
-    from dlm.evaluation import TEXT_GROUPS
-
-    needs = {
-        m: ("text",) if m in TEXT_GROUPS else ("prompt", "reference") if m == "task_accuracy" else ("prompt",)
-        for m in metrics
-    }
-    check_columns(columns, rows.column_names, needs)
-    examples = eval_examples(rows, columns, needs)
-    job.log(f"{len(examples)} examples from {source}; {columns.describe()}")
-    return examples, {
-        "source": source,
-        "split": p.dataset_split,
-        "num_examples": len(examples),
-        "columns": columns.describe(),
-    }
 
 
 def adapter_dir(job: Job) -> Path | None:
@@ -61,39 +28,35 @@ def adapter_dir(job: Job) -> Path | None:
     return folder
 
 
-def models_to_evaluate(job: Job) -> list:
-    """The workbench's model (with its adapter), then each `compare_with` entry; labels are unique."""
-    from dlm.eval_models import ModelSpec
-
-    p = job.params
-    model_path = p.get("model_path")
-    main = model_path if model_path and Path(model_path).is_dir() else p.get("model_name")
-    if not main:
-        raise ParameterError("no model: set model_name (a local checkpoint, a hub id, or a preset such as tiny-llada)")
-    adapter = adapter_dir(job)
-    first = ModelSpec(
-        Path(str(p.get("model_name") or main)).name + (f"+{adapter.name}" if adapter else ""), main, adapter
-    )
-    specs, seen = [], {}
-    for spec in [first, *(ModelSpec(Path(name).name, name) for name in p.compare_with)]:
-        seen[spec.label] = seen.get(spec.label, 0) + 1
-        specs.append(spec if seen[spec.label] == 1 else ModelSpec(f"{spec.label}#{seen[spec.label]}", spec.model))
-    return specs
-
-
 def run(job: Job) -> str:
-    p = job.params
-    metrics = tuple(dict.fromkeys(p.metrics))
-    if not metrics and not p.tasks:
-        raise ParameterError("nothing to evaluate: choose metrics, lm-eval tasks (tasks), or both")
-    examples, dataset = read_examples(job, metrics) if metrics else ([], None)
-
-    from dlm.eval_models import LmEvalOptions, LoadOptions, eval_settings_from, evaluate_models
-    from dlm.evaluation import EvalExample
+    from dlm.eval_models import LmEvalOptions, LoadOptions, eval_settings_from, evaluate_models, model_specs
+    from dlm.evaluation import EvalExample, example_fields
     from dlm.report import comparison_text, format_value, job_score, score_rows, write_report
 
+    p = job.params
     settings = eval_settings_from(p)
-    specs = models_to_evaluate(job)
+    if not settings.metrics and not p.tasks:
+        raise ParameterError("nothing to evaluate: choose metrics, lm-eval tasks (tasks), or both")
+    examples, dataset = [], None
+    if settings.metrics:
+        source = dataset_source(p, f"metrics {', '.join(settings.metrics)} need a dataset")
+        examples, dataset = load_eval_examples(
+            source,
+            example_fields(settings.metrics),
+            workspace=job.workspace.root,
+            split=p.dataset_split,
+            num_samples=p.num_samples,
+            text_column=p.text_column,
+            prompt_column=p.prompt_column,
+            reference_column=p.reference_column,
+        )
+        job.log(f"{len(examples)} examples from {source}; {dataset['columns']}")
+    # the workbench passes the model's folder as model_path and its id as model_name
+    model_path = p.get("model_path")
+    model = model_path if model_path and Path(model_path).is_dir() else p.get("model_name")
+    if not model:
+        raise ParameterError("no model: set model_name (a local checkpoint, a hub id, or a preset such as tiny-llada)")
+    specs = model_specs(model, p.compare_with, adapter=adapter_dir(job), label=Path(p.get("model_name") or model).name)
     if p.tasks:
         from dlm.lm_eval_adapter import load_tasks
 

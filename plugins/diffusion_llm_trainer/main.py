@@ -1,7 +1,7 @@
 """Diffusion LLM Trainer: masked-diffusion SFT / pre-training of LLaDA, Dream, ModernBERT and converted LMs."""
 
 from plugin_sdk import Job, JobStopped, run_job
-from plugin_sdk.data import load_dataset_splits
+from plugin_sdk.data import dataset_source, load_dataset_splits
 from plugin_sdk.errors import ParameterError
 from plugin_sdk.templates import build_messages, row_text
 
@@ -9,11 +9,8 @@ from plugin_sdk.templates import build_messages, row_text
 def read_rows(job: Job) -> tuple[list, list | None]:
     """Training and validation rows: conversations in SFT mode, texts in pre-training mode."""
     p = job.params
-    source = p.get("dataset") or p.get("dataset_name")
-    if not source:
-        raise ParameterError("no training data: set dataset (a file, folder or workspace dataset id)")
     splits = load_dataset_splits(
-        source,
+        dataset_source(p),
         workspace=job.workspace.root,
         validation_split="auto" if p.eval_strategy != "no" else None,
         validation_fraction=p.validation_fraction,
