@@ -1,0 +1,91 @@
+"""The benchmarks still run and print their result line, at a size small enough for the test suite. The ratios
+they print at this size mean nothing; the equalities (same loss, identical samples, same ELBO) must hold at any
+size."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+SMALL = {
+    "sft.py": ["--vocab", "2048", "--d-model", "64", "--layers", "1", "--batch", "2", "--length", "32", "--iters", "1"],
+    "dpo.py": [
+        "--vocab",
+        "2048",
+        "--d-model",
+        "64",
+        "--layers",
+        "1",
+        "--pairs",
+        "2",
+        "--prompt",
+        "8",
+        "--response",
+        "8",
+        "--mc-samples",
+        "4",
+        "--iters",
+        "1",
+    ],
+    "elbo.py": ["--sequences", "2", "--mc-num", "8", "--batch-size", "8", "--rounds", "1"],
+    "sample.py": ["--prompts", "8", "--gen-length", "8", "--block-length", "4", "--dream-steps", "4", "--rounds", "1"],
+    "models.py": [
+        "--vocab",
+        "512",
+        "--d-model",
+        "64",
+        "--heads",
+        "4",
+        "--layers",
+        "1",
+        "--mlp",
+        "128",
+        "--seq-len",
+        "16",
+        "--batch",
+        "2",
+        "--warmup",
+        "1",
+        "--iters",
+        "1",
+    ],
+}
+KEYS = {
+    "sft.py": {"throughput_ratio", "memory_ratio", "max_loss_diff"},
+    "dpo.py": {"step_time_ratio", "memory_ratio", "memory_ratio_per_sample_backward", "max_loss_diff"},
+    "elbo.py": {"throughput_ratio", "max_abs_diff"},
+    "sample.py": {"tokens_per_sec_ratio", "outputs_identical"},
+    "models.py": {"speed_ratio", "memory_ratio"},
+}
+
+
+def test_every_benchmark_is_covered():
+    assert {p.name for p in BENCH.glob("*.py")} - {"common.py"} == set(SMALL)
+
+
+@pytest.mark.parametrize("script", sorted(SMALL))
+def test_benchmark_prints_its_result_line(script):
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), *SMALL[script]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert KEYS[script] <= set(result)
+    assert all(isinstance(v, bool) or v > 0 for k, v in result.items() if not k.startswith("max_"))
+    if "max_loss_diff" in result:
+        assert result["max_loss_diff"] <= 1e-5
+    if "max_abs_diff" in result:
+        assert result["max_abs_diff"] <= 1e-9
+    if "outputs_identical" in result:
+        assert result["outputs_identical"] is True
