@@ -1,0 +1,366 @@
+"""`python -m plugin_sdk demo`: the whole product on this machine, with no download.
+
+A deterministic digit-sorting task (`dlm.demo_task`) is written into the workspace as two datasets, then every
+stage runs as a real job of the plugins through the local runner, with the job records the workbench shows:
+1. evaluate the untrained tiny-llada and tiny-ar on held-out test problems;
+2. SFT tiny-llada (masked-diffusion loss, all weights);
+3. train tiny-ar with the next-token loss on the same data with the same budget;
+4. DPO the SFT model (ELBO-DPO, LoRA) on preference pairs;
+5. evaluate SFT+DPO, SFT and the causal model side by side.
+The numbers are read back from the jobs' own outputs (the evaluator's results.json, the trainers' metrics.json and
+TensorBoard events) into one report in `<workspace>/demo/`: a table on the terminal, results.json, a PNG chart and
+an HTML page.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from plugin_sdk.backends import JobRecord
+from plugin_sdk.errors import PluginError
+from plugin_sdk.manifest import find_plugin
+from plugin_sdk.runner import run_plugin
+from plugin_sdk.workspace import Workspace, write_json_atomic
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENT = "demo"
+SFT_DATASET = "demo-digit-sort"
+PREFERENCE_DATASET = "demo-digit-sort-preferences"
+SFT_NAME = "demo-sft"
+DPO_NAME = "demo-dpo"
+# The issue's bar for "it learned": held-out task accuracy after SFT and its gain over the untrained model, held-out
+# DPO reward accuracy, and the most task accuracy DPO may cost.
+MIN_SFT_ACCURACY = 0.5
+MIN_SFT_GAIN = 0.4
+MIN_DPO_REWARD_ACCURACY = 0.8
+MAX_DPO_ACCURACY_DROP = 0.02
+REPORTED_METRICS = ("task_accuracy", "perplexity", "tokens_per_sec")
+DPO_METRICS = ("val/rewards/accuracies", "val/rewards/margins")
+PERPLEXITY_NOTE = (
+    "perplexity scores each test row as plain text 'prompt<newline>answer' (the evaluator's text for prompt/answer "
+    "rows), which none of the models was trained on: SFT learns answers given chat-formatted prompts. It shows the "
+    "diffusion bound and the exact causal value side by side, not the task; task_accuracy measures the task."
+)
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How big the demo is: task splits and training budgets (the same for the diffusion and the causal model)."""
+
+    train: int
+    validation: int
+    test: int
+    sft_steps: int
+    dpo_steps: int
+    dpo_pairs: int
+    mc_num: int
+
+
+SIZES = {
+    "full": DemoSize(train=4000, validation=200, test=500, sft_steps=600, dpo_steps=40, dpo_pairs=2000, mc_num=32),
+    "small": DemoSize(train=3000, validation=100, test=200, sft_steps=600, dpo_steps=40, dpo_pairs=2000, mc_num=16),
+}
+
+
+class DemoError(PluginError):
+    """A stage of the demo failed; the message names the stage, its job, why, and where its log is."""
+
+
+@dataclass
+class Stage:
+    name: str
+    job_id: str
+    seconds: float
+    record: dict[str, Any]
+    output_dir: Path
+
+
+def recipe(size: DemoSize) -> dict[str, dict[str, Any]]:
+    """The parameters of every job, as a person would fill the plugins' forms."""
+    from dlm.demo_task import MAX_DIGITS
+
+    # The canvas is as long as the longest answer and its end-of-turn token (one token per digit here). SFT pads a
+    # batch only to its longest row, so the model never saw a longer canvas; given one, it ends answers early.
+    answer_tokens = MAX_DIGITS + 1
+    train = {
+        "dataset": SFT_DATASET,
+        "lora": False,
+        "batch_size": 32,
+        "learning_rate": 3e-3,
+        "learning_rate_schedule": "cosine",
+        "warmup_ratio": 0.05,
+        "num_train_epochs": 0,
+        "train_steps": size.sft_steps,
+        "max_length": 64,
+        "logging_steps": 10,
+        "eval_strategy": "steps",
+        "eval_steps": 0.1,
+        "save_steps": size.sft_steps,
+        "adaptor_name": SFT_NAME,
+    }
+    return {
+        # Uniform weights: the ELBO's 1/t weights give the draws with few masked tokens large, noisy gradients,
+        # which slows learning from scratch several-fold; the evaluation still reports the ELBO bound.
+        "sft": {**train, "model_name": "tiny-llada", "template_name": "demo-sft-llada", "loss_weight_type": "uniform"},
+        "ar": {**train, "model_name": "tiny-ar", "template_name": "demo-sft-ar", "training_method": "ar"},
+        # IPO's bounded target margin keeps DPO from pushing the rejected answers (which share most tokens with the
+        # chosen ones) ever further down, which costs task accuracy.
+        "dpo": {
+            "dataset": PREFERENCE_DATASET,
+            "template_name": "demo-dpo",
+            "random_sample_size": size.dpo_pairs,
+            "lora": True,
+            "learning_rate": 5e-4,
+            "warmup_steps": 5,
+            "num_train_epochs": 0,
+            "train_steps": size.dpo_steps,
+            "batch_size": 16,
+            "loss_type": "ipo",
+            "beta": 0.5,
+            "mc_samples": 8,
+            "sft_weight": 0.05,
+            "memory_mode": "keep_graphs",
+            "max_length": 64,
+            "eval_steps": 0.5,
+            "save_steps": size.dpo_steps,
+            "adaptor_name": DPO_NAME,
+        },
+        "evaluate": {
+            "dataset": SFT_DATASET,
+            "dataset_split": "test",
+            "num_samples": size.test,
+            "metrics": ["task_accuracy", "perplexity", "speed"],
+            "answer_extraction": "exact",
+            "mc_num": size.mc_num,
+            "batch_size": 64,
+            "steps": answer_tokens,
+            "max_new_tokens": answer_tokens,
+            "block_length": answer_tokens,
+        },
+    }
+
+
+def write_datasets(workspace: Workspace, size: DemoSize, seed: int) -> dict[str, Any]:
+    """The task's splits as two workspace datasets, stored as the workbench stores uploaded ones."""
+    from dlm.demo_task import build_task, write_task
+
+    task = build_task(size.train, size.validation, size.test, seed=seed)
+    folders = {name: workspace.dataset_dir(name) for name in (SFT_DATASET, PREFERENCE_DATASET)}
+    write_task(task, folders[SFT_DATASET], folders[PREFERENCE_DATASET])
+    for name, what in ((SFT_DATASET, "instruction/output"), (PREFERENCE_DATASET, "prompt/chosen/rejected")):
+        description = f"Demo task, sort digits: {what}, train/validation/test splits"
+        write_json_atomic(
+            folders[name] / "index.json", {"dataset_id": name, "location": "local", "description": description}
+        )
+    return task.settings
+
+
+def run_stage(name: str, plugin: str, params: Mapping[str, Any], workspace: Workspace, *, verbose: bool) -> Stage:
+    """Run one job of `plugin` as the workbench would; a failed job ends the demo with its reason."""
+    print(f"[{name}] {plugin} ...", flush=True)
+    started = time.perf_counter()
+    # The job log keeps every line; unless verbose, the terminal shows only a progress bar (on stderr).
+    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    with quiet:
+        code, job_id = run_plugin(
+            find_plugin(plugin, REPO_ROOT),
+            dict(params),
+            workspace=workspace,
+            experiment=EXPERIMENT,
+            show_progress=sys.stderr.isatty() and not verbose,
+        )
+    seconds = time.perf_counter() - started
+    record = JobRecord(workspace, job_id).read()
+    job_data = record.get("job_data", {})
+    if code != 0 or job_data.get("completion_status") != "success":
+        why = job_data.get("completion_details") or f"exit code {code}"
+        log = workspace.job_dir(job_id) / f"output_{job_id}.txt"
+        raise DemoError(f"stage {name!r} (job {job_id}, {plugin}) failed: {why}; log: {log}")
+    if plugin == "diffusion_evaluator":
+        output = workspace.eval_output_dir(EXPERIMENT, params["eval_name"], job_id)
+    else:
+        output = workspace.trainer_output_dir(EXPERIMENT, params["template_name"])
+    print(f"[{name}] job {job_id} done in {seconds:.0f}s: {job_data.get('completion_details', '')}", flush=True)
+    return Stage(name, job_id, seconds, record, output)
+
+
+def evaluated_models(stage: Stage, labels: list[str]) -> dict[str, dict[str, Any]]:
+    """The models of an evaluator job's results.json by new label (given in the order the job evaluated them)."""
+    models = json.loads((stage.output_dir / "results.json").read_text(encoding="utf-8"))["models"]
+    if len(models) != len(labels):
+        raise DemoError(
+            f"stage {stage.name!r}: expected {len(labels)} evaluated models, results.json has {len(models)}"
+        )
+    return {label: {**model, "label": label} for model, label in zip(models, labels, strict=True)}
+
+
+def metric_value(model: Mapping[str, Any], name: str) -> float | None:
+    return next((m["value"] for m in model["metrics"] if m["name"] == name), None)
+
+
+def curve(stage: Stage, tag: str) -> list[tuple[float, float]]:
+    """A scalar series of a trainer job, read from its TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(stage.record["job_data"]["tensorboard_output_dir"], size_guidance={"scalars": 0})
+    events.Reload()
+    if tag not in events.Tags().get("scalars", []):
+        return []
+    return [(float(e.step), float(e.value)) for e in events.Scalars(tag)]
+
+
+def learning_checks(models: Mapping[str, Mapping[str, Any]], dpo_metrics: Mapping[str, float]) -> list[dict]:
+    """The issue's learning thresholds, each with the measured value and whether it holds."""
+    before = metric_value(models["llada untrained"], "task_accuracy")
+    sft = metric_value(models["llada SFT"], "task_accuracy")
+    dpo = metric_value(models["llada SFT+DPO"], "task_accuracy")
+    checks: list[tuple[str, float | None, str, Callable[[float], bool]]] = [
+        ("held-out task accuracy after SFT", sft, f">= {MIN_SFT_ACCURACY}", lambda v: v >= MIN_SFT_ACCURACY),
+        ("task accuracy gained by SFT", _diff(sft, before), f">= {MIN_SFT_GAIN}", lambda v: v >= MIN_SFT_GAIN),
+        (
+            "held-out DPO rewards/accuracies",
+            dpo_metrics.get("val/rewards/accuracies"),
+            f">= {MIN_DPO_REWARD_ACCURACY}",
+            lambda v: v >= MIN_DPO_REWARD_ACCURACY,
+        ),
+        (
+            "task accuracy lost by DPO",
+            _diff(sft, dpo),
+            f"<= {MAX_DPO_ACCURACY_DROP}",
+            lambda v: v <= MAX_DPO_ACCURACY_DROP,
+        ),
+    ]
+    # Rounded before comparing: differences of accuracies (multiples of 1/n) are not exact in binary.
+    return [
+        {"check": name, "value": value, "target": target, "passed": value is not None and rule(round(value, 9))}
+        for name, value, target, rule in checks
+    ]
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def run_demo(workspace: Workspace, size_name: str = "full", *, seed: int = 0, verbose: bool = False) -> dict:
+    """Run every stage and write the report into `<workspace>/demo/`; returns the report's paths, the learning
+    checks and the wall time."""
+    from dlm.report import comparison_text, write_report
+
+    size = SIZES[size_name]
+    jobs = recipe(size)
+    started = time.perf_counter()
+    task = write_datasets(workspace, size, seed)
+    print(f"Demo ({size_name}) in workspace {workspace.root}; task: {task}", flush=True)
+
+    def stage(name: str, plugin: str, params: Mapping[str, Any]) -> Stage:
+        return run_stage(name, plugin, params, workspace, verbose=verbose)
+
+    sft_model = str(workspace.model_dir(f"tiny-llada_{SFT_NAME}"))
+    ar_model = str(workspace.model_dir(f"tiny-ar_{SFT_NAME}"))
+    adapter = str(workspace.adaptor_dir(f"tiny-llada_{SFT_NAME}", DPO_NAME))
+    evaluate = jobs["evaluate"]
+    stages = [
+        stage(
+            "evaluate untrained",
+            "diffusion_evaluator",
+            {**evaluate, "model_name": "tiny-llada", "compare_with": ["tiny-ar"], "eval_name": "demo-before"},
+        ),
+        stage("SFT tiny-llada", "diffusion_llm_trainer", jobs["sft"]),
+        stage("train tiny-ar", "diffusion_llm_trainer", jobs["ar"]),
+        stage("DPO", "diffusion_dpo_trainer", {**jobs["dpo"], "model_name": sft_model, "adaptor_output_dir": adapter}),
+        stage(
+            "evaluate trained",
+            "diffusion_evaluator",
+            {
+                **evaluate,
+                "model_name": sft_model,
+                "model_adapter": adapter,
+                "compare_with": [sft_model, ar_model],
+                "eval_name": "demo-after",
+            },
+        ),
+    ]
+    before, sft, ar, dpo, after = stages
+    models = evaluated_models(before, ["llada untrained", "ar untrained"])
+    models |= evaluated_models(after, ["llada SFT+DPO", "llada SFT", "ar SFT"])
+    dpo_metrics = json.loads((dpo.output_dir / "metrics.json").read_text(encoding="utf-8"))
+    checks = learning_checks(models, dpo_metrics)
+    extra_metrics = {
+        "llada SFT": [_job_seconds(sft)],
+        "ar SFT": [_job_seconds(ar)],
+        "llada SFT+DPO": [
+            {"name": name, "value": dpo_metrics.get(name), "kind": "estimate", "details": {"job": dpo.job_id}}
+            for name in DPO_METRICS
+        ],
+    }
+    order = ["llada untrained", "llada SFT", "llada SFT+DPO", "ar untrained", "ar SFT"]
+    results = [_model_result(models[label], extra_metrics.get(label, [])) for label in order]
+    curves = {
+        "SFT llada train/loss": curve(sft, "train/loss"),
+        "SFT ar train/loss": curve(ar, "train/loss"),
+        "DPO train/loss": curve(dpo, "train/loss"),
+        "DPO val/rewards/accuracies": curve(dpo, "val/rewards/accuracies"),
+    }
+    total = time.perf_counter() - started
+    summary = {
+        "size": size_name,
+        **asdict(size),
+        "seed": seed,
+        "wall_time_s": round(total, 1),
+        "stages": [
+            {"stage": s.name, "job_id": s.job_id, "seconds": round(s.seconds, 1), "output_dir": str(s.output_dir)}
+            for s in stages
+        ],
+    }
+    settings = {
+        "demo": summary,
+        "learning checks": [_check_text(check) for check in checks],
+        "perplexity": PERPLEXITY_NOTE,
+        **{f"{name} job": params for name, params in jobs.items()},
+    }
+    extra = {"demo": summary, "checks": checks, "dpo_metrics": dpo_metrics}
+    paths = write_report(workspace.root / "demo", results, settings, dataset=task, extra=extra, curves=curves)
+
+    print("\nHeld-out test problems (mean ± standard error; ≤ marks the diffusion ELBO bound, AR is exact):")
+    print(comparison_text(results))
+    print(f"Note: {PERPLEXITY_NOTE}")
+    print("\nLearning checks:")
+    for check in checks:
+        print("  " + _check_text(check))
+    print("\nStages: " + ", ".join(f"{s.name} {s.seconds:.0f}s (job {s.job_id})" for s in stages))
+    print(f"Total: {total:.0f}s")
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return {"paths": paths, "checks": checks, "wall_time_s": total}
+
+
+def _check_text(check: Mapping[str, Any]) -> str:
+    value = "n/a" if check["value"] is None else f"{check['value']:.3f}"
+    return f"{'PASS' if check['passed'] else 'FAIL'}  {check['check']}: {value} (target {check['target']})"
+
+
+def _job_seconds(stage: Stage) -> dict[str, Any]:
+    return {"name": "train_job_seconds", "value": stage.seconds, "kind": "exact", "details": {"job": stage.job_id}}
+
+
+def _model_result(model: Mapping[str, Any], extra_metrics: list[dict[str, Any]]) -> Any:
+    from dlm.report import ModelResult
+
+    return ModelResult(
+        label=model["label"],
+        model=model["model"],
+        path=model["path"],
+        family=model["family"],
+        adapter=model.get("adapter"),
+        metrics=[m for m in model["metrics"] if m["name"] in REPORTED_METRICS] + extra_metrics,
+        samples=model.get("samples", []),
+        seconds=model.get("seconds"),
+    )

@@ -1,0 +1,156 @@
+"""The demo: its task generator (deterministic, disjoint splits, right answers, plausible wrong ones) and, at the
+small size, the whole demo through the plugins, held to the issue's learning thresholds."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections import Counter
+
+import pytest
+
+from dlm.demo_task import DemoTaskError, build_task, is_correct, write_task, wrong_answer
+from plugin_sdk.data import load_dataset_splits, load_rows
+from plugin_sdk.demo import (
+    MAX_DPO_ACCURACY_DROP,
+    MIN_DPO_REWARD_ACCURACY,
+    MIN_SFT_ACCURACY,
+    MIN_SFT_GAIN,
+    run_demo,
+)
+from plugin_sdk.workspace import Workspace
+
+
+def digits_of(prompt: str) -> list[int]:
+    match = re.fullmatch(r"Sort: ((?:\d )*\d)", prompt)
+    assert match, prompt
+    return [int(d) for d in match.group(1).split()]
+
+
+def test_task_is_deterministic_and_seeded():
+    a, b = build_task(50, 10, 10, seed=3), build_task(50, 10, 10, seed=3)
+    assert a == b
+    assert build_task(50, 10, 10, seed=4).rows != a.rows
+    assert a.settings == {"train": 50, "validation": 10, "test": 10, "min_digits": 4, "max_digits": 5, "seed": 3}
+
+
+def test_splits_are_sized_and_disjoint():
+    task = build_task(2000, 300, 300, seed=0)
+    sizes = {split: len(rows) for split, rows in task.rows.items()}
+    assert sizes == {"train": 2000, "validation": 300, "test": 300}
+    prompts = {split: [r["instruction"] for r in rows] for split, rows in task.rows.items()}
+    for split, listed in prompts.items():
+        assert len(set(listed)) == len(listed), f"repeated problems in {split}"
+    assert not set(prompts["train"]) & set(prompts["validation"])
+    assert not set(prompts["train"]) & set(prompts["test"])
+    assert not set(prompts["validation"]) & set(prompts["test"])
+    lengths = Counter(len(digits_of(p)) for p in prompts["train"])
+    assert set(lengths) == {4, 5} and min(lengths.values()) > 200
+
+
+def test_answers_are_the_digits_in_order():
+    task = build_task(500, 50, 50, seed=1)
+    for rows in task.rows.values():
+        for row in rows:
+            digits = digits_of(row["instruction"])
+            answer = [int(d) for d in row["output"].split(" ")]
+            # checked by counting, independently of sorted()
+            assert Counter(answer) == Counter(digits)
+            assert all(x <= y for x, y in zip(answer, answer[1:], strict=False))
+
+
+def slip(chosen: str, rejected: str) -> str:
+    """Which plausible slip turns `chosen` into `rejected`; fails when it is none of them."""
+    good, bad = [int(d) for d in chosen.split()], [int(d) for d in rejected.split()]
+    assert len(good) == len(bad) and good != bad
+    diff = [i for i in range(len(good)) if good[i] != bad[i]]
+    if len(diff) == 2 and diff[1] == diff[0] + 1 and good[diff[0]] == bad[diff[1]] and good[diff[1]] == bad[diff[0]]:
+        return "order"
+    assert len(diff) == 1, (chosen, rejected)
+    i = diff[0]
+    if bad[i] in [good[j] for j in (i - 1, i + 1) if 0 <= j < len(good)]:
+        return "count"
+    assert abs(bad[i] - good[i]) == 1, (chosen, rejected)
+    return "digit"
+
+
+def test_preference_pairs_are_right_against_plausibly_wrong():
+    task = build_task(1000, 100, 100, seed=2)
+    kinds = Counter()
+    for split, pairs in task.preferences.items():
+        assert [p["prompt"] for p in pairs] == [r["instruction"] for r in task.rows[split]]
+        for pair, row in zip(pairs, task.rows[split], strict=True):
+            assert pair["chosen"] == row["output"]
+            assert not is_correct(pair["rejected"], pair["chosen"])
+            kinds[slip(pair["chosen"], pair["rejected"])] += 1
+    total = sum(kinds.values())
+    assert 0.4 < kinds["count"] / total < 0.6 and kinds["order"] / total > 0.15 and kinds["digit"] / total > 0.15
+
+
+def test_wrong_answer_of_equal_digits_moves_one_digit_inward():
+    rng = random.Random(0)
+    assert {wrong_answer([0, 0, 0, 0], rng) for _ in range(40)} == {"1 0 0 0", "0 1 0 0", "0 0 1 0", "0 0 0 1"}
+    assert {wrong_answer([9, 9, 9], rng) for _ in range(30)} == {"8 9 9", "9 8 9", "9 9 8"}
+
+
+def test_scoring_ignores_spacing_only():
+    assert is_correct(" 1  2 3\n", "1 2 3")
+    assert not is_correct("123", "1 2 3") and not is_correct("1 2 3 4", "1 2 3")
+
+
+@pytest.mark.parametrize(
+    ("sizes", "kwargs", "message"),
+    [
+        ((10, -1, 5), {}, "must be >= 0"),
+        ((10, 5, 5), {"min_digits": 3, "max_digits": 2}, "min_digits <= max_digits"),
+        ((400, 100, 100), {"min_digits": 2, "max_digits": 2}, "at most 50"),
+    ],
+)
+def test_impossible_sizes_are_refused(sizes, kwargs, message):
+    with pytest.raises(DemoTaskError, match=message):
+        build_task(*sizes, **kwargs)
+
+
+def test_written_task_reads_as_datasets_with_splits(tmp_path):
+    task = build_task(40, 8, 6, seed=0)
+    write_task(task, tmp_path / "sft", tmp_path / "prefs")
+    splits = load_dataset_splits(str(tmp_path / "sft"), workspace=None)
+    assert list(splits.train) == task.rows["train"] and list(splits.validation) == task.rows["validation"]
+    assert list(load_rows(str(tmp_path / "sft"), workspace=None, split="test")) == task.rows["test"]
+    assert list(load_rows(str(tmp_path / "prefs"), workspace=None, split="test")) == task.preferences["test"]
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]
+
+
+@pytest.mark.slow
+def test_small_demo_learns_through_the_plugins(tmp_path, capsys):
+    outcome = run_demo(Workspace(tmp_path), "small")
+    out = capsys.readouterr().out
+    document = json.loads(outcome["paths"]["results"].read_text())
+    models = {m["label"]: {x["name"]: x for x in m["metrics"]} for m in document["models"]}
+    assert list(models) == ["llada untrained", "llada SFT", "llada SFT+DPO", "ar untrained", "ar SFT"]
+
+    def accuracy(label: str) -> float:
+        return models[label]["task_accuracy"]["value"]
+
+    # the issue's thresholds, on held-out test problems and held-out preference pairs
+    assert accuracy("llada SFT") >= MIN_SFT_ACCURACY, out
+    assert accuracy("llada SFT") - accuracy("llada untrained") >= MIN_SFT_GAIN, out
+    assert document["dpo_metrics"]["val/rewards/accuracies"] >= MIN_DPO_REWARD_ACCURACY, out
+    assert accuracy("llada SFT") - accuracy("llada SFT+DPO") <= MAX_DPO_ACCURACY_DROP + 1e-9, out
+    assert all(check["passed"] for check in document["checks"]), out
+    # the causal baseline learns too, and every answer was scored on the whole test split
+    assert accuracy("ar SFT") >= MIN_SFT_ACCURACY, out
+    assert {m["task_accuracy"]["details"]["prompts"] for m in models.values()} == {200}
+    # the diffusion models report a perplexity bound, the causal ones the exact value
+    assert {models[label]["perplexity"]["kind"] for label in ("llada untrained", "llada SFT")} == {"upper_bound"}
+    assert {models[label]["perplexity"]["kind"] for label in ("ar untrained", "ar SFT")} == {"exact"}
+    assert models["llada SFT"]["tokens_per_sec"]["value"] > 0 and models["ar SFT"]["tokens_per_sec"]["value"] > 0
+    # every stage ran as a job the workbench would show, and the report says where it is
+    for stage in document["demo"]["stages"]:
+        record = json.loads((tmp_path / "jobs" / stage["job_id"] / "index.json").read_text())
+        assert record["job_data"]["completion_status"] == "success", stage
+    assert outcome["paths"]["chart"].read_bytes().startswith(b"\x89PNG")
+    assert "llada SFT+DPO" in outcome["paths"]["html"].read_text()
+    for path in outcome["paths"].values():
+        assert str(path) in out
