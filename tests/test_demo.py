@@ -17,7 +17,9 @@ from plugin_sdk.demo import (
     MIN_DPO_REWARD_ACCURACY,
     MIN_SFT_ACCURACY,
     MIN_SFT_GAIN,
+    DemoError,
     run_demo,
+    run_stage,
 )
 from plugin_sdk.workspace import Workspace
 
@@ -120,6 +122,16 @@ def test_written_task_reads_as_datasets_with_splits(tmp_path):
     assert list(load_rows(str(tmp_path / "sft"), workspace=None, split="test")) == task.rows["test"]
     assert list(load_rows(str(tmp_path / "prefs"), workspace=None, split="test")) == task.preferences["test"]
     assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]
+
+
+def test_a_failed_stage_ends_the_demo_with_its_reason_and_log(tmp_path, capsys):
+    params = {"model_name": "tiny-llada", "num_samples": -1, "eval_name": "broken"}
+    with pytest.raises(DemoError) as failure:
+        run_stage("evaluate", "diffusion_evaluator", params, Workspace(tmp_path), verbose=False)
+    message = str(failure.value)
+    assert message.startswith("stage 'evaluate' (job 1, diffusion_evaluator) failed: "), message
+    assert "num_samples" in message and message.endswith(f"log: {tmp_path / 'jobs' / '1' / 'output_1.txt'}")
+    assert "num_samples" not in capsys.readouterr().out  # the job's own lines stay in its log
 
 
 @pytest.mark.slow
