@@ -105,6 +105,17 @@ def time_alternating(
     return times, losses
 
 
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """`--threads`: torch intra-op threads on the CPU, the same for both sides of a comparison."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads for both sides (default 1: tiny one-sequence forwards slow down several-fold "
+        "with 2 threads on a busy 2-core machine, which would flatter the batched side)",
+    )
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The options `random_llada` reads (`--d-model` None: the caller's default for the device)."""
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -35,7 +35,7 @@ import statistics
 from collections.abc import Callable
 
 import torch
-from common import add_model_arguments, peak_step_bytes, random_llada, time_alternating
+from common import add_model_arguments, add_threads_argument, peak_step_bytes, random_llada, time_alternating
 
 from dlm.dpo import PreferenceCollator
 from dlm.lora import apply_lora
@@ -159,7 +159,7 @@ def main() -> None:
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--iters", type=int, default=None, help="timed iterations per method (default 3 CPU, 10 CUDA)")
     parser.add_argument("--batches", type=int, default=2, help="distinct batches, cycled")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads")
+    add_threads_argument(parser)
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
     args.d_model = args.d_model or (1024 if cuda else 128)

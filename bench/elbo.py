@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import add_threads_argument
 from transformers import AutoModelForMaskedLM
 
 import dlm  # noqa: F401  (registers LLaDA and Dream with the Auto classes)
@@ -95,13 +96,7 @@ def main() -> None:
     parser.add_argument("--mc-num", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=128, help="(sample, sequence) pairs per forward pass")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch intra-op threads for both sides (default 1: tiny one-sequence forwards slow down several-fold "
-        "with 2 threads on a busy 2-core machine, which would flatter the batched side)",
-    )
+    add_threads_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = [run_family(name, args) for name in ("llada-tiny", "dream-tiny")]

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import add_threads_argument
 from transformers import AutoModelForMaskedLM
 
 import dlm  # noqa: F401  (registers LLaDA and Dream with the Auto classes)
@@ -146,13 +147,7 @@ def main() -> None:
     parser.add_argument("--block-length", type=int, default=8)
     parser.add_argument("--dream-steps", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch intra-op threads for both sides (default 1: tiny one-sequence forwards slow down several-fold "
-        "with 2 threads on a busy 2-core machine, which would flatter the batched side)",
-    )
+    add_threads_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.prompts < 8:
