@@ -8,14 +8,16 @@ Coercion rules (one place, so that every plugin agrees):
 - boolean: booleans, 0/1, and the strings true/false, yes/no, on/off, 1/0 (any case, surrounding spaces ignored).
   Any other string is refused: "False" is never read as true.
 - array: lists, a JSON list string ('["a", "b"]', '[1, 2]') or a comma-joined string ("a, b"); items are coerced by
-  the property's `items` schema.
+  the property's `items` schema. "" is the empty list (the workbench posts a cleared list as "", and an empty list
+  turns a list parameter off).
 - string: kept exactly as given ("None" and "" stay strings); numbers become their text, booleans "true"/"false".
-- A value that is None, for a non-string type "" / "None" / "null" (what a host writes for an unset field), or ""
-  for a string whose `enum` lacks "", counts as not given: the default applies, and a required field without a
+- A value that is None, for a number, integer or boolean "" / "None" / "null" (what a host writes for an unset
+  field), for an array "None" / "null", or "" for a string whose `enum` lacks "", counts as not given: the default applies, and a required field without a
   default is reported missing.
 
 Keys the schema does not declare (the host's job_id, model_name, output_dir, templates, ...; the harness's
-plugin_dir and experiment_name) are kept as given.
+plugin_dir and experiment_name) are kept as given, except the workbench's per-item copies of a list it also posts
+whole (`mask_ratios-0`, `mask_ratios-1`, ... beside `mask_ratios`), which are dropped.
 """
 
 from __future__ import annotations
@@ -238,7 +240,7 @@ def coerce_and_validate(
     Every problem is collected, then one ParameterError lists them all.
     """
     problems: list[str] = []
-    given = _resolve_aliases(values, schema, aliases or {}, problems)
+    given = _resolve_aliases(_without_item_copies(values, schema), schema, aliases or {}, problems)
     result = Params()
     for key, value in given.items():
         if key not in schema:
@@ -279,12 +281,32 @@ def check_value(value: Any, prop: Mapping[str, Any]) -> tuple[Any, list[str]]:
     if isinstance(coerced, list) and isinstance(prop.get("items"), Mapping):
         for i, item in enumerate(coerced):
             coerced[i], item_broken = check_value(item, prop["items"])
-            broken.extend(f"item {i} ({item!r}) {rule}" for rule in item_broken)
+            broken.extend(f"item {i} ({item!r}) {rule}{_option_index_hint(item, prop['items'])}" for rule in item_broken)
     if "enum" in prop and not _in_enum(coerced, prop["enum"]):
         broken.append("must be one of " + ", ".join(repr(choice) for choice in prop["enum"]))
     if isinstance(coerced, int | float) and not isinstance(coerced, bool):
         broken.extend(_range_problems(coerced, prop))
     return coerced, broken
+
+
+def _without_item_copies(values: Mapping[str, Any], schema: Mapping[str, dict]) -> Mapping[str, Any]:
+    # The workbench's array widget posts each item as `<key>-<i>` next to the whole list in `<key>`.
+    def is_item_copy(name: str) -> bool:
+        key, sep, index = name.rpartition("-")
+        return bool(sep) and index.isdigit() and schema.get(key, {}).get("type") == "array" and key in values
+
+    return {name: value for name, value in values.items() if not is_item_copy(name)}
+
+
+def _option_index_hint(item: Any, items: Mapping[str, Any]) -> str:
+    # A checkbox group read without the workbench's hidden inputs posts the option's position, not its name.
+    choices = items.get("enum")
+    if not (isinstance(item, str) and item.isdigit() and isinstance(choices, list) and int(item) < len(choices)):
+        return ""
+    return (
+        f"; {item!r} looks like the position of option {choices[int(item)]!r}, which is what a checkbox group posts "
+        "when the form is read without its hidden inputs: give the option names"
+    )
 
 
 def _resolve_aliases(
@@ -319,6 +341,8 @@ def _is_unset(value: Any, prop: Mapping[str, Any]) -> bool:
         return False
     if prop.get("type") == "string":
         return value == "" and isinstance(prop.get("enum"), list) and "" not in prop["enum"]
+    if prop.get("type") == "array":
+        return value.strip().lower() in _UNSET_WORDS - {""}
     return value.strip().lower() in _UNSET_WORDS
 
 
