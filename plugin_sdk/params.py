@@ -281,7 +281,9 @@ def check_value(value: Any, prop: Mapping[str, Any]) -> tuple[Any, list[str]]:
     if isinstance(coerced, list) and isinstance(prop.get("items"), Mapping):
         for i, item in enumerate(coerced):
             coerced[i], item_broken = check_value(item, prop["items"])
-            broken.extend(f"item {i} ({item!r}) {rule}{_option_index_hint(item, prop['items'])}" for rule in item_broken)
+            broken.extend(
+                f"item {i} ({item!r}) {rule}{_option_index_hint(item, prop['items'])}" for rule in item_broken
+            )
     if "enum" in prop and not _in_enum(coerced, prop["enum"]):
         broken.append("must be one of " + ", ".join(repr(choice) for choice in prop["enum"]))
     if isinstance(coerced, int | float) and not isinstance(coerced, bool):

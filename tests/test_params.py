@@ -459,7 +459,9 @@ def test_the_workbench_item_copies_of_a_list_are_dropped():
 def test_a_checkbox_position_instead_of_a_name_is_explained():
     schema = {"metrics": {"type": "array", "items": {"type": "string", "enum": ["perplexity", "speed"]}}}
     message, _ = problems_of({"metrics": "1"}, schema)
-    assert "metrics: item 0 ('1') must be one of 'perplexity', 'speed'; '1' looks like the position of option " in message
+    assert (
+        "metrics: item 0 ('1') must be one of 'perplexity', 'speed'; '1' looks like the position of option " in message
+    )
     assert "'speed'" in message
     message, _ = problems_of({"metrics": "7"}, schema)
     assert "looks like the position" not in message
