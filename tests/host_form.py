@@ -62,6 +62,8 @@ def widget_of(key: str, manifest: dict) -> str:
     ui = manifest.get("parameters_ui", {}).get(key, {})
     chosen = ui.get("ui:widget")
     if prop["type"] == "array":
+        if chosen in ("text", "TextWidget"):
+            return "input"  # one text box holding the comma-joined list; the person types a string
         if chosen and chosen != "checkboxes":
             return "custom"  # RJSF hands the whole list to the named widget (AutoCompleteWidget: no named input)
         return "checkboxes" if "enum" in prop.get("items", {}) else "list"

@@ -70,30 +70,35 @@ def test_the_browser_submission_reaches_the_plugin_as_intended(fixture):
     params = coerce_and_validate(record["submitted"], manifest["parameters"], aliases=manifest.get("parameter_aliases"))
     intended = {key: prop.get("default") for key, prop in manifest["parameters"].items()}
     if not record.get("drop_ui"):  # the workbench's own select loses the choice: see test_no_select_widget
-        intended |= record["edits"]
+        intended |= record["edits"] | record.get("intended", {})
     assert {key: params[key] for key in intended} == intended
     assert not [name for name in params if name.rpartition("-")[0] in manifest["parameters"]]
 
 
-def edit_for(key: str, prop: dict):
-    """A typical change a person makes to a field: another value of the right type."""
+def edit_for(key: str, manifest: dict) -> tuple:
+    """A typical change a person makes to a field, as the form holds it, and the parameter value it means."""
+    prop = manifest["parameters"][key]
     kind = prop["type"]
     if kind == "boolean":
-        return not prop["default"]
+        return not prop["default"], not prop["default"]
     if "enum" in prop:
-        return next(choice for choice in prop["enum"] if choice != prop["default"])
+        choice = next(choice for choice in prop["enum"] if choice != prop["default"])
+        return choice, choice
+    if kind == "array" and widget_of(key, manifest) == "input":
+        return "", []  # the text box cleared
     if kind == "array":
         options = prop["items"].get("enum")
-        return options[:1] if options else []  # one option, or cleared
+        return (options[:1], options[:1]) if options else ([], [])  # one option, or cleared
     if kind == "string":
-        return "edited"
+        return "edited", "edited"
     step = prop.get("multipleOf", 1 if kind == "integer" else 0.5)
     value = (prop["default"] or 0) + step
     if value > prop.get("maximum", math.inf):
         value = (prop["default"] + prop.get("minimum", 0)) / 2  # between the default and the bound below
     if kind == "integer" and value != int(value):
         value = prop["default"] - 1
-    return int(value) if kind == "integer" else float(value)
+    value = int(value) if kind == "integer" else float(value)
+    return value, value
 
 
 @pytest.mark.parametrize("plugin", PLUGINS, ids=lambda p: p.name)
@@ -103,11 +108,11 @@ def test_every_field_untouched_and_edited_reaches_the_plugin(plugin):
     defaults = {key: prop.get("default") for key, prop in parameters.items()}
     untouched = coerce_and_validate(host_submission(manifest, mode_of(manifest)), parameters, aliases=aliases)
     assert {key: untouched[key] for key in parameters} == defaults
-    for key, prop in parameters.items():
-        edit = {key: edit_for(key, prop)}
-        submitted = host_submission(manifest, mode_of(manifest), edit)
+    for key in parameters:
+        held, meant = edit_for(key, manifest)
+        submitted = host_submission(manifest, mode_of(manifest), {key: held})
         params = coerce_and_validate(submitted, parameters, aliases=aliases)
-        assert {k: params[k] for k in parameters} == defaults | edit, key
+        assert {k: params[k] for k in parameters} == defaults | {key: meant}, key
 
 
 def test_evaluator_arguments_read_back():

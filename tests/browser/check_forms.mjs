@@ -72,7 +72,9 @@ async function runScenario(browser, plugin, scenario) {
   page.on('pageerror', (err) => errors.push(String(err)));
   await page.goto('file://' + path.join(OUT, 'page.html'));
   await page.evaluate(([text, m]) => window.renderHostForm(text, m), [indexText, mode]);
-  await page.waitForSelector('.dynamic-plugin-form');
+  await page.waitForSelector('.dynamic-plugin-form', { timeout: 10000 }).catch((err) => {
+    throw new Error(`${plugin}/${scenario.name}: the form did not render: ${errors.join('; ') || err}`);
+  });
   await page.waitForTimeout(300);
   for (const action of scenario.actions) await act(page, action);
   await page.waitForTimeout(200);
