@@ -16,8 +16,8 @@ Coercion rules (one place, so that every plugin agrees):
   default is reported missing.
 
 Keys the schema does not declare (the host's job_id, model_name, output_dir, templates, ...; the harness's
-plugin_dir and experiment_name) are kept as given, except the workbench's per-item copies of a list it also posts
-whole (`mask_ratios-0`, `mask_ratios-1`, ... beside `mask_ratios`), which are dropped.
+plugin_dir and experiment_name) are kept as given, except the per-item entries of a list parameter that a form posts
+(`mask_ratios-0`, `mask_ratios-1`, ...): the list itself (`mask_ratios`) wins when given, else they are the list.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ _TRUE_WORDS = frozenset({"true", "yes", "on", "1"})
 _FALSE_WORDS = frozenset({"false", "no", "off", "0"})
 _UNSET_WORDS = frozenset({"", "none", "null"})
 _INT_PATTERN = re.compile(r"[+-]?\d+")
+_ITEM_COPY = re.compile(r"(.+?)-?(\d+)")
 
 
 @dataclass
@@ -240,7 +241,7 @@ def coerce_and_validate(
     Every problem is collected, then one ParameterError lists them all.
     """
     problems: list[str] = []
-    given = _resolve_aliases(_without_item_copies(values, schema), schema, aliases or {}, problems)
+    given = _resolve_aliases(_gather_item_copies(values, schema), schema, aliases or {}, problems)
     result = Params()
     for key, value in given.items():
         if key not in schema:
@@ -291,13 +292,21 @@ def check_value(value: Any, prop: Mapping[str, Any]) -> tuple[Any, list[str]]:
     return coerced, broken
 
 
-def _without_item_copies(values: Mapping[str, Any], schema: Mapping[str, dict]) -> Mapping[str, Any]:
-    # The workbench's array widget posts each item as `<key>-<i>` next to the whole list in `<key>`.
-    def is_item_copy(name: str) -> bool:
-        key, sep, index = name.rpartition("-")
-        return bool(sep) and index.isdigit() and schema.get(key, {}).get("type") == "array" and key in values
-
-    return {name: value for name, value in values.items() if not is_item_copy(name)}
+def _gather_item_copies(values: Mapping[str, Any], schema: Mapping[str, dict]) -> dict[str, Any]:
+    # RJSF's list widget posts each item as `<key>-<i>` (`<key><i>` in older versions); the workbench adds the whole
+    # list as `<key>`, which wins. Without it, the items in index order are the list.
+    items: dict[str, dict[int, Any]] = {}
+    kept = {}
+    for name, value in values.items():
+        match = _ITEM_COPY.fullmatch(name) if name not in schema else None
+        key = match and match.group(1)
+        if key and schema.get(key, {}).get("type") == "array":
+            items.setdefault(key, {})[int(match.group(2))] = value
+        else:
+            kept[name] = value
+    for key, by_index in items.items():
+        kept.setdefault(key, [by_index[i] for i in sorted(by_index)])
+    return kept
 
 
 def _option_index_hint(item: Any, items: Mapping[str, Any]) -> str:

@@ -448,12 +448,13 @@ def test_an_empty_list_turns_a_list_parameter_off(cleared):
     assert coerce_and_validate({"metrics": "null"}, schema) == {"metrics": ["perplexity"]}
 
 
-def test_the_workbench_item_copies_of_a_list_are_dropped():
+def test_the_item_entries_of_a_posted_list():
     schema = {"mask_ratios": {"type": "array", "items": {"type": "number"}}, "tags": {"type": "string"}}
     values = {"mask_ratios-0": "0.15", "mask_ratios-1": "0.5", "mask_ratios": "0.15,0.5", "tags-0": "kept"}
     assert coerce_and_validate(values, schema) == {"mask_ratios": [0.15, 0.5], "tags-0": "kept", "tags": None}
-    # Without the whole list, the item copies are not ours to interpret: kept as given.
-    assert coerce_and_validate({"mask_ratios-0": "0.15"}, schema)["mask_ratios-0"] == "0.15"
+    # Without the whole list, the items in index order are the list (older RJSF: no dash).
+    assert coerce_and_validate({"mask_ratios-1": "0.5", "mask_ratios-0": "0.15"}, schema)["mask_ratios"] == [0.15, 0.5]
+    assert coerce_and_validate({"mask_ratios1": "0.5", "mask_ratios0": "0.25"}, schema)["mask_ratios"] == [0.25, 0.5]
 
 
 def test_a_checkbox_position_instead_of_a_name_is_explained():
