@@ -165,3 +165,12 @@ def test_a_fractional_count_is_refused():
         ParameterError, match=r"limit \(Examples per task\): 2.5 is neither a fraction up to 1 nor a whole"
     ):
         evaluator_main().lm_eval_limit(2.5)
+
+
+@pytest.mark.parametrize("plugin", ["diffusion_llm_trainer", "diffusion_dpo_trainer"])
+def test_old_configs_with_merge_adapter_still_save_a_full_model(plugin):
+    manifest = load_manifest(REPO / "plugins" / plugin)
+    params = coerce_and_validate(
+        {"merge_adapter": "true"}, manifest["parameters"], aliases=manifest["parameter_aliases"]
+    )
+    assert params["save_full_model"] is True and "merge_adapter" not in params
