@@ -11,7 +11,9 @@ recordings are tests/fixtures/host_form/*.json):
 3. The modal submits `Object.fromEntries(new FormData(form))`: the entries of RJSF's own inputs, then one hidden
    input per key of the `formData` state (lists comma-joined, lists of objects as JSON, null as ""), the last entry
    of a name winning; then `Object.assign(formJson, window.currentFormData)` when that is set.
-4. The workbench's select widget (CustomSelectSimple) never calls onChange, so a choice made in one is lost: the
+4. The training modal then sets `type`, the job type the host's dispatch reads: index.json's `train_type`, "LoRA"
+   when absent.
+5. The workbench's select widget (CustomSelectSimple) never calls onChange, so a choice made in one is lost: the
    form data, and with it the hidden input and currentFormData, keep the old value.
 """
 
@@ -90,6 +92,8 @@ def host_submission(manifest: dict, mode: Mode, edits: dict | None = None) -> di
         posted[key] = _hidden_value(value)
     if mode == "train" or kept:  # RJSF reports its filled-in defaults at once; the evaluation modal's, on an edit
         posted.update(form_data)
+    if mode == "train":
+        posted["type"] = manifest.get("train_type") or "LoRA"
     return posted
 
 

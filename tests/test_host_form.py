@@ -138,10 +138,11 @@ def test_no_select_widget(plugin):
 
 @pytest.mark.parametrize("plugin", PLUGINS, ids=lambda p: p.name)
 def test_the_workbench_starts_every_trainer(plugin):
-    # TrainingModalLoRA.tsx: the job's type is index.json's train_type, "LoRA" when absent.
+    # The training modal gives the job a type, which the host's dispatch must know, or the job never starts.
     manifest = load_manifest(plugin)
     if manifest["type"] == "trainer":
-        assert (manifest.get("train_type") or "LoRA") in DISPATCHED_TRAIN_TYPES
+        assert host_submission(manifest, "train")["type"] in DISPATCHED_TRAIN_TYPES
+        assert host_submission(manifest | {"train_type": "sft"}, "train")["type"] not in DISPATCHED_TRAIN_TYPES
 
 
 def evaluator_main():

@@ -17,6 +17,7 @@ function HostModal({ indexJson, mode }) {
     const formJson = Object.fromEntries(new FormData(event.currentTarget).entries());
     window.__formDataOnly__ = { ...formJson };
     if (window.currentFormData) Object.assign(formJson, window.currentFormData);
+    if (mode === 'train') formJson.type = indexJson.train_type || 'LoRA'; // the job type the dispatch reads
     window.__submitted__ = formJson;
   };
   return (
