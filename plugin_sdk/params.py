@@ -282,11 +282,10 @@ def check_value(value: Any, prop: Mapping[str, Any]) -> tuple[Any, list[str]]:
     if isinstance(coerced, list) and isinstance(prop.get("items"), Mapping):
         for i, item in enumerate(coerced):
             coerced[i], item_broken = check_value(item, prop["items"])
-            broken.extend(
-                f"item {i} ({item!r}) {rule}{_option_index_hint(item, prop['items'])}" for rule in item_broken
-            )
+            broken.extend(f"item {i} ({item!r}) {rule}" for rule in item_broken)
     if "enum" in prop and not _in_enum(coerced, prop["enum"]):
-        broken.append("must be one of " + ", ".join(repr(choice) for choice in prop["enum"]))
+        choices = ", ".join(repr(choice) for choice in prop["enum"])
+        broken.append(f"must be one of {choices}{_option_index_hint(coerced, prop)}")
     if isinstance(coerced, int | float) and not isinstance(coerced, bool):
         broken.extend(_range_problems(coerced, prop))
     return coerced, broken
@@ -309,14 +308,14 @@ def _gather_item_copies(values: Mapping[str, Any], schema: Mapping[str, dict]) -
     return kept
 
 
-def _option_index_hint(item: Any, items: Mapping[str, Any]) -> str:
-    # A checkbox group read without the workbench's hidden inputs posts the option's position, not its name.
-    choices = items.get("enum")
+def _option_index_hint(item: Any, prop: Mapping[str, Any]) -> str:
+    # A checkbox or radio group read without the workbench's hidden inputs posts the option's position, not its name.
+    choices = prop.get("enum")
     if not (isinstance(item, str) and item.isdigit() and isinstance(choices, list) and int(item) < len(choices)):
         return ""
     return (
-        f"; {item!r} looks like the position of option {choices[int(item)]!r}, which is what a checkbox group posts "
-        "when the form is read without its hidden inputs: give the option names"
+        f"; {item!r} looks like the position of option {choices[int(item)]!r}, which is what a checkbox or radio "
+        "group posts when the form is read without its hidden inputs: give the option names"
     )
 
 

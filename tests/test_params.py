@@ -464,5 +464,11 @@ def test_a_checkbox_position_instead_of_a_name_is_explained():
         "metrics: item 0 ('1') must be one of 'perplexity', 'speed'; '1' looks like the position of option " in message
     )
     assert "'speed'" in message
+    assert message.count("looks like the position") == 1
     message, _ = problems_of({"metrics": "7"}, schema)
     assert "looks like the position" not in message
+    message, _ = problems_of({"dtype": "2"}, {"dtype": {"type": "string", "enum": ["auto", "float32", "bfloat16"]}})
+    assert (
+        "dtype: must be one of 'auto', 'float32', 'bfloat16'; '2' looks like the position of option 'bfloat16'"
+        in message
+    )
