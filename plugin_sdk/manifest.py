@@ -26,6 +26,9 @@ HARDWARE_ARCHITECTURES = ("cuda", "amd", "mlx", "cpu")
 EVALS_TYPES = ("model", "dataset")
 TEMPLATE_FORMATS = ("alpaca", "chat", "none")
 GALLERY_KEYS = ("uniqueId", "name", "type", "version", "description", "path")
+# The job types the plugin-era host's dispatch (shared.py run_job) starts; the training form copies `train_type`
+# into the job's type and uses "LoRA" when it is absent, and any other type is never started.
+DISPATCHED_TRAIN_TYPES = ("LoRA", "pretraining", "embedding")
 
 
 def load_manifest(plugin_dir: str | Path) -> dict:
@@ -175,6 +178,11 @@ def _metadata_problems(manifest: dict, folder: Path) -> list[str]:
     architectures = manifest.get("model_architectures", [])
     if not (isinstance(architectures, list) and all(isinstance(a, str) for a in architectures)):
         problems.append("'model_architectures' must be a list of architecture names")
+    if "train_type" in manifest and manifest["train_type"] not in DISPATCHED_TRAIN_TYPES:
+        problems.append(
+            f"'train_type' is {manifest['train_type']!r}: the workbench never starts that job type; "
+            f"leave it out or use one of {', '.join(DISPATCHED_TRAIN_TYPES)}"
+        )
     if "training_template_format" in manifest and manifest["training_template_format"] not in TEMPLATE_FORMATS:
         problems.append(
             f"'training_template_format' is {manifest['training_template_format']!r}; "
@@ -205,8 +213,15 @@ def _parameter_problems(manifest: dict) -> list[str]:
         problems += [f"parameter {key!r}: {p}" for p in _property_problems(key, prop)]
         ui_entry = ui.get(key)
         help_text = ui_entry.get("ui:help") if isinstance(ui_entry, dict) else None
+        widget = ui_entry.get("ui:widget", "select") if isinstance(ui_entry, dict) else "select"
+        if prop.get("type") == "string" and "enum" in prop and widget in ("select", "SelectWidget"):
+            problems.append(
+                f"parameter {key!r}: give the choice parameters_ui.{key}.ui:widget 'radio': the workbench's select "
+                "widget never passes a changed choice on, so the job would run with the default"
+            )
         if not any(isinstance(t, str) and t.strip() for t in (prop.get("description"), help_text)):
             problems.append(f"parameter {key!r} has no help text: add 'description' or parameters_ui.{key}.ui:help")
+    problems += _order_problems(ui.get("ui:order"), parameters)
     for key, entry in ui.items():
         if key.startswith("ui:"):
             continue
@@ -221,6 +236,23 @@ def _parameter_problems(manifest: dict) -> list[str]:
             problems.append(f"parameter_aliases maps {alias!r} to {target!r}, which is not a parameter")
         if alias in parameters:
             problems.append(f"parameter_aliases: {alias!r} is itself a parameter and cannot be an alias")
+    return problems
+
+
+def _order_problems(order: Any, parameters: dict) -> list[str]:
+    # RJSF refuses to render a form whose ui:order misses a property (unless "*" stands for the rest).
+    if order is None:
+        return []
+    if not (isinstance(order, list) and all(isinstance(k, str) for k in order)):
+        return ["parameters_ui.ui:order must be a list of parameter names"]
+    problems = [
+        f"parameters_ui.ui:order names {k!r}, which is not a parameter"
+        for k in order
+        if k not in parameters and k != "*"
+    ]
+    problems += [f"parameters_ui.ui:order names {k!r} twice" for k in sorted({k for k in order if order.count(k) > 1})]
+    if "*" not in order:
+        problems += [f"parameters_ui.ui:order lacks {k!r}" for k in parameters if k not in order]
     return problems
 
 

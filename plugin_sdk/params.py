@@ -8,14 +8,16 @@ Coercion rules (one place, so that every plugin agrees):
 - boolean: booleans, 0/1, and the strings true/false, yes/no, on/off, 1/0 (any case, surrounding spaces ignored).
   Any other string is refused: "False" is never read as true.
 - array: lists, a JSON list string ('["a", "b"]', '[1, 2]') or a comma-joined string ("a, b"); items are coerced by
-  the property's `items` schema.
+  the property's `items` schema. "" is the empty list (the workbench posts a cleared list as "", and an empty list
+  turns a list parameter off).
 - string: kept exactly as given ("None" and "" stay strings); numbers become their text, booleans "true"/"false".
-- A value that is None, for a non-string type "" / "None" / "null" (what a host writes for an unset field), or ""
-  for a string whose `enum` lacks "", counts as not given: the default applies, and a required field without a
+- A value that is None, for a number, integer or boolean "" / "None" / "null" (what a host writes for an unset
+  field), for an array "None" / "null", or "" for a string whose `enum` lacks "", counts as not given: the default applies, and a required field without a
   default is reported missing.
 
 Keys the schema does not declare (the host's job_id, model_name, output_dir, templates, ...; the harness's
-plugin_dir and experiment_name) are kept as given.
+plugin_dir and experiment_name) are kept as given, except the per-item entries of a list parameter that a form posts
+(`mask_ratios-0`, `mask_ratios-1`, ...): the list itself (`mask_ratios`) wins when given, else they are the list.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ _TRUE_WORDS = frozenset({"true", "yes", "on", "1"})
 _FALSE_WORDS = frozenset({"false", "no", "off", "0"})
 _UNSET_WORDS = frozenset({"", "none", "null"})
 _INT_PATTERN = re.compile(r"[+-]?\d+")
+_ITEM_COPY = re.compile(r"(.+?)-?(\d+)")
 
 
 @dataclass
@@ -238,7 +241,7 @@ def coerce_and_validate(
     Every problem is collected, then one ParameterError lists them all.
     """
     problems: list[str] = []
-    given = _resolve_aliases(values, schema, aliases or {}, problems)
+    given = _resolve_aliases(_gather_item_copies(values, schema), schema, aliases or {}, problems)
     result = Params()
     for key, value in given.items():
         if key not in schema:
@@ -281,10 +284,39 @@ def check_value(value: Any, prop: Mapping[str, Any]) -> tuple[Any, list[str]]:
             coerced[i], item_broken = check_value(item, prop["items"])
             broken.extend(f"item {i} ({item!r}) {rule}" for rule in item_broken)
     if "enum" in prop and not _in_enum(coerced, prop["enum"]):
-        broken.append("must be one of " + ", ".join(repr(choice) for choice in prop["enum"]))
+        choices = ", ".join(repr(choice) for choice in prop["enum"])
+        broken.append(f"must be one of {choices}{_option_index_hint(coerced, prop)}")
     if isinstance(coerced, int | float) and not isinstance(coerced, bool):
         broken.extend(_range_problems(coerced, prop))
     return coerced, broken
+
+
+def _gather_item_copies(values: Mapping[str, Any], schema: Mapping[str, dict]) -> dict[str, Any]:
+    # RJSF's list widget posts each item as `<key>-<i>` (`<key><i>` in older versions); the workbench adds the whole
+    # list as `<key>`, which wins. Without it, the items in index order are the list.
+    items: dict[str, dict[int, Any]] = {}
+    kept = {}
+    for name, value in values.items():
+        match = _ITEM_COPY.fullmatch(name) if name not in schema else None
+        key = match and match.group(1)
+        if key and schema.get(key, {}).get("type") == "array":
+            items.setdefault(key, {})[int(match.group(2))] = value
+        else:
+            kept[name] = value
+    for key, by_index in items.items():
+        kept.setdefault(key, [by_index[i] for i in sorted(by_index)])
+    return kept
+
+
+def _option_index_hint(item: Any, prop: Mapping[str, Any]) -> str:
+    # A checkbox or radio group read without the workbench's hidden inputs posts the option's position, not its name.
+    choices = prop.get("enum")
+    if not (isinstance(item, str) and item.isdigit() and isinstance(choices, list) and int(item) < len(choices)):
+        return ""
+    return (
+        f"; {item!r} looks like the position of option {choices[int(item)]!r}, which is what a checkbox or radio "
+        "group posts when the form is read without its hidden inputs: give the option names"
+    )
 
 
 def _resolve_aliases(
@@ -319,6 +351,8 @@ def _is_unset(value: Any, prop: Mapping[str, Any]) -> bool:
         return False
     if prop.get("type") == "string":
         return value == "" and isinstance(prop.get("enum"), list) and "" not in prop["enum"]
+    if prop.get("type") == "array":
+        return value.strip().lower() in _UNSET_WORDS - {""}
     return value.strip().lower() in _UNSET_WORDS
 
 

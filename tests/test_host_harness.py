@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from plugin_sdk.manifest import DISPATCHED_TRAIN_TYPES
+
 PROBE = Path(__file__).parent / "plugins" / "contract_probe"
 REPO = Path(__file__).resolve().parent.parent
 TRAINER = REPO / "plugins" / "diffusion_llm_trainer"
@@ -39,8 +41,19 @@ def host(tmp_path):
     return env, workspace
 
 
+def ui_job_type(plugin: Path) -> str:
+    """The job type the training form gives a job (TrainingModalLoRA.tsx): index.json's train_type, else "LoRA"."""
+    return json.loads((plugin / "index.json").read_text()).get("train_type") or "LoRA"
+
+
 def start_trainer(env, workspace: Path, job_id: str, config: dict, plugin: Path = PROBE) -> subprocess.Popen:
-    """What the host does: create the job, write the input file, start the harness."""
+    """What the host does: create the job, write the input file, start the harness, for the job types its
+    dispatch (shared.py run_job) starts."""
+    job_type = ui_job_type(plugin)
+    if job_type not in DISPATCHED_TRAIN_TYPES:
+        pytest.fail(
+            f'the host never starts a {job_type!r} job: it prints "I don\'t know what to do with this job type"'
+        )
     create = f"import asyncio; from lab import Job; asyncio.run(Job.create({job_id!r}))"
     subprocess.run([sys.executable, "-c", create], env=env, check=True)
     input_file = workspace / "temp" / f"plugin_input_{job_id}.json"
@@ -51,6 +64,7 @@ def start_trainer(env, workspace: Path, job_id: str, config: dict, plugin: Path 
         "job_id": job_id,
         "template_name": "probe",
         "model_name": "org/tiny",
+        "type": job_type,
         "output_dir": str(output_dir),
         "adaptor_output_dir": str(workspace / "adaptors" / "org_tiny" / "probe"),
         **config,

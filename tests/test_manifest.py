@@ -25,7 +25,11 @@ def valid_manifest(uid="demo_trainer"):
             "targets": {"type": "array", "items": {"type": "string"}, "default": ["q_proj"], "description": "Modules."},
             "method": {"type": "string", "enum": ["llada", "dream"], "default": "llada", "description": "Family."},
         },
-        "parameters_ui": {"batch_size": {"ui:help": "Rows per step."}, "ui:order": ["batch_size", "*"]},
+        "parameters_ui": {
+            "batch_size": {"ui:help": "Rows per step."},
+            "method": {"ui:widget": "radio"},
+            "ui:order": ["batch_size", "*"],
+        },
         "parameter_aliases": {"lr": "learning_rate"},
     }
 
@@ -109,11 +113,18 @@ def test_each_host_required_key(tmp_path, key):
         (lambda m: m.update(training_template_format="sharegpt"), "'training_template_format' is 'sharegpt'"),
         (lambda m: m.update(type="evaluator"), "evaluators need 'evalsType' set to 'model' or 'dataset'"),
         (lambda m: m.update(type="evaluator", evalsType="models"), "(got 'models')"),
+        (lambda m: m.update(train_type="sft"), "'train_type' is 'sft': the workbench never starts that job type"),
+        (lambda m: m.update(train_type="lora"), "leave it out or use one of LoRA, pretraining, embedding"),
     ],
 )
 def test_metadata_problems(tmp_path, change, expected):
     problems = problems_after(tmp_path, change)
     assert any(expected in p for p in problems), problems
+
+
+@pytest.mark.parametrize("train_type", ["LoRA", "pretraining", "embedding"])
+def test_dispatched_train_types_are_valid(tmp_path, train_type):
+    assert problems_after(tmp_path, lambda m: m.update(train_type=train_type)) == []
 
 
 def test_evaluator_with_evals_type_is_valid(tmp_path):
@@ -169,6 +180,15 @@ def set_param(name, prop):
         (lambda m: m["parameters_ui"].update(batch_size="wide"), "parameters_ui.batch_size must be an object"),
         (lambda m: m.update(parameter_aliases={"old": "gone"}), "maps 'old' to 'gone', which is not a parameter"),
         (lambda m: m.update(parameter_aliases={"method": "learning_rate"}), "'method' is itself a parameter"),
+        (lambda m: m["parameters_ui"].update({"ui:order": ["batch_size"]}), "ui:order lacks 'learning_rate'"),
+        (
+            lambda m: m["parameters_ui"].pop("method"),
+            "parameter 'method': give the choice parameters_ui.method.ui:widget",
+        ),
+        (lambda m: m["parameters_ui"].update(method={"ui:widget": "select"}), "the workbench's select widget never"),
+        (lambda m: m["parameters_ui"].update({"ui:order": ["ghost", "*"]}), "ui:order names 'ghost', which is not"),
+        (lambda m: m["parameters_ui"].update({"ui:order": ["method", "method", "*"]}), "names 'method' twice"),
+        (lambda m: m["parameters_ui"].update({"ui:order": "batch_size"}), "ui:order must be a list of parameter"),
     ],
 )
 def test_parameter_problems(tmp_path, change, expected):

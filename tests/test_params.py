@@ -438,3 +438,37 @@ def test_params_copy_and_pickle():
     clone = copy.deepcopy(params)
     assert isinstance(clone, Params) and clone == params and clone.b is not params.b
     assert not hasattr(params, "__missing_dunder__")
+
+
+@pytest.mark.parametrize("cleared", ["", " ", "[]", []])
+def test_an_empty_list_turns_a_list_parameter_off(cleared):
+    # The workbench posts a cleared list as "": it must not bring the default back.
+    schema = {"metrics": {"type": "array", "items": {"type": "string"}, "default": ["perplexity"]}}
+    assert coerce_and_validate({"metrics": cleared}, schema) == {"metrics": []}
+    assert coerce_and_validate({"metrics": "null"}, schema) == {"metrics": ["perplexity"]}
+
+
+def test_the_item_entries_of_a_posted_list():
+    schema = {"mask_ratios": {"type": "array", "items": {"type": "number"}}, "tags": {"type": "string"}}
+    values = {"mask_ratios-0": "0.15", "mask_ratios-1": "0.5", "mask_ratios": "0.15,0.5", "tags-0": "kept"}
+    assert coerce_and_validate(values, schema) == {"mask_ratios": [0.15, 0.5], "tags-0": "kept", "tags": None}
+    # Without the whole list, the items in index order are the list (older RJSF: no dash).
+    assert coerce_and_validate({"mask_ratios-1": "0.5", "mask_ratios-0": "0.15"}, schema)["mask_ratios"] == [0.15, 0.5]
+    assert coerce_and_validate({"mask_ratios1": "0.5", "mask_ratios0": "0.25"}, schema)["mask_ratios"] == [0.25, 0.5]
+
+
+def test_a_checkbox_position_instead_of_a_name_is_explained():
+    schema = {"metrics": {"type": "array", "items": {"type": "string", "enum": ["perplexity", "speed"]}}}
+    message, _ = problems_of({"metrics": "1"}, schema)
+    assert (
+        "metrics: item 0 ('1') must be one of 'perplexity', 'speed'; '1' looks like the position of option " in message
+    )
+    assert "'speed'" in message
+    assert message.count("looks like the position") == 1
+    message, _ = problems_of({"metrics": "7"}, schema)
+    assert "looks like the position" not in message
+    message, _ = problems_of({"dtype": "2"}, {"dtype": {"type": "string", "enum": ["auto", "float32", "bfloat16"]}})
+    assert (
+        "dtype: must be one of 'auto', 'float32', 'bfloat16'; '2' looks like the position of option 'bfloat16'"
+        in message
+    )

@@ -28,6 +28,20 @@ def adapter_dir(job: Job) -> Path | None:
     return folder
 
 
+def lm_eval_limit(limit: float) -> int | float | None:
+    """`limit` as the workbench's lm-eval evaluators read it: up to 1 a fraction of each task's examples (0 and 1:
+    all of them, None), a whole number above 1 a count of examples."""
+    if limit in (0, 1):
+        return None
+    if limit < 1:
+        return limit
+    if not float(limit).is_integer():
+        raise ParameterError(
+            f"limit (Examples per task): {limit:g} is neither a fraction up to 1 nor a whole number of examples"
+        )
+    return int(limit)
+
+
 def run(job: Job) -> str:
     from dlm.eval_models import LmEvalOptions, LoadOptions, eval_settings_from, evaluate_models, model_specs
     from dlm.evaluation import EvalExample, example_fields
@@ -35,6 +49,7 @@ def run(job: Job) -> str:
 
     p = job.params
     settings = eval_settings_from(p)
+    limit = lm_eval_limit(p.limit)
     if not settings.metrics and not p.tasks:
         raise ParameterError("nothing to evaluate: choose metrics, lm-eval tasks (tasks), or both")
     examples, dataset = [], None
@@ -66,7 +81,7 @@ def run(job: Job) -> str:
         specs,
         [EvalExample(**example) for example in examples],
         settings,
-        lm_eval=LmEvalOptions(tuple(p.tasks), num_fewshot=p.num_fewshot, limit=p.limit or None),
+        lm_eval=LmEvalOptions(tuple(p.tasks), num_fewshot=p.num_fewshot, limit=limit),
         load=LoadOptions(dtype=p.dtype, trust_remote_code=p.trust_remote_code, workspace=str(job.workspace.root)),
         log=job.log,
         progress=lambda done: job.progress(3 + 92 * done),

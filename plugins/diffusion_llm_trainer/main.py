@@ -50,7 +50,7 @@ def train(job: Job) -> str:
     if result.stopped:
         raise JobStopped(f"stopped at step {result.global_step}; resume with resume_from_checkpoint=latest")
     job.progress(96)
-    publish_outputs(result, job, lora=p.lora, full_model=p.save_full_model or p.merge_adapter or not p.lora)
+    publish_outputs(result, job, lora=p.lora, full_model=p.save_full_model or not p.lora)
     return result.summary
 
 
