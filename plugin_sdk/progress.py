@@ -112,15 +112,18 @@ class TerminalView:
         self.pace = StepPace()
         self.status: dict[str, Any] = {"phase": "starting"}
         self.loss: str | None = None
+        self.percent = 0
         self._lock = threading.Lock()
         self._shown = False
 
     # ---- input -----------------------------------------------------------------------------------------------
-    def update(self, status: Mapping[str, Any] | None) -> None:
-        """The job's live status (`live.json`): phase, step, max_steps, time."""
-        if not status:
-            return
+    def update(self, status: Mapping[str, Any] | None, percent: int | None = None) -> None:
+        """The job's live status (`live.json`: phase, step, max_steps, time) and progress (0..100)."""
         with self._lock:
+            self.percent = self.percent if percent is None else int(percent)
+            if not status:
+                self._redraw()
+                return
             self.status = dict(status)
             if status.get("step") is not None and status.get("time") is not None:
                 self.pace.observe(int(status["step"]), float(status["time"]))
@@ -162,16 +165,13 @@ class TerminalView:
             parts.append(f"step {step}/{max_steps}")
             if self.loss is not None:
                 parts.append(f"loss {self.loss}")
+        elif 0 < self.percent < 100:  # no steps (an evaluation): the job's own progress
+            parts.append(f"{self.percent}%")
         parts.append(f"{clock(now - self.started)} elapsed")
         left = self.pace.seconds_left(max_steps, now=now) if step is not None and max_steps else None
         if left is not None:
             parts.append(f"ETA {clock(left)}")
         return "  ".join(parts)
-
-    def tick(self) -> None:
-        """Redraw the status line (the elapsed time moves on)."""
-        with self._lock:
-            self._redraw()
 
     def close(self) -> None:
         with self._lock:

@@ -126,8 +126,7 @@ def _keep_stderr(stream: TextIO, log_line: Callable[[str], None], tail: deque[st
 
 def _watch_live(record: JobRecord, view: TerminalView, process: subprocess.Popen) -> None:
     while process.poll() is None:
-        view.update(record.read_live())
-        view.tick()
+        view.update(record.read_live(), record.read().get("progress"))
         time.sleep(LIVE_POLL_SECONDS)
 
 
