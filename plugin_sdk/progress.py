@@ -104,7 +104,7 @@ class StepPace:
 
 class TerminalView:
     """The runner's output: lines on stdout and, when `live`, one status line on stderr redrawn in place (phase,
-    step k/N, loss, elapsed and time left). Lines are clipped to the terminal's width when stdout is a terminal."""
+    step k/N, loss, elapsed and time left), clipped to the terminal's width so that it can be redrawn."""
 
     def __init__(self, *, live: bool, started: float | None = None) -> None:
         self.live = live
@@ -120,13 +120,12 @@ class TerminalView:
     def update(self, status: Mapping[str, Any] | None, percent: int | None = None) -> None:
         """The job's live status (`live.json`: phase, step, max_steps, time) and progress (0..100)."""
         with self._lock:
-            self.percent = self.percent if percent is None else int(percent)
-            if not status:
-                self._redraw()
-                return
-            self.status = dict(status)
-            if status.get("step") is not None and status.get("time") is not None:
-                self.pace.observe(int(status["step"]), float(status["time"]))
+            if percent is not None:
+                self.percent = int(percent)
+            if status:
+                self.status = dict(status)
+                if status.get("step") is not None and status.get("time") is not None:
+                    self.pace.observe(int(status["step"]), float(status["time"]))
             self._redraw()
 
     def child_line(self, line: str) -> None:
@@ -137,23 +136,20 @@ class TerminalView:
             self.line(line)
             return
         step, max_steps, metrics = parsed
-        max_steps = max_steps or self.status.get("max_steps")
-        if "train/loss" in metrics:
-            self.loss = _short_number(metrics["train/loss"])
-        left = self.pace.seconds_left(max_steps, now=time.time()) if max_steps and step < max_steps else None
+        with self._lock:
+            max_steps = max_steps or self.status.get("max_steps")
+            if "train/loss" in metrics:
+                self.loss = _short_number(metrics["train/loss"])
+            left = self.pace.seconds_left(max_steps, now=time.time()) if max_steps and step < max_steps else None
         short = short_step_line(step, max_steps, metrics, left)
         if short:
             self.line(short)
 
     # ---- output ----------------------------------------------------------------------------------------------
     def line(self, text: str) -> None:
-        text = text.rstrip("\n")
-        if sys.stdout.isatty():
-            width = shutil.get_terminal_size().columns
-            text = "\n".join(part if len(part) < width else part[: width - 2] + "…" for part in text.split("\n"))
         with self._lock:
             self._clear()
-            sys.stdout.write(text + "\n")
+            sys.stdout.write(text.rstrip("\n") + "\n")
             sys.stdout.flush()
             self._redraw()
 

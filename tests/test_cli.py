@@ -134,6 +134,6 @@ def test_a_training_job_in_a_terminal_shows_phases_steps_and_no_library_noise(tm
     assert lines[-1].startswith("Job 1: COMPLETE - trained llada model tiny-llada for 4 steps"), text
     for noise in ("kernels", "Loading weights", "Writing model shards", "Warning", "WANDB", "it/s"):
         assert noise not in text, noise
-    assert max(len(line) for line in lines) <= 100, text
+    assert max(len(line) for line in lines if line.startswith(("step ", "training  step "))) <= 80, text
     log = (tmp_path / "ws" / "jobs" / "1" / "output_1.txt").read_text()
     assert "train/grad_norm=" in log and "Loading weights" in log and "WANDB offline" in log  # the log keeps all
