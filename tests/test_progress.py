@@ -143,3 +143,23 @@ def test_runner_output_to_a_file_has_no_status_line(tmp_path, capfd):
     log = (ws.job_dir(job_id) / f"output_{job_id}.txt").read_text()
     assert "step 3: train/loss=0.333333 train/lr=0.001" in log  # the full line stays in the log
     assert json.loads(JobRecord(ws, job_id).path.read_text())["status"] == "COMPLETE"
+
+
+def test_a_process_that_dies_without_saying_why_shows_the_end_of_its_stderr(tmp_path, capfd):
+    plugin = tmp_path / "crashing"
+    plugin.mkdir()
+    (plugin / "index.json").write_text((PROBE / "index.json").read_text())
+    (plugin / "main.py").write_text("import sys\nsys.stderr.write('the real reason\\n')\nraise SystemExit(5)\n")
+    code, job_id = run_plugin(plugin, {}, workspace=Workspace(tmp_path / "ws"))
+    out = capfd.readouterr().out
+    assert code == 5
+    assert "the real reason" in out and out.splitlines()[-1].startswith(f"Job {job_id}: FAILED - the plugin process")
+
+
+def test_a_failed_job_shows_its_reason_and_keeps_the_traceback_in_the_log(tmp_path, capfd):
+    ws = Workspace(tmp_path / "ws")
+    code, job_id = run_plugin(PROBE, {"steps": "3", "fail_at_step": "2", "required_note": "x"}, workspace=ws)
+    out = capfd.readouterr().out
+    assert code == 1
+    assert "ERROR: RuntimeError: deliberate failure at step 2" in out and "Traceback" not in out
+    assert "Traceback" in (ws.job_dir(job_id) / f"output_{job_id}.txt").read_text()
