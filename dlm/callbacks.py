@@ -1,4 +1,5 @@
-"""Trainer callbacks that report to a job: progress, metrics under stable names, stop requests, sample text.
+"""Trainer callbacks that report to a job: progress and phase, metrics under stable names, stop requests, sample
+text.
 
 A `Reporter` is anything with the few methods below; `plugin_sdk.Job` is one. dlm itself never imports the
 host contract.
@@ -30,6 +31,9 @@ class Reporter(Protocol):
     is_main_process: bool
 
     def report_progress(self, percent: float) -> None: ...  # records progress, never raises
+    # What the job does now ("loading model x", "encoding data", "training", "evaluating", ...) and, while
+    # training, at which optimizer step of how many; records it, never raises.
+    def report_status(self, phase: str, step: int | None = None, max_steps: int | None = None) -> None: ...
     def stop_requested(self) -> bool: ...
     def log(self, message: str) -> None: ...
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
@@ -45,13 +49,16 @@ def metric_name(key: str) -> str:
 
 
 class ReporterCallback(TrainerCallback):
-    """Progress every optimizer step, metrics on every log, and a clean stop: when the job is asked to stop, the
-    Trainer saves a checkpoint at the current step and ends; `stopped` then tells the caller."""
+    """Progress and phase every optimizer step, metrics on every log, and a clean stop: when the job is asked to
+    stop, the Trainer saves a checkpoint at the current step and ends; `stopped` then tells the caller."""
 
     def __init__(self, reporter: Reporter, *, progress_start: float = 5.0, progress_end: float = 95.0) -> None:
         self.reporter = reporter
         self.start, self.end = progress_start, progress_end
         self.stopped = False
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self.reporter.report_status("training", state.global_step, state.max_steps)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         if state.max_steps:
@@ -60,7 +67,24 @@ class ReporterCallback(TrainerCallback):
             self.stopped = True
             control.should_save = True
             control.should_training_stop = True
+        # The Trainer's flow callback, which runs first, has decided what follows this step.
+        self._report(state, control)
         return control
+
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self._report(state, control)  # the Trainer has cleared should_evaluate; a checkpoint may follow
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self._report(state, control)
+
+    def _report(self, state: TrainerState, control: TrainerControl) -> None:
+        if control.should_evaluate:
+            phase = "evaluating"
+        elif control.should_save:
+            phase = "saving checkpoint"
+        else:
+            phase = "training"
+        self.reporter.report_status(phase, state.global_step, state.max_steps)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and self.reporter.is_main_process:
@@ -79,6 +103,7 @@ class SampleCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.every and state.global_step % self.every == 0 and self.reporter.is_main_process:
+            self.reporter.report_status("sampling", state.global_step, state.max_steps)
             was_training = model.training if model is not None else False
             if model is not None:
                 model.eval()
@@ -90,4 +115,5 @@ class SampleCallback(TrainerCallback):
             text = "\n\n".join(f"PROMPT: {prompt}\nANSWER: {answer}" for prompt, answer in samples)
             self.reporter.log_text("samples", text, state.global_step)
             self.reporter.log(f"samples at step {state.global_step}:\n{text}")
+            self.reporter.report_status("training", state.global_step, state.max_steps)
         return control

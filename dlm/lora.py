@@ -66,6 +66,42 @@ def lora_targets(
     return targets
 
 
+def keep_4bit_weights_trainable(model: Any) -> int:
+    """Keep every 4-bit linear layer of `model` in the weight layout that training can backpropagate through;
+    returns how many layers had to be unpacked.
+
+    On CPUs with AVX512-BF16, bitsandbytes (0.50) repacks a `Linear4bit`'s weight for its inference kernel at the
+    first forward in eval mode without gradients (any sampling or evaluation pass) and never packs it back. Every
+    later training forward then runs that kernel, which has no backward: the gradient through the frozen base
+    layer is silently dropped, and a layer with a bias (Dream's q/k/v) fails outright ("a view of a leaf Variable
+    that requires grad is being used in an in-place operation"). So a model that is trained never takes that path:
+    the repack is switched off, and weights an earlier pass already repacked are unpacked.
+    """
+    import bitsandbytes as bnb
+
+    unpacked = 0
+    for module in model.modules():
+        if not isinstance(module, bnb.nn.Linear4bit):
+            continue
+        module.support_avx512bf16_for_cpu = False
+        if getattr(module.weight.quant_state, "packing_format_for_cpu", False):
+            _unpack_from_cpu_inference_layout(module.weight)
+            unpacked += 1
+    return unpacked
+
+
+def _unpack_from_cpu_inference_layout(weight: Any) -> None:
+    """bitsandbytes' own inverse of its CPU repack (what it runs before saving), plus the block scales' order: for
+    weights without nested statistics it leaves them transposed, which scrambles the dequantized weights. The
+    scales stay rounded to bfloat16 as the repack left them."""
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+    weight.data, state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
+    if state.absmax.dim() == 2:
+        state.absmax = state.absmax.T.reshape(-1).float()
+    weight.quant_state = state
+
+
 def apply_lora(
     model: Any,
     family: Family | str,
@@ -95,6 +131,7 @@ def apply_lora(
             use_gradient_checkpointing=bool(getattr(model, "is_activation_checkpointing", False)),
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
+        keep_4bit_weights_trainable(model)
     config = LoraConfig(
         r=int(r),
         lora_alpha=alpha,

@@ -76,6 +76,17 @@ class JobRecord:
         except FileNotFoundError:
             return {"id": self.job_id, "status": "QUEUED", "progress": 0, "job_data": {}}
 
+    @property
+    def live_path(self) -> Path:
+        """The job's live status (phase, step, max_steps, time), rewritten every step for the local runner."""
+        return self.dir / "live.json"
+
+    def read_live(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.live_path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return None
+
     def update(self, *, status: str | None = None, progress: int | None = None, **job_data: Any) -> dict[str, Any]:
         with self._locked():
             record = self.read()
@@ -107,6 +118,9 @@ class LocalBackend:
 
     def stop_requested(self) -> bool:
         return bool(self.record.read().get("job_data", {}).get("stop"))
+
+    def set_live(self, status: dict[str, Any]) -> None:
+        write_json_atomic(self.record.live_path, status)
 
     def set_data(self, key: str, value: Any) -> None:
         self.record.update(**{key: value})
@@ -187,6 +201,9 @@ class HostBackend:
     def set_progress(self, progress: int) -> None:
         self._progress = progress
         self.tlab.progress_update(progress)
+
+    def set_live(self, status: dict[str, Any]) -> None:
+        """Nothing: the host shows the job's progress bar; the phase is in the log."""
 
     def stop_requested(self) -> bool:
         # The host SDK notices a stop only inside progress_update, which raises KeyboardInterrupt.

@@ -18,21 +18,26 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from plugin_sdk import launch
 from plugin_sdk.backends import HostBackend, LocalBackend, now, running_under_host
 from plugin_sdk.errors import JobStopped, ParameterError, is_user_error
 from plugin_sdk.manifest import load_manifest
 from plugin_sdk.params import Params, coerce_and_validate, read_raw_parameters
+from plugin_sdk.progress import step_line
 from plugin_sdk.tracking import Tracker, public_config
 from plugin_sdk.workspace import Workspace
 
 EXIT_FAILED = 1
 EXIT_STOPPED = 3
+# Set by the local runner, which shows the child's stdout in the terminal: stdout then carries only the job's own
+# messages, and whatever else writes to stdout (libraries' prints) goes to stderr, which the job log keeps.
+MESSAGES_ONLY_ON_STDOUT = "DLM_MESSAGES_ONLY_ON_STDOUT"
 
 
 class Job:
@@ -47,8 +52,10 @@ class Job:
         plugin_dir: Path,
         manifest: Mapping[str, Any],
         experiment: str,
+        messages: TextIO | None = None,
     ) -> None:
         self.params = params
+        self.messages = messages or sys.stdout  # where the job's own lines go
         self.backend = backend
         self.workspace: Workspace = backend.workspace
         self.job_id = job_id
@@ -60,6 +67,8 @@ class Job:
         self.tracker: Tracker | None = None
         self._signalled = False
         self._last_progress = -1
+        self._phases_begun: set[str] = set()
+        self._max_steps: int | None = None
 
     # ---- paths -------------------------------------------------------------------------------------------
     @property
@@ -94,7 +103,7 @@ class Job:
     # ---- reporting ---------------------------------------------------------------------------------------
     def log(self, message: str) -> None:
         if self.is_main_process:
-            print(message, flush=True)
+            print(message, file=self.messages, flush=True)
 
     def set_data(self, key: str, value: Any) -> None:
         if self.is_main_process:
@@ -110,6 +119,20 @@ class Job:
                 self.backend.set_progress(percent)
             except KeyboardInterrupt:  # the host SDK's way of saying "stop"
                 self._signalled = True
+
+    def report_status(self, phase: str, step: int | None = None, max_steps: int | None = None) -> None:
+        """What the job does now ("loading model x", "encoding data", "training", "evaluating", "saving outputs")
+        and, while training, at which optimizer step of how many. The log gets a line when a phase first begins
+        (what happens within training after that, evaluating or saving a checkpoint, is only live status); a local
+        job's live status (`live.json`) gets every call, for the terminal."""
+        if not self.is_main_process:
+            return
+        if max_steps:
+            self._max_steps = max_steps
+        if phase not in self._phases_begun and (phase == "training" or step is None):
+            self._phases_begun.add(phase)
+            self.log(f"{phase} {max_steps} steps ..." if phase == "training" and max_steps else f"{phase} ...")
+        self.backend.set_live({"phase": phase, "step": step, "max_steps": max_steps, "time": time.time()})
 
     def progress(self, percent: float) -> None:
         """Report progress (0..100) and raise `JobStopped` when a stop was requested."""
@@ -130,8 +153,7 @@ class Job:
             return
         if self.tracker is not None:
             self.tracker.log_metrics(metrics, step)
-        shown = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
-        print(f"step {step}: {shown}", flush=True)
+        print(step_line(step, self._max_steps, metrics), file=self.messages, flush=True)
 
     def log_text(self, tag: str, text: str, step: int) -> None:
         if self.is_main_process and self.tracker is not None:
@@ -201,10 +223,6 @@ class Job:
         self.backend.set_status(status)
 
 
-def _fmt(value: Any) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
-
-
 def _plugin_dir(plugin_file: str | os.PathLike[str]) -> Path:
     path = Path(plugin_file).resolve()
     return path.parent if path.is_file() else path
@@ -242,10 +260,13 @@ def run_job(
     experiment = str(values.get("experiment_name") or (raw.experiment or {}).get("name") or "default")
     job_id = str(values["job_id"])
     main_process = launch.process_rank() == 0
+    messages = sys.stdout
+    if os.environ.get(MESSAGES_ONLY_ON_STDOUT) == "1":
+        sys.stdout = sys.stderr
 
     def fail(details: str) -> None:
         if main_process:
-            print(f"ERROR: {details}", flush=True)
+            print(f"ERROR: {details}", file=messages, flush=True)
             backend.set_data("completion_status", "failed")
             backend.set_data("completion_details", details)
             backend.set_data("end_time", now())
@@ -267,7 +288,7 @@ def run_job(
     except ParameterError as exc:
         fail(str(exc))
     if plan.num_processes > 1 and not launch.is_child_run():
-        print(f"Relaunching on {plan.num_processes} processes through accelerate ...", flush=True)
+        print(f"Relaunching on {plan.num_processes} processes through accelerate ...", file=messages, flush=True)
         code = launch.relaunch(plan, job_id=job_id, workspace=str(backend.workspace.root))
         if code != 0:
             details = f"worker processes exited with code {code}; see the job log for their error"
@@ -276,7 +297,13 @@ def run_job(
         return
 
     job = Job(
-        params=params, backend=backend, job_id=job_id, plugin_dir=plugin_dir, manifest=manifest, experiment=experiment
+        params=params,
+        backend=backend,
+        job_id=job_id,
+        plugin_dir=plugin_dir,
+        manifest=manifest,
+        experiment=experiment,
+        messages=messages,
     )
     previous = {sig: signal.signal(sig, job._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     failed = True

@@ -16,6 +16,7 @@ def publish_outputs(result: Any, job: Any, *, lora: bool, full_model: bool) -> l
     saved config names (the trained object may be a LoRA wrapper, which is no architecture)."""
     if not job.is_main_process:
         return []
+    job.report_status("saving outputs")
     params = job.params
     full_dir = job.model_dir(f"{params.model_name.split('/')[-1]}_{params.adaptor_name}") if full_model else None
     written = save_outputs(result, adaptor_dir=job.adaptor_dir if lora else None, full_model_dir=full_dir)

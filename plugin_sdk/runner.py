@@ -2,8 +2,8 @@
 
 The runner creates the job record, hands the parameters over exactly as the host does (an input file for
 trainers, `--key value` arguments for evaluators), starts the plugin through the harness in a child process,
-writes its output to the job log, shows progress, and makes sure the job never ends looking successful when
-the process failed.
+writes its output to the job log, shows the job's progress in the terminal, and makes sure the job never ends
+looking successful when the process failed.
 """
 
 from __future__ import annotations
@@ -13,12 +13,21 @@ import os
 import subprocess
 import sys
 import threading
+import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from plugin_sdk.backends import JobRecord, now
+from plugin_sdk.job import MESSAGES_ONLY_ON_STDOUT
 from plugin_sdk.manifest import load_manifest
+from plugin_sdk.progress import TerminalView
 from plugin_sdk.workspace import Workspace, write_json_atomic
+
+LIVE_POLL_SECONDS = 0.5
+STDERR_TAIL = 20  # lines of the child's stderr shown when it died without reporting why
+UNREPORTED_EXIT = "the plugin process exited with code"
 
 
 def plugin_command(
@@ -36,40 +45,6 @@ def plugin_command(
     return cmd + ["--input_file", str(input_file), "--experiment_name", experiment]
 
 
-class _ProgressView:
-    """A progress bar fed from the job record while the child runs (terminal only)."""
-
-    def __init__(self, record: JobRecord, enabled: bool) -> None:
-        self.record = record
-        self.enabled = enabled
-        self._done = threading.Event()
-        self._bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {n:.0f}/100 [{elapsed}<{remaining}]")
-            self._thread = threading.Thread(target=self._poll, daemon=True)
-            self._thread.start()
-
-    def write(self, line: str) -> None:
-        if self._bar is not None:
-            self._bar.write(line.rstrip("\n"))
-        else:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-
-    def _poll(self) -> None:
-        while not self._done.wait(0.5):
-            progress = int(self.record.read().get("progress") or 0)
-            if self._bar is not None and progress != self._bar.n:
-                self._bar.update(progress - self._bar.n)
-
-    def close(self) -> None:
-        self._done.set()
-        if self._bar is not None:
-            self._bar.close()
-
-
 def run_plugin(
     plugin_dir: Path,
     values: dict[str, Any],
@@ -78,7 +53,13 @@ def run_plugin(
     experiment: str = "default",
     show_progress: bool | None = None,
 ) -> tuple[int, str]:
-    """Run one job of the plugin; returns (exit code, job id)."""
+    """Run one job of the plugin; returns (exit code, job id).
+
+    The terminal shows what the plugin itself prints (its stdout: phases, messages, a short line per logged step)
+    and, with `show_progress` (default: when stderr is a terminal), a live status line. Everything else the child
+    writes to stderr (library warnings, logging, weight-loading bars, tracebacks) goes to the job log only, which
+    also keeps every line of stdout in full; the end of it is shown when the process dies without saying why.
+    """
     manifest = load_manifest(plugin_dir)
     job_id = str(values.pop("job_id", None) or workspace.next_job_id())
     record = JobRecord(workspace, job_id)
@@ -91,25 +72,62 @@ def run_plugin(
         "DLM_BACKEND": "local",
         "DLM_JOB_ID": job_id,
         "PYTHONUNBUFFERED": "1",
+        MESSAGES_ONLY_ON_STDOUT: "1",
     }
-    view = _ProgressView(record, sys.stdout.isatty() if show_progress is None else show_progress)
-    view.write(f"Job {job_id} ({manifest['uniqueId']}), log: {log_path}\n")
+    view = TerminalView(live=sys.stderr.isatty() if show_progress is None else show_progress)
+    view.line(f"Job {job_id} ({manifest['uniqueId']}), log: {log_path}")
     with open(log_path, "a", encoding="utf-8") as log:
-        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        log_line = _locked_writer(log)
+        stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL)
+        threads = [
+            threading.Thread(target=_keep_stderr, args=(process.stderr, log_line, stderr_tail), daemon=True),
+            threading.Thread(target=_watch_live, args=(record, view, process), daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
         try:
             for line in process.stdout:
-                log.write(line)
-                log.flush()
-                view.write(line)
+                log_line(line)
+                view.update(record.read_live())  # the status as of this line (a phase line, a step's pace)
+                view.child_line(line)
             code = process.wait()
         except KeyboardInterrupt:
             process.terminate()
             code = process.wait()
         finally:
+            for thread in threads:
+                thread.join(timeout=5)
             view.close()
     final = settle(record, code)
-    view.write(f"Job {job_id}: {final['status']} - {final['job_data'].get('completion_details', '')}\n")
+    details = final["job_data"].get("completion_details", "")
+    if code != 0 and details.startswith(UNREPORTED_EXIT) and stderr_tail:
+        view.line("".join(stderr_tail))
+    view.line(f"Job {job_id}: {final['status']} - {details}")
     return code, job_id
+
+
+def _locked_writer(log: TextIO) -> Callable[[str], None]:
+    lock = threading.Lock()
+
+    def write(line: str) -> None:
+        with lock:
+            log.write(line)
+            log.flush()
+
+    return write
+
+
+def _keep_stderr(stream: TextIO, log_line: Callable[[str], None], tail: deque[str]) -> None:
+    for line in stream:
+        log_line(line)
+        tail.append(line)
+
+
+def _watch_live(record: JobRecord, view: TerminalView, process: subprocess.Popen) -> None:
+    while process.poll() is None:
+        view.update(record.read_live(), record.read().get("progress"))
+        time.sleep(LIVE_POLL_SECONDS)
 
 
 def settle(record: JobRecord, code: int) -> dict[str, Any]:
@@ -123,8 +141,7 @@ def settle(record: JobRecord, code: int) -> dict[str, Any]:
             status="FAILED",
             completion_status="failed",
             end_time=now(),
-            completion_details=f"the plugin process exited with code {code} before reporting why; "
-            f"see the job log in {record.dir}",
+            completion_details=f"{UNREPORTED_EXIT} {code} before reporting why; see the job log in {record.dir}",
         )
     if code == 0 and job_data.get("completion_status") != "success":
         return record.update(

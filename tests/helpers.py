@@ -21,9 +21,13 @@ class Reporter:
         self.messages: list[str] = []
         self.metrics: list[tuple[int, dict[str, float]]] = []
         self.texts: list[str] = []
+        self.statuses: list[tuple[str, int | None, int | None]] = []
 
     def report_progress(self, percent: float) -> None:
         self.steps += 1
+
+    def report_status(self, phase: str, step: int | None = None, max_steps: int | None = None) -> None:
+        self.statuses.append((phase, step, max_steps))
 
     def stop_requested(self) -> bool:
         return self.stop_at is not None and self.steps >= self.stop_at

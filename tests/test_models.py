@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from peft import LoraConfig, get_peft_model
 from safetensors import safe_open
 from transformers import (
     AutoConfig,
@@ -21,6 +21,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from dlm.lora import apply_lora
 from dlm.models import DreamConfig, DreamModel, LLaDAConfig, LLaDAModelLM
 
 FIXTURES = Path(__file__).parent / "fixtures" / "golden"
@@ -290,8 +291,7 @@ def test_resize_token_embeddings(family: str, tmp_path: Path) -> None:
         assert torch.equal(AutoModelForMaskedLM.from_pretrained(tmp_path).eval()(input_ids=ids).logits, logits)
 
 
-def lora_grads_flow_only_to_adapters(model: PreTrainedModel, family: str, ids: torch.Tensor) -> None:
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS[family]))
+def lora_grads_flow_only_to_adapters(peft_model: PreTrainedModel, family: str, ids: torch.Tensor) -> None:
     wrapped = {name.rsplit(".", 1)[-1] for name, module in peft_model.named_modules() if hasattr(module, "lora_A")}
     assert wrapped == set(LORA_TARGETS[family])
     trainable = [(name, p) for name, p in peft_model.named_parameters() if p.requires_grad]
@@ -315,16 +315,25 @@ def lora_grads_flow_only_to_adapters(model: PreTrainedModel, family: str, ids: t
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # peft calls transformers' deprecated checkpointing names
 @pytest.mark.parametrize("family", FAMILIES)
 def test_lora_default_targets_train(family: str) -> None:
-    lora_grads_flow_only_to_adapters(load(family), family, random_ids(2, 12))
+    peft_model = get_peft_model(load(family), LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS[family]))
+    lora_grads_flow_only_to_adapters(peft_model, family, random_ids(2, 12))
+
+
+NF4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+
+
+def linears_4bit(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if type(m).__name__ == "Linear4bit"]
+
+
+def repacked_for_cpu_inference(module: torch.nn.Module) -> bool:
+    return bool(getattr(module.weight.quant_state, "packing_format_for_cpu", False))
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 @pytest.mark.parametrize("family", FAMILIES)
 def test_qlora_4bit_on_cpu(family: str) -> None:
-    quantization = BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
-    )
-    model = load(family, quantization_config=quantization, device_map="cpu")
+    model = load(family, quantization_config=NF4, device_map="cpu")
     linears = {name: type(m).__name__ for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     head = "model.transformer.ff_out" if family == "llada" else "lm_head"
     assert linears.pop(head) == "Linear", "the output head must stay unquantized"
@@ -334,9 +343,67 @@ def test_qlora_4bit_on_cpu(family: str) -> None:
         quantized, reference = model(input_ids=ids).logits, load(family)(input_ids=ids).logits
     # NF4 on a random 64-wide model is coarse; this only guards against a broken (unrelated) output.
     assert torch.corrcoef(torch.stack([quantized.flatten(), reference.flatten()]))[0, 1] > 0.8
-    # The usual QLoRA set-up: frozen 4-bit base, gradient checkpointing, adapters on the default targets.
-    model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
-    lora_grads_flow_only_to_adapters(model, family, ids[:2])
+    # The usual QLoRA set-up: frozen 4-bit base, gradient checkpointing, adapters on the default targets. The
+    # evaluation pass above is what used to break it on CPUs with AVX512-BF16 (see the next tests).
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lora_grads_flow_only_to_adapters(apply_lora(model, family, r=4, alpha=8, dropout=0.0), family, ids[:2])
+
+
+def qlora_model(family: str, *, repacked: bool = False, scales_in_bf16: bool = False) -> PreTrainedModel:
+    """A 4-bit model under LoRA adapters, as `apply_lora` sets it up for training. Every 4-bit layer claims the
+    AVX512-BF16 repacking path of bitsandbytes whatever this CPU has. `repacked`: its weights were repacked for CPU
+    inference (by a sampling pass) before the adapters came; `scales_in_bf16`: its block scales are rounded to
+    bfloat16 as that repacking does."""
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu
+
+    model = load(family, quantization_config=NF4, device_map="cpu")
+    for module in linears_4bit(model):
+        module.support_avx512bf16_for_cpu = True
+        weight = module.weight
+        if scales_in_bf16:
+            weight.quant_state.absmax = weight.quant_state.absmax.bfloat16().float()
+        if repacked:
+            weight.data, weight.quant_state = _convert_weight_packed_for_cpu(weight.data, weight.quant_state)
+    torch.manual_seed(0)  # the same adapter initialisation for every copy
+    return apply_lora(model, family, r=4, alpha=8, dropout=0.0)
+
+
+def adapter_grads(peft_model: PreTrainedModel, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The adapters' gradients of one training step's loss."""
+    peft_model.train()
+    logits = peft_model(input_ids=ids).logits
+    F.cross_entropy(logits.float().flatten(0, 1), ids.flatten()).backward()
+    return {name: p.grad for name, p in peft_model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_qlora_trains_the_same_after_a_sampling_pass(family: str) -> None:
+    # The user's path: QLoRA model -> a sampling pass in eval mode without gradients -> a training step. On
+    # AVX512-BF16 CPUs bitsandbytes repacked the weights at that pass for a kernel without backward: training then
+    # silently lost the gradient through every base layer, or failed on a bias (Dream's q/k/v).
+    ids = random_ids(2, 12)
+    expected = adapter_grads(qlora_model(family), ids)
+    model = qlora_model(family)
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)
+    assert not any(repacked_for_cpu_inference(m) for m in linears_4bit(model))
+    grads = adapter_grads(model, ids)
+    assert grads.keys() == expected.keys()
+    assert all(torch.equal(grads[name], expected[name]) for name in expected)
+    # The gradient reaches the first layer's adapters only through every later (frozen, 4-bit) base layer.
+    assert any(grads[name].abs().sum() > 0 for name in grads if ".layers.0." in name or ".blocks.0." in name)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_qlora_unpacks_weights_repacked_before_the_adapters(family: str) -> None:
+    ids = random_ids(2, 12)
+    model = qlora_model(family, repacked=True)
+    assert not any(repacked_for_cpu_inference(m) for m in linears_4bit(model))
+    grads, expected = adapter_grads(model, ids), adapter_grads(qlora_model(family, scales_in_bf16=True), ids)
+    assert all(torch.equal(grads[name], expected[name]) for name in expected)
 
 
 def test_llada_config_errors() -> None:

@@ -490,6 +490,7 @@ def run_dpo(
     with LoRA). With validation examples, validation runs every `eval_steps` and after the last step."""
     config.check()
     torch.manual_seed(config.seed)
+    reporter.report_status(f"loading model {config.model_name}")
     loaded = _load(config)
     if not loaded.family.is_diffusion or loaded.special_ids.mask is None:
         raise ModelError(
@@ -499,6 +500,7 @@ def run_dpo(
         )
     ref_model = _load(config).model if config.reference_mode == "frozen_copy" else None
     model = trainable_model(config, loaded, reporter)
+    reporter.report_status("encoding data")
     train = _encode(config, loaded, train_examples, "training pairs", reporter)
     validation = (
         _encode(config, loaded, validation_examples, "validation pairs", reporter) if validation_examples else None

@@ -226,6 +226,7 @@ def run_sft(
         raise ModelError("load_in_4bit/load_in_8bit train only LoRA adapters: turn lora on (QLoRA)")
     torch.manual_seed(config.seed)
     forced = None if config.training_method in ("auto", "ar") else config.training_method
+    reporter.report_status(f"loading model {config.model_name}")
     loaded = load_model_and_tokenizer(
         config.model_name,
         family=forced if forced in ("a2d",) else None,
@@ -238,6 +239,7 @@ def run_sft(
     )
     _check_method(config, loaded)
     model = trainable_model(config, loaded, reporter)
+    reporter.report_status("encoding data")
     train = _encode(config, loaded, train_rows, "training data", reporter)
     validation = _encode(config, loaded, validation_rows, "validation data", reporter) if validation_rows else None
     checkpoint_dir = Path(config.output_dir)

@@ -50,6 +50,7 @@ def train(job: Job) -> str:
         raise ParameterError(
             "no model: set model_name (a local checkpoint, a hub id, or a tiny preset such as tiny-llada)"
         )
+    job.report_status("loading data")
     train_pairs, validation_pairs = read_pairs(job)
     job.progress(2)
     from dlm.dpo import DPOConfig, run_dpo

@@ -54,6 +54,7 @@ def run(job: Job) -> str:
         raise ParameterError("nothing to evaluate: choose metrics, lm-eval tasks (tasks), or both")
     examples, dataset = [], None
     if settings.metrics:
+        job.report_status("loading data")
         source = dataset_source(p, f"metrics {', '.join(settings.metrics)} need a dataset")
         examples, dataset = load_eval_examples(
             source,
@@ -77,6 +78,7 @@ def run(job: Job) -> str:
 
         load_tasks(p.tasks, job.log)  # a task that is unknown or cannot get its data fails now, not after hours
     job.progress(3)
+    job.report_status("evaluating")
     results = evaluate_models(
         specs,
         [EvalExample(**example) for example in examples],
@@ -89,6 +91,7 @@ def run(job: Job) -> str:
     rows = score_rows(results)
     if not rows:
         raise PluginError("the evaluation produced no metric: check the chosen metrics and lm-eval tasks")
+    job.report_status("saving outputs")
     job.save_eval_results(rows)
     score = job_score(results[0])
     job.set_data("score", json.dumps(score))  # the main model's metrics, headline first, not a mean over models

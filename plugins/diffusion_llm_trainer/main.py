@@ -44,6 +44,7 @@ def train(job: Job) -> str:
             "no model: set model_name (a local checkpoint, a hub id, or a tiny preset such as tiny-llada)"
         )
     config = SFTConfig.from_params(p, output_dir=str(job.checkpoint_dir), workspace=str(job.workspace.root))
+    job.report_status("loading data")
     train_rows, validation_rows = read_rows(job)
     job.progress(3)
     result = run_sft(config, train_rows, validation_rows, job)

@@ -16,6 +16,8 @@ class Reporter:
 
     def report_progress(self, percent: float) -> None: ...
 
+    def report_status(self, phase: str, step: int | None = None, max_steps: int | None = None) -> None: ...
+
     def stop_requested(self) -> bool:
         return False
 
