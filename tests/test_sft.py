@@ -35,8 +35,8 @@ def conversations(n: int, offset: int = 0) -> list[list[dict[str, str]]]:
 
 
 @pytest.fixture(scope="session")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(tmp_path_factory.mktemp("sft_ws"))
+def workspace(workspace_with_presets) -> str:
+    return str(workspace_with_presets("sft_ws"))
 
 
 def config(workspace: str, out: Path, **overrides) -> SFTConfig:
@@ -270,6 +270,7 @@ def run_trainer(workspace: str, tmp_path: Path, **values):
     return code, JobRecord(ws, job_id).read(), log, ws
 
 
+@pytest.mark.slow
 def test_plugin_run_writes_adapter_metrics_and_tensorboard(workspace, tmp_path):
     code, record, log, ws = run_trainer(
         workspace,
