@@ -1,51 +1,44 @@
-"""Preference pairs for DPO: dataset rows in the usual formats -> (prompt messages, chosen, rejected) -> token ids.
+"""Dataset rows -> chat messages: the one place that knows the row formats and the chat roles.
 
-Formats, told apart by the columns:
-- `prompt`, `chosen`, `rejected`: the prompt is text or a message list ending with a user turn; each response is
-  text, one assistant message, or a conversation whose last message is the answer (TRL's formats, UltraFeedback).
-- `conversations` (or `messages`), `chosen`, `rejected`: Transformer Lab's DPO format (LLaMA-Factory's ShareGPT
-  ranking data): the conversation is the prompt; the responses are `{"from": "gpt", "value": ...}` or text.
-- `chosen` and `rejected` only, as message lists: conversational; the messages both share are the prompt and
-  their last assistant turns are the responses.
-- `chosen` and `rejected` only, as text: Anthropic HH transcripts; the shared part up to the last
-  "\\n\\nAssistant:" is the prompt, split into its Human and Assistant turns.
-CSV files hold message lists as JSON text; those are read as lists.
-
-Encoding: `prompt_ids` is the family's chat template of the prompt with the generation prompt; a response's ids are
-the template of prompt + answer minus that prefix, so they end with the family's end-of-turn token.
+- `chat_message`: one message, OpenAI-style `role`/`content` or ShareGPT `from`/`value`, its role mapped to system,
+  user, assistant or tool.
+- `build_messages` / `row_text`: an SFT row (chat, alpaca, prompt/completion, prompt/response, or the user's
+  instruction/input/output templates) as a conversation, a pre-training row as its text.
+- `read_preferences`: DPO rows as `PreferenceExample`s (prompt messages, chosen, rejected). Formats, told apart by
+  the columns:
+  - `prompt`, `chosen`, `rejected`: the prompt is text or a message list ending with a user turn; each response is
+    text, one assistant message, or a conversation whose last message is the answer (TRL's formats, UltraFeedback).
+  - `conversations` (or `messages`), `chosen`, `rejected`: Transformer Lab's DPO format (LLaMA-Factory's ShareGPT
+    ranking data): the conversation is the prompt; the responses are `{"from": "gpt", "value": ...}` or text.
+  - `chosen` and `rejected` only, as message lists: conversational; the messages both share are the prompt and
+    their last assistant turns are the responses.
+  - `chosen` and `rejected` only, as text: Anthropic HH transcripts; the shared part up to the last
+    "\\n\\nAssistant:" is the prompt, split into its Human and Assistant turns.
+  CSV files hold message lists as JSON text; those are read as lists.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import sys
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dlm.data import encode_conversation
-from dlm.errors import DlmError
+from plugin_sdk.errors import DatasetError, TemplateError
+from plugin_sdk.templates import listing, render_template
 
-ACCEPTED_FORMATS = (
-    "prompt/chosen/rejected (text or message lists); conversations (or messages)/chosen/rejected (Transformer "
-    "Lab's DPO format); or chosen/rejected alone, either as Anthropic HH transcripts (with '\\n\\nHuman:' and "
-    "'\\n\\nAssistant:' turns) or as message lists whose last assistant turn differs"
-)
-HUMAN = "\n\nHuman:"
-ASSISTANT = "\n\nAssistant:"
-
-SKIP_IDENTICAL = "chosen identical to rejected"
-SKIP_EMPTY_RESPONSE = "empty response"
-SKIP_EMPTY_PROMPT = "empty prompt"
-SKIP_NO_SHARED_PROMPT = "chosen and rejected do not share a prompt ending with a user turn"
-DROP_NO_ROOM = "prompt leaves no room for a response within max_length"
-DROP_IDENTICAL_IDS = "chosen and rejected identical after tokenizing and clipping"
-CUT_PROMPT = "prompts cut from the left to max_prompt_length"
-CUT_RESPONSE = "responses clipped to fit max_length"
-
-_ROLES = {
+CHAT_COLUMNS = ("messages", "conversations")
+# Which columns make up each format, in the order formats are tried.
+FORMAT_COLUMNS = {
+    "chat": ("messages",),
+    "alpaca": ("instruction", "output"),
+    "prompt_completion": ("prompt", "completion"),
+    "prompt_response": ("prompt", "response"),
+    "text": ("text",),
+}
+ROLES = {
     "system": "system",
     "user": "user",
     "human": "user",
@@ -53,12 +46,197 @@ _ROLES = {
     "gpt": "assistant",
     "model": "assistant",
     "bot": "assistant",
+    "tool": "tool",
 }
+ACCEPTED_FORMATS = (
+    "prompt/chosen/rejected (text or message lists); conversations (or messages)/chosen/rejected (Transformer "
+    "Lab's DPO format); or chosen/rejected alone, either as Anthropic HH transcripts (with '\\n\\nHuman:' and "
+    "'\\n\\nAssistant:' turns) or as message lists whose last assistant turn differs"
+)
+HUMAN = "\n\nHuman:"
+ASSISTANT = "\n\nAssistant:"
 _HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
 
+SKIP_IDENTICAL = "chosen identical to rejected"
+SKIP_EMPTY_RESPONSE = "empty response"
+SKIP_EMPTY_PROMPT = "empty prompt"
+SKIP_NO_SHARED_PROMPT = "chosen and rejected do not share a prompt ending with a user turn"
 
-class PreferenceDataError(DlmError):
-    """Preference data that cannot be read as prompt, chosen and rejected."""
+Messages = list[dict[str, str]]
+
+
+def chat_message(turn: Any, what: str) -> dict[str, str]:
+    """`turn` as {"role", "content"}; `what` names it in errors (where it is and which message)."""
+    if not isinstance(turn, Mapping):
+        raise DatasetError(f"{what} must be an object with a role and content, got {turn!r:.80}")
+    # Arrow merges the message objects of a column, so the keys of the other convention may be present as None.
+    if turn.get("role") is not None:
+        role, content = turn["role"], turn.get("content")
+    elif turn.get("from") is not None:
+        role, content = turn["from"], turn.get("value")
+    else:
+        present = [key for key, v in turn.items() if v is not None]
+        raise DatasetError(
+            f"{what} needs 'role' and 'content' (or ShareGPT 'from' and 'value'); it has {listing(present)}"
+        )
+    canonical = ROLES.get(str(role).lower())
+    if canonical is None:
+        raise DatasetError(f"{what} has unknown role {role!r}; expected one of {listing(ROLES)}")
+    if content is None:
+        content = ""
+    if not isinstance(content, str):
+        raise DatasetError(f"{what} content must be text, got {type(content).__name__}")
+    return {"role": canonical, "content": content}
+
+
+def _messages(value: Any, name: str, where: str) -> Messages:
+    if not isinstance(value, list) or not value:
+        raise DatasetError(f"{where}: {name!r} must be text or a non-empty list of messages, got {value!r:.80}")
+    return [chat_message(turn, f"{where}: {name!r} message {i}") for i, turn in enumerate(value)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SFT and pre-training rows
+
+
+def infer_format(columns: Iterable[str], *, chat_column: str | None = None) -> str:
+    """Name the dataset format given its columns: "chat", "alpaca", "prompt_completion", "prompt_response" or "text".
+
+    Tried in that order; a `messages` or `conversations` column (or `chat_column`) means chat.
+    """
+    names = list(columns)
+    if chat_column:
+        if chat_column not in names:
+            raise DatasetError(
+                f"chat column {chat_column!r} is not in the dataset; available columns: {listing(names)}"
+            )
+        return "chat"
+    if any(c in names for c in CHAT_COLUMNS):
+        return "chat"
+    for kind, needed in FORMAT_COLUMNS.items():
+        if all(c in names for c in needed):
+            return kind
+    raise DatasetError(
+        f"cannot tell the dataset format from its columns ({listing(names)}). Expected one of: "
+        "messages (or conversations) for chat; instruction, input, output; prompt, completion; prompt, response; "
+        "text for pre-training; or set the instruction/input/output templates"
+    )
+
+
+def build_messages(
+    row: Mapping[str, Any],
+    *,
+    instruction_template: str | None = None,
+    input_template: str | None = None,
+    output_template: str | None = None,
+    system_message: str | None = None,
+    chat_column: str | None = None,
+) -> list[dict[str, str]]:
+    """Turn one dataset row into chat messages ({"role", "content"} dicts).
+
+    A chat column (`chat_column`, else `messages` / `conversations`) is used as is, ShareGPT `from`/`value` turns
+    included, and templates are ignored, as the host's own trainers did. Otherwise the alpaca templates, rendered
+    against the row's columns, give [system?, user, assistant]: the rendered input is the user turn and the rendered
+    output the assistant turn; the rendered instruction is the system turn, unless `system_message` is given or
+    the input renders empty, in which case it opens the user turn. Without templates the format is inferred from
+    the columns. `system_message` is prepended unless the messages already start with a system turn.
+    """
+    columns = list(row)
+    chat_key = chat_column or next((c for c in CHAT_COLUMNS if c in row), None)
+    if chat_column and chat_column not in row:
+        raise DatasetError(f"chat column {chat_column!r} is not in the dataset; available columns: {listing(columns)}")
+    if chat_key is not None:
+        messages = _normalize_chat(row[chat_key], chat_key)
+    elif any((instruction_template, input_template, output_template)):
+        messages = _templated(row, instruction_template, input_template, output_template, system_message is not None)
+    else:
+        messages = _inferred(row, infer_format(columns))
+    if system_message and not (messages and messages[0]["role"] == "system"):
+        messages.insert(0, {"role": "system", "content": system_message})
+    return messages
+
+
+def row_text(row: Mapping[str, Any], *, text_column: str = "text") -> str:
+    """The pre-training text of a row."""
+    if text_column not in row:
+        raise DatasetError(f"pre-training needs a {text_column!r} column; available columns: {listing(row)}")
+    value = row[text_column]
+    if not isinstance(value, str):
+        raise DatasetError(f"column {text_column!r} must hold text, got {type(value).__name__}")
+    return value
+
+
+def _templated(
+    row: Mapping[str, Any],
+    instruction_template: str | None,
+    input_template: str | None,
+    output_template: str | None,
+    has_system_message: bool,
+) -> list[dict[str, str]]:
+    def render(source: str | None, name: str) -> str:
+        return render_template(source, row, name=name).strip() if source else ""
+
+    instruction = render(instruction_template, "instruction_template")
+    user = render(input_template, "input_template")
+    assistant = render(output_template, "output_template")
+    messages = []
+    if instruction and user and not has_system_message:
+        messages.append({"role": "system", "content": instruction})
+    else:
+        user = "\n\n".join(part for part in (instruction, user) if part)
+    if not user:
+        raise TemplateError("the instruction and input templates rendered empty text for a row; check the templates")
+    messages.append({"role": "user", "content": user})
+    if assistant:
+        messages.append({"role": "assistant", "content": assistant})
+    return messages
+
+
+def _inferred(row: Mapping[str, Any], kind: str) -> list[dict[str, str]]:
+    if kind == "text":
+        raise DatasetError(
+            "the dataset has only a 'text' column, which is pre-training data, not prompt/response pairs; "
+            "use a pre-training mode or give instruction/input/output templates"
+        )
+    if kind == "alpaca":
+        parts = [_text(row, "instruction"), _text(row, "input") if "input" in row else ""]
+        user = "\n\n".join(part for part in parts if part)
+        return [{"role": "user", "content": user}, {"role": "assistant", "content": _text(row, "output")}]
+    answer_column = "completion" if kind == "prompt_completion" else "response"
+
+    # TRL's conversational prompt-completion data holds message lists instead of text.
+    def turns(column: str, role: str) -> list[dict[str, str]]:
+        value = row[column]
+        return (
+            _normalize_chat(value, column)
+            if isinstance(value, list)
+            else [{"role": role, "content": _text(row, column)}]
+        )
+
+    return turns("prompt", "user") + turns(answer_column, "assistant")
+
+
+def _normalize_chat(value: Any, column: str) -> Messages:
+    if isinstance(value, str):
+        # CSV files store the message list as a JSON string.
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise DatasetError(f"column {column!r} holds text that is not a JSON list of messages") from None
+    if not isinstance(value, list) or not value:
+        raise DatasetError(f"column {column!r} must hold a non-empty list of messages, got {value!r:.80}")
+    return [chat_message(turn, f"column {column!r}: message {i}") for i, turn in enumerate(value)]
+
+
+def _text(row: Mapping[str, Any], column: str) -> str:
+    if column not in row:
+        raise DatasetError(f"the dataset has no {column!r} column; available columns: {listing(row)}")
+    value = row[column]
+    return "" if value is None else str(value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Preference pairs
 
 
 @dataclass(frozen=True)
@@ -69,16 +247,13 @@ class PreferenceExample:
     rejected: str
 
 
-Messages = list[dict[str, str]]
-
-
 def read_preferences(
     rows: Sequence[Mapping[str, Any]], source: str = "dataset", *, row_numbers: Sequence[int] | None = None
 ) -> tuple[list[PreferenceExample], Counter]:
     """The preference pairs in `rows` and the count of rows skipped, by reason.
 
     The format is detected from the columns. A row missing a field, a value of the wrong kind, or a row that cannot
-    be split into prompt and responses raises PreferenceDataError naming the row; pairs whose responses are empty or
+    be split into prompt and responses raises DatasetError naming the row; pairs whose responses are empty or
     identical, and transcripts that differ before the last answer, are skipped and counted. `row_numbers` are the
     rows' numbers in `source` (when `rows` is a sample of it), used in messages and as example ids; default 1, 2, ...
     """
@@ -101,85 +276,10 @@ def read_preferences(
         else:
             examples.append(PreferenceExample(str(number), prompt, chosen, rejected))
     if len(rows) and not examples:
-        raise PreferenceDataError(
+        raise DatasetError(
             f"{source}: none of its {len(rows)} rows is a usable preference pair (skipped: {_counts(skipped)})"
         )
     return examples, skipped
-
-
-@dataclass
-class EncodedPreferences:
-    rows: list[dict[str, Any]]  # id, prompt_ids, chosen_ids, rejected_ids
-    dropped: Counter  # pairs left out, by reason
-    truncated: Counter  # kept pairs with a prompt or response cut, by what was cut
-
-    def summary(self) -> str:
-        parts = [f"{len(self.rows)} pairs"]
-        if self.truncated:
-            parts.append(_counts(self.truncated))
-        if self.dropped:
-            parts.append(f"skipped {_counts(self.dropped)}")
-        return "; ".join(parts)
-
-
-def encode_preferences(
-    examples: Sequence[PreferenceExample], tokenizer: Any, *, max_length: int, max_prompt_length: int
-) -> EncodedPreferences:
-    """Token ids of each pair under the tokenizer's chat template.
-
-    A prompt longer than `max_prompt_length` keeps its last tokens (cut from the left: the latest turns matter
-    most); a response that does not fit after the prompt within `max_length` is clipped from the right. A pair is
-    dropped when the prompt leaves no room for a response, or when clipping makes both responses the same.
-    """
-    if max_length < 2 or max_prompt_length < 1:
-        raise PreferenceDataError(
-            f"max_length must be at least 2 and max_prompt_length at least 1 (got {max_length} and {max_prompt_length})"
-        )
-    rows: list[dict[str, Any]] = []
-    dropped: Counter = Counter()
-    truncated: Counter = Counter()
-    for example in examples:
-        prompt_ids, chosen_ids = _split_ids(example.prompt, example.chosen, tokenizer)
-        _, rejected_ids = _split_ids(example.prompt, example.rejected, tokenizer)
-        kept_prompt = prompt_ids[-max_prompt_length:]
-        room = max_length - len(kept_prompt)
-        if room < 1:
-            dropped[DROP_NO_ROOM] += 1
-            continue
-        if chosen_ids[:room] == rejected_ids[:room]:
-            dropped[DROP_IDENTICAL_IDS] += 1
-            continue
-        truncated[CUT_PROMPT] += len(kept_prompt) < len(prompt_ids)
-        truncated[CUT_RESPONSE] += (len(chosen_ids) > room) + (len(rejected_ids) > room)
-        rows.append(
-            {
-                "id": example.id,
-                "prompt_ids": kept_prompt,
-                "chosen_ids": chosen_ids[:room],
-                "rejected_ids": rejected_ids[:room],
-            }
-        )
-    encoded = EncodedPreferences(rows, dropped, +truncated)  # unary + drops the zero counts
-    if examples and not rows:
-        raise PreferenceDataError(
-            f"all {len(examples)} preference pairs were skipped ({encoded.summary()}); raise max_length "
-            f"(now {max_length}) or max_prompt_length (now {max_prompt_length})"
-        )
-    return encoded
-
-
-def _split_ids(prompt: Messages, response: str, tokenizer: Any) -> tuple[list[int], list[int]]:
-    # encode_conversation checks that the prompt's rendering is a prefix of the whole conversation's.
-    encoded = encode_conversation(
-        [*prompt, {"role": "assistant", "content": response}], tokenizer, max_length=sys.maxsize
-    )
-    assert isinstance(encoded, dict)  # the conversation ends with an assistant turn and nothing is too long
-    ids, cut = encoded["input_ids"], encoded["prompt_length"]
-    return ids[:cut], ids[cut:]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Formats
 
 
 def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -191,8 +291,8 @@ def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def _reader(columns: list[str], source: str) -> Any:
     if not {"chosen", "rejected"} <= set(columns):
-        raise PreferenceDataError(
-            f"{source}: cannot tell prompt, chosen and rejected apart from the columns {_names(columns)}. "
+        raise DatasetError(
+            f"{source}: cannot tell prompt, chosen and rejected apart from the columns {listing(columns)}. "
             f"Accepted formats: {ACCEPTED_FORMATS}"
         )
     prompt_column = next((c for c in ("prompt", "conversations", "messages") if c in columns), None)
@@ -213,7 +313,7 @@ def _implicit_prompt(row: Mapping[str, Any], where: str) -> tuple[Messages, str,
         return _conversational(chosen, rejected, where)
     if isinstance(chosen, str) and isinstance(rejected, str):
         return _hh_transcripts(chosen, rejected, where)
-    raise PreferenceDataError(
+    raise DatasetError(
         f"{where}: 'chosen' and 'rejected' must both be transcripts (text) or both message lists; got "
         f"{type(chosen).__name__} and {type(rejected).__name__}"
     )
@@ -223,14 +323,14 @@ def _conversational(chosen: Any, rejected: Any, where: str) -> tuple[Messages, s
     chosen, rejected = _messages(chosen, "chosen", where), _messages(rejected, "rejected", where)
     for name, messages in (("chosen", chosen), ("rejected", rejected)):
         if messages[-1]["role"] != "assistant":
-            raise PreferenceDataError(
+            raise DatasetError(
                 f"{where}: the last message of {name!r} must be the assistant's answer, not a "
                 f"{messages[-1]['role']} turn (expected conversational rows: {ACCEPTED_FORMATS})"
             )
     if chosen[:-1] != rejected[:-1]:
         return SKIP_NO_SHARED_PROMPT
     if not chosen[:-1] or chosen[-2]["role"] != "user":
-        raise PreferenceDataError(
+        raise DatasetError(
             f"{where}: 'chosen' and 'rejected' have no user turn right before their answers, so there is no prompt; "
             "add a prompt column or include the user's turns in both conversations"
         )
@@ -239,7 +339,7 @@ def _conversational(chosen: Any, rejected: Any, where: str) -> tuple[Messages, s
 
 def _hh_transcripts(chosen: str, rejected: str, where: str) -> tuple[Messages, str, str] | str:
     if ASSISTANT not in chosen or HUMAN not in "\n\n" + chosen.lstrip():
-        raise PreferenceDataError(
+        raise DatasetError(
             f"{where}: rows with only 'chosen' and 'rejected' text are read as Anthropic HH transcripts, but this "
             f"'chosen' has no '\\n\\nHuman:' and '\\n\\nAssistant:' turns to split off the prompt. Accepted formats: "
             f"{ACCEPTED_FORMATS}"
@@ -272,7 +372,7 @@ def _field(row: Mapping[str, Any], name: str, where: str) -> Any:
     value = row.get(name)
     if value is None:
         present = [key for key, v in row.items() if v is not None]
-        raise PreferenceDataError(f"{where}: missing {name!r}; the row has {_names(present)}")
+        raise DatasetError(f"{where}: missing {name!r}; the row has {listing(present)}")
     return value
 
 
@@ -297,7 +397,7 @@ def _prompt_messages(value: Any, name: str, where: str) -> Messages:
         return [{"role": "user", "content": value}]
     messages = _messages(value, name, where)
     if messages[-1]["role"] != "user":
-        raise PreferenceDataError(
+        raise DatasetError(
             f"{where}: {name!r} must end with a user turn (the responses answer it), not a {messages[-1]['role']} turn"
         )
     return messages
@@ -308,44 +408,12 @@ def _answer(value: Any, name: str, where: str) -> str:
     value = _json_messages(value)
     if isinstance(value, str):
         return value
-    message = _message(value, name, where) if isinstance(value, Mapping) else _messages(value, name, where)[-1]
+    message = (
+        chat_message(value, f"{where}: {name}") if isinstance(value, Mapping) else _messages(value, name, where)[-1]
+    )
     if message["role"] != "assistant":
-        raise PreferenceDataError(f"{where}: {name!r} must be the assistant's answer, not a {message['role']} turn")
+        raise DatasetError(f"{where}: {name!r} must be the assistant's answer, not a {message['role']} turn")
     return message["content"]
-
-
-def _messages(value: Any, name: str, where: str) -> Messages:
-    if not isinstance(value, list) or not value:
-        raise PreferenceDataError(f"{where}: {name!r} must be text or a non-empty list of messages, got {value!r:.80}")
-    return [_message(turn, f"{name!r} message {i}", where) for i, turn in enumerate(value)]
-
-
-def _message(turn: Any, what: str, where: str) -> dict[str, str]:
-    if not isinstance(turn, Mapping):
-        raise PreferenceDataError(f"{where}: {what} must be an object with a role and content, got {turn!r:.80}")
-    # Arrow merges the message objects of a column, so the keys of the other convention may be present as None.
-    if turn.get("role") is not None:
-        role, content = turn["role"], turn.get("content")
-    elif turn.get("from") is not None:
-        role, content = turn["from"], turn.get("value")
-    else:
-        present = [key for key, v in turn.items() if v is not None]
-        raise PreferenceDataError(
-            f"{where}: {what} needs 'role' and 'content' (or ShareGPT 'from' and 'value'); it has {_names(present)}"
-        )
-    canonical = _ROLES.get(str(role).lower())
-    if canonical is None:
-        raise PreferenceDataError(f"{where}: {what} has the unknown role {role!r}; expected one of {_names(_ROLES)}")
-    if content is None:
-        content = ""
-    if not isinstance(content, str):
-        raise PreferenceDataError(f"{where}: {what} content must be text, got {type(content).__name__}")
-    return {"role": canonical, "content": content}
-
-
-def _names(names: Any) -> str:
-    names = [str(n) for n in names]
-    return ", ".join(names) if names else "(no fields)"
 
 
 def _counts(counter: Counter) -> str:

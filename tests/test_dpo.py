@@ -18,7 +18,6 @@ from dlm.elbo import elbo_terms
 from dlm.errors import ModelError
 from dlm.loading import load_model_and_tokenizer
 from dlm.lora import apply_lora
-from dlm.preference_data import PreferenceExample
 from dlm.preference_loss import (
     ElboDPOSettings,
     draw_pair_masks,
@@ -29,6 +28,7 @@ from dlm.preference_loss import (
 )
 from dlm.trainers.dpo_config import DPOConfig, DPOError
 from dlm.trainers.dpo_trainer import PreferenceCollator, run_dpo
+from plugin_sdk.chat import PreferenceExample
 
 REPO = Path(__file__).resolve().parent.parent
 LN2_FLOAT32 = float(torch.tensor(math.log(2), dtype=torch.float32))

@@ -6,6 +6,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from plugin_sdk import Job, JobStopped, run_job
+from plugin_sdk.chat import read_preferences
 from plugin_sdk.data import dataset_source, load_dataset_splits
 from plugin_sdk.errors import ParameterError
 from plugin_sdk.outputs import publish_outputs
@@ -38,8 +39,6 @@ def read_pairs(job: Job) -> tuple[list, list | None]:
 
 
 def _pairs(job: Job, rows: datasets.Dataset, source: str, what: str) -> list:
-    from dlm.preference_data import read_preferences
-
     pairs, skipped = read_preferences(rows.remove_columns(ROW), source, row_numbers=rows[ROW])
     counts = "; skipped " + ", ".join(f"{n} ({why})" for why, n in skipped.items()) if skipped else ""
     job.log(f"{what} pairs: {len(pairs)} of {len(rows)} rows of {source}{counts}")

@@ -3,10 +3,10 @@
 from functools import partial
 
 from plugin_sdk import Job, JobStopped, run_job
+from plugin_sdk.chat import build_messages, row_text
 from plugin_sdk.data import dataset_source, load_dataset_splits
 from plugin_sdk.errors import ParameterError
 from plugin_sdk.outputs import publish_outputs
-from plugin_sdk.templates import build_messages, row_text
 
 
 def read_rows(job: Job) -> tuple[list, list | None]:
