@@ -3,7 +3,7 @@
 # something in it.
 #
 #   ./setup.sh            set up (or check) the environment
-#   ./setup.sh demo [...] set up if needed, then run the offline end-to-end demo (python -m plugin_sdk demo ...)
+#   ./setup.sh demo [...] set up if needed, then run the offline end-to-end demo (python -m demo ...)
 #   ./setup.sh test [...] set up if needed, then run the test suite (extra arguments go to pytest)
 #
 # Idempotent: a second run only checks that the installed stack still matches pyproject.toml.
@@ -62,7 +62,7 @@ case "$action" in
         # Everything the demo needs is built locally: keep the hubs and W&B from being tried at all.
         export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
         say "running the demo"
-        exec "$VENV/bin/python" -m plugin_sdk demo "$@"
+        exec "$VENV/bin/python" -m demo "$@"
         ;;
     test)
         setup_env

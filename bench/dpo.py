@@ -37,7 +37,6 @@ from collections.abc import Callable
 import torch
 from common import add_model_arguments, add_threads_argument, peak_step_bytes, random_llada, time_alternating
 
-from dlm.dpo import PreferenceCollator
 from dlm.lora import apply_lora
 from dlm.preference_loss import (
     ElboDPOSettings,
@@ -47,6 +46,7 @@ from dlm.preference_loss import (
     pair_scores,
     response_elbos,
 )
+from dlm.trainers.dpo_trainer import PreferenceCollator
 
 BOS_ID, EOS_ID, MASK_ID = 1, 2, 3
 Step = Callable[[dict, torch.Tensor], torch.Tensor]

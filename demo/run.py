@@ -1,6 +1,6 @@
-"""`python -m plugin_sdk demo`: the whole product on this machine, with no download.
+"""`python -m demo`: the whole product on this machine, with no download.
 
-A deterministic digit-sorting task (`dlm.demo_task`) is written into the workspace as two datasets, then every
+A deterministic digit-sorting task (`demo.task`) is written into the workspace as two datasets, then every
 stage runs as a real job of the plugins through the local runner, with the job records the workbench shows:
 1. evaluate the untrained tiny-llada and tiny-ar on held-out test problems;
 2. SFT tiny-llada (masked-diffusion loss, all weights);
@@ -19,11 +19,13 @@ import io
 import json
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from demo.task import MAX_DIGITS, build_task, write_task
+from dlm.report import ModelResult, comparison_text, write_report
 from plugin_sdk.backends import JobRecord
 from plugin_sdk.errors import PluginError
 from plugin_sdk.manifest import find_plugin
@@ -84,8 +86,6 @@ class Stage:
 
 def recipe(size: DemoSize) -> dict[str, dict[str, Any]]:
     """The parameters of every job, as a person would fill the plugins' forms."""
-    from dlm.demo_task import MAX_DIGITS
-
     # The canvas is as long as the longest answer and its end-of-turn token (one token per digit here). SFT pads a
     # batch only to its longest row, so the model never saw a longer canvas; given one, it ends answers early.
     answer_tokens = MAX_DIGITS + 1
@@ -149,8 +149,6 @@ def recipe(size: DemoSize) -> dict[str, dict[str, Any]]:
 
 def write_datasets(workspace: Workspace, size: DemoSize, seed: int) -> dict[str, Any]:
     """The task's splits as two workspace datasets, stored as the workbench stores uploaded ones."""
-    from dlm.demo_task import build_task, write_task
-
     task = build_task(size.train, size.validation, size.test, seed=seed)
     folders = {name: workspace.dataset_dir(name) for name in (SFT_DATASET, PREFERENCE_DATASET)}
     write_task(task, folders[SFT_DATASET], folders[PREFERENCE_DATASET])
@@ -248,16 +246,8 @@ def _diff(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
-def run_demo(workspace: Workspace, size_name: str = "full", *, seed: int = 0, verbose: bool = False) -> dict:
-    """Run every stage and write the report into `<workspace>/demo/`; returns the report's paths, the learning
-    checks and the wall time."""
-    from dlm.report import comparison_text, write_report
-
-    size = SIZES[size_name]
-    jobs = recipe(size)
-    started = time.perf_counter()
-    task = write_datasets(workspace, size, seed)
-    print(f"Demo ({size_name}) in workspace {workspace.root}; task: {task}", flush=True)
+def run_stages(workspace: Workspace, jobs: Mapping[str, Mapping[str, Any]], *, verbose: bool) -> list[Stage]:
+    """The five jobs in order: evaluate untrained, SFT tiny-llada, train tiny-ar, DPO, evaluate trained."""
 
     def stage(name: str, plugin: str, params: Mapping[str, Any]) -> Stage:
         return run_stage(name, plugin, params, workspace, verbose=verbose)
@@ -266,7 +256,7 @@ def run_demo(workspace: Workspace, size_name: str = "full", *, seed: int = 0, ve
     ar_model = str(workspace.model_dir(f"tiny-ar_{SFT_NAME}"))
     adapter = str(workspace.adaptor_dir(f"tiny-llada_{SFT_NAME}", DPO_NAME))
     evaluate = jobs["evaluate"]
-    stages = [
+    return [
         stage(
             "evaluate untrained",
             "diffusion_evaluator",
@@ -287,11 +277,20 @@ def run_demo(workspace: Workspace, size_name: str = "full", *, seed: int = 0, ve
             },
         ),
     ]
-    before, sft, ar, dpo, after = stages
+
+
+def all_evaluated_models(stages: Sequence[Stage]) -> dict[str, dict[str, Any]]:
+    """The models both evaluator jobs scored, by label."""
+    before, after = stages[0], stages[-1]
     models = evaluated_models(before, ["llada untrained", "ar untrained"])
-    models |= evaluated_models(after, ["llada SFT+DPO", "llada SFT", "ar SFT"])
-    dpo_metrics = json.loads((dpo.output_dir / "metrics.json").read_text(encoding="utf-8"))
-    checks = learning_checks(models, dpo_metrics)
+    return models | evaluated_models(after, ["llada SFT+DPO", "llada SFT", "ar SFT"])
+
+
+def model_results(
+    models: Mapping[str, Mapping[str, Any]], stages: Sequence[Stage], dpo_metrics: Mapping[str, float]
+) -> list[ModelResult]:
+    """The five models of the report, in its order, with the trainers' own numbers beside the evaluator's."""
+    _, sft, ar, dpo, _ = stages
     extra_metrics = {
         "llada SFT": [_job_seconds(sft)],
         "ar SFT": [_job_seconds(ar)],
@@ -305,13 +304,32 @@ def run_demo(workspace: Workspace, size_name: str = "full", *, seed: int = 0, ve
         ],
     }
     order = ["llada untrained", "llada SFT", "llada SFT+DPO", "ar untrained", "ar SFT"]
-    results = [_model_result(models[label], extra_metrics.get(label, [])) for label in order]
-    curves = {
+    return [_model_result(models[label], extra_metrics.get(label, [])) for label in order]
+
+
+def training_curves(stages: Sequence[Stage]) -> dict[str, list[tuple[float, float]]]:
+    _, sft, ar, dpo, _ = stages
+    return {
         "SFT llada train/loss": curve(sft, "train/loss"),
         "SFT ar train/loss": curve(ar, "train/loss"),
         "DPO train/loss": curve(dpo, "train/loss"),
         "DPO val/rewards/accuracies": curve(dpo, "val/rewards/accuracies"),
     }
+
+
+def run_demo(workspace: Workspace, size_name: str = "full", *, seed: int = 0, verbose: bool = False) -> dict:
+    """Run every stage and write the report into `<workspace>/demo/`; returns the report's paths, the learning
+    checks and the wall time."""
+    size = SIZES[size_name]
+    jobs = recipe(size)
+    started = time.perf_counter()
+    task = write_datasets(workspace, size, seed)
+    print(f"Demo ({size_name}) in workspace {workspace.root}; task: {task}", flush=True)
+    stages = run_stages(workspace, jobs, verbose=verbose)
+    dpo_metrics = json.loads((stages[3].output_dir / "metrics.json").read_text(encoding="utf-8"))
+    models = all_evaluated_models(stages)
+    checks = learning_checks(models, dpo_metrics)
+    results = model_results(models, stages, dpo_metrics)
     total = time.perf_counter() - started
     summary = {
         "size": size_name,
@@ -331,8 +349,20 @@ def run_demo(workspace: Workspace, size_name: str = "full", *, seed: int = 0, ve
     }
     extra = {"demo": summary, "checks": checks, "dpo_metrics": dpo_metrics}
     dataset = {"source": SFT_DATASET, "split": "test", "num_examples": size.test, "task": task}
-    paths = write_report(workspace.root / "demo", results, settings, dataset=dataset, extra=extra, curves=curves)
+    paths = write_report(
+        workspace.root / "demo", results, settings, dataset=dataset, extra=extra, curves=training_curves(stages)
+    )
+    print_summary(results, checks, stages, total, paths)
+    return {"paths": paths, "checks": checks, "wall_time_s": total}
 
+
+def print_summary(
+    results: Sequence[ModelResult],
+    checks: Sequence[Mapping[str, Any]],
+    stages: Sequence[Stage],
+    total: float,
+    paths: Mapping[str, Path],
+) -> None:
     print("\nHeld-out test problems (mean ± standard error; ≤ marks the diffusion ELBO bound, AR is exact):")
     print(comparison_text(results))
     print(f"Note: {PERPLEXITY_NOTE}")
@@ -343,7 +373,6 @@ def run_demo(workspace: Workspace, size_name: str = "full", *, seed: int = 0, ve
     print(f"Total: {total:.0f}s")
     for kind, path in paths.items():
         print(f"{kind}: {path}")
-    return {"paths": paths, "checks": checks, "wall_time_s": total}
 
 
 def _check_text(check: Mapping[str, Any]) -> str:
@@ -355,9 +384,7 @@ def _job_seconds(stage: Stage) -> dict[str, Any]:
     return {"name": "train_job_seconds", "value": stage.seconds, "kind": "exact", "details": {"job": stage.job_id}}
 
 
-def _model_result(model: Mapping[str, Any], extra_metrics: list[dict[str, Any]]) -> Any:
-    from dlm.report import ModelResult
-
+def _model_result(model: Mapping[str, Any], extra_metrics: list[dict[str, Any]]) -> ModelResult:
     return ModelResult(
         label=model["label"],
         model=model["model"],

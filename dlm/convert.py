@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dlm.checkpoints import find_checkpoint
 from dlm.errors import ModelError
 from dlm.families import CAUSAL_ARCHITECTURES, CAUSAL_MODEL_TYPES
-from dlm.loading import locate_checkpoint
 
 
 def convert_causal_to_diffusion(src: str | Path, dst: str | Path, *, mask_token: str = "<|mdm_mask|>") -> Path:
@@ -23,7 +23,7 @@ def convert_causal_to_diffusion(src: str | Path, dst: str | Path, *, mask_token:
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source, raw = locate_checkpoint(src)
+    source, raw = find_checkpoint(src)
     dst = Path(dst)
     architectures = raw.get("architectures") or []
     if raw.get("model_type") not in CAUSAL_MODEL_TYPES or not set(architectures) & set(CAUSAL_ARCHITECTURES):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dlm.checkpoints import find_checkpoint
 from dlm.errors import ModelError
 from dlm.families import Family, SpecialIds, detect_family, get_family, resolve_special_ids
 from dlm.presets import resolve_model_path
@@ -25,65 +24,11 @@ class LoadedModel:
     """The local folder, or the hub id, the checkpoint was loaded from."""
 
 
-def hub_offline() -> bool:
-    """True when the environment forbids reaching the model hub (read now, not when huggingface_hub was imported)."""
-    from huggingface_hub import is_offline_mode
-
-    values = (os.environ.get(k, "").strip().lower() for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    return any(v in ("1", "true", "yes", "on") for v in values) or is_offline_mode()
-
-
-def _looks_like_path(name: str) -> bool:
-    """Hub ids are `name` or `org/name`; anything else that is not an existing folder is a missing path."""
-    return name.startswith(("/", "~", ".", "\\")) or name.count("/") > 1 or "\\" in name or name.endswith("/")
-
-
-def _read_config(file: str | Path) -> dict[str, Any]:
-    try:
-        data = json.loads(Path(file).read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise ModelError(f"{file} is not valid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise ModelError(f"{file} does not hold a JSON object")
-    return data
-
-
 def locate_checkpoint(name_or_path: str | Path, workspace: str | Path | None = None) -> tuple[str, dict[str, Any]]:
-    """What to pass to `from_pretrained` for `name_or_path` (a local folder or a hub id), and its `config.json`.
-
-    Tiny presets are built on first use; hub ids are read from the local cache when the hub is offline.
-    """
-    from transformers.utils import cached_file
-
-    source = resolve_model_path(str(name_or_path), workspace)
-    local = Path(source).expanduser()
-    if local.is_dir():
-        config_file = local / "config.json"
-        if config_file.is_file():
-            return str(local), _read_config(config_file)
-        if (local / "adapter_config.json").is_file():
-            raise ModelError(
-                f"{local} holds a LoRA adapter, not a model: load the base model named in its adapter_config.json "
-                "(base_model_name_or_path) and apply the adapter to it"
-            )
-        raise ModelError(f"{local} is not a model checkpoint: it has no config.json")
-    if local.exists():
-        raise ModelError(f"{local} is a file; pass the checkpoint folder that holds config.json")
-    if _looks_like_path(source):
-        raise ModelError(f"model path {source} does not exist")
-    offline = hub_offline()
-    try:
-        config_file = cached_file(source, "config.json", local_files_only=offline)
-    except OSError as e:
-        if offline or "connect" in str(e).lower():
-            raise ModelError(
-                f"{source!r} is not a local folder, and the model hub is unreachable (HF_HUB_OFFLINE=1 / no network); "
-                f"download {source} elsewhere and pass its local folder"
-            ) from e
-        raise ModelError(f"{source!r} is neither a local folder nor a model on the hub: {e}") from e
-    if config_file is None:
-        raise ModelError(f"{source!r} has no config.json")
-    return source, _read_config(config_file)
+    """What to pass to `from_pretrained` for `name_or_path` (a tiny preset, a local folder or a hub id), and its
+    `config.json`. Tiny presets are built on first use; hub ids are read from the local cache when the hub is
+    offline."""
+    return find_checkpoint(resolve_model_path(str(name_or_path), workspace))
 
 
 def _use_remote_code(source: str, raw: dict[str, Any], trust_remote_code: bool) -> bool:

@@ -18,7 +18,9 @@ from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
+from dlm.convert import convert_causal_to_diffusion
 from dlm.errors import ModelError
+from dlm.families import get_family
 
 PRESET_VERSION = 1
 MARKER_FILE = "dlm_preset.json"
@@ -118,8 +120,6 @@ def _fast_tokenizer(specials: tuple[str, ...], template: str, **named_tokens):
 
 
 def _llada_tokenizer(with_mask: bool):
-    from dlm.families import get_family
-
     tokenizer = _fast_tokenizer(
         LLADA_SPECIALS,
         get_family("llada").chat_template,
@@ -188,7 +188,6 @@ def _build_dream(dst: Path) -> None:
     from transformers import AutoConfig
 
     import dlm.models  # noqa: F401  (registers the Dream model type)
-    from dlm.families import get_family
 
     tokenizer = _fast_tokenizer(
         DREAM_SPECIALS,
@@ -223,8 +222,6 @@ def _build_dream(dst: Path) -> None:
 
 def _build_bert(dst: Path) -> None:
     from transformers import ModernBertConfig
-
-    from dlm.families import get_family
 
     # As the BERT chat checkpoints do: [PAD] is the end token; the chat markers are single special tokens.
     tokenizer = _fast_tokenizer(
@@ -279,8 +276,6 @@ def _build_ar(dst: Path) -> None:
 
 
 def _build_a2d(dst: Path) -> None:
-    from dlm.convert import convert_causal_to_diffusion
-
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
         _build_ar(Path(tmp))
         convert_causal_to_diffusion(tmp, dst, mask_token=LLADA_MASK)

@@ -1,4 +1,4 @@
-"""Command line: `python -m plugin_sdk {run,list,validate,stop,demo}`."""
+"""Command line: `python -m plugin_sdk {run,list,validate,stop}` (the demo is `python -m demo`)."""
 
 from __future__ import annotations
 
@@ -49,13 +49,6 @@ def cmd_stop(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
-    from plugin_sdk.demo import run_demo
-
-    outcome = run_demo(Workspace(args.workspace), args.size, seed=args.seed, verbose=args.verbose)
-    return 0 if all(check["passed"] for check in outcome["checks"]) else 1
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m plugin_sdk", description="Run and check the diffusion LM plugins.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -76,17 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     stop.add_argument("job_id")
     stop.add_argument("--workspace")
     stop.set_defaults(handler=cmd_stop)
-    demo = sub.add_parser(
-        "demo",
-        help="train, align and evaluate a tiny diffusion LM on a generated task, end to end, offline",
-        description="Runs every stage as a job of the plugins and writes results.json, a chart and an HTML report "
-        "into <workspace>/demo. Exit code 1 when a learning check fails.",
-    )
-    demo.add_argument("--workspace", help="local workspace folder (default: $DLM_WORKSPACE or ./workspace)")
-    demo.add_argument("--size", choices=("full", "small"), default="full", help="full (default) or small (faster)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the generated task (default: 0)")
-    demo.add_argument("--verbose", action="store_true", help="show every job's log lines")
-    demo.set_defaults(handler=cmd_demo)
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "run":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

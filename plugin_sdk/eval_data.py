@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from plugin_sdk.chat import CHAT_COLUMNS, build_messages, infer_format
 from plugin_sdk.data import load_rows
 from plugin_sdk.errors import DatasetError
-from plugin_sdk.templates import CHAT_COLUMNS, build_messages, infer_format
 
 TEXT_COLUMNS = ("text",)
 PROMPT_COLUMNS = ("prompt", "question", "query", "problem", "instruction", "input")

@@ -22,7 +22,7 @@ import time
 import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from plugin_sdk import launch
 from plugin_sdk.backends import HostBackend, LocalBackend, now, running_under_host
@@ -264,38 +264,12 @@ def run_job(
     if os.environ.get(MESSAGES_ONLY_ON_STDOUT) == "1":
         sys.stdout = sys.stderr
 
-    def fail(details: str) -> None:
-        if main_process:
-            print(f"ERROR: {details}", file=messages, flush=True)
-            backend.set_data("completion_status", "failed")
-            backend.set_data("completion_details", details)
-            backend.set_data("end_time", now())
-            backend.set_status("FAILED")
-        raise SystemExit(EXIT_FAILED)
+    def fail(details: str) -> NoReturn:
+        _fail(backend, details, main_process, messages)
 
-    try:
-        params = coerce_and_validate(values, manifest.get("parameters", {}), aliases=manifest.get("parameter_aliases"))
-    except ParameterError as exc:
-        fail(str(exc))
-    if main_process:
-        backend.set_status("RUNNING")
-        backend.set_data("start_time", now())
-        backend.set_data("config", public_config(params))
-    params["start_time"] = now()
-
-    try:
-        plan = launch.plan_processes(params)
-    except ParameterError as exc:
-        fail(str(exc))
-    if plan.num_processes > 1 and not launch.is_child_run():
-        print(f"Relaunching on {plan.num_processes} processes through accelerate ...", file=messages, flush=True)
-        code = launch.relaunch(plan, job_id=job_id, workspace=str(backend.workspace.root))
-        if code != 0:
-            details = f"worker processes exited with code {code}; see the job log for their error"
-            record_failed_unless_set(backend, details)
-            raise SystemExit(EXIT_FAILED if code != EXIT_STOPPED else EXIT_STOPPED)
+    params = _start(backend, values, manifest, fail, main_process)
+    if _relaunched(params, backend, job_id, fail, messages):
         return
-
     job = Job(
         params=params,
         backend=backend,
@@ -305,6 +279,66 @@ def run_job(
         experiment=experiment,
         messages=messages,
     )
+    _run_work(job, work, fail)
+
+
+def _fail(backend: LocalBackend | HostBackend, details: str, main_process: bool, messages: TextIO) -> NoReturn:
+    """Record the job as failed with `details` (on the main process) and exit with EXIT_FAILED."""
+    if main_process:
+        print(f"ERROR: {details}", file=messages, flush=True)
+        backend.set_data("completion_status", "failed")
+        backend.set_data("completion_details", details)
+        backend.set_data("end_time", now())
+        backend.set_status("FAILED")
+    raise SystemExit(EXIT_FAILED)
+
+
+def _start(
+    backend: LocalBackend | HostBackend,
+    values: dict[str, Any],
+    manifest: Mapping[str, Any],
+    fail: Callable[[str], NoReturn],
+    main_process: bool,
+) -> Params:
+    """The validated parameters; the job is recorded as running with its public config."""
+    try:
+        params = coerce_and_validate(values, manifest.get("parameters", {}), aliases=manifest.get("parameter_aliases"))
+    except ParameterError as exc:
+        fail(str(exc))
+    if main_process:
+        backend.set_status("RUNNING")
+        backend.set_data("start_time", now())
+        backend.set_data("config", public_config(params))
+    params["start_time"] = now()
+    return params
+
+
+def _relaunched(
+    params: Params,
+    backend: LocalBackend | HostBackend,
+    job_id: str,
+    fail: Callable[[str], NoReturn],
+    messages: TextIO,
+) -> bool:
+    """True when the job ran here on several processes (relaunched through accelerate) and is over."""
+    try:
+        plan = launch.plan_processes(params)
+    except ParameterError as exc:
+        fail(str(exc))
+    if plan.num_processes <= 1 or launch.is_child_run():
+        return False
+    print(f"Relaunching on {plan.num_processes} processes through accelerate ...", file=messages, flush=True)
+    code = launch.relaunch(plan, job_id=job_id, workspace=str(backend.workspace.root))
+    if code != 0:
+        details = f"worker processes exited with code {code}; see the job log for their error"
+        record_failed_unless_set(backend, details)
+        raise SystemExit(EXIT_FAILED if code != EXIT_STOPPED else EXIT_STOPPED)
+    return True
+
+
+def _run_work(job: Job, work: Callable[[Job], str | None], fail: Callable[[str], NoReturn]) -> None:
+    """`work(job)` with tracking and signal handling; records how it ended: success, stopped or failed."""
+    backend, params = job.backend, job.params
     previous = {sig: signal.signal(sig, job._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     failed = True
     try:
@@ -312,7 +346,7 @@ def run_job(
             job.tracker = Tracker(
                 job.output_dir,
                 log_to_wandb=bool(params.get("log_to_wandb")),
-                run_name=f"job_{job_id}",
+                run_name=f"job_{job.job_id}",
                 config=params,
                 set_job_data=backend.set_data,
                 log=job.log,

@@ -1,16 +1,20 @@
-"""A trained model's outputs handed to the workbench: the LoRA adapter and/or the full model saved, the full model
-registered. Shared by the trainers (SFT, DPO); `job` is the plugin's job (`plugin_sdk.Job`, duck-typed here)."""
+"""A trained model's outputs handed to the workbench: the LoRA adapter in the job's adaptor folder, the full model
+in the workspace's models, registered. The trainer does the saving (`save`, e.g. `dlm.trainers.common.save_outputs`
+bound to its result); this module decides where, logs what was written and registers the model."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from dlm.sft import save_outputs
+from plugin_sdk.job import Job
+
+# save(adaptor_dir=..., full_model_dir=...) -> the folders written; a None folder is not written.
+SaveOutputs = Callable[..., list[Path]]
 
 
-def publish_outputs(result: Any, job: Any, *, lora: bool, full_model: bool) -> list[Path]:
+def publish_outputs(job: Job, save: SaveOutputs, *, lora: bool, full_model: bool) -> list[Path]:
     """Save on the main process: the adapter in the job's adaptor folder (with LoRA), the full (merged) model in the
     workspace's models as `<model>_<adaptor_name>` (when asked, or without LoRA), registered under the class its
     saved config names (the trained object may be a LoRA wrapper, which is no architecture)."""
@@ -19,7 +23,7 @@ def publish_outputs(result: Any, job: Any, *, lora: bool, full_model: bool) -> l
     job.report_status("saving outputs")
     params = job.params
     full_dir = job.model_dir(f"{params.model_name.split('/')[-1]}_{params.adaptor_name}") if full_model else None
-    written = save_outputs(result, adaptor_dir=job.adaptor_dir if lora else None, full_model_dir=full_dir)
+    written = save(adaptor_dir=job.adaptor_dir if lora else None, full_model_dir=full_dir)
     for path in written:
         job.log(f"saved {path}")
     if full_dir is not None:

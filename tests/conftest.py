@@ -1,6 +1,7 @@
-"""Shared test set-up: offline hubs and W&B, and small helpers."""
+"""Shared test set-up: offline hubs and W&B, and the tiny preset models, built once per test run."""
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -15,5 +16,23 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 @pytest.fixture(scope="session")
 def preset_workspace(tmp_path_factory):
-    """A workspace shared by the whole session, so each tiny preset is built once."""
+    """A workspace shared by the whole session, so each tiny preset is built once (on first use)."""
     return tmp_path_factory.getbasetemp() / "preset-workspace"
+
+
+@pytest.fixture(scope="session")
+def workspace_with_presets(preset_workspace, tmp_path_factory):
+    """`make(name)`: a new, empty workspace whose models/ links to every tiny preset of `preset_workspace`, built
+    once per session; for tests whose jobs must not see each other's records, adapters or models."""
+    from dlm.presets import PRESETS, ensure_preset
+
+    built = {name: ensure_preset(name, preset_workspace) for name in PRESETS}
+
+    def make(name: str) -> Path:
+        root = tmp_path_factory.mktemp(name)
+        (root / "models").mkdir()
+        for preset, folder in built.items():
+            (root / "models" / preset).symlink_to(folder, target_is_directory=True)
+        return root
+
+    return make

@@ -70,6 +70,7 @@ def test_every_benchmark_is_covered():
     assert {p.name for p in BENCH.glob("*.py")} - {"common.py"} == set(SMALL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(SMALL))
 def test_benchmark_prints_its_result_line(script):
     done = subprocess.run(

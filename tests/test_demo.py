@@ -10,9 +10,7 @@ from collections import Counter
 
 import pytest
 
-from dlm.demo_task import DemoTaskError, build_task, is_correct, write_task, wrong_answer
-from plugin_sdk.data import load_dataset_splits, load_rows
-from plugin_sdk.demo import (
+from demo.run import (
     MAX_DPO_ACCURACY_DROP,
     MIN_DPO_REWARD_ACCURACY,
     MIN_SFT_ACCURACY,
@@ -21,6 +19,8 @@ from plugin_sdk.demo import (
     run_demo,
     run_stage,
 )
+from demo.task import DemoTaskError, build_task, is_correct, write_task, wrong_answer
+from plugin_sdk.data import load_dataset_splits, load_rows
 from plugin_sdk.workspace import Workspace
 
 

@@ -13,13 +13,11 @@ import pytest
 import torch
 from helpers import Reporter, max_difference, tiny_run, weights
 
-import dlm.dpo
-from dlm.dpo import DPOConfig, DPOError, PreferenceCollator, run_dpo
+import dlm.trainers.dpo_trainer as dpo_trainer
 from dlm.elbo import elbo_terms
 from dlm.errors import ModelError
 from dlm.loading import load_model_and_tokenizer
 from dlm.lora import apply_lora
-from dlm.preference_data import PreferenceExample
 from dlm.preference_loss import (
     ElboDPOSettings,
     draw_pair_masks,
@@ -28,6 +26,9 @@ from dlm.preference_loss import (
     pair_scores,
     response_elbos,
 )
+from dlm.trainers.dpo_config import DPOConfig, DPOError
+from dlm.trainers.dpo_trainer import PreferenceCollator, run_dpo
+from plugin_sdk.chat import PreferenceExample
 
 REPO = Path(__file__).resolve().parent.parent
 LN2_FLOAT32 = float(torch.tensor(math.log(2), dtype=torch.float32))
@@ -254,9 +255,9 @@ def test_without_sharing_the_first_step_is_not_the_identity(workspace, tmp_path)
 def sgd(monkeypatch: pytest.MonkeyPatch) -> None:
     """Train with SGD without clipping: the update is lr x gradient, so weights compare gradients (Adam's first
     steps are about lr x sign(gradient), which turns rounding noise in near-zero gradients into lr-sized steps)."""
-    make_args = dlm.dpo.training_arguments
+    make_args = dpo_trainer.training_arguments
     monkeypatch.setattr(
-        dlm.dpo, "training_arguments", lambda *a: dataclasses.replace(make_args(*a), optim="sgd", max_grad_norm=0.0)
+        dpo_trainer, "training_arguments", lambda *a: dataclasses.replace(make_args(*a), optim="sgd", max_grad_norm=0.0)
     )
 
 
@@ -270,7 +271,7 @@ def test_memory_modes_and_accumulation_give_the_same_step(workspace, tmp_path, m
         positions = torch.arange(ids.shape[1])
         return t, (batch["labels"] != -100) & ((ids + positions) % 2 == 0)
 
-    monkeypatch.setattr(dlm.dpo, "draw_mask", fixed_mask)
+    monkeypatch.setattr(dpo_trainer, "draw_mask", fixed_mask)
     common = {"lora": False, "learning_rate": 1.0, "sft_weight": 0.5, "mc_samples": 3}
     kept = run_dpo(
         config(workspace, tmp_path / "kept", memory_mode="keep_graphs", **common), pairs(8), None, Reporter()
@@ -295,7 +296,7 @@ def test_memory_modes_and_accumulation_give_the_same_step(workspace, tmp_path, m
 
 def test_precomputed_reference_trains_like_the_live_one_without_reference_passes(workspace, tmp_path, monkeypatch, sgd):
     passes, draws = [], []
-    reference_logps, draw = dlm.dpo.DiffusionDPOTrainer._reference_logps, dlm.dpo.draw_pair_masks
+    reference_logps, draw = dpo_trainer.DiffusionDPOTrainer._reference_logps, dpo_trainer.draw_pair_masks
 
     def counting(self, inputs, masks):
         passes.append("reference_logps" not in inputs)
@@ -305,8 +306,8 @@ def test_precomputed_reference_trains_like_the_live_one_without_reference_passes
         draws.append(name)
         return draw(batch, n, seed, name)
 
-    monkeypatch.setattr(dlm.dpo.DiffusionDPOTrainer, "_reference_logps", counting)
-    monkeypatch.setattr(dlm.dpo, "draw_pair_masks", recording)
+    monkeypatch.setattr(dpo_trainer.DiffusionDPOTrainer, "_reference_logps", counting)
+    monkeypatch.setattr(dpo_trainer, "draw_pair_masks", recording)
     common = {"train_steps": 0, "num_train_epochs": 1, "learning_rate": 1.0}
     live = run_dpo(
         config(workspace, tmp_path / "live", reference="disabled_adapters", **common), pairs(8), None, Reporter()
@@ -354,7 +355,7 @@ def test_learns_a_held_out_preference(workspace, tmp_path):
     assert history[-1] >= 0.9, history
     assert result.validation_metrics["eval_rewards/margins"] > 0.5
     names = {name for _, m in reporter.metrics for name in m}
-    expected = {f"{split}/{metric}" for split in ("train", "val") for metric in dlm.dpo.METRICS}
+    expected = {f"{split}/{metric}" for split in ("train", "val") for metric in dpo_trainer.METRICS}
     expected |= {"train/loss", "train/lr", "train/grad_norm", "train/memory_gb", "train/sft_loss", "val/loss"}
     assert expected <= names, expected - names
     assert result.global_step == 40
@@ -393,13 +394,13 @@ from pathlib import Path
 
 import torch
 
-import dlm.dpo
+import dlm.trainers.dpo_trainer
 from test_dpo import config, pairs, Reporter
 
 workspace, out, batch_size = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
-make_args = dlm.dpo.training_arguments
-dlm.dpo.training_arguments = lambda *a: dataclasses.replace(make_args(*a), optim="sgd", max_grad_norm=0.0)
-result = dlm.dpo.run_dpo(
+make_args = dlm.trainers.dpo_trainer.training_arguments
+dlm.trainers.dpo_trainer.training_arguments = lambda *a: dataclasses.replace(make_args(*a), optim="sgd", max_grad_norm=0.0)
+result = dlm.trainers.dpo_trainer.run_dpo(
     config(workspace, out / "checkpoints", batch_size=batch_size, learning_rate=1.0, mc_samples=4, sft_weight=0.0),
     pairs(16),
     None,

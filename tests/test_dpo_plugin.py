@@ -21,8 +21,8 @@ TRL_METRICS = {
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("dpo_ws")
+def workspace(workspace_with_presets) -> Path:
+    return workspace_with_presets("dpo_ws")
 
 
 def write_rows(path: Path, rows: list[dict]) -> str:
@@ -56,6 +56,7 @@ def run(workspace: Path, name: str, rows: list[dict], **values: str):
     return code, JobRecord(ws, job_id).read(), log, ws
 
 
+@pytest.mark.slow
 def test_short_run_saves_a_loadable_adapter_and_trl_metrics(workspace):
     code, record, log, ws = run(
         workspace,
@@ -97,6 +98,7 @@ def test_short_run_saves_a_loadable_adapter_and_trl_metrics(workspace):
     assert lora_b and any(torch.count_nonzero(p) > 0 for p in lora_b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("rows", "details"),
     [

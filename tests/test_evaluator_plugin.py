@@ -291,6 +291,7 @@ FAST = {
 }
 
 
+@pytest.mark.slow
 def test_job_compares_models_with_an_adapter_in_the_host_formats(preset_workspace, adapter, tmp_path, monkeypatch):
     from plugin_sdk.runner import run_plugin
 

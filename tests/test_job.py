@@ -49,6 +49,7 @@ def run(ws: Workspace, **values) -> tuple[int, str, dict]:
     return code, job_id, record(ws, job_id)
 
 
+@pytest.mark.slow
 def test_success_with_string_parameters_dataset_templates_and_tracking(ws, tmp_path):
     data = tmp_path / "data.jsonl"
     data.write_text("\n".join(json.dumps({"question": f"q{i}", "answer": f"a{i}"}) for i in range(5)) + "\n")
@@ -105,6 +106,7 @@ def test_success_with_string_parameters_dataset_templates_and_tracking(ws, tmp_p
     assert json.loads((ws.adaptor_dir("org/tiny", "my-adaptor") / "adapter.json").read_text()) == {"steps": 3}
 
 
+@pytest.mark.slow
 def test_crash_marks_job_failed_with_the_reason(ws):
     code, job_id, rec = run(ws, steps="3", fail_at_step="2")
     assert code == 1
@@ -114,6 +116,7 @@ def test_crash_marks_job_failed_with_the_reason(ws):
     assert "Traceback" in log_of(ws, job_id)
 
 
+@pytest.mark.slow
 def test_user_error_is_reported_without_traceback(ws):
     code, job_id, rec = run(ws, steps="3", user_error_at_step="1")
     assert code == 1 and rec["job_data"]["completion_status"] == "failed"
@@ -129,6 +132,7 @@ def test_bad_parameters_list_every_field(ws):
         assert field in details and repr(value) in details or f'"{value}"' in details
 
 
+@pytest.mark.slow
 def test_stop_mid_run_writes_checkpoint_and_ends_stopped(ws):
     job_id = ws.next_job_id()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -159,6 +163,7 @@ def test_stop_mid_run_writes_checkpoint_and_ends_stopped(ws):
     assert process.returncode == 3
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_job(ws):
     job_id = ws.next_job_id()
     env = {**os.environ, "DLM_WORKSPACE": str(ws.root), "DLM_BACKEND": "local"}
@@ -175,6 +180,7 @@ def test_sigterm_stops_the_job(ws):
     assert record(ws, job_id)["status"] == "STOPPED", out
 
 
+@pytest.mark.slow
 def test_two_process_cpu_run_really_syncs(ws):
     code, job_id, rec = run(ws, steps="2", num_processes="2", train_device="cpu")
     assert code == 0, log_of(ws, job_id)
@@ -184,12 +190,14 @@ def test_two_process_cpu_run_really_syncs(ws):
     assert rec["job_data"]["completion_details"] == "probed 2 steps on 2 process(es)"
 
 
+@pytest.mark.slow
 def test_failed_worker_never_reports_success(ws):
     code, job_id, rec = run(ws, steps="2", num_processes="2", train_device="cpu", fail_at_step="1")
     assert code != 0
     assert rec["job_data"]["completion_status"] == "failed"
 
 
+@pytest.mark.slow
 def test_evaluator_gets_arguments_and_saves_results_in_host_formats(ws, tmp_path):
     import shutil
 

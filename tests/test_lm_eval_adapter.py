@@ -241,6 +241,7 @@ def test_causal_models_go_through_hflm(preset_workspace, tasks):
     assert resp[0] == pytest.approx(exact, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_unknown_and_network_tasks_are_named(llada, tmp_path):
     run = lambda tasks: run_lm_eval(llada, tasks, mc_num=1, log=lambda _: None)  # noqa: E731
     with pytest.raises(LmEvalError, match=r"'hellaswg' is not installed.*close matches: hellaswag"):

@@ -1,5 +1,6 @@
-"""Preference data: every accepted format read from every file kind, skips and errors naming the row, and token ids
-checked against the chat template rendered independently (ids and text) on the tiny presets' tokenizers."""
+"""Preference data, read from rows (plugin_sdk.chat) and encoded (dlm.preference_data): every accepted format read
+from every file kind, skips and errors naming the row, and token ids checked against the chat template rendered
+independently (ids and text) on the tiny presets' tokenizers."""
 
 from __future__ import annotations
 
@@ -15,17 +16,20 @@ from dlm.preference_data import (
     CUT_RESPONSE,
     DROP_IDENTICAL_IDS,
     DROP_NO_ROOM,
+    PreferenceDataError,
+    encode_preferences,
+)
+from dlm.presets import ensure_preset
+from plugin_sdk.chat import (
     SKIP_EMPTY_PROMPT,
     SKIP_EMPTY_RESPONSE,
     SKIP_IDENTICAL,
     SKIP_NO_SHARED_PROMPT,
-    PreferenceDataError,
     PreferenceExample,
-    encode_preferences,
     read_preferences,
 )
-from dlm.presets import ensure_preset
 from plugin_sdk.data import load_dataset_splits, load_rows
+from plugin_sdk.errors import DatasetError
 
 Q, A, B = "What is 2 + 3?", "2 + 3 = 5.", "It is 7."
 USER = [{"role": "user", "content": Q}]
@@ -162,7 +166,7 @@ def test_rows_keep_their_numbers_in_the_file_through_sampling_and_carving(tmp_pa
         assert all(e.prompt == [{"role": "user", "content": f"Q{e.id}"}] and e.chosen == f"A{e.id}" for e in examples)
         assert {e.id for e in examples} == {str(n) for n in part["n"]} - {"13"}
     bad = [rows[0], {"prompt": "Q", "chosen": "A"}]
-    with pytest.raises(PreferenceDataError, match="pairs.jsonl, row 9: missing 'rejected'"):
+    with pytest.raises(DatasetError, match="pairs.jsonl, row 9: missing 'rejected'"):
         read_preferences(bad, "pairs.jsonl", row_numbers=[4, 9])
 
 
@@ -200,7 +204,7 @@ def test_rows_keep_their_numbers_in_the_file_through_sampling_and_carving(tmp_pa
     ],
 )
 def test_bad_rows_raise_naming_the_row(rows, message):
-    with pytest.raises(PreferenceDataError) as raised:
+    with pytest.raises(DatasetError) as raised:
         read_preferences(rows, "pairs.jsonl")
     assert message in str(raised.value)
 

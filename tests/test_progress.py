@@ -104,7 +104,8 @@ def test_live_status_line_is_redrawn_in_place_on_stderr(capsys):
 
 # ---- the phases a trainer reports --------------------------------------------------------------------------------
 def test_sft_reports_its_phases_and_steps(tmp_path):
-    from dlm.sft import SFTConfig, run_sft
+    from dlm.trainers.sft_config import SFTConfig
+    from dlm.trainers.sft_trainer import run_sft
 
     values = {**tiny_run(str(tmp_path / "ws"), tmp_path / "out"), "batch_size": 2, "train_steps": 4}
     config = SFTConfig(**{**values, "eval_strategy": "steps", "eval_steps": 2, "save_steps": 2})

@@ -47,8 +47,9 @@ def test_every_block_is_run_here_or_named_as_run_elsewhere():
     assert "run_demo(" in (REPO / "tests" / "test_demo.py").read_text()
 
 
+@pytest.mark.slow
 def test_setup_runs_the_demo_command():
-    # the demo's run itself is tests/test_demo.py; here: ./setup.sh demo reaches `python -m plugin_sdk demo`
+    # the demo's run itself is tests/test_demo.py; here: ./setup.sh demo reaches `python -m demo`
     done = bash("./setup.sh demo --help", REPO)
     assert "--size" in done.stdout and "environment up to date" in done.stdout
 

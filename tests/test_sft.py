@@ -13,11 +13,12 @@ import torch
 from helpers import Reporter, assert_same_weights, tiny_run, weights
 
 import dlm.presets
-import dlm.sft
-import dlm.trainer
+import dlm.trainers.sft_trainer as sft_trainer
 from dlm.errors import ModelError
 from dlm.loading import load_model_and_tokenizer
-from dlm.sft import SFTConfig, run_sft, save_outputs
+from dlm.trainers.common import save_outputs
+from dlm.trainers.sft_config import SFTConfig
+from dlm.trainers.sft_trainer import run_sft
 
 REPO = Path(__file__).resolve().parent.parent
 PLUGIN = REPO / "plugins" / "diffusion_llm_trainer"
@@ -34,8 +35,8 @@ def conversations(n: int, offset: int = 0) -> list[list[dict[str, str]]]:
 
 
 @pytest.fixture(scope="session")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(tmp_path_factory.mktemp("sft_ws"))
+def workspace(workspace_with_presets) -> str:
+    return str(workspace_with_presets("sft_ws"))
 
 
 def config(workspace: str, out: Path, **overrides) -> SFTConfig:
@@ -70,13 +71,13 @@ def fixed_mask(batch, config, generator=None):
     [("tiny-llada", "token"), ("tiny-llada", "sequence"), ("tiny-dream", "token"), ("tiny-dream", "batch")],
 )
 def test_gradient_accumulation_is_exact(workspace, tmp_path, monkeypatch, model, norm):
-    monkeypatch.setattr(dlm.sft, "_encode", lambda cfg, loaded, rows, what, reporter: fixed_rows(len(rows)))
-    monkeypatch.setattr(dlm.trainer, "draw_mask", fixed_mask)
-    make_args = dlm.sft.training_arguments
+    monkeypatch.setattr(sft_trainer, "_encode", lambda cfg, loaded, rows, what, reporter: fixed_rows(len(rows)))
+    monkeypatch.setattr(sft_trainer, "draw_mask", fixed_mask)
+    make_args = sft_trainer.training_arguments
     # SGD without clipping: the update is lr × gradient, so any error in how micro-batches are weighted shows
     # (Adam's first step is about lr × sign(gradient) and would hide it).
     monkeypatch.setattr(
-        dlm.sft, "training_arguments", lambda *a: dataclasses.replace(make_args(*a), optim="sgd", max_grad_norm=0.0)
+        sft_trainer, "training_arguments", lambda *a: dataclasses.replace(make_args(*a), optim="sgd", max_grad_norm=0.0)
     )
     results = {}
     for batch_size, accumulation in [(2, 2), (4, 1)]:
@@ -196,7 +197,7 @@ def test_resume_from_nothing(workspace, tmp_path, where):
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(workspace, tmp_path, monkeypatch):
-    real_loss = dlm.trainer.diffusion_loss
+    real_loss = sft_trainer.diffusion_loss
     calls = []
 
     def poisoned(*args, **kwargs):
@@ -204,7 +205,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(workspa
         calls.append(1)
         return dataclasses.replace(out, loss=out.loss * float("nan")) if len(calls) == 3 else out
 
-    monkeypatch.setattr(dlm.trainer, "diffusion_loss", poisoned)
+    monkeypatch.setattr(sft_trainer, "diffusion_loss", poisoned)
     with pytest.raises(FloatingPointError, match="at step 3"):
         run_sft(config(workspace, tmp_path, train_steps=5, save_steps=1), conversations(12), None, Reporter())
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
@@ -269,6 +270,7 @@ def run_trainer(workspace: str, tmp_path: Path, **values):
     return code, JobRecord(ws, job_id).read(), log, ws
 
 
+@pytest.mark.slow
 def test_plugin_run_writes_adapter_metrics_and_tensorboard(workspace, tmp_path):
     code, record, log, ws = run_trainer(
         workspace,

@@ -166,6 +166,7 @@ def test_perbatch_cutoff_trims_responses_only() -> None:
     assert cut["attention_mask"].sum(1).tolist() == [6 + 1, 5, 2 + 4]
 
 
+@pytest.mark.slow
 def test_tokenizing_in_worker_processes_gives_the_same_rows() -> None:
     tokenizer = loaded("llada").tokenizer
     conversations = CONVERSATIONS * 40  # enough rows for the work to be spread (64 per process at least)

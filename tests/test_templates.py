@@ -2,8 +2,9 @@ import json
 
 import pytest
 
+from plugin_sdk.chat import build_messages, infer_format, row_text
 from plugin_sdk.errors import DatasetError, TemplateError
-from plugin_sdk.templates import build_messages, infer_format, render_template, row_text, template_environment
+from plugin_sdk.templates import render_template, template_environment
 
 ROW = {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"}
 

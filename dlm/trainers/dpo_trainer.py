@@ -1,8 +1,8 @@
 """ELBO-DPO training of masked diffusion LMs (VRPO, LLaDA 1.5): `DPOConfig` in, a trained adapter or model out.
 
 `run_dpo(config, train_examples, validation_examples, reporter)` loads the model (LoRA/QLoRA or full), encodes the
-preference pairs (`dlm.preference_data`), trains with `DiffusionDPOTrainer` and returns the result for
-`dlm.sft.save_outputs`. The loss and its estimator are in `dlm.preference_loss`.
+preference pairs (`dlm.preference_data`; read from rows by `plugin_sdk.chat`), trains with `DiffusionDPOTrainer` and returns the result for
+`dlm.trainers.common.save_outputs`. The loss and its estimator are in `dlm.preference_loss`.
 
 Choices the trainer makes:
 - Masks come from per-example generators seeded by (seed, example id, chosen/rejected, epoch): a resumed run, a
@@ -39,30 +39,24 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainingArguments
 
 from dlm.callbacks import Reporter, ReporterCallback
-from dlm.config import TrainerConfig
-from dlm.errors import DlmError, ModelError
-from dlm.loading import LoadedModel, load_model_and_tokenizer
+from dlm.errors import ModelError
+from dlm.loading import LoadedModel
 from dlm.losses import LossConfig, LossOutput, diffusion_loss, draw_mask
-from dlm.preference_loss import (
-    LOSS_TYPES,
-    ElboDPOSettings,
-    PreferenceOutput,
-    draw_pair_masks,
-    elbo_dpo_loss,
-    response_elbos,
-)
-from dlm.sft import (
-    SFTResult,
+from dlm.preference_data import encode_preferences
+from dlm.preference_loss import ElboDPOSettings, PreferenceOutput, draw_pair_masks, elbo_dpo_loss, response_elbos
+from dlm.trainers.common import (
+    FixedEvalMasks,
+    TrainResult,
     common_training_arguments,
     last_logged,
-    resume_path,
+    load_for_training,
+    memory_in_use_gb,
     step_interval,
+    train_or_resume,
     trainable_model,
 )
-from dlm.trainer import FixedEvalMasks, memory_in_use_gb
+from dlm.trainers.dpo_config import DPOConfig, DPOError
 
-REFERENCE_MODES = ("auto", "frozen_copy", "disabled_adapters", "precomputed")
-MEMORY_MODES = ("auto", "keep_graphs", "per_sample_backward")
 PER_SAMPLE_FROM = 4  # memory_mode=auto back-propagates sample by sample from this many Monte-Carlo samples on
 METRICS = (
     "rewards/chosen",
@@ -74,66 +68,9 @@ METRICS = (
 )
 
 
-class DPOError(DlmError):
-    """DPO settings that cannot work together."""
-
-
 @dataclass
-class DPOConfig(TrainerConfig):
-    """Everything a DPO run needs; built from the plugin's parameters (same names). Defaults: the LLaDA 1.5 recipe
-    (shared settings declared again here where its default differs from SFT's)."""
-
-    dataset_split: str = "train"
-    random_sample_size: int = 0
-    max_length: int = 1024
-    max_prompt_length: int = 512
-    learning_rate: float = 5e-7
-    warmup_steps: int = 15
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.01
-    adam_beta2: float = 0.95
-    beta: float = 0.2
-    loss_type: str = "sigmoid"
-    sft_weight: float = 0.05
-    mc_samples: int = 8
-    antithetic: bool = True
-    reference: str = "auto"
-    memory_mode: str = "auto"
-    lora_dropout: float = 0.0
-    logging_steps: int = 1
-    eval_steps: float = 0.25
-    adaptor_name: str = "diffusion_dpo_adaptor"
-
-    def check(self) -> None:
-        """Raise DPOError naming the setting when the settings cannot work (before anything is loaded)."""
-        choices = {"loss_type": LOSS_TYPES, "reference": REFERENCE_MODES, "memory_mode": MEMORY_MODES}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise DPOError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
-        if self.mc_samples < 1:
-            raise DPOError(f"mc_samples must be at least 1 (Monte-Carlo samples per ELBO), got {self.mc_samples}")
-        if not self.beta > 0:
-            raise DPOError(f"beta must be positive, got {self.beta}")
-        if self.sft_weight < 0:
-            raise DPOError(f"sft_weight must be 0 or more, got {self.sft_weight}")
-        if self.reference == "disabled_adapters" and not self.lora:
-            raise DPOError(
-                "reference=disabled_adapters uses the base model under the LoRA adapters as the reference, but "
-                "lora is off: turn lora on, or use reference=frozen_copy or precomputed"
-            )
-        if (self.load_in_4bit or self.load_in_8bit) and not self.lora:
-            raise DPOError("load_in_4bit/load_in_8bit train only LoRA adapters: turn lora on (QLoRA)")
-
-    @property
-    def reference_mode(self) -> str:
-        if self.reference != "auto":
-            return self.reference
-        return "disabled_adapters" if self.lora else "frozen_copy"
-
-
-@dataclass
-class DPOResult(SFTResult):
-    """What `dlm.sft.save_outputs` needs, plus the last validation metrics (empty without validation data)."""
+class DPOResult(TrainResult):
+    """What `dlm.trainers.common.save_outputs` needs, plus the last validation metrics (empty without validation data)."""
 
     validation_metrics: dict[str, float] = field(default_factory=dict)
 
@@ -439,8 +376,6 @@ def _has_adapters(model: torch.nn.Module) -> bool:
 
 
 def _encode(config: DPOConfig, loaded: LoadedModel, examples: Sequence[Any], what: str, reporter: Reporter) -> list:
-    from dlm.preference_data import encode_preferences
-
     data = encode_preferences(
         examples, loaded.tokenizer, max_length=config.max_length, max_prompt_length=config.max_prompt_length
     )
@@ -448,17 +383,13 @@ def _encode(config: DPOConfig, loaded: LoadedModel, examples: Sequence[Any], wha
     return data.rows
 
 
-def _load(config: DPOConfig) -> LoadedModel:
-    quantized = config.load_in_4bit or config.load_in_8bit
-    return load_model_and_tokenizer(
-        config.model_name,
-        dtype=config.dtype,
-        load_in_4bit=config.load_in_4bit,
-        load_in_8bit=config.load_in_8bit,
-        trust_remote_code=config.trust_remote_code,
-        workspace=config.workspace,
-        device_map={"": 0} if quantized and torch.cuda.is_available() else None,
-    )
+def _check_masked_diffusion(config: DPOConfig, loaded: LoadedModel) -> None:
+    if not loaded.family.is_diffusion or loaded.special_ids.mask is None:
+        raise ModelError(
+            f"{config.model_name} is a {loaded.family.name} model without a mask token; ELBO-DPO scores responses "
+            "by masking them, so it needs a masked diffusion model (LLaDA, Dream, BERT, or a causal LM converted "
+            "with dlm.convert)"
+        )
 
 
 def training_arguments(config: DPOConfig, checkpoint_dir: Path, has_validation: bool) -> DPOTrainingArguments:
@@ -480,36 +411,18 @@ def training_arguments(config: DPOConfig, checkpoint_dir: Path, has_validation: 
     )
 
 
-def run_dpo(
+def _build_trainer(
     config: DPOConfig,
-    train_examples: Sequence[Any],
-    validation_examples: Sequence[Any] | None,
-    reporter: Reporter,
-) -> DPOResult:
-    """Train on `PreferenceExample`s (`dlm.preference_data`); the returned model is the trained one (a PeftModel
-    with LoRA). With validation examples, validation runs every `eval_steps` and after the last step."""
-    config.check()
-    torch.manual_seed(config.seed)
-    reporter.report_status(f"loading model {config.model_name}")
-    loaded = _load(config)
-    if not loaded.family.is_diffusion or loaded.special_ids.mask is None:
-        raise ModelError(
-            f"{config.model_name} is a {loaded.family.name} model without a mask token; ELBO-DPO scores responses "
-            "by masking them, so it needs a masked diffusion model (LLaDA, Dream, BERT, or a causal LM converted "
-            "with dlm.convert)"
-        )
-    ref_model = _load(config).model if config.reference_mode == "frozen_copy" else None
-    model = trainable_model(config, loaded, reporter)
-    reporter.report_status("encoding data")
-    train = _encode(config, loaded, train_examples, "training pairs", reporter)
-    validation = (
-        _encode(config, loaded, validation_examples, "validation pairs", reporter) if validation_examples else None
-    )
-    checkpoint_dir = Path(config.output_dir)
-    progress = ReporterCallback(reporter)
+    loaded: LoadedModel,
+    model: Any,
+    train: list,
+    validation: list | None,
+    ref_model: torch.nn.Module | None,
+    progress: ReporterCallback,
+) -> DiffusionDPOTrainer:
     trainer = DiffusionDPOTrainer(
         model=model,
-        args=training_arguments(config, checkpoint_dir, bool(validation)),
+        args=training_arguments(config, Path(config.output_dir), bool(validation)),
         train_dataset=train,
         eval_dataset=validation,
         data_collator=PreferenceCollator(loaded.special_ids.pad),
@@ -525,40 +438,75 @@ def run_dpo(
         ref_model=ref_model,
     )
     trainer.remove_callback(PrinterCallback)  # metrics reach the job log through the reporter instead
+    return trainer
+
+
+def _log_settings(config: DPOConfig, trainer: DiffusionDPOTrainer, reporter: Reporter) -> None:
     reporter.log(
         f"ELBO-DPO: {config.mc_samples} Monte-Carlo samples per response"
         f"{' shared by policy and reference' if config.antithetic else ''}, reference {config.reference_mode}, "
         f"memory_mode {trainer.memory_mode}, beta {config.beta}, loss {config.loss_type}, sft_weight {config.sft_weight}"
     )
     if config.reference_mode == "precomputed":
+        validation = trainer.eval_dataset
         reporter.log(
-            f"reference ELBOs precomputed for {len(train)} training and {len(validation or [])} validation pairs"
+            f"reference ELBOs precomputed for {len(trainer.train_dataset)} training and {len(validation or [])} "
+            "validation pairs"
         )
-    resume = resume_path(config, checkpoint_dir)
-    if resume:
-        reporter.log(f"resuming from {resume}")
-    trainer.train(resume_from_checkpoint=resume)
-    metrics: dict[str, float] = {}
-    if validation and not progress.stopped:
+
+
+def _final_validation(trainer: DiffusionDPOTrainer) -> dict[str, float]:
+    """The validation metrics of the last step, evaluating once more unless the last evaluation was at that step."""
+    evaluated = [e for e in trainer.state.log_history if "eval_loss" in e]
+    if not evaluated or evaluated[-1]["step"] != trainer.state.global_step:
+        trainer.evaluate()
         evaluated = [e for e in trainer.state.log_history if "eval_loss" in e]
-        if not evaluated or evaluated[-1]["step"] != trainer.state.global_step:
-            trainer.evaluate()
-            evaluated = [e for e in trainer.state.log_history if "eval_loss" in e]
-        metrics = dict(evaluated[-1])
-    model.eval()  # training is over: whoever uses the result next must not see dropout
+    return dict(evaluated[-1])
+
+
+def _summary(config: DPOConfig, loaded: LoadedModel, trainer: DiffusionDPOTrainer, metrics: dict[str, float]) -> str:
     summary = (
         f"DPO-trained {loaded.family.name} model {config.model_name} for {trainer.state.global_step} steps; "
         f"final train/loss {last_logged(trainer, 'loss')}, train/rewards/accuracies {last_logged(trainer, 'rewards/accuracies')}"
     )
     if metrics:
         summary += f", val/rewards/accuracies {metrics.get('eval_rewards/accuracies', float('nan')):.4g}"
+    return summary
+
+
+def run_dpo(
+    config: DPOConfig,
+    train_examples: Sequence[Any],
+    validation_examples: Sequence[Any] | None,
+    reporter: Reporter,
+) -> DPOResult:
+    """Train on preference pairs (`dlm.preference_data.PreferencePair`); the returned model is the trained one (a PeftModel
+    with LoRA). With validation examples, validation runs every `eval_steps` and after the last step."""
+    config.check()
+    torch.manual_seed(config.seed)
+    reporter.report_status(f"loading model {config.model_name}")
+    loaded = load_for_training(config)
+    _check_masked_diffusion(config, loaded)
+    ref_model = load_for_training(config).model if config.reference_mode == "frozen_copy" else None
+    model = trainable_model(config, loaded, reporter)
+    reporter.report_status("encoding data")
+    train = _encode(config, loaded, train_examples, "training pairs", reporter)
+    validation = (
+        _encode(config, loaded, validation_examples, "validation pairs", reporter) if validation_examples else None
+    )
+    progress = ReporterCallback(reporter)
+    trainer = _build_trainer(config, loaded, model, train, validation, ref_model, progress)
+    _log_settings(config, trainer, reporter)
+    train_or_resume(trainer, config, reporter)
+    metrics = _final_validation(trainer) if validation and not progress.stopped else {}
+    model.eval()  # training is over: whoever uses the result next must not see dropout
     return DPOResult(
         model=model,
         tokenizer=loaded.tokenizer,
         loaded=loaded,
         global_step=trainer.state.global_step,
         stopped=progress.stopped,
-        summary=summary,
-        checkpoint_dir=str(checkpoint_dir),
+        summary=_summary(config, loaded, trainer, metrics),
+        checkpoint_dir=str(Path(config.output_dir)),
         validation_metrics=metrics,
     )

@@ -1,5 +1,11 @@
-"""`DiffusionTrainer`: a `transformers.Trainer` that trains with the masked-diffusion loss (or the AR baseline).
+"""Masked-diffusion SFT and pre-training: `SFTConfig` in, a trained adapter or model out.
 
+`run_sft(config, train_rows, validation_rows, reporter)` loads the model (any family, LoRA/QLoRA), encodes the
+data, trains with `DiffusionTrainer` and returns the result for `dlm.trainers.common.save_outputs`. Rows are chat
+conversations (lists of messages whose last one is the assistant's answer) in SFT mode, or plain texts in
+pre-training mode.
+
+`DiffusionTrainer` is a `transformers.Trainer` that trains with the masked-diffusion loss (or the AR baseline).
 What it adds to the stock Trainer:
 - the loss of `dlm.losses` with logits only at masked positions, masks drawn from the global RNG (so a resumed
   run draws the same masks as an uninterrupted one);
@@ -15,18 +21,35 @@ What it adds to the stock Trainer:
 from __future__ import annotations
 
 import math
-import resource
-import sys
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
+from dlm.callbacks import Reporter, ReporterCallback, SampleCallback
+from dlm.data import DiffusionCollator, encode_conversations, pack_texts
+from dlm.errors import ModelError
+from dlm.generation import SamplerSettings, answer
+from dlm.loading import LoadedModel
 from dlm.losses import LossConfig, LossOutput, ar_loss, count_items, diffusion_loss, draw_mask
 from dlm.masking import random_length
+from dlm.trainers.common import (
+    FixedEvalMasks,
+    TrainResult,
+    common_training_arguments,
+    last_logged,
+    load_for_training,
+    memory_in_use_gb,
+    step_interval,
+    train_or_resume,
+    trainable_model,
+)
+from dlm.trainers.sft_config import TRAINING_METHODS, SFTConfig
 
 
 @dataclass
@@ -36,20 +59,6 @@ class DiffusionTrainingArguments(TrainingArguments):
     loss_norm_type: str = field(default="token", metadata={"help": "token, sequence or batch normalisation"})
     random_length_ratio: float = field(default=0.0, metadata={"help": "pre-training: chance of a shorter length"})
     eval_mask_seed: int = field(default=1234, metadata={"help": "seed of the fixed validation masks"})
-
-
-class FixedEvalMasks:
-    """`Trainer` mixin: every evaluation draws its masks from `_eval_generator`, seeded anew with
-    `args.eval_mask_seed`, so validation losses compare like with like; it is None outside evaluation."""
-
-    _eval_generator: torch.Generator | None = None
-
-    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
-        self._eval_generator = torch.Generator(device=self.args.device).manual_seed(self.args.eval_mask_seed)
-        try:
-            return super().evaluate(*args, **kwargs)
-        finally:
-            self._eval_generator = None
 
 
 class DiffusionTrainer(FixedEvalMasks, Trainer):
@@ -151,9 +160,151 @@ class DiffusionTrainer(FixedEvalMasks, Trainer):
         super().log(logs, start_time)
 
 
-def memory_in_use_gb() -> float:
-    """Peak accelerator memory when on CUDA, else the process's peak resident memory."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        return torch.cuda.max_memory_allocated() / 2**30
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20
+def _check_method(config: SFTConfig, loaded: LoadedModel) -> str:
+    """The training method: `auto` is the model's own family; a mismatch is an error naming both."""
+    method = config.training_method
+    if method not in TRAINING_METHODS:
+        raise ModelError(f"training_method {method!r} is not one of {', '.join(TRAINING_METHODS)}")
+    family = loaded.family.name
+    if method in ("auto", family):
+        return family
+    if method == "ar" and family == "a2d":
+        raise ModelError(f"{config.model_name} is a converted diffusion model; ar needs a causal checkpoint")
+    raise ModelError(
+        f"training_method={method} does not match the model {config.model_name}, which is a {family} model "
+        f"({', '.join(loaded.family.architectures)}); use training_method=auto or {family}"
+    )
+
+
+def _loss_config(config: SFTConfig, loaded: LoadedModel) -> LossConfig | None:
+    if not loaded.family.is_diffusion:
+        return None
+    overrides: dict[str, Any] = {
+        "noise_schedule": config.noise_schedule,
+        "time_epsilon": config.time_epsilon,
+        "loss_norm_type": config.loss_norm_type,
+    }
+    if config.loss_weight_type not in ("", "auto"):
+        overrides["loss_weight_type"] = config.loss_weight_type
+    return LossConfig.for_family(loaded.family, loaded.special_ids.mask, **overrides)
+
+
+def _encode(config: SFTConfig, loaded: LoadedModel, rows: Sequence[Any], what: str, reporter: Reporter) -> list:
+    if config.train_mode == "pretrain":
+        encoded = pack_texts(
+            rows,
+            loaded.tokenizer,
+            max_length=config.max_length,
+            eos_id=loaded.special_ids.eos,
+            num_proc=config.num_proc,
+        )
+        reporter.log(f"{what}: {len(rows)} texts packed into {len(encoded)} chunks of up to {config.max_length} tokens")
+        return encoded
+    data = encode_conversations(
+        rows,
+        loaded.tokenizer,
+        max_length=config.max_length,
+        mask_prompt_loss=config.mask_prompt_loss,
+        truncation=config.truncation,
+        num_proc=config.num_proc,
+    )
+    reporter.log(f"{what}: {data.summary()}")
+    if rows and not data.rows:
+        raise ModelError(
+            f"all {len(rows)} {what} examples were dropped ({data.summary()}); raise max_length "
+            f"(now {config.max_length}) or use truncation=right"
+        )
+    return data.rows
+
+
+def training_arguments(config: SFTConfig, checkpoint_dir: Path, has_validation: bool) -> DiffusionTrainingArguments:
+    return DiffusionTrainingArguments(
+        **common_training_arguments(config, checkpoint_dir),
+        warmup_steps=min(config.warmup_ratio, 0.999),  # below 1: a fraction of training
+        eval_strategy=config.eval_strategy if has_validation else "no",
+        eval_steps=step_interval(config.eval_steps) if config.eval_strategy == "steps" else None,
+        loss_norm_type=config.loss_norm_type,
+        random_length_ratio=config.random_length_ratio if config.train_mode == "pretrain" else 0.0,
+        eval_mask_seed=config.seed + 1,
+    )
+
+
+def _sample_callback(
+    config: SFTConfig, model: Any, loaded: LoadedModel, validation_rows: Sequence[Any], reporter: Reporter
+) -> TrainerCallback:
+    """Every `sample_every_steps` steps, the answers the model gives to the first validation prompts go to the log."""
+    prompts = [list(conv[:-1]) for conv in list(validation_rows)[: config.num_samples]]
+    settings = SamplerSettings(steps=32, max_new_tokens=32, block_length=32)
+
+    def sample() -> list[tuple[str, str]]:
+        answers = answer(model, loaded.tokenizer, loaded.family, loaded.special_ids, prompts, settings)
+        return [(p[-1]["content"], a) for p, a in zip(prompts, answers, strict=True)]
+
+    return SampleCallback(reporter, sample, config.sample_every_steps)
+
+
+def _build_trainer(
+    config: SFTConfig,
+    loaded: LoadedModel,
+    model: Any,
+    train: list,
+    validation: list | None,
+    callbacks: list[TrainerCallback],
+) -> DiffusionTrainer:
+    trainer = DiffusionTrainer(
+        model=model,
+        args=training_arguments(config, Path(config.output_dir), bool(validation)),
+        train_dataset=train,
+        eval_dataset=validation,
+        data_collator=DiffusionCollator(
+            loaded.family,
+            loaded.special_ids,
+            perbatch_cutoff=config.perbatch_cutoff,
+            resp_cutoff_ratio=config.resp_cutoff_ratio,
+        ),
+        callbacks=callbacks,
+        loss_config=_loss_config(config, loaded),
+    )
+    trainer.remove_callback(PrinterCallback)  # metrics reach the job log through the reporter instead
+    return trainer
+
+
+def run_sft(
+    config: SFTConfig, train_rows: Sequence[Any], validation_rows: Sequence[Any] | None, reporter: Reporter
+) -> TrainResult:
+    """Train; the returned model is the trained one (a PeftModel with LoRA)."""
+    if config.eval_strategy != "no" and not validation_rows:
+        raise ModelError(
+            f"eval_strategy={config.eval_strategy} needs validation data, and there is none: add a "
+            "validation split to the dataset, or set validation_fraction above 0"
+        )
+    torch.manual_seed(config.seed)
+    reporter.report_status(f"loading model {config.model_name}")
+    loaded = load_for_training(config, family="a2d" if config.training_method == "a2d" else None)
+    _check_method(config, loaded)
+    model = trainable_model(config, loaded, reporter)
+    reporter.report_status("encoding data")
+    train = _encode(config, loaded, train_rows, "training data", reporter)
+    validation = _encode(config, loaded, validation_rows, "validation data", reporter) if validation_rows else None
+    progress = ReporterCallback(reporter)
+    callbacks: list[TrainerCallback] = [progress]
+    if config.sample_every_steps and validation_rows and config.train_mode == "sft":
+        callbacks.append(_sample_callback(config, model, loaded, validation_rows, reporter))
+    trainer = _build_trainer(config, loaded, model, train, validation, callbacks)
+    train_or_resume(trainer, config, reporter)
+    model.eval()  # training is over: whoever uses the result next (samples, evaluation) must not see dropout
+    if trainer.skipped_empty_batches:
+        reporter.log(f"{trainer.skipped_empty_batches} batches had no trainable token and contributed nothing")
+    summary = (
+        f"trained {loaded.family.name} model {config.model_name} for {trainer.state.global_step} steps; "
+        f"final train/loss {last_logged(trainer, 'loss')}"
+    )
+    return TrainResult(
+        model=model,
+        tokenizer=loaded.tokenizer,
+        loaded=loaded,
+        global_step=trainer.state.global_step,
+        stopped=progress.stopped,
+        summary=summary,
+        checkpoint_dir=str(Path(config.output_dir)),
+    )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 from plugin_sdk import Job, JobStopped, run_job
+from plugin_sdk.chat import read_preferences
 from plugin_sdk.data import dataset_source, load_dataset_splits
 from plugin_sdk.errors import ParameterError
+from plugin_sdk.outputs import publish_outputs
 
 if TYPE_CHECKING:
     import datasets
@@ -36,8 +39,6 @@ def read_pairs(job: Job) -> tuple[list, list | None]:
 
 
 def _pairs(job: Job, rows: datasets.Dataset, source: str, what: str) -> list:
-    from dlm.preference_data import read_preferences
-
     pairs, skipped = read_preferences(rows.remove_columns(ROW), source, row_numbers=rows[ROW])
     counts = "; skipped " + ", ".join(f"{n} ({why})" for why, n in skipped.items()) if skipped else ""
     job.log(f"{what} pairs: {len(pairs)} of {len(rows)} rows of {source}{counts}")
@@ -53,15 +54,16 @@ def train(job: Job) -> str:
     job.report_status("loading data")
     train_pairs, validation_pairs = read_pairs(job)
     job.progress(2)
-    from dlm.dpo import DPOConfig, run_dpo
-    from dlm.outputs import publish_outputs
+    from dlm.trainers.common import save_outputs
+    from dlm.trainers.dpo_config import DPOConfig
+    from dlm.trainers.dpo_trainer import run_dpo
 
     config = DPOConfig.from_params(p, output_dir=str(job.checkpoint_dir), workspace=str(job.workspace.root))
     result = run_dpo(config, train_pairs, validation_pairs, job)
     if result.stopped:
         raise JobStopped(f"stopped at step {result.global_step}; resume with resume_from_checkpoint=latest")
     job.progress(96)
-    publish_outputs(result, job, lora=p.lora, full_model=p.save_full_model or not p.lora)
+    publish_outputs(job, partial(save_outputs, result), lora=p.lora, full_model=p.save_full_model or not p.lora)
     return result.summary
 
 

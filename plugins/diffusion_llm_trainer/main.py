@@ -1,9 +1,12 @@
 """Diffusion LLM Trainer: masked-diffusion SFT / pre-training of LLaDA, Dream, ModernBERT and converted LMs."""
 
+from functools import partial
+
 from plugin_sdk import Job, JobStopped, run_job
+from plugin_sdk.chat import build_messages, row_text
 from plugin_sdk.data import dataset_source, load_dataset_splits
 from plugin_sdk.errors import ParameterError
-from plugin_sdk.templates import build_messages, row_text
+from plugin_sdk.outputs import publish_outputs
 
 
 def read_rows(job: Job) -> tuple[list, list | None]:
@@ -35,8 +38,9 @@ def read_rows(job: Job) -> tuple[list, list | None]:
 
 
 def train(job: Job) -> str:
-    from dlm.outputs import publish_outputs
-    from dlm.sft import SFTConfig, run_sft
+    from dlm.trainers.common import save_outputs
+    from dlm.trainers.sft_config import SFTConfig
+    from dlm.trainers.sft_trainer import run_sft
 
     p = job.params
     if not p.get("model_name"):
@@ -51,7 +55,7 @@ def train(job: Job) -> str:
     if result.stopped:
         raise JobStopped(f"stopped at step {result.global_step}; resume with resume_from_checkpoint=latest")
     job.progress(96)
-    publish_outputs(result, job, lora=p.lora, full_model=p.save_full_model or not p.lora)
+    publish_outputs(job, partial(save_outputs, result), lora=p.lora, full_model=p.save_full_model or not p.lora)
     return result.summary
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 import dlm.data
-from dlm.sft import SFTConfig, run_sft
+from dlm.trainers.sft_config import SFTConfig
+from dlm.trainers.sft_trainer import run_sft
 
 
 class Reporter:

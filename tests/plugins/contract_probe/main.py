@@ -4,8 +4,8 @@ import json
 import time
 
 from plugin_sdk import Job, JobStopped, PluginError, run_job
+from plugin_sdk.chat import build_messages
 from plugin_sdk.data import load_dataset_splits
-from plugin_sdk.templates import build_messages
 
 
 def probe(job: Job) -> str:

@@ -1,0 +1,34 @@
+"""Command line: `python -m demo [--workspace DIR] [--size full|small] [--seed N] [--verbose]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from demo.run import run_demo
+from plugin_sdk.errors import PluginError
+from plugin_sdk.workspace import Workspace
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m demo",
+        description="Train, align and evaluate a tiny diffusion LM on a generated task, end to end, offline. Runs "
+        "every stage as a job of the plugins and writes results.json, a chart and an HTML report into "
+        "<workspace>/demo. Exit code 1 when a learning check fails.",
+    )
+    parser.add_argument("--workspace", help="local workspace folder (default: $DLM_WORKSPACE or ./workspace)")
+    parser.add_argument("--size", choices=("full", "small"), default="full", help="full (default) or small (faster)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated task (default: 0)")
+    parser.add_argument("--verbose", action="store_true", help="show every job's log lines")
+    args = parser.parse_args(argv)
+    try:
+        outcome = run_demo(Workspace(args.workspace), args.size, seed=args.seed, verbose=args.verbose)
+    except PluginError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0 if all(check["passed"] for check in outcome["checks"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
