@@ -17,6 +17,7 @@ class RecordingJob:
         self.adaptor_dir = root / "adaptors" / "org_tiny-llada" / "sft"
         self.root = root
         self.messages: list[str] = []
+        self.phases: list[str] = []
         self.registered: list[tuple[Path, str]] = []
 
     def model_dir(self, name: str) -> Path:
@@ -24,6 +25,9 @@ class RecordingJob:
 
     def log(self, message: str) -> None:
         self.messages.append(message)
+
+    def report_status(self, phase: str) -> None:
+        self.phases.append(phase)
 
     def register_model(self, model_dir: Path, *, architecture: str) -> None:
         self.registered.append((model_dir, architecture))
@@ -47,6 +51,7 @@ def test_adapter_and_full_model_are_saved_logged_and_the_model_registered(tmp_pa
     assert calls == [{"adaptor_dir": job.adaptor_dir, "full_model_dir": full}]
     assert written == [job.adaptor_dir, full]
     assert job.messages == [f"saved {job.adaptor_dir}", f"saved {full}"]
+    assert job.phases == ["saving outputs"]
     assert job.registered == [(full, "LLaDAModelLM")]
 
 
