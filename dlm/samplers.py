@@ -169,20 +169,27 @@ CACHE_MODES = ("none", "prefix", "dual")
 CACHE_FAMILIES = ("llada", "dream")  # their dlm.models forward records and replays a CanvasCache
 
 
-def check_decoding(model: torch.nn.Module, cache: str, parallel_threshold: float | None) -> None:
-    """Validate the fast-decoding settings shared by both samplers."""
+def check_decoding(cache: str, parallel_threshold: float | None, family: str) -> None:
+    """Validate the fast-decoding settings for a model of `family` (a family name, or the model's class name)."""
     if cache not in CACHE_MODES:
         raise SamplingError(f"cache={cache!r} is unknown; choose one of: {', '.join(CACHE_MODES)}")
-    if cache != "none" and not isinstance(unwrap_model(model), (LLaDAModelLM, DreamModel)):
+    if cache != "none" and family not in CACHE_FAMILIES:
         raise SamplingError(
             f"cache={cache!r} needs a model that can return and accept a key/value cache, which the "
-            f"{', '.join(CACHE_FAMILIES)} families can; {type(unwrap_model(model)).__name__} cannot: use cache='none'"
+            f"{' and '.join(CACHE_FAMILIES)} families can; {family} cannot: use cache='none'"
         )
     if parallel_threshold is not None and not 0 < parallel_threshold <= 1:
         raise SamplingError(
             f"parallel_threshold must be in (0, 1] (a probability; unset for the exact schedule), got "
             f"{parallel_threshold}"
         )
+
+
+def _cache_family(model: torch.nn.Module) -> str:
+    base = unwrap_model(model)
+    if isinstance(base, LLaDAModelLM):
+        return "llada"
+    return "dream" if isinstance(base, DreamModel) else type(base).__name__
 
 
 def _canvas(prompt_ids: torch.Tensor, length: int, mask_id: int, infill: torch.Tensor | None) -> torch.Tensor:
@@ -377,7 +384,7 @@ def generate_llada(
     can finish in fewer steps (with steps = gen_length this is Fast-dLLM's threshold decoding).
     """
     check_llada_settings(steps, gen_length, block_length, temperature, remasking, cfg_scale)
-    check_decoding(model, cache, parallel_threshold)
+    check_decoding(cache, parallel_threshold, _cache_family(model))
     offsets = _check_prompt(prompt_ids, attention_mask, mask_id)
     if (suppress_eos_in_logits and eos_id is None) or (
         suppress_eos_in_confidence and eos_id is None and eot_id is None
@@ -471,6 +478,19 @@ def check_dream_settings(
         raise SamplingError(f"alg_temp must be >= 0 (or unset), got {alg_temp}")
     if not 0 < eps < 1:
         raise SamplingError(f"eps (the final diffusion time) must be in (0, 1), got {eps}")
+
+
+def check_dream_blocks(
+    steps: int, max_new_tokens: int, block_length: int, alg: str, parallel_threshold: float | None
+) -> None:
+    """Block-wise Dream (cached decoding) needs blocks that divide the answer and steps; a threshold needs a
+    confidence-ranked algorithm."""
+    _check_blocks(steps, max_new_tokens, block_length, "max_new_tokens")
+    if parallel_threshold is not None and alg == "origin":
+        raise SamplingError(
+            "parallel_threshold needs a confidence-ranked algorithm (maskgit_plus, topk_margin or entropy); "
+            "alg='origin' reveals positions at random"
+        )
 
 
 @dataclass(frozen=True)
@@ -601,13 +621,8 @@ def generate_dream(
     """
     check_dream_settings(steps, max_new_tokens, temperature, top_p, top_k, alg, alg_temp, eps)
     block_length = block_length or max_new_tokens
-    _check_blocks(steps, max_new_tokens, block_length, "max_new_tokens")
-    check_decoding(model, cache, parallel_threshold)
-    if parallel_threshold is not None and alg == "origin":
-        raise SamplingError(
-            "parallel_threshold needs a confidence-ranked algorithm (maskgit_plus, topk_margin or entropy); "
-            "alg='origin' reveals positions at random"
-        )
+    check_dream_blocks(steps, max_new_tokens, block_length, alg, parallel_threshold)
+    check_decoding(cache, parallel_threshold, _cache_family(model))
     offsets = _check_prompt(prompt_ids, attention_mask, mask_id)
     prompt_len = prompt_ids.shape[1]
     run = _DreamRun(

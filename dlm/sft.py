@@ -20,7 +20,7 @@ from dlm.callbacks import Reporter, ReporterCallback, SampleCallback
 from dlm.config import TrainerConfig
 from dlm.data import DiffusionCollator, encode_conversations, pack_texts
 from dlm.errors import ModelError
-from dlm.generation import SamplerSettings, answer
+from dlm.generation import SamplerSettings, answer, check_decoding_settings
 from dlm.loading import LoadedModel, load_model_and_tokenizer
 from dlm.lora import apply_lora
 from dlm.losses import LossConfig
@@ -47,6 +47,8 @@ class SFTConfig(TrainerConfig):
     eval_strategy: str = "no"
     sample_every_steps: int = 0
     num_samples: int = 2
+    sample_cache: str = "none"
+    sample_parallel_threshold: float = 0.0
     num_proc: int = 1
 
 
@@ -252,7 +254,14 @@ def run_sft(
     callbacks = [progress]
     if config.sample_every_steps and validation_rows and config.train_mode == "sft":
         prompts = [list(conv[:-1]) for conv in list(validation_rows)[: config.num_samples]]
-        settings = SamplerSettings(steps=32, max_new_tokens=32, block_length=32)
+        settings = SamplerSettings(
+            steps=32,
+            max_new_tokens=32,
+            block_length=32,
+            cache=config.sample_cache,
+            parallel_threshold=config.sample_parallel_threshold or None,
+        )
+        check_decoding_settings(loaded.family.name, settings)  # fail before training, not at the first sample
 
         def sample() -> list[tuple[str, str]]:
             answers = answer(model, loaded.tokenizer, loaded.family, loaded.special_ids, prompts, settings)
