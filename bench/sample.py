@@ -42,9 +42,9 @@ from dlm.generation import decode_answers, encode_prompts
 from dlm.loading import load_model_and_tokenizer
 from dlm.models import LLaDAConfig, LLaDAModelLM
 from dlm.samplers import SampleOutput, generate_llada
+from plugin_sdk.demo import SIZES
 
 MODES = {"exact": {}, "prefix": {"cache": "prefix"}, "dual": {"cache": "dual"}, "dual_parallel": {"cache": "dual"}}
-DEMO_SPLITS = (3000, 100, 200)  # the small demo's train/validation/test sizes: the same held-out test problems
 
 
 @torch.no_grad()
@@ -156,7 +156,8 @@ def demo_prompts(args: argparse.Namespace) -> tuple[LLaDAModelLM, Callable, list
     """The demo model, an answer checker, batches of (ids, attention, references) of held-out problems, and the
     end token ids."""
     loaded = load_model_and_tokenizer(args.demo_model)
-    rows = build_task(*DEMO_SPLITS).rows["test"][: args.problems]
+    size = SIZES["small"]  # the small demo's splits: the held-out test problems it evaluates on
+    rows = build_task(size.train, size.validation, size.test).rows["test"][: args.problems]
     batches = []
     for first in range(0, len(rows), args.prompts):
         chunk = rows[first : first + args.prompts]

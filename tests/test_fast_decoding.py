@@ -5,23 +5,29 @@ suppressed tokens, infilling, stochastic transfer counts, the settings' plumbing
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from helpers import Reporter, tiny_run
 from torch import nn
 from transformers import AutoModelForMaskedLM
 
 import dlm  # noqa: F401  (registers LLaDA and Dream with the Auto classes)
+from dlm.eval_models import eval_settings_from
 from dlm.evaluation import EvaluationError, check_sampler_settings
 from dlm.families import SpecialIds, get_family
 from dlm.forward import logits_at_positions
 from dlm.generation import SamplerSettings, generate
 from dlm.models.cache import CanvasCache
 from dlm.samplers import SamplingError, generate_dream, generate_llada, llada_transfer_counts
+from dlm.sft import SFTConfig, run_sft
+from plugin_sdk.params import ParameterError, coerce_and_validate
 
-FIXTURES = Path(__file__).parent / "fixtures" / "golden"
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "tests" / "fixtures" / "golden"
 PAD = 2
 
 
@@ -276,3 +282,27 @@ def test_generation_passes_cache_and_threshold_on(models: dict[str, nn.Module], 
     assert torch.equal(out.sequences, direct.sequences) and out.nfe == direct.nfe
     exact = generate(model, get_family(family), special, ids, attention, settings)
     assert (exact.nfe, exact.sequences.tolist()) != (out.nfe, out.sequences.tolist())
+
+
+def _evaluator_settings(**values: str) -> Any:
+    schema = json.loads((REPO / "plugins" / "diffusion_evaluator" / "index.json").read_text())["parameters"]
+    return eval_settings_from(coerce_and_validate({"model_name": "tiny-llada", **values}, schema)).sampler
+
+
+def test_the_evaluator_form_sets_cache_and_threshold() -> None:
+    assert (_evaluator_settings().cache, _evaluator_settings().parallel_threshold) == ("none", None)
+    chosen = _evaluator_settings(cache="dual", parallel_threshold="0.9")
+    assert (chosen.cache, chosen.parallel_threshold) == ("dual", 0.9)
+    for bad, field in (({"parallel_threshold": "1.5"}, "parallel_threshold"), ({"cache": "full"}, "cache")):
+        with pytest.raises(ParameterError, match=field):
+            _evaluator_settings(**bad)
+
+
+def test_sample_logging_refuses_a_cache_the_family_cannot_take_before_training(tmp_path: Path) -> None:
+    config = SFTConfig(
+        **{**tiny_run(str(tmp_path / "ws"), tmp_path / "out"), "model_name": str(FIXTURES / "modernbert-tiny")}
+    )
+    config.sample_every_steps, config.sample_cache, config.train_steps = 1, "dual", 1
+    with pytest.raises(SamplingError, match="bert cannot"):
+        rows = [[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]] * 4
+        run_sft(config, rows, rows, Reporter())
