@@ -10,13 +10,15 @@ ours applies the output head only to the current block.
 Part 2, fast modes against our exact sampler on one model, 8 prompts, `--gen-length` (256) new tokens, blocks of
 `--block-length` (32), one token per step: `prefix` and `dual` key/value caches, and `dual` with
 `--threshold` (0.9) parallel decoding. The model is the demo's trained tiny-llada when `--demo-model DIR` is given
-(its held-out test problems are the prompts, and task accuracy over `--problems` of them is reported per mode),
-else the small-vocabulary random model of part 1. Prints tokens/s, NFE (forward passes) per answer and speed-ups.
+(prompts: its held-out test problems; task accuracy per mode over `--problems` of them, at the demo's own answer
+length, as that model answers nothing on longer canvases), else the small-vocabulary random model of part 1.
+Prints answer positions decoded per second (the demo model's long answers are mostly end-of-text, so counting
+non-EOS tokens would say nothing), NFE (forward passes) per answer and speed-ups.
 
 Runs alternate (order flipped each round) after a warm-up, on one thread unless `--threads` says otherwise; times
-are medians. Tokens per second count generated tokens other than EOS/end-of-turn.
+are medians. Part 1's tokens per second count generated tokens other than EOS.
 
-The last line printed is one JSON object: ``speedup_prefix``, ``speedup_dual``, ``speedup_dual_parallel`` (tokens/s
+The last line printed is one JSON object: ``speedup_prefix``, ``speedup_dual``, ``speedup_dual_parallel`` (speed
 over our exact sampler's), ``nfe_ratio_dual_parallel``, ``outputs_identical_exact`` (ours = official batched at both
 vocabularies), ``official_ratio_vocab_32k``/``official_ratio_small_vocab`` (ours exact over official batched), and
 ``accuracy_<mode>`` for each mode (null without `--demo-model`).
@@ -37,7 +39,7 @@ import torch.nn.functional as F
 from common import add_threads_argument
 
 import dlm  # noqa: F401  (registers LLaDA with the Auto classes)
-from dlm.demo_task import build_task, is_correct
+from dlm.demo_task import MAX_DIGITS, build_task, is_correct
 from dlm.generation import decode_answers, encode_prompts
 from dlm.loading import load_model_and_tokenizer
 from dlm.models import LLaDAConfig, LLaDAModelLM
@@ -152,60 +154,58 @@ def against_official(vocab: int, args: argparse.Namespace) -> tuple[float, bool]
     return rates["ours"] / rates["official"], identical
 
 
-def demo_prompts(args: argparse.Namespace) -> tuple[LLaDAModelLM, Callable, list[tuple], tuple[int, ...]]:
-    """The demo model, an answer checker, batches of (ids, attention, references) of held-out problems, and the
-    end token ids."""
+def demo_problems(args: argparse.Namespace) -> tuple[LLaDAModelLM, Callable[[dict], float], tuple[torch.Tensor, ...]]:
+    """The demo's trained model, the prompts of its first `--prompts` held-out test problems (ids, attention), and
+    the task accuracy of sampler options on `--problems` held-out test problems
+    at the answer shape the demo trains and evaluates with (one token per digit and end of turn, two blocks): the
+    demo model never saw a longer canvas, and given one it answers nothing."""
     loaded = load_model_and_tokenizer(args.demo_model)
     size = SIZES["small"]  # the small demo's splits: the held-out test problems it evaluates on
     rows = build_task(size.train, size.validation, size.test).rows["test"][: args.problems]
-    batches = []
-    for first in range(0, len(rows), args.prompts):
-        chunk = rows[first : first + args.prompts]
-        messages = [[{"role": "user", "content": row["instruction"]}] for row in chunk]
-        ids, attention = encode_prompts(loaded.tokenizer, messages, loaded.special_ids.pad)
-        batches.append((ids, attention, [row["output"] for row in chunk]))
+    messages = [[{"role": "user", "content": row["instruction"]}] for row in rows]
+    ids, attention = encode_prompts(loaded.tokenizer, messages, loaded.special_ids.pad)
+    shape = {"steps": MAX_DIGITS + 1, "gen_length": MAX_DIGITS + 1, "block_length": (MAX_DIGITS + 1) // 2}
 
-    def score(out: SampleOutput, ids: torch.Tensor, references: list[str]) -> int:
+    def accuracy(options: dict) -> float:
+        out = generate_llada(
+            loaded.model, ids, attention_mask=attention, mask_id=loaded.special_ids.mask, **shape, **options
+        )
         answers = decode_answers(loaded.tokenizer, loaded.special_ids, out.sequences, ids.shape[1])
-        return sum(is_correct(answer, reference) for answer, reference in zip(answers, references, strict=True))
+        return sum(is_correct(a, row["output"]) for a, row in zip(answers, rows, strict=True)) / len(rows)
 
-    special = loaded.special_ids
-    return loaded.model.eval(), score, batches, (special.eos, special.eot)
+    return loaded.model.eval(), accuracy, (ids[: args.prompts], attention[: args.prompts])
 
 
 def fast_modes(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """Part 2: tokens/s, NFE per answer and (with the demo model) accuracy of each mode."""
+    """Part 2: decoded positions per second, NFE per answer and (with the demo model) task accuracy per mode."""
     if args.demo_model:
-        model, score, batches, end_ids = demo_prompts(args)
+        model, accuracy, (ids, attention) = demo_problems(args)
     else:
-        model = random_llada(args.small_vocab)
+        model, accuracy = random_llada(args.small_vocab), None
         ids, attention = random_prompts(args.prompts, args.small_vocab, model.config.eos_token_id)
-        batches, score, end_ids = [(ids, attention, None)], None, (model.config.eos_token_id,)
     settings = {"steps": args.gen_length, "gen_length": args.gen_length, "block_length": args.block_length}
-    settings["mask_id"] = model.config.mask_token_id
+    options = {
+        mode: {**cache, **({"parallel_threshold": args.threshold} if mode == "dual_parallel" else {})}
+        for mode, cache in MODES.items()
+    }
 
-    def run(mode: str, ids: torch.Tensor, attention: torch.Tensor) -> SampleOutput:
-        threshold = args.threshold if mode == "dual_parallel" else None
-        return generate_llada(
-            model, ids, attention_mask=attention, parallel_threshold=threshold, **MODES[mode], **settings
-        )
+    def run(mode: str) -> SampleOutput:
+        mask_id = model.config.mask_token_id
+        return generate_llada(model, ids, attention_mask=attention, mask_id=mask_id, **options[mode], **settings)
 
-    ids, attention, _ = batches[0]
-    seconds, results = time_alternating({mode: lambda m=mode: run(m, ids, attention) for mode in MODES}, args.rounds)
-    report = {}
-    for mode in MODES:
-        tokens = count_tokens(results[mode].sequences, args.gen_length, end_ids)
-        report[mode] = {"tokens_per_sec": tokens / seconds[mode], "nfe": results[mode].nfe}
-        if score is not None:
-            correct = sum(score(run(mode, b_ids, b_att), b_ids, refs) for b_ids, b_att, refs in batches)
-            report[mode]["accuracy"] = correct / sum(len(refs) for *_, refs in batches)
-    exact = report["exact"]
-    print(f"fast modes, {args.prompts} prompts x {args.gen_length} tokens, block {args.block_length}:")
+    seconds, results = time_alternating({mode: lambda m=mode: run(m) for mode in MODES}, args.rounds)
+    positions = args.prompts * args.gen_length
+    report = {mode: {"tokens_per_sec": positions / seconds[mode], "nfe": results[mode].nfe} for mode in MODES}
+    if accuracy is not None:
+        for mode in MODES:
+            report[mode]["accuracy"] = accuracy(options[mode])
+    print(f"fast modes, {args.prompts} prompts x {args.gen_length} positions, block {args.block_length}:")
     for mode, figures in report.items():
-        accuracy = f", accuracy {figures['accuracy']:.3f}" if "accuracy" in figures else ""
+        speedup = figures["tokens_per_sec"] / report["exact"]["tokens_per_sec"]
+        accuracy_text = f", task accuracy {figures['accuracy']:.3f}" if "accuracy" in figures else ""
         print(
-            f"  {mode:14s} {figures['tokens_per_sec']:9.1f} tokens/s ({figures['tokens_per_sec'] / exact['tokens_per_sec']:.2f}x), "
-            f"NFE per answer {figures['nfe']}{accuracy}"
+            f"  {mode:14s} {figures['tokens_per_sec']:9.1f} positions/s ({speedup:.2f}x), "
+            f"NFE per answer {figures['nfe']}{accuracy_text}"
         )
     return report
 
