@@ -9,6 +9,13 @@ hidden, so left padding changes nothing but rounding.
 
 Randomness (Gumbel noise, random remasking, token sampling) comes from the optional `generator` only, so runs are
 reproducible; it does not replay the official code's global random stream.
+
+Fast decoding (off by default, which keeps the samplers exact), after Fast-dLLM: `cache` 'prefix' or 'dual' runs
+the whole canvas once per block (the refresh) and then only the block and what follows it, or the block alone,
+against the refreshed keys and values (`dlm.models.cache`; LLaDA and Dream models only; Dream then decodes block
+by block too); `parallel_threshold` also reveals every position whose chosen token is at least that probable.
+Each run is a `_LladaRun` or `_DreamRun` that denoises one block at a time with a `_BlockLogits` (the forward pass,
+cached or not) and a choice rule (`_LladaChoice`, `_DreamChoice`).
 """
 
 from __future__ import annotations
@@ -304,8 +311,8 @@ class _LladaRun:
     stochastic: bool
 
     def block(self, start: int, end: int, steps: int) -> int:
-        """Denoise block [start, end) in at most `steps` forward passes (each refreshing the cache first); return
-        the network evaluations."""
+        """Denoise block [start, end) in at most `steps` forward passes, the first of which refreshes the cache;
+        return the network evaluations."""
         counts = llada_transfer_counts((self.x[:, start:end] == self.mask_id).sum(-1), steps)
         nfe = 0
         for step in range(steps):

@@ -146,13 +146,17 @@ def test_cached_sampler_refreshes_each_block_with_the_uncached_pass(
     assert widths == ({4 + shift} if cache == "dual" else {8 + shift, 4 + shift})
 
 
-@pytest.mark.parametrize("family", ["llada", "dream"])
+@pytest.mark.parametrize(
+    ("family", "guidance"), [("llada", {}), ("llada", {"cfg_scale": 0.5}), ("dream", {})], ids=["llada", "cfg", "dream"]
+)
 @pytest.mark.parametrize("cache", ["prefix", "dual"])
-def test_one_step_per_block_is_exact_with_a_cache(models: dict[str, nn.Module], family: str, cache: str) -> None:
-    settings = {"steps": 4, "gen_length": 16, "block_length": 4}
+def test_one_step_per_block_is_exact_with_a_cache(
+    models: dict[str, nn.Module], family: str, guidance: dict[str, float], cache: str
+) -> None:
+    settings = {"steps": 4, "gen_length": 16, "block_length": 4, **guidance}
     exact = _sample(models[family], family, **settings)
     cached = _sample(models[family], family, cache=cache, **settings)
-    assert torch.equal(cached.sequences, exact.sequences) and cached.nfe == exact.nfe == 4
+    assert torch.equal(cached.sequences, exact.sequences) and cached.nfe == exact.nfe == (8 if guidance else 4)
 
 
 def _block_argmax(model: nn.Module, family: str, gen_length: int, block_length: int) -> torch.Tensor:
