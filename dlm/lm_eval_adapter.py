@@ -76,7 +76,7 @@ def settings_for_length(settings: SamplerSettings, max_gen_toks: int, family: Fa
         )
     length = max_gen_toks
     blocks = 1
-    if name in BLOCK_SAMPLERS:
+    if name in BLOCK_SAMPLERS or settings.cache != "none":  # a cached Dream decodes block by block too
         length = math.ceil(max_gen_toks / settings.block_length) * settings.block_length
         blocks = length // settings.block_length
     per_block = -(-settings.steps * length // (settings.max_new_tokens * blocks))  # ceil, in integers

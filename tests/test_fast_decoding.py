@@ -5,6 +5,7 @@ suppressed tokens, infilling, stochastic transfer counts, the settings' plumbing
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from dlm.evaluation import EvaluationError, check_sampler_settings
 from dlm.families import SpecialIds, get_family
 from dlm.forward import logits_at_positions
 from dlm.generation import SamplerSettings, generate
+from dlm.lm_eval_adapter import settings_for_length
 from dlm.models.cache import CanvasCache
 from dlm.samplers import SamplingError, generate_dream, generate_llada, llada_transfer_counts
 from dlm.sft import SFTConfig, run_sft
@@ -310,3 +312,9 @@ def test_sample_logging_refuses_a_cache_the_family_cannot_take_before_training(t
     with pytest.raises(SamplingError, match="bert cannot"):
         rows = [[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]] * 4
         run_sft(config, rows, rows, Reporter())
+
+
+def test_lm_eval_rounds_a_cached_dream_answer_to_whole_blocks() -> None:
+    settings = SamplerSettings(steps=32, max_new_tokens=32, block_length=8, cache="dual")
+    assert settings_for_length(settings, 20, "dream").max_new_tokens == 24
+    assert settings_for_length(dataclasses.replace(settings, cache="none"), 20, "dream").max_new_tokens == 20
