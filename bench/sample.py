@@ -1,16 +1,28 @@
-"""Sampler speed: dlm's batched LLaDA and Dream samplers vs a straightforward one-prompt-at-a-time loop of the
-official algorithms (LLaDA `generate.py`, Dream `diffusion_generate`), written below as plainly as the originals.
+"""Sampler speed on one device: dlm's batched LLaDA sampler, exact and in its fast modes, against the official
+LLaDA `generate.py` loop run batched (8 prompts per call, as the official code does), written below as plainly as
+the original.
 
-Same tiny checkpoint, same prompts (different lengths; ours left-pads them into one batch with an attention mask),
-temperature 0 and the same number of forward passes per prompt. The reference runs the full model (logits at every
-position) once per step and prompt; ours runs one forward per step for the whole batch and applies the output head
-only where tokens can be revealed. Runs alternate (order flipped each round) after a warm-up, on one thread unless
-`--threads` says otherwise; times are medians. Tokens per second count generated tokens other than EOS, identical on
-both sides when the outputs are.
+Part 1, exact: ours against the official batched loop on random-weight LLaDAs of tiny-llada's size at a 32k and at
+a small vocabulary (prompts of different lengths, left-padded with an attention mask on both sides): tokens/s and
+whether every output token matches. The official loop runs the full model (logits at every position) each step;
+ours applies the output head only to the current block.
 
-The last line printed is ``{"tokens_per_sec_ratio": ours / reference (the smaller of LLaDA and Dream),
-"outputs_identical": true if every output token matched}``.
-Run: ``python bench/sample.py`` (well under a minute on 2 CPU cores; ``--help`` for sizes).
+Part 2, fast modes against our exact sampler on one model, 8 prompts, `--gen-length` (256) new tokens, blocks of
+`--block-length` (32), one token per step: `prefix` and `dual` key/value caches, and `dual` with
+`--threshold` (0.9) parallel decoding. The model is the demo's trained tiny-llada when `--demo-model DIR` is given
+(prompts: its held-out test problems; task accuracy per mode over `--problems` of them, at the demo's own answer
+length, as that model answers nothing on longer canvases), else the small-vocabulary random model of part 1.
+Prints answer positions decoded per second (the demo model's long answers are mostly end-of-text, so counting
+non-EOS tokens would say nothing), NFE (forward passes) per answer and speed-ups.
+
+Runs alternate (order flipped each round) after a warm-up, on one thread unless `--threads` says otherwise; times
+are medians. Part 1's tokens per second count generated tokens other than EOS.
+
+The last line printed is one JSON object: ``speedup_prefix``, ``speedup_dual``, ``speedup_dual_parallel`` (speed
+over our exact sampler's), ``nfe_ratio_dual_parallel``, ``outputs_identical_exact`` (ours = official batched at both
+vocabularies), ``official_ratio_vocab_32k``/``official_ratio_small_vocab`` (ours exact over official batched), and
+``accuracy_<mode>`` for each mode (null without `--demo-model`).
+Run: ``python bench/sample.py`` (``--help`` for sizes).
 """
 
 from __future__ import annotations
@@ -25,173 +37,211 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from common import add_threads_argument
-from transformers import AutoModelForMaskedLM
 
-import dlm  # noqa: F401  (registers LLaDA and Dream with the Auto classes)
-from dlm.samplers import generate_dream, generate_llada
+import dlm  # noqa: F401  (registers LLaDA with the Auto classes)
+from demo.run import SIZES
+from demo.task import MAX_DIGITS, build_task, is_correct
+from dlm.generation import decode_answers, encode_prompts
+from dlm.loading import load_model_and_tokenizer
+from dlm.models import LLaDAConfig, LLaDAModelLM
+from dlm.samplers import SampleOutput, generate_llada
 
-FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "golden"
+MODES = {"exact": {}, "prefix": {"cache": "prefix"}, "dual": {"cache": "dual"}, "dual_parallel": {"cache": "dual"}}
 
 
 @torch.no_grad()
-def reference_llada(model, prompt, steps, gen_length, block_length, mask_id):
-    """Official LLaDA sampling for one prompt [1, P] at temperature 0 with low-confidence remasking."""
-    x = torch.full((1, prompt.shape[1] + gen_length), mask_id, dtype=torch.long)
-    x[:, : prompt.shape[1]] = prompt
+def official_llada(model, prompt, attention_mask, steps, gen_length, block_length, mask_id):
+    """The official LLaDA sampling loop for a batch of left-padded prompts [B, P] at temperature 0 with
+    low-confidence remasking."""
+    batch, prompt_len = prompt.shape
+    x = torch.full((batch, prompt_len + gen_length), mask_id, dtype=torch.long)
+    x[:, :prompt_len] = prompt
+    attention_mask = torch.cat([attention_mask, torch.ones(batch, gen_length, dtype=attention_mask.dtype)], dim=1)
     num_blocks = gen_length // block_length
     steps_per_block = steps // num_blocks
     for block in range(num_blocks):
-        start = prompt.shape[1] + block * block_length
-        masks_in_block = int((x[:, start : start + block_length] == mask_id).sum())
-        schedule = [
-            masks_in_block // steps_per_block + (i < masks_in_block % steps_per_block) for i in range(steps_per_block)
-        ]
-        for count in schedule:
+        start = prompt_len + block * block_length
+        masks_in_block = (x[:, start : start + block_length] == mask_id).sum(1, keepdim=True)
+        base, remainder = masks_in_block // steps_per_block, masks_in_block % steps_per_block
+        schedule = base + (torch.arange(steps_per_block) < remainder).long()
+        for i in range(steps_per_block):
             mask_index = x == mask_id
-            logits = model(x).logits
+            logits = model(x, attention_mask=attention_mask).logits
             x0 = logits.argmax(-1)
             p = F.softmax(logits, dim=-1)
             x0_p = torch.gather(p, -1, x0.unsqueeze(-1)).squeeze(-1)
             x0_p[:, start + block_length :] = -torch.inf
             x0 = torch.where(mask_index, x0, x)
             confidence = torch.where(mask_index, x0_p, -torch.inf)
-            _, chosen = torch.topk(confidence[0], k=count)
-            x[0, chosen] = x0[0, chosen]
+            transfer = torch.zeros_like(x0, dtype=torch.bool)
+            for row in range(batch):
+                _, chosen = torch.topk(confidence[row], k=int(schedule[row, i]))
+                transfer[row, chosen] = True
+            x[transfer] = x0[transfer]
     return x
 
 
-@torch.no_grad()
-def reference_dream(model, prompt, steps, max_new_tokens, alg, mask_id, eps=1e-3):
-    """Official Dream sampling for one prompt [1, P] at temperature 0 (no top-p/top-k, alg_temp 0)."""
-    x = F.pad(prompt, (0, max_new_tokens), value=mask_id)
-    timesteps = torch.linspace(1, eps, steps + 1)
-    for i in range(steps):
-        mask_index = x == mask_id
-        logits = model(x).logits
-        logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
-        probs = torch.softmax(logits[mask_index], dim=-1)
-        confidence, x0 = probs.max(dim=-1)
-        if alg == "topk_margin":
-            top = probs.sort(dim=-1, descending=True).values
-            confidence = top[:, 0] - top[:, 1]
-        elif alg == "entropy":
-            confidence = (probs * torch.log(probs + 1e-10)).sum(-1)
-        t, s = timesteps[i], timesteps[i + 1]
-        num_mask_token = mask_index.sum() / mask_index.shape[0]
-        count = int(num_mask_token * (1 - s / t)) if i < steps - 1 else int(num_mask_token)
-        full_confidence = torch.full_like(x, -torch.inf, dtype=logits.dtype)
-        full_confidence[mask_index] = confidence
-        if count > 0:
-            _, chosen = torch.topk(full_confidence, count)
-            candidate = torch.full_like(x, mask_id)
-            candidate[mask_index] = x0
-            x[0, chosen[0]] = candidate[0, chosen[0]]
-    return x
+def random_llada(vocab: int, seed: int = 0) -> LLaDAModelLM:
+    """Random weights at tiny-llada's size (d_model 128, 2 layers, 4 heads, MLP 256); mask id vocab - 1."""
+    torch.manual_seed(seed)
+    config = LLaDAConfig(
+        d_model=128,
+        n_heads=4,
+        n_layers=2,
+        mlp_hidden_size=256,
+        vocab_size=vocab,
+        embedding_size=vocab,
+        max_sequence_length=4096,
+        mask_token_id=vocab - 1,
+        eos_token_id=1,
+        pad_token_id=1,
+        bos_token_id=0,
+    )
+    return LLaDAModelLM(config).eval()
 
 
-def left_pad(prompts: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    attention = torch.zeros(len(prompts), width, dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = prompt
-        attention[row, width - len(prompt) :] = 1
+def random_prompts(count: int, vocab: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.randint(4, 25, (count,), generator=generator).tolist()
+    width = max(lengths)
+    ids = torch.full((count, width), pad_id, dtype=torch.long)
+    attention = torch.zeros(count, width, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        ids[row, width - length :] = torch.randint(5, min(vocab - 1, 1000), (length,), generator=generator)
+        attention[row, width - length :] = 1
     return ids, attention
 
 
-def compare(
-    name: str,
-    ours: Callable[[], tuple],
-    reference_one: Callable[[torch.Tensor], torch.Tensor],
-    prompts: list[torch.Tensor],
-    eos_id: int,
-    rounds: int,
-    reference_nfe: int,
-) -> tuple[float, bool]:
-    """Time both alternately; print tokens/s of each and whether their outputs agree; return (ratio, identical)."""
-    runs = {"ours": ours, "reference": lambda: [reference_one(p.unsqueeze(0)) for p in prompts]}
-    ours(), reference_one(prompts[0].unsqueeze(0))  # warm-up
-    times: dict[str, list[float]] = {"ours": [], "reference": []}
+def time_alternating(runs: dict[str, Callable[[], torch.Tensor]], rounds: int) -> tuple[dict, dict]:
+    """Median seconds and last result of each run; a warm-up first, then `rounds` rounds, order flipped each."""
+    for run in runs.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
     results: dict[str, object] = {}
     for round_ in range(rounds):
-        for label in ("ours", "reference") if round_ % 2 == 0 else ("reference", "ours"):
+        for name in list(runs) if round_ % 2 == 0 else list(reversed(runs)):
             start = time.perf_counter()
-            results[label] = runs[label]()
-            times[label].append(time.perf_counter() - start)
-    (sequences, nfe_ours), outputs = results["ours"], results["reference"]
-    width = sequences.shape[1] - max(len(p) for p in prompts)  # generated length
-    identical = all(
-        sequences[row, sequences.shape[1] - len(p) - width :].tolist() == outputs[row][0].tolist()
-        for row, p in enumerate(prompts)
-    )
-    tokens = int((sequences[:, -width:] != eos_id).sum())
-    rates = {label: tokens / statistics.median(values) for label, values in times.items()}
-    ratio = rates["ours"] / rates["reference"]
+            results[name] = runs[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}, results
+
+
+def count_tokens(sequences: torch.Tensor, gen_length: int, end_ids: tuple[int, ...]) -> int:
+    generated = sequences[:, -gen_length:]
+    return int(sum((generated != end_id) for end_id in end_ids).eq(len(end_ids)).sum())
+
+
+def against_official(vocab: int, args: argparse.Namespace) -> tuple[float, bool]:
+    """Part 1 at one vocabulary: (tokens/s ratio ours / official batched, outputs identical)."""
+    model = random_llada(vocab)
+    mask_id, eos_id = model.config.mask_token_id, model.config.eos_token_id
+    ids, attention = random_prompts(args.prompts, vocab, eos_id)
+    settings = {"steps": args.official_gen_length, "gen_length": args.official_gen_length}
+    settings["block_length"] = min(args.block_length, args.official_gen_length)
+    runs = {
+        "ours": lambda: generate_llada(model, ids, attention_mask=attention, mask_id=mask_id, **settings).sequences,
+        "official": lambda: official_llada(model, ids, attention, mask_id=mask_id, **settings),
+    }
+    seconds, results = time_alternating(runs, args.rounds)
+    identical = torch.equal(results["ours"], results["official"])
+    tokens = count_tokens(results["ours"], settings["gen_length"], (eos_id,))
+    rates = {name: tokens / seconds[name] for name in runs}
     print(
-        f"{name}: {len(prompts)} prompts, {tokens} generated non-EOS tokens, "
-        f"NFE per prompt: ours {nfe_ours}, reference {reference_nfe}"
+        f"vocabulary {vocab}: {args.prompts} prompts x {settings['gen_length']} tokens, block "
+        f"{settings['block_length']}: ours {rates['ours']:.1f} tokens/s, official batched {rates['official']:.1f} "
+        f"tokens/s, ratio {rates['ours'] / rates['official']:.2f}x, outputs identical: {identical}"
     )
-    print(f"  ours (batched):        {rates['ours']:9.1f} tokens/s  (median {statistics.median(times['ours']):.3f} s)")
-    print(
-        f"  reference (per prompt): {rates['reference']:8.1f} tokens/s  "
-        f"(median {statistics.median(times['reference']):.3f} s)"
-    )
-    print(f"  ratio {ratio:.2f}x, outputs identical: {identical}")
-    return ratio, identical
+    return rates["ours"] / rates["official"], identical
+
+
+def demo_problems(args: argparse.Namespace) -> tuple[LLaDAModelLM, Callable[[dict], float], tuple[torch.Tensor, ...]]:
+    """The demo's trained model, the prompts of its first `--prompts` held-out test problems (ids, attention), and
+    the task accuracy of sampler options on `--problems` held-out test problems
+    at the answer shape the demo trains and evaluates with (one token per digit and end of turn, two blocks): the
+    demo model never saw a longer canvas, and given one it answers nothing."""
+    loaded = load_model_and_tokenizer(args.demo_model)
+    size = SIZES["small"]  # the small demo's splits: the held-out test problems it evaluates on
+    rows = build_task(size.train, size.validation, size.test).rows["test"][: args.problems]
+    messages = [[{"role": "user", "content": row["instruction"]}] for row in rows]
+    ids, attention = encode_prompts(loaded.tokenizer, messages, loaded.special_ids.pad)
+    shape = {"steps": MAX_DIGITS + 1, "gen_length": MAX_DIGITS + 1, "block_length": (MAX_DIGITS + 1) // 2}
+
+    def accuracy(options: dict) -> float:
+        out = generate_llada(
+            loaded.model, ids, attention_mask=attention, mask_id=loaded.special_ids.mask, **shape, **options
+        )
+        answers = decode_answers(loaded.tokenizer, loaded.special_ids, out.sequences, ids.shape[1])
+        return sum(is_correct(a, row["output"]) for a, row in zip(answers, rows, strict=True)) / len(rows)
+
+    return loaded.model.eval(), accuracy, (ids[: args.prompts], attention[: args.prompts])
+
+
+def fast_modes(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Part 2: decoded positions per second, NFE per answer and (with the demo model) task accuracy per mode."""
+    if args.demo_model:
+        model, accuracy, (ids, attention) = demo_problems(args)
+    else:
+        model, accuracy = random_llada(args.small_vocab), None
+        ids, attention = random_prompts(args.prompts, args.small_vocab, model.config.eos_token_id)
+    settings = {"steps": args.gen_length, "gen_length": args.gen_length, "block_length": args.block_length}
+    options = {
+        mode: {**cache, **({"parallel_threshold": args.threshold} if mode == "dual_parallel" else {})}
+        for mode, cache in MODES.items()
+    }
+
+    def run(mode: str) -> SampleOutput:
+        mask_id = model.config.mask_token_id
+        return generate_llada(model, ids, attention_mask=attention, mask_id=mask_id, **options[mode], **settings)
+
+    seconds, results = time_alternating({mode: lambda m=mode: run(m) for mode in MODES}, args.rounds)
+    positions = args.prompts * args.gen_length
+    report = {mode: {"tokens_per_sec": positions / seconds[mode], "nfe": results[mode].nfe} for mode in MODES}
+    if accuracy is not None:
+        for mode in MODES:
+            report[mode]["accuracy"] = accuracy(options[mode])
+    print(f"fast modes, {args.prompts} prompts x {args.gen_length} positions, block {args.block_length}:")
+    for mode, figures in report.items():
+        speedup = figures["tokens_per_sec"] / report["exact"]["tokens_per_sec"]
+        accuracy_text = f", task accuracy {figures['accuracy']:.3f}" if "accuracy" in figures else ""
+        print(
+            f"  {mode:14s} {figures['tokens_per_sec']:9.1f} positions/s ({speedup:.2f}x), "
+            f"NFE per answer {figures['nfe']}{accuracy_text}"
+        )
+    return report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", type=int, default=8)
-    parser.add_argument("--gen-length", type=int, default=32)
-    parser.add_argument("--block-length", type=int, default=8)
-    parser.add_argument("--dream-steps", type=int, default=16)
+    parser.add_argument("--gen-length", type=int, default=256)
+    parser.add_argument("--block-length", type=int, default=32)
+    parser.add_argument("--official-gen-length", type=int, default=64, help="part 1's new tokens")
+    parser.add_argument("--small-vocab", type=int, default=1024)
+    parser.add_argument("--threshold", type=float, default=0.9)
+    parser.add_argument("--demo-model", type=Path, default=None, help="the demo's trained tiny-llada folder")
+    parser.add_argument("--problems", type=int, default=64, help="held-out problems scored per mode (demo model)")
     parser.add_argument("--rounds", type=int, default=3)
     add_threads_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.prompts < 8:
         parser.error("--prompts must be at least 8")
-    torch.manual_seed(0)
-    lengths = torch.randint(4, 25, (args.prompts,)).tolist()
-    prompts = [torch.randint(5, 60, (length,)) for length in lengths]
 
-    llada = AutoModelForMaskedLM.from_pretrained(FIXTURES / "llada-tiny").eval()
-    mask_id, eos_id = llada.config.mask_token_id, llada.config.eos_token_id
-    ids, attention = left_pad(prompts, eos_id)
-    settings = {"steps": args.gen_length, "gen_length": args.gen_length, "block_length": args.block_length}
-
-    def ours_llada() -> tuple:
-        out = generate_llada(llada, ids, attention_mask=attention, mask_id=mask_id, eos_id=eos_id, **settings)
-        return out.sequences, out.nfe
-
-    def reference_llada_one(prompt: torch.Tensor) -> torch.Tensor:
-        return reference_llada(llada, prompt, mask_id=mask_id, **settings)
-
-    llada_ratio, llada_same = compare(
-        "LLaDA", ours_llada, reference_llada_one, prompts, eos_id, args.rounds, settings["steps"]
-    )
-
-    dream = AutoModelForMaskedLM.from_pretrained(FIXTURES / "dream-tiny").eval()
-    mask_id, eos_id = dream.config.mask_token_id, dream.config.eos_token_id
-    ids, attention = left_pad(prompts, eos_id)
-    dream_settings = {"steps": args.dream_steps, "max_new_tokens": args.gen_length, "alg": "entropy"}
-
-    def ours_dream() -> tuple:
-        out = generate_dream(dream, ids, attention_mask=attention, mask_id=mask_id, eos_id=eos_id, **dream_settings)
-        return out.sequences, out.nfe
-
-    def reference_dream_one(prompt: torch.Tensor) -> torch.Tensor:
-        return reference_dream(dream, prompt, mask_id=mask_id, **dream_settings)
-
-    dream_ratio, dream_same = compare(
-        "Dream (entropy)", ours_dream, reference_dream_one, prompts, eos_id, args.rounds, args.dream_steps
-    )
+    ratio_32k, identical_32k = against_official(32768, args)
+    ratio_small, identical_small = against_official(args.small_vocab, args)
+    report = fast_modes(args)
+    speed = {mode: report[mode]["tokens_per_sec"] / report["exact"]["tokens_per_sec"] for mode in MODES}
     print(
         json.dumps(
             {
-                "tokens_per_sec_ratio": round(min(llada_ratio, dream_ratio), 3),
-                "outputs_identical": llada_same and dream_same,
+                "speedup_prefix": round(speed["prefix"], 3),
+                "speedup_dual": round(speed["dual"], 3),
+                "speedup_dual_parallel": round(speed["dual_parallel"], 3),
+                "nfe_ratio_dual_parallel": round(report["dual_parallel"]["nfe"] / report["exact"]["nfe"], 3),
+                "outputs_identical_exact": identical_32k and identical_small,
+                "official_ratio_vocab_32k": round(ratio_32k, 3),
+                "official_ratio_small_vocab": round(ratio_small, 3),
+                **{f"accuracy_{mode}": report[mode].get("accuracy") for mode in MODES},
             }
         )
     )

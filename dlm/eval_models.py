@@ -87,6 +87,8 @@ def eval_settings_from(params: Mapping[str, Any]) -> EvalSettings:
         top_p=params["top_p"] if params["top_p"] < 1 else None,
         top_k=params["top_k"] or None,
         suppress_eos_confidence=params["suppress_eos_confidence"],
+        cache=params["cache"],
+        parallel_threshold=params["parallel_threshold"] or None,
     )
     names = ("mc_num", "batch_size", "seed", "max_length", "apply_chat_template", "answer_extraction", "answer_regex")
     return EvalSettings(

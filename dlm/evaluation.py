@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from dlm.generation import SamplerSettings, decode_answers, encode_prompts, generate
+from dlm.generation import SamplerSettings, check_decoding_settings, decode_answers, encode_prompts, generate
 from dlm.loading import LoadedModel
 from dlm.metrics.likelihood import (
     ScoringInputs,
@@ -167,6 +167,7 @@ def check_sampler_settings(family_name: str, sampler: SamplerSettings) -> None:
                 sampler.remasking,
                 sampler.cfg_scale,
             )
+        check_decoding_settings(family_name, sampler)
     except SamplingError as e:
         raise EvaluationError(f"sampler settings (gen_length is max_new_tokens): {e}") from e
     if sampler.max_new_tokens < 1:

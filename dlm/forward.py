@@ -98,6 +98,7 @@ def _run_with_head_input(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     replace: Callable[[torch.Tensor], torch.Tensor],
+    **model_kwargs: Any,
 ) -> torch.Tensor:
     """Run `model`'s own forward, giving its head `replace(hidden)` instead of the hidden states [B, L, H]."""
     base = unwrap_model(model)
@@ -116,7 +117,7 @@ def _run_with_head_input(
 
     handle = head.register_forward_pre_hook(pre_hook)
     try:
-        kwargs = {"input_ids": input_ids, **spec.forward_kwargs}
+        kwargs = {"input_ids": input_ids, **spec.forward_kwargs, **model_kwargs}
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
         output = model(**kwargs)
@@ -131,19 +132,23 @@ def logits_at_positions(
     attention_mask: torch.Tensor | None,
     positions: Positions,
     shift: bool = False,
+    **model_kwargs: Any,
 ) -> torch.Tensor:
     """Logits [N, V] predicting the tokens at the N selected positions, in selection order (row-major for a mask).
 
     Unshifted (LLaDA, BERT, converted causal LMs): the row for (b, i) is the head applied at position i.
     Shifted (Dream; next-token prediction): token i is predicted from position i - 1, and position 0 from itself,
     which equals shifting full logits right by one while keeping the first column, as the reference Dream trainer
-    does. `model` may be wrapped (DDP, FSDP, peft, torch.compile); its forward is called once.
+    does. `model` may be wrapped (DDP, FSDP, peft, torch.compile); its forward is called once, with `model_kwargs`
+    too (a sampler's `past_key_values`).
     """
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
     batch_idx, pos_idx = _selection(positions, input_ids.shape)
     source_idx = (pos_idx - 1).clamp_min(0) if shift else pos_idx
-    return _run_with_head_input(model, input_ids, attention_mask, lambda hidden: hidden[batch_idx, source_idx])
+    return _run_with_head_input(
+        model, input_ids, attention_mask, lambda hidden: hidden[batch_idx, source_idx], **model_kwargs
+    )
 
 
 def hidden_states(

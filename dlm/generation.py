@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from dlm.families import Family, SpecialIds
-from dlm.samplers import SampleOutput, generate_dream, generate_llada
+from dlm.samplers import SampleOutput, check_decoding, check_dream_blocks, generate_dream, generate_llada
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,21 @@ class SamplerSettings:
     top_p: float | None = None
     top_k: int | None = None
     suppress_eos_confidence: bool = False
+    cache: str = "none"  # diffusion samplers: "prefix"/"dual" approximate key/value caches (LLaDA and Dream)
+    parallel_threshold: float | None = None  # diffusion samplers: also reveal every position this confident
+
+
+def check_decoding_settings(family_name: str, settings: SamplerSettings) -> None:
+    """`SamplingError` for cache/threshold settings the family's sampler rejects. Causal LMs ignore them (their
+    `generate` caches exactly), so one setting can serve a comparison of diffusion and causal models."""
+    if family_name == "ar":
+        return
+    check_decoding(settings.cache, settings.parallel_threshold, family_name)
+    if family_name == "dream":
+        block_length = settings.block_length if settings.cache != "none" else settings.max_new_tokens
+        check_dream_blocks(
+            settings.steps, settings.max_new_tokens, block_length, settings.alg, settings.parallel_threshold
+        )
 
 
 def encode_prompts(
@@ -94,6 +109,9 @@ def generate(
             top_k=settings.top_k,
             alg=settings.alg,
             alg_temp=settings.alg_temp,
+            block_length=settings.block_length if settings.cache != "none" else None,
+            cache=settings.cache,
+            parallel_threshold=settings.parallel_threshold,
             attention_mask=mask_for_model,
             eos_id=special.eos,
             eot_id=special.eot,
@@ -113,6 +131,8 @@ def generate(
         eos_id=special.eos,
         eot_id=special.eot,
         suppress_eos_in_confidence=settings.suppress_eos_confidence,
+        cache=settings.cache,
+        parallel_threshold=settings.parallel_threshold,
         generator=generator,
     )
 

@@ -37,8 +37,9 @@ from dlm.elbo import elbo, example_generators
 from dlm.errors import DlmError
 from dlm.families import Family
 from dlm.forward import logits_at_positions
-from dlm.generation import SamplerSettings, decode_answers, encode_prompts, generate
+from dlm.generation import SamplerSettings, check_decoding_settings, decode_answers, encode_prompts, generate
 from dlm.loading import LoadedModel, load_model_and_tokenizer
+from dlm.samplers import SamplingError
 
 LM_NAME = "dlm_diffusion"
 DEFAULT_MAX_LENGTH = 4096  # when the config names no context length
@@ -75,7 +76,7 @@ def settings_for_length(settings: SamplerSettings, max_gen_toks: int, family: Fa
         )
     length = max_gen_toks
     blocks = 1
-    if name in BLOCK_SAMPLERS:
+    if name in BLOCK_SAMPLERS or settings.cache != "none":  # a cached Dream decodes block by block too
         length = math.ceil(max_gen_toks / settings.block_length) * settings.block_length
         blocks = length // settings.block_length
     per_block = -(-settings.steps * length // (settings.max_new_tokens * blocks))  # ceil, in integers
@@ -176,6 +177,10 @@ class DiffusionLM(TemplateLM):
         self.mc_num = _positive_int("mc_num", mc_num)
         self.batch_size = _positive_int("batch_size", batch_size)
         self.sampler = sampler if sampler is not None else _sampler_from_args(sampler_fields)
+        try:
+            check_decoding_settings(loaded.family.name, self.sampler)
+        except SamplingError as e:
+            raise LmEvalError(f"{LM_NAME} sampler settings: {e}") from e
         self.seed = int(seed)
         config = self.model.config
         length = (

@@ -18,7 +18,9 @@ token ``i + 1``; the shift belongs to the loss and the sampler. For logits at se
     logits = model.logits_from_hidden(hidden[positions])
 
 ``forward(..., output_hidden_states=True).hidden_states[-1]`` is that same post-norm tensor. Forward takes
-``**kwargs`` (passed on to the Qwen2 layers), as the official Dream model does.
+``**kwargs`` (passed on to the Qwen2 layers), as the official Dream model does; ``past_key_values`` may be a
+diffusion sampler's `CanvasCache` (recorded when empty; when filled, the input is a span of the cached canvas and a
+2-D ``attention_mask`` covers the whole canvas; see `dlm.models.cache`).
 
 The official ``config.json`` stores ``rope_theta``/``rope_scaling``; transformers 5 folds them into
 ``rope_parameters`` and saves that. Its ``auto_map`` (remote code that fails on transformers 5) is dropped.
@@ -30,8 +32,11 @@ import torch
 from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import Qwen2Config, Qwen2Model
+from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import MaskedLMOutput
 from transformers.models.qwen2.modeling_qwen2 import Qwen2PreTrainedModel
+
+from dlm.models.cache import CanvasCache
 
 
 @strict
@@ -111,20 +116,48 @@ class DreamModel(Qwen2PreTrainedModel):
             )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         kwargs.pop("use_cache", None)
-        base = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask
             if self.config._attn_implementation == "eager"
             else _pairwise_mask(attention_mask),
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            output_hidden_states=output_hidden_states,
-            use_cache=False,
-            **kwargs,
-        )
+            "position_ids": position_ids,
+            "inputs_embeds": inputs_embeds,
+        }
+        if isinstance(kwargs.get("past_key_values"), CanvasCache):
+            inputs = self._canvas_cache_inputs(kwargs["past_key_values"], inputs, attention_mask)
+        base = self.model(**inputs, output_hidden_states=output_hidden_states, use_cache=False, **kwargs)
         output = MaskedLMOutput(
             logits=self.logits_from_hidden(base.last_hidden_state),
             hidden_states=base.hidden_states,
             attentions=base.attentions,
         )
         return output if return_dict else output.to_tuple()
+
+    def _canvas_cache_inputs(
+        self, cache: CanvasCache, inputs: dict, attention_mask: torch.Tensor | None
+    ) -> dict[str, torch.Tensor | dict | None]:
+        """Qwen2Model inputs with explicit positions and a prepared mask, so that it never treats the cache as a
+        growing autoregressive one; a recording pass gets the mask an uncached pass gets."""
+        embeds = inputs["inputs_embeds"]
+        if embeds is None:
+            embeds = self.model.embed_tokens(inputs["input_ids"])
+        batch, length = embeds.shape[:2]
+        if cache.filled:
+            positions = cache.positions(length, embeds.device)[None]
+            mask = cache.attention_bias(attention_mask, batch, length, embeds.dtype)
+        else:
+            positions = torch.arange(length, device=embeds.device)[None]
+            mask = create_causal_mask(
+                config=self.config,
+                inputs_embeds=embeds,
+                attention_mask=inputs["attention_mask"],
+                past_key_values=None,
+                position_ids=positions,
+            )
+        return {
+            "input_ids": None,
+            "inputs_embeds": embeds,
+            "position_ids": positions,
+            "attention_mask": {"full_attention": mask},
+        }

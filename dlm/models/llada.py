@@ -42,6 +42,8 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from dlm.models.cache import CanvasCache
+
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu}
 
 
@@ -258,6 +260,7 @@ class LLaDABlock(GradientCheckpointingLayer):
         x: torch.Tensor,
         rotary: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None = None,
+        cache: CanvasCache | None = None,
     ) -> torch.Tensor:
         batch, length = x.shape[:2]
         h = self.attn_norm(x)
@@ -267,6 +270,8 @@ class LLaDABlock(GradientCheckpointingLayer):
         cos, sin = rotary
         q = _apply_rotary(q, cos, sin, self.config.rope_full_precision)
         k = _apply_rotary(k, cos, sin, self.config.rope_full_precision)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         att, _ = attention(
             self,
@@ -326,8 +331,12 @@ class LLaDAModel(LLaDAPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        past_key_values: CanvasCache | None = None,
     ) -> BaseModelOutput | tuple:
-        """Hidden states after ``ln_f``; ``hidden_states`` = (embeddings, outputs of blocks 0..n-2, post-``ln_f``)."""
+        """Hidden states after ``ln_f``; ``hidden_states`` = (embeddings, outputs of blocks 0..n-2, post-``ln_f``).
+
+        ``past_key_values``: a `CanvasCache`, recorded when empty; when filled, the input is a span of the cached
+        canvas and ``attention_mask`` covers the whole canvas (see `dlm.models.cache`)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("LLaDA forward: pass exactly one of input_ids or inputs_embeds")
         output_hidden_states = (
@@ -343,18 +352,28 @@ class LLaDAModel(LLaDAPreTrainedModel):
                 f"LLaDA forward: attention_mask must be 2-D [batch, length] with 1 for real tokens, "
                 f"got shape {tuple(attention_mask.shape)}"
             )
-        mask = create_bidirectional_mask(config=self.config, inputs_embeds=x, attention_mask=attention_mask)
-        rotary = rotary_cos_sin(self.config, x.shape[1], x.device)
+        mask, rotary = self._mask_and_rotary(x, attention_mask, past_key_values)
         hidden_states: tuple[torch.Tensor, ...] = ()
         for block in self.transformer.blocks:
             if output_hidden_states:
                 hidden_states += (x,)
-            x = block(x, rotary=rotary, attention_mask=mask)
+            x = block(x, rotary=rotary, attention_mask=mask, cache=past_key_values)
         x = self.transformer.ln_f(x)
         if output_hidden_states:
             hidden_states += (x,)
         output = BaseModelOutput(last_hidden_state=x, hidden_states=hidden_states or None)
         return output if return_dict else output.to_tuple()
+
+    def _mask_and_rotary(
+        self, x: torch.Tensor, attention_mask: torch.Tensor | None, cache: CanvasCache | None
+    ) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor]]:
+        if cache is None or not cache.filled:
+            mask = create_bidirectional_mask(config=self.config, inputs_embeds=x, attention_mask=attention_mask)
+            return mask, rotary_cos_sin(self.config, x.shape[1], x.device)
+        batch, length = x.shape[:2]
+        cos, sin = rotary_cos_sin(self.config, cache.span_start + length, x.device)
+        rotary = cos[cache.span_start :], sin[cache.span_start :]
+        return cache.attention_bias(attention_mask, batch, length, x.dtype), rotary
 
 
 class LLaDAModelLM(LLaDAPreTrainedModel):
@@ -402,8 +421,10 @@ class LLaDAModelLM(LLaDAPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         use_cache: bool | None = None,
+        past_key_values: CanvasCache | None = None,
     ) -> MaskedLMOutput | tuple:
-        """Logits [B, L, embedding_size]; ``use_cache`` is accepted for callers that pass it and must not be true."""
+        """Logits [B, L, embedding_size]. ``use_cache`` is accepted for callers that pass it and must not be true:
+        the only cache is a diffusion sampler's `CanvasCache`, passed as ``past_key_values``."""
         if use_cache:
             raise ValueError("LLaDA has no key/value cache: call it with use_cache=False or without use_cache")
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -413,6 +434,7 @@ class LLaDAModelLM(LLaDAPreTrainedModel):
             inputs_embeds=inputs_embeds,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            past_key_values=past_key_values,
         )
         output = MaskedLMOutput(
             logits=self.logits_from_hidden(base.last_hidden_state), hidden_states=base.hidden_states

@@ -27,4 +27,6 @@ class SFTConfig(TrainerConfig):
     eval_strategy: str = "no"
     sample_every_steps: int = 0
     num_samples: int = 2
+    sample_cache: str = "none"
+    sample_parallel_threshold: float = 0.0
     num_proc: int = 1

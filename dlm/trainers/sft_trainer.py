@@ -34,7 +34,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from dlm.callbacks import Reporter, ReporterCallback, SampleCallback
 from dlm.data import DiffusionCollator, encode_conversations, pack_texts
 from dlm.errors import ModelError
-from dlm.generation import SamplerSettings, answer
+from dlm.generation import SamplerSettings, answer, check_decoding_settings
 from dlm.loading import LoadedModel
 from dlm.losses import LossConfig, LossOutput, ar_loss, count_items, diffusion_loss, draw_mask
 from dlm.masking import random_length
@@ -234,7 +234,14 @@ def _sample_callback(
 ) -> TrainerCallback:
     """Every `sample_every_steps` steps, the answers the model gives to the first validation prompts go to the log."""
     prompts = [list(conv[:-1]) for conv in list(validation_rows)[: config.num_samples]]
-    settings = SamplerSettings(steps=32, max_new_tokens=32, block_length=32)
+    settings = SamplerSettings(
+        steps=32,
+        max_new_tokens=32,
+        block_length=32,
+        cache=config.sample_cache,
+        parallel_threshold=config.sample_parallel_threshold or None,
+    )
+    check_decoding_settings(loaded.family.name, settings)  # fail before training, not at the first sample
 
     def sample() -> list[tuple[str, str]]:
         answers = answer(model, loaded.tokenizer, loaded.family, loaded.special_ids, prompts, settings)
