@@ -7,10 +7,10 @@ A plugin's `main.py` is::
     def main() -> None:
         run_job(__file__, train)      # train(job) does the work
 
-`run_job` reads and validates the parameters against the plugin's `index.json`, picks the backend (the
-Transformer Lab host when running under its harness, else the local workspace), relaunches itself on several
-processes when asked, starts tracking, calls the plugin, and records how it ended: success, failed with the
-real reason (and a non-zero exit), or stopped.
+`run_job` reads and validates the parameters against the plugin's `index.json`, picks the backend (today's
+Transformer Lab when running as its task, the plugin-era host under its harness, else the local workspace),
+relaunches itself on several processes when asked, starts tracking, calls the plugin, and records how it ended:
+success, failed with the real reason (and a non-zero exit), or stopped.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from typing import Any
 
 from plugin_sdk import launch
 from plugin_sdk.backends import HostBackend, LocalBackend, now, running_under_host
-from plugin_sdk.errors import JobStopped, ParameterError, is_user_error
+from plugin_sdk.errors import JobStopped, ParameterError, PluginError, is_user_error
+from plugin_sdk.lab_backend import LabBackend, running_as_task
 from plugin_sdk.manifest import load_manifest
 from plugin_sdk.params import Params, coerce_and_validate, read_raw_parameters
 from plugin_sdk.tracking import Tracker, public_config
@@ -33,6 +34,8 @@ from plugin_sdk.workspace import Workspace
 
 EXIT_FAILED = 1
 EXIT_STOPPED = 3
+
+Backend = LocalBackend | HostBackend | LabBackend
 
 
 class Job:
@@ -42,7 +45,7 @@ class Job:
         self,
         *,
         params: Params,
-        backend: LocalBackend | HostBackend,
+        backend: Backend,
         job_id: str,
         plugin_dir: Path,
         manifest: Mapping[str, Any],
@@ -85,7 +88,9 @@ class Job:
 
     @property
     def checkpoint_dir(self) -> Path:
-        """Resumable checkpoints of this job."""
+        """Resumable checkpoints of this job (as a task: the job's own `checkpoints/`, which the host lists)."""
+        if isinstance(self.backend, LabBackend):
+            return self.backend.checkpoint_dir
         return self.output_dir / f"checkpoints_job_{self.job_id}"
 
     def model_dir(self, name: str) -> Path:
@@ -130,6 +135,7 @@ class Job:
             return
         if self.tracker is not None:
             self.tracker.log_metrics(metrics, step)
+        self.backend.log_metrics(metrics, step)
         shown = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
         print(f"step {step}: {shown}", flush=True)
 
@@ -210,7 +216,10 @@ def _plugin_dir(plugin_file: str | os.PathLike[str]) -> Path:
     return path.parent if path.is_file() else path
 
 
-def _make_backend(raw_values: dict[str, Any], plugin_type: str) -> tuple[LocalBackend | HostBackend, dict[str, Any]]:
+def _make_backend(raw_values: dict[str, Any], plugin_type: str) -> tuple[Backend, dict[str, Any]]:
+    if running_as_task():
+        backend = LabBackend()
+        return backend, {**backend.host_parameters(), **raw_values}
     if running_under_host():
         backend = HostBackend(plugin_type)
         return backend, {**backend.host_parameters(), **raw_values}
@@ -238,7 +247,11 @@ def run_job(
     argv = sys.argv[1:] if argv is None else argv
     under_host = running_under_host()
     raw = read_raw_parameters([] if under_host else argv)
-    backend, values = _make_backend(dict(raw.values), plugin_type)
+    try:
+        backend, values = _make_backend(dict(raw.values), plugin_type)
+    except PluginError as exc:  # no job to record it in: the log and the exit code say it
+        print(f"ERROR: {exc}", flush=True)
+        raise SystemExit(EXIT_FAILED) from None
     experiment = str(values.get("experiment_name") or (raw.experiment or {}).get("name") or "default")
     job_id = str(values["job_id"])
     main_process = launch.process_rank() == 0
@@ -300,7 +313,8 @@ def run_job(
             backend.set_data("completion_details", f"Stopped by user ({exc or 'interrupted'}).")
             backend.set_data("end_time", now())
             backend.set_status("STOPPED")
-        raise SystemExit(EXIT_STOPPED) from None
+        # A task's wrapper turns a stopped job's exit 0 into STOPPED and any other code into FAILED.
+        raise SystemExit(0 if isinstance(backend, LabBackend) else EXIT_STOPPED) from None
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - every failure must end as failed, with its reason
@@ -317,7 +331,7 @@ def run_job(
         launch.shutdown_distributed(wait_for_all=not failed)
 
 
-def record_failed_unless_set(backend: LocalBackend | HostBackend, details: str) -> None:
+def record_failed_unless_set(backend: Backend, details: str) -> None:
     """After a child run died: mark the job failed unless the child itself already recorded why."""
     if isinstance(backend, LocalBackend):
         record = backend.record.read()
