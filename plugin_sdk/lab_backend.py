@@ -108,6 +108,7 @@ class LabBackend:
 
         self.workspace = LabWorkspace(_run(dirs.get_workspace_dir()), self.job_dir / "staging")
         self._progress = 0
+        self._metrics: dict[str, float] = {}
         self._details = ""
         self._score: dict[str, float] | None = None
 
@@ -128,7 +129,8 @@ class LabBackend:
         self._record_checkpoints()
         if status == "COMPLETE":
             self._publish_staged()
-            self.lab.finish(self._details, score=self._score)
+            # an evaluator's metrics, else a trainer's last logged ones: what sweeps rank jobs on
+            self.lab.finish(self._details, score=self._score if self._score is not None else self._metrics)
         elif status == "FAILED":
             self.lab.error(self._details)
         else:
@@ -139,7 +141,9 @@ class LabBackend:
         self.lab.update_progress(progress)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        self.lab.update_progress(self._progress, metrics=dict(metrics), step=step)
+        """`current_metrics` keeps the latest value of every metric (a log row may carry only some of them)."""
+        self._metrics.update(metrics)
+        self.lab.update_progress(self._progress, metrics=dict(self._metrics), step=step)
 
     def stop_requested(self) -> bool:
         data = self.lab.get_job_data()
