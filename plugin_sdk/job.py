@@ -241,6 +241,21 @@ def run_job(
     """Run `work(job)` as a job of the plugin whose `main.py` is `plugin_file`; exits non-zero unless it succeeded.
 
     `work` returns an optional one-line summary that becomes `completion_details`."""
+    if not running_as_task():
+        return _run_job(plugin_file, work, argv)
+    try:
+        _run_job(plugin_file, work, argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else EXIT_FAILED
+    # Everything is recorded: leave now. After a stop the host SIGKILLs the process tree 3 s after its SIGTERM, and
+    # the interpreter's teardown of torch and transformers can outlast that; the wrapper would then record FAILED.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _run_job(plugin_file: str | os.PathLike[str], work: Callable[[Job], str | None], argv: list[str] | None) -> None:
     plugin_dir = _plugin_dir(plugin_file)
     manifest = load_manifest(plugin_dir)
     plugin_type = manifest.get("type", "trainer")
@@ -326,6 +341,10 @@ def run_job(
     finally:
         if job.tracker is not None:
             job.tracker.close(failed=failed)
+        if isinstance(backend, LabBackend):
+            # the task's wrapper records any non-zero exit as FAILED: a SIGTERM after the ending is recorded (the
+            # host signals the whole process tree after a stop) must not turn this exit into a death by signal
+            previous[signal.SIGTERM] = signal.SIG_IGN
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         launch.shutdown_distributed(wait_for_all=not failed)

@@ -94,7 +94,7 @@ class TaskYamlSpec(BaseModel):
 @pytest.mark.parametrize("plugin_id", PLUGIN_IDS)
 def test_task_yaml_passes_the_hosts_schema(plugin_id):
     spec = TaskYamlSpec.model_validate(task_yaml(plugin_id))
-    assert spec.run == f"python {plugin_id}/main.py"
+    assert spec.run == f"exec python {plugin_id}/main.py"
     assert (REPO / "plugins" / plugin_id / "main.py").is_file()
 
 
@@ -396,7 +396,7 @@ def test_trainer_task_stops_with_a_checkpoint_and_a_new_job_resumes_it(host, tmp
     output, _ = process.communicate(timeout=60)
     job = read_job(workspace, first)
     assert process.returncode == 0, output
-    assert job["status"] == "STOPPED", output
+    assert job["status"] == "STOPPED", (output, job)
     assert job["job_data"]["completion_details"].startswith("Stopped by user"), job["job_data"]
     assert job["job_data"]["live_status"] == "Remote command finished"
     assert "artifacts" not in job["job_data"] and "models" not in job["job_data"], "a stopped job publishes nothing"
