@@ -192,6 +192,8 @@ class Job:
             raise KeyboardInterrupt  # a second Ctrl-C means now
         self._signalled = True
         self.log(f"Received {signal.Signals(signum).name}: stopping after the current step.")
+        if isinstance(self.backend, LabBackend) and signum == signal.SIGTERM:
+            self.backend.end_stopped_soon()
 
     def _finish(self, status: str, completion: str, details: str) -> None:
         if not self.is_main_process:

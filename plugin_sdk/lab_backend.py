@@ -20,6 +20,9 @@ import importlib.metadata
 import json
 import os
 import shutil
+import sys
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,9 @@ from plugin_sdk.workspace import Workspace, safe_name
 JOB_ENV = "_TFL_JOB_ID"
 LAB_PACKAGE = "transformerlab"
 LAB_MIN_VERSION = "0.1.6"
+# The host SIGKILLs the process tree 3 s after its SIGTERM; a job that has not ended cooperatively by this many
+# seconds after the first SIGTERM (mid-step, still loading the model) is ended STOPPED at once.
+STOP_GRACE_S = 1.5
 
 
 def running_as_task() -> bool:
@@ -107,6 +113,8 @@ class LabBackend:
         from lab import dirs
 
         self.workspace = LabWorkspace(_run(dirs.get_workspace_dir()), self.job_dir / "staging")
+        self._ending = threading.Lock()  # held by whoever records the job's end: it is recorded once
+        self._stop_timer: threading.Timer | None = None
         self._progress = 0
         self._metrics: dict[str, float] = {}
         self._details = ""
@@ -126,6 +134,7 @@ class LabBackend:
         """COMPLETE and FAILED end through `lab.finish` / `lab.error` with the details recorded just before."""
         if status == "RUNNING":
             return  # lab.init did; writing it again could hide a stop that arrived meanwhile
+        self._ending.acquire()  # never released: the process ends after this
         self._record_checkpoints()
         if status == "COMPLETE":
             self._publish_staged()
@@ -144,6 +153,33 @@ class LabBackend:
         """`current_metrics` keeps the latest value of every metric (a log row may carry only some of them)."""
         self._metrics.update(metrics)
         self.lab.update_progress(self._progress, metrics=dict(self._metrics), step=step)
+
+    def end_stopped_soon(self) -> None:
+        """On the host's SIGTERM: unless the job ends cooperatively (a checkpoint at the step boundary) within
+        `STOP_GRACE_S`, end it STOPPED then, before the SIGKILL."""
+        if self._stop_timer is None:
+            self._stop_timer = threading.Timer(STOP_GRACE_S, self._end_stopped_now)
+            self._stop_timer.daemon = True
+            self._stop_timer.start()
+
+    def _end_stopped_now(self) -> None:
+        if not self._ending.acquire(blocking=False):
+            return  # the main thread is recording the end already
+        self._ending.release()
+        self._remove_incomplete_checkpoints()
+        self.set_data(
+            "completion_details", "Stopped by user before the current step ended; kept the last complete checkpoint."
+        )
+        self.set_data("end_time", time.strftime("%Y-%m-%d %H:%M:%S"))
+        self.set_status("STOPPED")
+        print("Stopped by user: ended before the current step finished.", flush=True)
+        sys.stderr.flush()
+        os._exit(0)
+
+    def _remove_incomplete_checkpoints(self) -> None:
+        for folder in self.checkpoint_dir.glob("checkpoint-*"):
+            if not (folder / "trainer_state.json").is_file():
+                shutil.rmtree(folder, ignore_errors=True)
 
     def stop_requested(self) -> bool:
         data = self.lab.get_job_data()

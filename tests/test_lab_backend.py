@@ -243,7 +243,13 @@ def job_dir(workspace: Path, job_id: str) -> Path:
 
 
 def read_job(workspace: Path, job_id: str) -> dict:
-    return json.loads((job_dir(workspace, job_id) / "index.json").read_text())
+    """The job record; `lab` rewrites it in place, so a read racing a write may see it half-written: read again."""
+    for _ in range(50):
+        try:
+            return json.loads((job_dir(workspace, job_id) / "index.json").read_text())
+        except json.JSONDecodeError:
+            time.sleep(0.02)
+    raise AssertionError(f"the record of job {job_id} stays unreadable")
 
 
 def start_task(env: dict, tmp_path: Path, plugin_id: str, job_id: str) -> subprocess.Popen:
@@ -458,3 +464,24 @@ def test_evaluator_task_reports_its_score_and_table(host, tmp_path):
     assert [r["expected_output"] for r in answers] == ["0", "2", "4"]
     assert score["task_accuracy"] == pytest.approx(sum(float(r["score"]) for r in answers) / 3)
     assert (Path(data["artifacts"][0]) / "results.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_stop_while_the_model_loads_ends_stopped_with_nothing_half_written(host, tmp_path):
+    env, workspace = host
+    job_id = create_job(env, trainer_parameters(tmp_path, train_steps=400, save_full_model=True))
+    process = start_task(env, tmp_path, "diffusion_llm_trainer", job_id)
+    deadline = time.monotonic() + 300
+    while "config" not in read_job(workspace, job_id).get("job_data", {}):  # parameters accepted: loading begins
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+        time.sleep(0.05)
+    stop_like_the_host(env, job_id, process)
+    output, _ = process.communicate(timeout=60)
+    job = read_job(workspace, job_id)
+    assert process.returncode == 0 and job["status"] == "STOPPED", output
+    assert "artifacts" not in job["job_data"] and "models" not in job["job_data"], job["job_data"]
+    staged = job_dir(workspace, job_id) / "staging"
+    assert not list(staged.glob("models/*")) and not list(staged.glob("adaptors/*"))
+    for folder in job_dir(workspace, job_id).glob("checkpoints/*"):  # at most the first step's, and complete
+        assert (folder / "trainer_state.json").is_file(), f"{folder} is half-written"
+    assert len(logged_losses(output)) <= 1, output
