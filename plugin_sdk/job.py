@@ -298,6 +298,8 @@ def _run_job(plugin_file: str | os.PathLike[str], work: Callable[[Job], str | No
         fail(str(exc))
     if plan.num_processes > 1 and not launch.is_child_run():
         print(f"Relaunching on {plan.num_processes} processes through accelerate ...", flush=True)
+        if isinstance(backend, LabBackend):  # the host's SIGTERM reaches the workers too; they record the stop
+            signal.signal(signal.SIGTERM, lambda signum, frame: None)
         code = launch.relaunch(plan, job_id=job_id, workspace=str(backend.workspace.root))
         if code != 0:
             details = f"worker processes exited with code {code}; see the job log for their error"
@@ -354,8 +356,8 @@ def _run_job(plugin_file: str | os.PathLike[str], work: Callable[[Job], str | No
 
 def record_failed_unless_set(backend: Backend, details: str) -> None:
     """After a child run died: mark the job failed unless the child itself already recorded why."""
-    if isinstance(backend, LocalBackend):
-        record = backend.record.read()
+    if isinstance(backend, LocalBackend | LabBackend):
+        record = backend.record.read() if isinstance(backend, LocalBackend) else backend.job_record()
         if record.get("job_data", {}).get("completion_status") == "failed" or record.get("status") == "STOPPED":
             return
     backend.set_data("completion_status", "failed")

@@ -181,6 +181,10 @@ class LabBackend:
             if not (folder / "trainer_state.json").is_file():
                 shutil.rmtree(folder, ignore_errors=True)
 
+    def job_record(self) -> dict[str, Any]:
+        """The job's record as the host keeps it (`status`, `job_data`, ...)."""
+        return _run(self.lab.job.get_json_data(uncached=True))
+
     def stop_requested(self) -> bool:
         data = self.lab.get_job_data()
         return bool(data.get("stop"))
