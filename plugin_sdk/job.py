@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -34,6 +35,7 @@ from plugin_sdk.workspace import Workspace
 
 EXIT_FAILED = 1
 EXIT_STOPPED = 3
+_early_stop = threading.Event()
 
 Backend = LocalBackend | HostBackend | LabBackend
 
@@ -245,6 +247,8 @@ def run_job(
     `work` returns an optional one-line summary that becomes `completion_details`."""
     if not running_as_task():
         return _run_job(plugin_file, work, argv)
+    # A stop may come before the job's own handler is in place (lab.init, parameter checks): remember it.
+    signal.signal(signal.SIGTERM, lambda signum, frame: _early_stop.set())
     try:
         _run_job(plugin_file, work, argv)
         code = 0
@@ -311,6 +315,8 @@ def _run_job(plugin_file: str | os.PathLike[str], work: Callable[[Job], str | No
         params=params, backend=backend, job_id=job_id, plugin_dir=plugin_dir, manifest=manifest, experiment=experiment
     )
     previous = {sig: signal.signal(sig, job._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    if _early_stop.is_set():
+        job._on_signal(signal.SIGTERM, None)
     failed = True
     try:
         if job.is_main_process:

@@ -466,15 +466,24 @@ def test_evaluator_task_reports_its_score_and_table(host, tmp_path):
     assert (Path(data["artifacts"][0]) / "results.json").is_file()
 
 
+def lab_initialized(data: dict) -> bool:  # lab.init() has attached to the job; parameters not yet checked
+    return data.get("live_status") == "Lab initialized"
+
+
+def parameters_accepted(data: dict) -> bool:  # the job's work (data, model loading) begins
+    return "config" in data
+
+
 @pytest.mark.slow
-def test_a_stop_while_the_model_loads_ends_stopped_with_nothing_half_written(host, tmp_path):
+@pytest.mark.parametrize("moment", [lab_initialized, parameters_accepted])
+def test_a_stop_while_the_job_starts_ends_stopped_with_nothing_half_written(host, tmp_path, moment):
     env, workspace = host
     job_id = create_job(env, trainer_parameters(tmp_path, train_steps=400, save_full_model=True))
     process = start_task(env, tmp_path, "diffusion_llm_trainer", job_id)
     deadline = time.monotonic() + 300
-    while "config" not in read_job(workspace, job_id).get("job_data", {}):  # parameters accepted: loading begins
+    while not moment(read_job(workspace, job_id).get("job_data", {})):
         assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
-        time.sleep(0.05)
+        time.sleep(0.02)
     stop_like_the_host(env, job_id, process)
     output, _ = process.communicate(timeout=60)
     job = read_job(workspace, job_id)
