@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -35,7 +35,7 @@ from plugin_sdk.workspace import Workspace
 
 EXIT_FAILED = 1
 EXIT_STOPPED = 3
-_early_stop = threading.Event()
+_early_stop: list[float] = []  # when a task got a SIGTERM before its job's handler was in place
 
 Backend = LocalBackend | HostBackend | LabBackend
 
@@ -195,7 +195,7 @@ class Job:
         self._signalled = True
         self.log(f"Received {signal.Signals(signum).name}: stopping after the current step.")
         if isinstance(self.backend, LabBackend) and signum == signal.SIGTERM:
-            self.backend.end_stopped_soon()
+            self.backend.end_stopped_soon(since=_early_stop[0] if _early_stop else time.monotonic())
 
     def _finish(self, status: str, completion: str, details: str) -> None:
         if not self.is_main_process:
@@ -248,7 +248,7 @@ def run_job(
     if not running_as_task():
         return _run_job(plugin_file, work, argv)
     # A stop may come before the job's own handler is in place (lab.init, parameter checks): remember it.
-    signal.signal(signal.SIGTERM, lambda signum, frame: _early_stop.set())
+    signal.signal(signal.SIGTERM, lambda signum, frame: _early_stop.append(time.monotonic()))
     try:
         _run_job(plugin_file, work, argv)
         code = 0
@@ -315,7 +315,7 @@ def _run_job(plugin_file: str | os.PathLike[str], work: Callable[[Job], str | No
         params=params, backend=backend, job_id=job_id, plugin_dir=plugin_dir, manifest=manifest, experiment=experiment
     )
     previous = {sig: signal.signal(sig, job._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    if _early_stop.is_set():
+    if _early_stop:
         job._on_signal(signal.SIGTERM, None)
     failed = True
     try:

@@ -35,7 +35,7 @@ LAB_PACKAGE = "transformerlab"
 LAB_MIN_VERSION = "0.1.6"
 # The host SIGKILLs the process tree 3 s after its SIGTERM; a job that has not ended cooperatively by this many
 # seconds after the first SIGTERM (mid-step, still loading the model) is ended STOPPED at once.
-STOP_GRACE_S = 1.5
+STOP_GRACE_S = 1.0
 
 
 def running_as_task() -> bool:
@@ -113,7 +113,7 @@ class LabBackend:
         from lab import dirs
 
         self.workspace = LabWorkspace(_run(dirs.get_workspace_dir()), self.job_dir / "staging")
-        self._ending = threading.Lock()  # held by whoever records the job's end: it is recorded once
+        self._ending = threading.RLock()  # held by the thread that records the job's end: one thread does
         self._stop_timer: threading.Timer | None = None
         self._progress = 0
         self._metrics: dict[str, float] = {}
@@ -134,7 +134,10 @@ class LabBackend:
         """COMPLETE and FAILED end through `lab.finish` / `lab.error` with the details recorded just before."""
         if status == "RUNNING":
             return  # lab.init did; writing it again could hide a stop that arrived meanwhile
-        self._ending.acquire()  # never released: the process ends after this
+        self._ending.acquire()  # kept: the process ends after this (a failure while ending comes back here)
+        self._record_end(status)
+
+    def _record_end(self, status: str) -> None:
         self._record_checkpoints()
         if status == "COMPLETE":
             self._publish_staged()
@@ -154,25 +157,23 @@ class LabBackend:
         self._metrics.update(metrics)
         self.lab.update_progress(self._progress, metrics=dict(self._metrics), step=step)
 
-    def end_stopped_soon(self) -> None:
-        """On the host's SIGTERM: unless the job ends cooperatively (a checkpoint at the step boundary) within
-        `STOP_GRACE_S`, end it STOPPED then, before the SIGKILL."""
+    def end_stopped_soon(self, since: float) -> None:
+        """On the host's SIGTERM (received at `since`, `time.monotonic()`): unless the job ends cooperatively (a
+        checkpoint at the step boundary) within `STOP_GRACE_S` of it, end it STOPPED then, before the SIGKILL."""
         if self._stop_timer is None:
-            self._stop_timer = threading.Timer(STOP_GRACE_S, self._end_stopped_now)
+            delay = max(0.0, STOP_GRACE_S - (time.monotonic() - since))
+            self._stop_timer = threading.Timer(delay, self._end_stopped_now)
             self._stop_timer.daemon = True
             self._stop_timer.start()
 
     def _end_stopped_now(self) -> None:
         if not self._ending.acquire(blocking=False):
             return  # the main thread is recording the end already
-        self._ending.release()
         self._remove_incomplete_checkpoints()
-        self.set_data(
-            "completion_details", "Stopped by user before the current step ended; kept the last complete checkpoint."
-        )
-        self.set_data("end_time", time.strftime("%Y-%m-%d %H:%M:%S"))
-        self.set_status("STOPPED")
-        print("Stopped by user: ended before the current step finished.", flush=True)
+        details = "Stopped by user before the current step ended; kept the last complete checkpoint."
+        _run(self.lab.job.update_job_data_fields({"completion_details": details, "end_time": _now()}))
+        self._record_end("STOPPED")
+        print(details, flush=True)
         sys.stderr.flush()
         os._exit(0)
 
@@ -239,9 +240,13 @@ class LabBackend:
             key=lambda p: int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit() else -1,
         )
         if complete:
-            self.lab.set_job_data_field("checkpoints", [str(p) for p in complete])
-            self.lab.set_job_data_field("latest_checkpoint", str(complete[-1]))
+            fields = {"checkpoints": [str(p) for p in complete], "latest_checkpoint": str(complete[-1])}
+            _run(self.lab.job.update_job_data_fields(fields))
 
 
 def _run(coroutine: Any) -> Any:
     return asyncio.run(coroutine)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S")
