@@ -27,8 +27,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from plugin_sdk.backends import now, write_plot_data
 from plugin_sdk.errors import PluginError
-from plugin_sdk.workspace import Workspace, safe_name
+from plugin_sdk.workspace import Workspace, safe_name, write_json_atomic
 
 JOB_ENV = "_TFL_JOB_ID"
 LAB_PACKAGE = "transformerlab"
@@ -103,8 +104,8 @@ class LabBackend:
 
     name = "lab"
 
-    def __init__(self) -> None:
-        self.lab = import_lab()
+    def __init__(self, lab: Any = None) -> None:
+        self.lab = lab or import_lab()
         self.lab.init()  # attaches to the host's job and marks it RUNNING
         self.job_id = str(self.lab.job.id)
         self.experiment = str(self.lab.experiment.id)
@@ -171,7 +172,7 @@ class LabBackend:
             return  # the main thread is recording the end already
         self._remove_incomplete_checkpoints()
         details = "Stopped by user before the current step ended; kept the last complete checkpoint."
-        _run(self.lab.job.update_job_data_fields({"completion_details": details, "end_time": _now()}))
+        _run(self.lab.job.update_job_data_fields({"completion_details": details, "end_time": now()}))
         self._record_end("STOPPED")
         print(details, flush=True)
         sys.stderr.flush()
@@ -206,8 +207,6 @@ class LabBackend:
         self, model_dir: Path, *, name: str, architecture: str, json_data: dict, provenance: dict
     ) -> None:
         """Hand a full model saved in the staging folder to `lab.save_model` (the job's models)."""
-        from plugin_sdk.workspace import write_json_atomic
-
         write_json_atomic(Path(model_dir) / "_tlab_provenance.json", {**provenance, "model_architecture": architecture})
         self.lab.save_model(str(model_dir), name=name, architecture=architecture, pipeline_tag="text-generation")
         shutil.rmtree(model_dir)
@@ -215,8 +214,6 @@ class LabBackend:
     def save_eval_results(self, frame: Any, eval_dir: Path, job_id: str) -> tuple[Path, Path]:
         """The per-test-case table as the job's evaluation (`input`, `output`, `expected_output`, `score` columns,
         which the evaluator's rows carry), and the plot data beside the report."""
-        from plugin_sdk.backends import write_plot_data
-
         csv_path = self.lab.save_artifact(frame, name=f"eval_results_{job_id}.csv", type="evals")
         plot_path = write_plot_data(frame, Path(eval_dir) / f"plot_data_{job_id}_plotting.json")
         return Path(csv_path), plot_path
@@ -246,7 +243,3 @@ class LabBackend:
 
 def _run(coroutine: Any) -> Any:
     return asyncio.run(coroutine)
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S")

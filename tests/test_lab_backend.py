@@ -494,3 +494,66 @@ def test_a_stop_while_the_job_starts_ends_stopped_with_nothing_half_written(host
     for folder in job_dir(workspace, job_id).glob("checkpoints/*"):  # at most the first step's, and complete
         assert (folder / "trainer_state.json").is_file(), f"{folder} is half-written"
     assert len(logged_losses(output)) <= 1, output
+
+
+class FakeLab:
+    """The few `lab` facade calls the backend makes, recorded."""
+
+    def __init__(self, job_dir: Path) -> None:
+        self.job_dir, self.calls = job_dir, []
+        self.job = type("FakeJob", (), {"id": "5f0c", "update_status": self._update_status})()
+        self.experiment = type("FakeExperiment", (), {"id": EXPERIMENT})()
+
+    async def _update_status(self, status):
+        self.calls.append(("update_status", status))
+
+    def init(self):
+        self.calls.append(("init",))
+
+    def get_checkpoints_dir(self):
+        (self.job_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        return str(self.job_dir / "checkpoints")
+
+    def __getattr__(self, name):  # set_job_data_field, capture_wandb_url, finish, error, update_progress, ...
+        return lambda *args, **kwargs: self.calls.append((name, *args, *sorted(kwargs.items())))
+
+
+@pytest.fixture
+def fake_lab(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFL_HOME_DIR", str(tmp_path))
+    monkeypatch.setenv("TFL_WORKSPACE_DIR", str(tmp_path))
+    fake = FakeLab(tmp_path / "jobs" / "5f0c")
+    return fake, lab_backend.LabBackend(fake)
+
+
+def test_job_data_and_endings_map_onto_labs_calls(fake_lab):
+    fake, backend = fake_lab
+    backend.set_data("wandb_run_url", "https://wandb.ai/x/y/runs/z")
+    backend.set_data("tensorboard_output_dir", "/tb")
+    backend.set_data("score", json.dumps([{"type": "perplexity", "score": 3.5}]))
+    backend.set_data("completion_details", "evaluated")
+    backend.set_status("RUNNING")  # lab.init did: nothing written
+    backend.set_status("COMPLETE")
+    assert fake.calls == [
+        ("init",),
+        ("capture_wandb_url", "https://wandb.ai/x/y/runs/z"),
+        ("set_job_data_field", "tensorboard_output_dir", "/tb"),
+        ("set_job_data_field", "completion_details", "evaluated"),
+        ("finish", "evaluated", ("score", {"perplexity": 3.5})),
+    ]
+
+
+def test_progress_metrics_and_a_failure_map_onto_labs_calls(fake_lab):
+    fake, backend = fake_lab
+    backend.set_progress(40)
+    backend.log_metrics({"train/loss": 2.0, "train/lr": 0.1}, step=4)
+    backend.log_metrics({"train/epoch": 1.0}, step=4)  # a row with some metrics keeps the others current
+    backend.set_data("completion_details", "dataset not found")
+    backend.set_status("FAILED")
+    assert fake.calls[1:] == [
+        ("update_progress", 40),
+        ("update_progress", 40, ("metrics", {"train/loss": 2.0, "train/lr": 0.1}), ("step", 4)),
+        ("update_progress", 40, ("metrics", {"train/loss": 2.0, "train/lr": 0.1, "train/epoch": 1.0}), ("step", 4)),
+        ("set_job_data_field", "completion_details", "dataset not found"),
+        ("error", "dataset not found"),
+    ]
