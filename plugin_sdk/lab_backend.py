@@ -114,7 +114,10 @@ class LabBackend:
         from lab import dirs
 
         self.workspace = LabWorkspace(_run(dirs.get_workspace_dir()), self.job_dir / "staging")
-        self._ending = threading.RLock()  # held by the thread that records the job's end: one thread does
+        # lab rewrites the job record in place, read-modify-write: this process's writes take turns, so the stop
+        # timer's ending is never undone by a progress write of the main thread
+        self._writing = threading.RLock()
+        self._ended = False  # the end is being recorded (kept locked from then on: the process ends after it)
         self._stop_timer: threading.Timer | None = None
         self._progress = 0
         self._metrics: dict[str, float] = {}
@@ -135,7 +138,8 @@ class LabBackend:
         """COMPLETE and FAILED end through `lab.finish` / `lab.error` with the details recorded just before."""
         if status == "RUNNING":
             return  # lab.init did; writing it again could hide a stop that arrived meanwhile
-        self._ending.acquire()  # kept: the process ends after this (a failure while ending comes back here)
+        self._writing.acquire()  # kept: the process ends after this (a failure while ending comes back here)
+        self._ended = True
         self._record_end(status)
 
     def _record_end(self, status: str) -> None:
@@ -151,12 +155,14 @@ class LabBackend:
 
     def set_progress(self, progress: int) -> None:
         self._progress = progress
-        self.lab.update_progress(progress)
+        with self._writing:
+            self.lab.update_progress(progress)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """`current_metrics` keeps the latest value of every metric (a log row may carry only some of them)."""
         self._metrics.update(metrics)
-        self.lab.update_progress(self._progress, metrics=dict(self._metrics), step=step)
+        with self._writing:
+            self.lab.update_progress(self._progress, metrics=dict(self._metrics), step=step)
 
     def end_stopped_soon(self, since: float) -> None:
         """On the host's SIGTERM (received at `since`, `time.monotonic()`): unless the job ends cooperatively (a
@@ -168,8 +174,9 @@ class LabBackend:
             self._stop_timer.start()
 
     def _end_stopped_now(self) -> None:
-        if not self._ending.acquire(blocking=False):
-            return  # the main thread is recording the end already
+        if not self._writing.acquire(timeout=STOP_GRACE_S) or self._ended:
+            return  # the main thread is recording the end, or holds on too long: the host's SIGKILL will end it
+        self._ended = True
         self._remove_incomplete_checkpoints()
         details = "Stopped by user before the current step ended; kept the last complete checkpoint."
         _run(self.lab.job.update_job_data_fields({"completion_details": details, "end_time": now()}))
@@ -197,10 +204,11 @@ class LabBackend:
         if key == "score":
             self._score = score_dict(value)
             return  # written by lab.finish, as the dict the host ranks on
-        if key == "wandb_run_url":
-            self.lab.capture_wandb_url(value)
-            return
-        self.lab.set_job_data_field(key, value)
+        with self._writing:
+            if key == "wandb_run_url":
+                self.lab.capture_wandb_url(value)
+            else:
+                self.lab.set_job_data_field(key, value)
 
     # ---- outputs ------------------------------------------------------------------------------------------------
     def register_model(
@@ -208,13 +216,15 @@ class LabBackend:
     ) -> None:
         """Hand a full model saved in the staging folder to `lab.save_model` (the job's models)."""
         write_json_atomic(Path(model_dir) / "_tlab_provenance.json", {**provenance, "model_architecture": architecture})
-        self.lab.save_model(str(model_dir), name=name, architecture=architecture, pipeline_tag="text-generation")
+        with self._writing:
+            self.lab.save_model(str(model_dir), name=name, architecture=architecture, pipeline_tag="text-generation")
         shutil.rmtree(model_dir)
 
     def save_eval_results(self, frame: Any, eval_dir: Path, job_id: str) -> tuple[Path, Path]:
         """The per-test-case table as the job's evaluation (`input`, `output`, `expected_output`, `score` columns,
         which the evaluator's rows carry), and the plot data beside the report."""
-        csv_path = self.lab.save_artifact(frame, name=f"eval_results_{job_id}.csv", type="evals")
+        with self._writing:
+            csv_path = self.lab.save_artifact(frame, name=f"eval_results_{job_id}.csv", type="evals")
         plot_path = write_plot_data(frame, Path(eval_dir) / f"plot_data_{job_id}_plotting.json")
         return Path(csv_path), plot_path
 
