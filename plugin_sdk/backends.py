@@ -125,6 +125,9 @@ class LocalBackend:
     def set_data(self, key: str, value: Any) -> None:
         self.record.update(**{key: value})
 
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Metrics live in the job's tracker (metrics.json, TensorBoard), not in the record."""
+
     def register_model(
         self, model_dir: Path, *, name: str, architecture: str, json_data: dict, provenance: dict
     ) -> None:
@@ -165,12 +168,8 @@ class LocalBackend:
     def save_eval_results(self, frame: Any, eval_dir: Path, job_id: str) -> tuple[Path, Path]:
         eval_dir.mkdir(parents=True, exist_ok=True)
         csv_path = eval_dir / f"output_{job_id}.csv"
-        plot_path = eval_dir / f"plot_data_{job_id}_plotting.json"
         frame.to_csv(csv_path, index=False)
-        plot = frame[["test_case_id", "metric_name", "score"]].copy()
-        plot["metric_name"] = plot["metric_name"].map(lambda name: name.replace("_", " ").title())
-        plot_path.write_text(plot.to_json(orient="records", lines=False), encoding="utf-8")
-        return csv_path, plot_path
+        return csv_path, write_plot_data(frame, eval_dir / f"plot_data_{job_id}_plotting.json")
 
 
 class HostBackend:
@@ -216,6 +215,9 @@ class HostBackend:
     def set_data(self, key: str, value: Any) -> None:
         self.tlab.add_job_data(key, value)
 
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """The plugin-era host reads metrics from the tracker's metrics.json."""
+
     def register_model(
         self, model_dir: Path, *, name: str, architecture: str, json_data: dict, provenance: dict
     ) -> None:
@@ -224,6 +226,15 @@ class HostBackend:
     def save_eval_results(self, frame: Any, eval_dir: Path, job_id: str) -> tuple[Path, Path]:
         csv_path, plot_path = self.tlab.save_evaluation_results(frame)
         return Path(csv_path), Path(plot_path)
+
+
+def write_plot_data(frame: Any, path: Path) -> Path:
+    """The host's plot JSON of an evaluation: one record per test case and metric, metric names in title case."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plot = frame[["test_case_id", "metric_name", "score"]].copy()
+    plot["metric_name"] = plot["metric_name"].map(lambda name: name.replace("_", " ").title())
+    path.write_text(plot.to_json(orient="records", lines=False), encoding="utf-8")
+    return path
 
 
 def _md5(path: Path) -> str:

@@ -7,10 +7,10 @@ A plugin's `main.py` is::
     def main() -> None:
         run_job(__file__, train)      # train(job) does the work
 
-`run_job` reads and validates the parameters against the plugin's `index.json`, picks the backend (the
-Transformer Lab host when running under its harness, else the local workspace), relaunches itself on several
-processes when asked, starts tracking, calls the plugin, and records how it ended: success, failed with the
-real reason (and a non-zero exit), or stopped.
+`run_job` reads and validates the parameters against the plugin's `index.json`, picks the backend (today's
+Transformer Lab when running as its task, the plugin-era host under its harness, else the local workspace),
+relaunches itself on several processes when asked, starts tracking, calls the plugin, and records how it ended:
+success, failed with the real reason (and a non-zero exit), or stopped.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from typing import Any, NoReturn, TextIO
 
 from plugin_sdk import launch
 from plugin_sdk.backends import HostBackend, LocalBackend, now, running_under_host
-from plugin_sdk.errors import JobStopped, ParameterError, is_user_error
+from plugin_sdk.errors import JobStopped, ParameterError, PluginError, is_user_error
+from plugin_sdk.lab_backend import LabBackend, running_as_task
 from plugin_sdk.manifest import load_manifest
 from plugin_sdk.params import Params, coerce_and_validate, read_raw_parameters
 from plugin_sdk.progress import step_line
@@ -35,6 +36,9 @@ from plugin_sdk.workspace import Workspace
 
 EXIT_FAILED = 1
 EXIT_STOPPED = 3
+_early_stop: list[float] = []  # when a task got a SIGTERM before its job's handler was in place
+
+Backend = LocalBackend | HostBackend | LabBackend
 # Set by the local runner, which shows the child's stdout in the terminal: stdout then carries only the job's own
 # messages, and whatever else writes to stdout (libraries' prints) goes to stderr, which the job log keeps.
 MESSAGES_ONLY_ON_STDOUT = "DLM_MESSAGES_ONLY_ON_STDOUT"
@@ -47,7 +51,7 @@ class Job:
         self,
         *,
         params: Params,
-        backend: LocalBackend | HostBackend,
+        backend: Backend,
         job_id: str,
         plugin_dir: Path,
         manifest: Mapping[str, Any],
@@ -94,7 +98,9 @@ class Job:
 
     @property
     def checkpoint_dir(self) -> Path:
-        """Resumable checkpoints of this job."""
+        """Resumable checkpoints of this job (as a task: the job's own `checkpoints/`, which the host lists)."""
+        if isinstance(self.backend, LabBackend):
+            return self.backend.checkpoint_dir
         return self.output_dir / f"checkpoints_job_{self.job_id}"
 
     def model_dir(self, name: str) -> Path:
@@ -153,6 +159,7 @@ class Job:
             return
         if self.tracker is not None:
             self.tracker.log_metrics(metrics, step)
+        self.backend.log_metrics(metrics, step)
         print(step_line(step, self._max_steps, metrics), file=self.messages, flush=True)
 
     def log_text(self, tag: str, text: str, step: int) -> None:
@@ -208,6 +215,8 @@ class Job:
             raise KeyboardInterrupt  # a second Ctrl-C means now
         self._signalled = True
         self.log(f"Received {signal.Signals(signum).name}: stopping after the current step.")
+        if isinstance(self.backend, LabBackend) and signum == signal.SIGTERM:
+            self.backend.end_stopped_soon(since=_early_stop[0] if _early_stop else time.monotonic())
 
     def _finish(self, status: str, completion: str, details: str) -> None:
         if not self.is_main_process:
@@ -228,7 +237,10 @@ def _plugin_dir(plugin_file: str | os.PathLike[str]) -> Path:
     return path.parent if path.is_file() else path
 
 
-def _make_backend(raw_values: dict[str, Any], plugin_type: str) -> tuple[LocalBackend | HostBackend, dict[str, Any]]:
+def _make_backend(raw_values: dict[str, Any], plugin_type: str) -> tuple[Backend, dict[str, Any]]:
+    if running_as_task():
+        backend = LabBackend()
+        return backend, {**backend.host_parameters(), **raw_values}
     if running_under_host():
         backend = HostBackend(plugin_type)
         return backend, {**backend.host_parameters(), **raw_values}
@@ -250,13 +262,34 @@ def run_job(
     """Run `work(job)` as a job of the plugin whose `main.py` is `plugin_file`; exits non-zero unless it succeeded.
 
     `work` returns an optional one-line summary that becomes `completion_details`."""
+    if not running_as_task():
+        return _run_job(plugin_file, work, argv)
+    # A stop may come before the job's own handler is in place (lab.init, parameter checks): remember it.
+    signal.signal(signal.SIGTERM, lambda signum, frame: _early_stop.append(time.monotonic()))
+    try:
+        _run_job(plugin_file, work, argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else EXIT_FAILED
+    # Everything is recorded: leave now. After a stop the host SIGKILLs the process tree 3 s after its SIGTERM, and
+    # the interpreter's teardown of torch and transformers can outlast that; the wrapper would then record FAILED.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _run_job(plugin_file: str | os.PathLike[str], work: Callable[[Job], str | None], argv: list[str] | None) -> None:
     plugin_dir = _plugin_dir(plugin_file)
     manifest = load_manifest(plugin_dir)
     plugin_type = manifest.get("type", "trainer")
     argv = sys.argv[1:] if argv is None else argv
     under_host = running_under_host()
     raw = read_raw_parameters([] if under_host else argv)
-    backend, values = _make_backend(dict(raw.values), plugin_type)
+    try:
+        backend, values = _make_backend(dict(raw.values), plugin_type)
+    except PluginError as exc:  # no job to record it in: the log and the exit code say it
+        print(f"ERROR: {exc}", flush=True)
+        raise SystemExit(EXIT_FAILED) from None
     experiment = str(values.get("experiment_name") or (raw.experiment or {}).get("name") or "default")
     job_id = str(values["job_id"])
     main_process = launch.process_rank() == 0
@@ -282,7 +315,7 @@ def run_job(
     _run_work(job, work, fail)
 
 
-def _fail(backend: LocalBackend | HostBackend, details: str, main_process: bool, messages: TextIO) -> NoReturn:
+def _fail(backend: Backend, details: str, main_process: bool, messages: TextIO) -> NoReturn:
     """Record the job as failed with `details` (on the main process) and exit with EXIT_FAILED."""
     if main_process:
         print(f"ERROR: {details}", file=messages, flush=True)
@@ -294,7 +327,7 @@ def _fail(backend: LocalBackend | HostBackend, details: str, main_process: bool,
 
 
 def _start(
-    backend: LocalBackend | HostBackend,
+    backend: Backend,
     values: dict[str, Any],
     manifest: Mapping[str, Any],
     fail: Callable[[str], NoReturn],
@@ -315,7 +348,7 @@ def _start(
 
 def _relaunched(
     params: Params,
-    backend: LocalBackend | HostBackend,
+    backend: Backend,
     job_id: str,
     fail: Callable[[str], NoReturn],
     messages: TextIO,
@@ -328,6 +361,8 @@ def _relaunched(
     if plan.num_processes <= 1 or launch.is_child_run():
         return False
     print(f"Relaunching on {plan.num_processes} processes through accelerate ...", file=messages, flush=True)
+    if isinstance(backend, LabBackend):  # the host's SIGTERM reaches the workers too; they record the stop
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)
     code = launch.relaunch(plan, job_id=job_id, workspace=str(backend.workspace.root))
     if code != 0:
         details = f"worker processes exited with code {code}; see the job log for their error"
@@ -340,6 +375,8 @@ def _run_work(job: Job, work: Callable[[Job], str | None], fail: Callable[[str],
     """`work(job)` with tracking and signal handling; records how it ended: success, stopped or failed."""
     backend, params = job.backend, job.params
     previous = {sig: signal.signal(sig, job._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    if _early_stop:
+        job._on_signal(signal.SIGTERM, None)
     failed = True
     try:
         if job.is_main_process:
@@ -361,7 +398,8 @@ def _run_work(job: Job, work: Callable[[Job], str | None], fail: Callable[[str],
             backend.set_data("completion_details", f"Stopped by user ({exc or 'interrupted'}).")
             backend.set_data("end_time", now())
             backend.set_status("STOPPED")
-        raise SystemExit(EXIT_STOPPED) from None
+        # A task's wrapper turns a stopped job's exit 0 into STOPPED and any other code into FAILED.
+        raise SystemExit(0 if isinstance(backend, LabBackend) else EXIT_STOPPED) from None
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - every failure must end as failed, with its reason
@@ -373,15 +411,19 @@ def _run_work(job: Job, work: Callable[[Job], str | None], fail: Callable[[str],
     finally:
         if job.tracker is not None:
             job.tracker.close(failed=failed)
+        if isinstance(backend, LabBackend):
+            # the task's wrapper records any non-zero exit as FAILED: a SIGTERM after the ending is recorded (the
+            # host signals the whole process tree after a stop) must not turn this exit into a death by signal
+            previous[signal.SIGTERM] = signal.SIG_IGN
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         launch.shutdown_distributed(wait_for_all=not failed)
 
 
-def record_failed_unless_set(backend: LocalBackend | HostBackend, details: str) -> None:
+def record_failed_unless_set(backend: Backend, details: str) -> None:
     """After a child run died: mark the job failed unless the child itself already recorded why."""
-    if isinstance(backend, LocalBackend):
-        record = backend.record.read()
+    if isinstance(backend, LocalBackend | LabBackend):
+        record = backend.record.read() if isinstance(backend, LocalBackend) else backend.job_record()
         if record.get("job_data", {}).get("completion_status") == "failed" or record.get("status") == "STOPPED":
             return
     backend.set_data("completion_status", "failed")
