@@ -436,7 +436,7 @@ def family_specials(family: str) -> tuple[str, ...]:
 def train_family_tokenizer(family: str, texts: Iterable[str], vocab_size: int) -> Any:
     """A tokenizer trained on `texts` (the user's corpus) with the family's special tokens and chat template."""
     specials = family_specials(family)
-    return family_tokenizer(family, train_bpe(specials, texts, vocab_size - len(specials)))
+    return family_tokenizer(family, train_bpe(specials, texts, vocab_size))
 
 
 def adapt_tokenizer(family: str, tokenizer: Any) -> Any:

@@ -18,6 +18,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from dlm.callbacks import Reporter, ReporterCallback, SampleCallback
 from dlm.config import TrainerConfig
+from dlm.corpus import TokenWindows
 from dlm.data import DiffusionCollator, encode_conversations, pack_texts
 from dlm.errors import ModelError
 from dlm.generation import SamplerSettings, answer
@@ -90,7 +91,9 @@ def _loss_config(config: SFTConfig, loaded: LoadedModel) -> LossConfig | None:
     return LossConfig.for_family(loaded.family, loaded.special_ids.mask, **overrides)
 
 
-def _encode(config: SFTConfig, loaded: LoadedModel, rows: Sequence[Any], what: str, reporter: Reporter) -> list:
+def _encode(config: SFTConfig, loaded: LoadedModel, rows: Sequence[Any], what: str, reporter: Reporter) -> Any:
+    if isinstance(rows, TokenWindows):  # a tokenized corpus (dlm.corpus): already windows of max_length
+        return rows
     if config.train_mode == "pretrain":
         encoded = pack_texts(
             rows,
@@ -187,6 +190,7 @@ def common_training_arguments(config: TrainerConfig, checkpoint_dir: Path) -> di
         "logging_steps": config.logging_steps,
         "save_strategy": "steps",
         "save_steps": step_interval(config.save_steps) if config.save_steps > 0 else 1.0,
+        "save_total_limit": config.save_total_limit or None,
         "seed": config.seed,
         "data_seed": config.seed,
         "bf16": bf16,
