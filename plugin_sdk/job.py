@@ -28,7 +28,7 @@ from plugin_sdk.backends import HostBackend, LocalBackend, now, running_under_ho
 from plugin_sdk.errors import JobStopped, ParameterError, is_user_error
 from plugin_sdk.manifest import load_manifest
 from plugin_sdk.params import Params, coerce_and_validate, read_raw_parameters
-from plugin_sdk.tracking import Tracker, public_config
+from plugin_sdk.tracking import Tracker, public_config, run_settings
 from plugin_sdk.workspace import Workspace
 
 EXIT_FAILED = 1
@@ -285,10 +285,12 @@ def run_job(
             job.tracker = Tracker(
                 job.output_dir,
                 log_to_wandb=bool(params.get("log_to_wandb")),
-                run_name=f"job_{job_id}",
+                run=run_settings(params, job.output_dir),
                 config=params,
                 set_job_data=backend.set_data,
                 log=job.log,
+                state_dir=job.checkpoint_dir if job.plugin_type == "trainer" else None,
+                csv_name=f"metrics_job_{job_id}.csv",
             )
         summary = work(job)
         failed = False
