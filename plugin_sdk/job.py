@@ -268,7 +268,10 @@ def run_job(
         fail(str(exc))
     if plan.num_processes > 1 and not launch.is_child_run():
         print(f"Relaunching on {plan.num_processes} processes through accelerate ...", flush=True)
-        code = launch.relaunch(plan, job_id=job_id, workspace=str(backend.workspace.root))
+        try:
+            code = launch.relaunch(plan, job_id=job_id, workspace=str(backend.workspace.root))
+        except ParameterError as exc:  # the main machine cannot be reached
+            fail(str(exc))
         if code != 0:
             details = f"worker processes exited with code {code}; see the job log for their error"
             record_failed_unless_set(backend, details)
