@@ -57,12 +57,17 @@ SMALL = {
         "1",
     ],
 }
+SMALL["pretrain.py"] = [
+    *("--vocab", "512", "--batch", "2", "--length", "32", "--steps", "2", "--warmup", "1"),
+    *("--tokens-small", "1000", "--tokens-large", "5000"),
+]
 KEYS = {
     "sft.py": {"throughput_ratio", "memory_ratio", "max_loss_diff"},
     "dpo.py": {"step_time_ratio", "memory_ratio", "memory_ratio_per_sample_backward", "max_loss_diff"},
     "elbo.py": {"throughput_ratio", "max_abs_diff"},
     "sample.py": {"tokens_per_sec_ratio", "outputs_identical"},
     "models.py": {"speed_ratio", "memory_ratio"},
+    "pretrain.py": {"throughput_ratio", "memory_growth_ratio", "baseline_memory_growth_ratio"},
 }
 
 
