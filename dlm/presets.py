@@ -340,43 +340,46 @@ PRESETS: dict[str, Callable[[Path], None]] = {
 }
 
 
-def _is_current(folder: Path, name: str) -> bool:
+def _marker(folder: Path) -> dict | None:
     try:
-        marker = json.loads((folder / MARKER_FILE).read_text())
+        return json.loads((folder / MARKER_FILE).read_text())
     except (OSError, ValueError):
-        return False
-    return marker == {"preset": name, "version": PRESET_VERSION}
+        return None
 
 
-def ensure_preset(name: str, workspace: str | Path | None = None) -> Path:
-    """The folder of preset `name` in `workspace`, built first if missing or from an older preset version.
+def _build_in_place(final: Path, marker: dict[str, Any], build: Callable[[Path], None]) -> bool:
+    """Build into `final` unless it already holds a model with this `marker`; True when it built.
 
     The model is written to a temporary folder and renamed into place, so a half-written preset (a crash, or
-    another process building the same one) is never taken for a finished one.
-    """
-    if name not in PRESETS:
-        raise ModelError(f"unknown tiny preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    models_dir = Path(workspace if workspace is not None else default_workspace()) / "models"
-    final = models_dir / name
-    if _is_current(final, name):
-        return final
-    models_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=models_dir))
+    another process building the same one) is never taken for a finished one."""
+    if _marker(final) == marker:
+        return False
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
-        PRESETS[name](tmp)
-        (tmp / MARKER_FILE).write_text(json.dumps({"preset": name, "version": PRESET_VERSION}))
+        build(tmp)
+        (tmp / MARKER_FILE).write_text(json.dumps(marker))
         tmp.chmod(0o755)  # mkdtemp makes it private; the finished preset is an ordinary folder
-        if final.exists() and not _is_current(final, name):
-            stale = Path(tempfile.mkdtemp(prefix=f".{name}.stale.", dir=models_dir))
-            os.replace(final, stale / name)
+        if final.exists() and _marker(final) != marker:
+            stale = Path(tempfile.mkdtemp(prefix=f".{final.name}.stale.", dir=final.parent))
+            os.replace(final, stale / final.name)
             shutil.rmtree(stale, ignore_errors=True)
         try:
             os.rename(tmp, final)
         except OSError:
-            if not _is_current(final, name):  # not a concurrent builder that finished first
+            if _marker(final) != marker:  # not a concurrent builder that finished first
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return True
+
+
+def ensure_preset(name: str, workspace: str | Path | None = None) -> Path:
+    """The folder of preset `name` in `workspace`, built first if missing or from an older preset version."""
+    if name not in PRESETS:
+        raise ModelError(f"unknown tiny preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    final = Path(workspace if workspace is not None else default_workspace()) / "models" / name
+    _build_in_place(final, {"preset": name, "version": PRESET_VERSION}, PRESETS[name])
     return final
 
 
@@ -514,30 +517,10 @@ def ensure_sized_preset(
     fingerprint = tokenizer_fingerprint(tokenizer)
     folder_name = folder_name or f"{name}-{fingerprint[:8]}"
     marker = {"preset": name, "version": PRESET_VERSION, "tokenizer": fingerprint}
-    models_dir = Path(workspace if workspace is not None else default_workspace()) / "models"
-    final = models_dir / folder_name
-    if _marker(final) == marker:
-        return final
-    models_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder_name}.", dir=models_dir))
-    try:
-        SIZED_FAMILIES[family](tmp, SIZES[size], tokenizer)
-        (tmp / MARKER_FILE).write_text(json.dumps(marker))
-        tmp.chmod(0o755)
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    log(f"built {name} at {final}: {_saved_parameters(final) / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}")
+    final = Path(workspace if workspace is not None else default_workspace()) / "models" / folder_name
+    if _build_in_place(final, marker, lambda tmp: SIZED_FAMILIES[family](tmp, SIZES[size], tokenizer)):
+        log(f"built {name} at {final}: {_saved_parameters(final) / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}")
     return final
-
-
-def _marker(folder: Path) -> dict | None:
-    try:
-        return json.loads((folder / MARKER_FILE).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _saved_parameters(folder: Path) -> int:
