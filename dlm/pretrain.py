@@ -7,6 +7,9 @@ everything cached): it picks or trains the tokenizer, builds the size preset, an
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,7 +93,14 @@ def choose_tokenizer(
         return AutoTokenizer.from_pretrained(folder)
     log(f"tokenizer: training a {vocab_size}-token BPE for {family} on up to {train_chars:,} characters of {corpus}")
     tokenizer = train_family_tokenizer(family, sample_texts(corpus, train_chars), vocab_size)
-    tokenizer.save_pretrained(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tokenizer.save_pretrained(staging)  # renamed into place whole: a crash never leaves half a tokenizer
+    staging.chmod(0o755)
+    try:
+        os.rename(staging, folder)
+    except OSError:  # another process saved the same tokenizer first
+        shutil.rmtree(staging, ignore_errors=True)
     return tokenizer
 
 

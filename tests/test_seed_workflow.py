@@ -30,7 +30,7 @@ def test_seed_workflow_pretrains_fine_tunes_and_compares_both_models(tmp_path):
     (tmp_path / "eval.jsonl").write_text(alpaca_rows(4, offset=50))
     workspace = tmp_path / "ws"
     settings = {
-        "PRETRAIN_STEPS": "2", "SFT_STEPS": "2", "MAX_LENGTH": "32", "BATCH": "2", "VOCAB": "400", "DEVICE": "cpu",
+        "PRETRAIN_STEPS": "2", "SFT_STEPS": "2", "MAX_LENGTH": "64", "BATCH": "2", "VOCAB": "400", "DEVICE": "cpu",
         "EVAL_SAMPLES": "2", "MC_NUM": "2", "EXTRA": "--set dtype=float32 --set logging_steps=1",
     }  # fmt: skip
     done = subprocess.run(
