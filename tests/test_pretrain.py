@@ -101,9 +101,12 @@ def test_plugin_pretrains_a_small_model_on_a_corpus_and_resumes_without_retokeni
     assert "built small-llada at " in log and "M parameters, vocabulary 400" in log
     assert "documents" in log and "held out for validation" in log
     assert not list((tmp_path / "ws" / "adaptors").glob("**/adapter_config.json"))  # no LoRA: full training
+    first_run = record["job_data"]["tensorboard_output_dir"]
+    assert Path(first_run).name == "llada-corpus-small-v1"
     code, record, log = run_trainer(
         tmp_path / "ws", **common, train_steps="4", save_steps="2", resume_from_checkpoint="latest"
     )
     assert code == 0, log
     assert "tokenizer: reusing" in log and "reusing" in log.split("corpus ")[1] and "resuming from" in log
     assert record["job_data"]["completion_status"] == "success"
+    assert "Continuing run llada-corpus-small-v1" in log and record["job_data"]["tensorboard_output_dir"] == first_run
