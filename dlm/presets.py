@@ -10,13 +10,16 @@ their likelihoods are comparable; `tiny-a2d` is `tiny-ar` converted to diffusion
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from dlm.convert import convert_causal_to_diffusion
 from dlm.errors import ModelError
@@ -87,31 +90,52 @@ def _training_text() -> list[str]:
     return lines
 
 
+@dataclass(frozen=True)
+class Dims:
+    """The shape of a model: width, attention heads (and key/value heads), depth, MLP width."""
+
+    hidden: int
+    heads: int
+    layers: int
+    intermediate: int
+    kv_heads: int | None = None  # None: as many as the heads
+
+
+TINY = Dims(HIDDEN, HEADS, LAYERS, INTERMEDIATE)
+TINY_DREAM = Dims(HIDDEN, HEADS, LAYERS, INTERMEDIATE, kv_heads=HEADS // 2)
+
+
 @cache
 def _bpe(specials: tuple[str, ...]):
-    """A byte-level BPE (`tokenizers.Tokenizer`) with `specials` as its first ids."""
+    """A byte-level BPE (`tokenizers.Tokenizer`) with `specials` as its first ids, trained on the generated text."""
+    return train_bpe(specials, _training_text(), BPE_VOCAB)
+
+
+def train_bpe(specials: Iterable[str], texts: Iterable[str], vocab_size: int):
+    """A byte-level BPE (`tokenizers.Tokenizer`) of up to `vocab_size` ids trained on `texts`, `specials` first."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=BPE_VOCAB,
+        vocab_size=vocab_size,
         special_tokens=list(specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_training_text(), trainer)
+    tok.train_from_iterator(texts, trainer)
     return tok
 
 
-def _fast_tokenizer(specials: tuple[str, ...], template: str, **named_tokens):
+def _fast_tokenizer(specials: tuple[str, ...], template: str, *, bpe: Any = None, **named_tokens):
+    """A transformers tokenizer over a copy of `bpe` (default: the generated-text BPE of `specials`)."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
     named = set(named_tokens.values())
     extra = [t for t in specials if t not in named]
-    bpe = Tokenizer.from_str(_bpe(specials).to_str())  # a copy: tokens added later must not leak into the cache
+    bpe = Tokenizer.from_str((bpe or _bpe(specials)).to_str())  # a copy: tokens added later must not leak
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, model_max_length=MAX_POSITIONS, additional_special_tokens=extra, **named_tokens
     )
@@ -119,10 +143,11 @@ def _fast_tokenizer(specials: tuple[str, ...], template: str, **named_tokens):
     return tokenizer
 
 
-def _llada_tokenizer(with_mask: bool):
+def _llada_tokenizer(with_mask: bool, bpe: Any = None):
     tokenizer = _fast_tokenizer(
         LLADA_SPECIALS,
         get_family("llada").chat_template,
+        bpe=bpe,
         bos_token="<|startoftext|>",
         eos_token="<|endoftext|>",
         pad_token="<|endoftext|>",
@@ -148,21 +173,34 @@ def _save_random_model(auto_class_name: str, config, tokenizer, dst: Path) -> No
     tokenizer.save_pretrained(dst)
 
 
-def _build_llada(dst: Path) -> None:
+def _special_ids(tokenizer: Any) -> dict[str, int | None]:
+    return {
+        "mask_token_id": tokenizer.mask_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+    }
+
+
+def _build_llada(dst: Path, dims: Dims = TINY, tokenizer: Any = None) -> None:
+    tokenizer = tokenizer or _llada_tokenizer(with_mask=True)
+    config = _llada_config(dims, _padded(len(tokenizer)), **_special_ids(tokenizer))
+    _save_random_model("AutoModel", config, tokenizer, dst)
+
+
+def _llada_config(dims: Dims, vocab: int, **special_ids: int | None) -> Any:
     from transformers import AutoConfig
 
     import dlm.models  # noqa: F401  (registers the llada model type)
 
-    tokenizer = _llada_tokenizer(with_mask=True)
-    vocab = _padded(len(tokenizer))
-    config = AutoConfig.for_model(
+    return AutoConfig.for_model(
         "llada",
-        d_model=HIDDEN,
-        n_heads=HEADS,
-        n_kv_heads=HEADS,
-        n_layers=LAYERS,
-        mlp_hidden_size=INTERMEDIATE,
-        mlp_ratio=INTERMEDIATE // HIDDEN,
+        d_model=dims.hidden,
+        n_heads=dims.heads,
+        n_kv_heads=dims.kv_heads or dims.heads,
+        n_layers=dims.layers,
+        mlp_hidden_size=dims.intermediate,
+        mlp_ratio=dims.intermediate // dims.hidden,
         vocab_size=vocab,
         embedding_size=vocab,
         max_sequence_length=MAX_POSITIONS,
@@ -174,50 +212,52 @@ def _build_llada(dst: Path) -> None:
         rope=True,
         include_bias=False,
         weight_tying=False,
-        mask_token_id=tokenizer.mask_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
         use_cache=False,
         architectures=["LLaDAModelLM"],
+        **special_ids,
     )
-    _save_random_model("AutoModel", config, tokenizer, dst)
 
 
-def _build_dream(dst: Path) -> None:
-    from transformers import AutoConfig
-
-    import dlm.models  # noqa: F401  (registers the Dream model type)
-
-    tokenizer = _fast_tokenizer(
+def _dream_tokenizer(bpe: Any = None):
+    return _fast_tokenizer(
         DREAM_SPECIALS,
         get_family("dream").chat_template,
+        bpe=bpe,
         bos_token="<|beginoftext|>",
         eos_token="<|endoftext|>",
         pad_token="<|endoftext|>",
         unk_token="<|endoftext|>",
         mask_token="<|mask|>",
     )
-    config = AutoConfig.for_model(
+
+
+def _build_dream(dst: Path, dims: Dims = TINY, tokenizer: Any = None) -> None:
+    tokenizer = tokenizer or _dream_tokenizer()
+    config = _dream_config(dims, _padded(len(tokenizer)), **_special_ids(tokenizer))
+    _save_random_model("AutoModel", config, tokenizer, dst)
+
+
+def _dream_config(dims: Dims, vocab: int, **special_ids: int | None) -> Any:
+    from transformers import AutoConfig
+
+    import dlm.models  # noqa: F401  (registers the Dream model type)
+
+    return AutoConfig.for_model(
         "Dream",
-        hidden_size=HIDDEN,
-        intermediate_size=INTERMEDIATE,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        num_key_value_heads=HEADS // 2,
-        vocab_size=_padded(len(tokenizer)),
+        hidden_size=dims.hidden,
+        intermediate_size=dims.intermediate,
+        num_hidden_layers=dims.layers,
+        num_attention_heads=dims.heads,
+        num_key_value_heads=dims.kv_heads or dims.heads,
+        vocab_size=vocab,
         max_position_embeddings=MAX_POSITIONS,
         rope_theta=1000000.0,
         rms_norm_eps=1e-6,
         tie_word_embeddings=False,
-        mask_token_id=tokenizer.mask_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
         use_cache=False,
         architectures=["DreamModel"],
+        **special_ids,
     )
-    _save_random_model("AutoModel", config, tokenizer, dst)
 
 
 def _build_bert(dst: Path) -> None:
@@ -252,81 +292,88 @@ def _build_bert(dst: Path) -> None:
     _save_random_model("AutoModelForMaskedLM", config, tokenizer, dst)
 
 
-def _build_ar(dst: Path) -> None:
+def _build_ar(dst: Path, dims: Dims = TINY, tokenizer: Any = None) -> None:
+    tokenizer = tokenizer or _llada_tokenizer(with_mask=False)
+    special_ids = _special_ids(tokenizer)
+    del special_ids["mask_token_id"]  # a causal model has none
+    config = _ar_config(dims, len(tokenizer), **special_ids)
+    _save_random_model("AutoModelForCausalLM", config, tokenizer, dst)
+
+
+def _ar_config(dims: Dims, vocab: int, **special_ids: int | None) -> Any:
     from transformers import LlamaConfig
 
-    tokenizer = _llada_tokenizer(with_mask=False)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=HIDDEN,
-        intermediate_size=INTERMEDIATE,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        num_key_value_heads=HEADS,
+    return LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=dims.hidden,
+        intermediate_size=dims.intermediate,
+        num_hidden_layers=dims.layers,
+        num_attention_heads=dims.heads,
+        num_key_value_heads=dims.kv_heads or dims.heads,
         max_position_embeddings=MAX_POSITIONS,
         rope_theta=500000.0,
         rms_norm_eps=1e-5,
         tie_word_embeddings=False,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
         architectures=["LlamaForCausalLM"],
+        **special_ids,
     )
-    _save_random_model("AutoModelForCausalLM", config, tokenizer, dst)
 
 
-def _build_a2d(dst: Path) -> None:
+def _build_a2d(dst: Path, dims: Dims = TINY, tokenizer: Any = None) -> None:
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
-        _build_ar(Path(tmp))
+        _build_ar(Path(tmp), dims, tokenizer)
         convert_causal_to_diffusion(tmp, dst, mask_token=LLADA_MASK)
 
 
 PRESETS: dict[str, Callable[[Path], None]] = {
     "tiny-llada": _build_llada,
-    "tiny-dream": _build_dream,
+    "tiny-dream": lambda dst: _build_dream(dst, TINY_DREAM),
     "tiny-bert": _build_bert,
     "tiny-a2d": _build_a2d,
     "tiny-ar": _build_ar,
 }
 
 
-def _is_current(folder: Path, name: str) -> bool:
+def _marker(folder: Path) -> dict | None:
     try:
-        marker = json.loads((folder / MARKER_FILE).read_text())
+        return json.loads((folder / MARKER_FILE).read_text())
     except (OSError, ValueError):
-        return False
-    return marker == {"preset": name, "version": PRESET_VERSION}
+        return None
 
 
-def ensure_preset(name: str, workspace: str | Path | None = None) -> Path:
-    """The folder of preset `name` in `workspace`, built first if missing or from an older preset version.
+def _build_in_place(final: Path, marker: dict[str, Any], build: Callable[[Path], None]) -> bool:
+    """Build into `final` unless it already holds a model with this `marker`; True when it built.
 
     The model is written to a temporary folder and renamed into place, so a half-written preset (a crash, or
-    another process building the same one) is never taken for a finished one.
-    """
-    if name not in PRESETS:
-        raise ModelError(f"unknown tiny preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    models_dir = Path(workspace if workspace is not None else default_workspace()) / "models"
-    final = models_dir / name
-    if _is_current(final, name):
-        return final
-    models_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=models_dir))
+    another process building the same one) is never taken for a finished one."""
+    if _marker(final) == marker:
+        return False
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
-        PRESETS[name](tmp)
-        (tmp / MARKER_FILE).write_text(json.dumps({"preset": name, "version": PRESET_VERSION}))
+        build(tmp)
+        (tmp / MARKER_FILE).write_text(json.dumps(marker))
         tmp.chmod(0o755)  # mkdtemp makes it private; the finished preset is an ordinary folder
-        if final.exists() and not _is_current(final, name):
-            stale = Path(tempfile.mkdtemp(prefix=f".{name}.stale.", dir=models_dir))
-            os.replace(final, stale / name)
+        if final.exists() and _marker(final) != marker:
+            stale = Path(tempfile.mkdtemp(prefix=f".{final.name}.stale.", dir=final.parent))
+            os.replace(final, stale / final.name)
             shutil.rmtree(stale, ignore_errors=True)
         try:
             os.rename(tmp, final)
         except OSError:
-            if not _is_current(final, name):  # not a concurrent builder that finished first
+            if _marker(final) != marker:  # not a concurrent builder that finished first
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return True
+
+
+def ensure_preset(name: str, workspace: str | Path | None = None) -> Path:
+    """The folder of preset `name` in `workspace`, built first if missing or from an older preset version."""
+    if name not in PRESETS:
+        raise ModelError(f"unknown tiny preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    final = Path(workspace if workspace is not None else default_workspace()) / "models" / name
+    _build_in_place(final, {"preset": name, "version": PRESET_VERSION}, PRESETS[name])
     return final
 
 
@@ -334,6 +381,161 @@ def resolve_model_path(name: str, workspace: str | Path | None = None) -> str:
     """The local folder of a tiny preset (built on first use); any other name or path is returned unchanged."""
     if name in PRESETS:
         return str(ensure_preset(name, workspace))
+    if parse_sized_name(name) is not None:
+        return str(ensure_sized_preset(name, workspace))
     if name.startswith("tiny-") and not os.path.exists(name):
         raise ModelError(f"unknown tiny preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return name
+
+
+# ---- size presets for pre-training from scratch -----------------------------------------------------------------
+# The usual ladder of small GPT-style models; the parameter count also depends on the tokenizer's vocabulary.
+SIZES: dict[str, Dims] = {
+    "small": Dims(384, 6, 6, 1536),
+    "medium": Dims(512, 8, 8, 2048),
+    "large": Dims(768, 12, 12, 3072),
+    "xl": Dims(1024, 16, 24, 4096),
+}
+SIZED_FAMILIES: dict[str, Callable[..., None]] = {
+    "llada": _build_llada,
+    "dream": _build_dream,
+    "a2d": _build_a2d,
+    "ar": _build_ar,
+}
+
+
+def parse_sized_name(name: str) -> tuple[str, str] | None:
+    """`("small", "llada")` for `small-llada`; None when `name` is not shaped `<size>-<family>` with a known size;
+    an unknown family of a known size is an error listing the families."""
+    size, _, family = name.partition("-")
+    if size not in SIZES or not family or os.path.exists(name):
+        return None
+    if family not in SIZED_FAMILIES:
+        raise ModelError(
+            f"no size preset {name!r}: {family!r} has no size presets; sizes {', '.join(SIZES)} exist for "
+            f"{', '.join(SIZED_FAMILIES)} (for example {size}-llada)"
+        )
+    return size, family
+
+
+def family_tokenizer(family: str, bpe: Any = None) -> Any:
+    """The family's tokenizer (special tokens, chat template, mask token) over `bpe`, default the presets' BPE.
+    a2d gets the causal one: the conversion adds the mask token."""
+    if family == "dream":
+        return _dream_tokenizer(bpe)
+    return _llada_tokenizer(with_mask=family == "llada", bpe=bpe)
+
+
+def family_specials(family: str) -> tuple[str, ...]:
+    return DREAM_SPECIALS if family == "dream" else LLADA_SPECIALS + ((LLADA_MASK,) if family == "llada" else ())
+
+
+def train_family_tokenizer(family: str, texts: Iterable[str], vocab_size: int) -> Any:
+    """A tokenizer trained on `texts` (the user's corpus) with the family's special tokens and chat template."""
+    specials = family_specials(family)
+    return family_tokenizer(family, train_bpe(specials, texts, vocab_size))
+
+
+def adapt_tokenizer(family: str, tokenizer: Any) -> Any:
+    """An existing tokenizer made usable for `family`: an end token and a pad token (the end token) are required,
+    LLaDA gets its mask token when absent, and the family's chat template when the tokenizer has none."""
+    if tokenizer.eos_token is None:
+        raise ModelError(f"the tokenizer {tokenizer.name_or_path!r} has no end-of-text token; {family} needs one")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if family == "llada" and tokenizer.mask_token is None:
+        tokenizer.add_special_tokens({"mask_token": LLADA_MASK})
+    if family == "dream" and tokenizer.mask_token is None:
+        tokenizer.add_special_tokens({"mask_token": "<|mask|>"})
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = get_family("llada" if family in ("ar", "a2d") else family).chat_template
+    return tokenizer
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A short hash of everything that decides the token ids: the tokenizer's full serialisation."""
+    import hashlib
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def count_parameters(family: str, size: str, vocab_size: int) -> int:
+    """Parameters of the `size` model of `family` with `vocab_size` tokens, counted on the meta device (nothing
+    allocated, so xl counts in a moment)."""
+    model = _meta_model(family, SIZES[size], vocab_size)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _meta_model(family: str, dims: Dims, vocab_size: int) -> Any:
+    import torch
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    ids = {"eos_token_id": 0, "pad_token_id": 0, "bos_token_id": 0}  # any id inside the vocabulary counts the same
+    if family in ("llada", "dream"):
+        make = _llada_config if family == "llada" else _dream_config
+        config, auto = make(dims, _padded(vocab_size), mask_token_id=0, **ids), AutoModel
+    else:
+        config, auto = _ar_config(dims, vocab_size, **ids), AutoModelForCausalLM
+    with torch.device("meta"):
+        return auto.from_config(config)
+
+
+def size_table(vocab_size: int) -> list[dict[str, Any]]:
+    """One row per size and family: the shape and the parameter count at `vocab_size`."""
+    return [
+        {"preset": f"{size}-{family}", **vars(dims), "vocab": vocab_size,
+         "parameters": count_parameters(family, size, vocab_size)}
+        for size, dims in SIZES.items()
+        for family in SIZED_FAMILIES
+    ]  # fmt: skip
+
+
+def ensure_sized_preset(
+    name: str, workspace: str | Path | None = None, *, tokenizer: Any = None, log: Callable[[str], None] = print
+) -> Path:
+    """The folder of a random `<size>-<family>` model (e.g. `small-llada`) with `tokenizer` (one from
+    `train_family_tokenizer`/`adapt_tokenizer`; default the presets' tokenizer), built once per tokenizer in
+    `<workspace>/models/<name>[-<tokenizer hash>]/`. Its parameter count goes to `log`."""
+    parsed = parse_sized_name(name)
+    if parsed is None:
+        raise ModelError(
+            f"unknown size preset {name!r}; sizes: {', '.join(SIZES)}; families: {', '.join(SIZED_FAMILIES)}"
+        )
+    size, family = parsed
+    folder_name = name if tokenizer is None else None
+    tokenizer = tokenizer or family_tokenizer(family)
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    folder_name = folder_name or f"{name}-{fingerprint[:8]}"
+    marker = {"preset": name, "version": PRESET_VERSION, "tokenizer": fingerprint}
+    final = Path(workspace if workspace is not None else default_workspace()) / "models" / folder_name
+    if _build_in_place(final, marker, lambda tmp: SIZED_FAMILIES[family](tmp, SIZES[size], tokenizer)):
+        log(f"built {name} at {final}: {_saved_parameters(final) / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}")
+    return final
+
+
+def _saved_parameters(folder: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as weights:
+        return sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m dlm.presets [--vocab N]`: the size presets and their parameter counts."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--vocab", type=int, default=32000, help="the tokenizer's vocabulary size")
+    args = parser.parse_args(argv)
+    print(f"{'preset':<14}{'d_model':>8}{'heads':>6}{'layers':>7}{'ff':>6}{'parameters':>14}")
+    for row in size_table(args.vocab):
+        print(
+            f"{row['preset']:<14}{row['hidden']:>8}{row['heads']:>6}{row['layers']:>7}{row['intermediate']:>6}"
+            f"{row['parameters'] / 1e6:>13.1f}M"
+        )
+
+
+if __name__ == "__main__":
+    main()

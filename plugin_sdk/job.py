@@ -31,7 +31,7 @@ from plugin_sdk.lab_backend import LabBackend, running_as_task
 from plugin_sdk.manifest import load_manifest
 from plugin_sdk.params import Params, coerce_and_validate, read_raw_parameters
 from plugin_sdk.progress import step_line
-from plugin_sdk.tracking import Tracker, public_config
+from plugin_sdk.tracking import Tracker, public_config, run_settings
 from plugin_sdk.workspace import Workspace
 
 EXIT_FAILED = 1
@@ -363,7 +363,10 @@ def _relaunched(
     print(f"Relaunching on {plan.num_processes} processes through accelerate ...", file=messages, flush=True)
     if isinstance(backend, LabBackend):  # the host's SIGTERM reaches the workers too; they record the stop
         signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    code = launch.relaunch(plan, job_id=job_id, workspace=str(backend.workspace.root))
+    try:
+        code = launch.relaunch(plan, job_id=job_id, workspace=str(backend.workspace.root))
+    except ParameterError as exc:  # the main machine cannot be reached
+        fail(str(exc))
     if code != 0:
         details = f"worker processes exited with code {code}; see the job log for their error"
         record_failed_unless_set(backend, details)
@@ -383,10 +386,12 @@ def _run_work(job: Job, work: Callable[[Job], str | None], fail: Callable[[str],
             job.tracker = Tracker(
                 job.output_dir,
                 log_to_wandb=bool(params.get("log_to_wandb")),
-                run_name=f"job_{job.job_id}",
+                run=run_settings(params, job.output_dir),
                 config=params,
                 set_job_data=backend.set_data,
                 log=job.log,
+                state_dir=job.checkpoint_dir if job.plugin_type == "trainer" else None,
+                csv_name=f"metrics_job_{job.job_id}.csv",
             )
         summary = work(job)
         failed = False

@@ -23,10 +23,15 @@ ACCELERATE_CONFIGS = Path(__file__).resolve().parent / "accelerate_configs"
 
 @dataclass(frozen=True)
 class LaunchPlan:
-    num_processes: int
+    num_processes: int  # over all machines
     use_cpu: bool
     gpu_ids: str | None = None
     config_file: Path | None = None
+    num_machines: int = 1
+    machine_rank: int = 0
+    main_process_ip: str | None = None
+    main_process_port: int | None = None
+    rendezvous_timeout: float = 300.0
 
 
 def process_rank() -> int:
@@ -110,12 +115,43 @@ def plan_processes(params: dict[str, Any]) -> LaunchPlan:
         count = len([g for g in gpu_ids.split(",") if g.strip()])
     else:
         count = int(params.get("num_processes") or 1)
+    machines = _machines(params)
+    count *= machines["num_machines"]
     strategy = params.get("distributed_strategy") or "ddp"
     config_file = None
     if strategy != "ddp" and count > 1:
         _check_strategy(strategy, use_cpu)
         config_file = ACCELERATE_CONFIGS / f"{strategy}.yaml"
-    return LaunchPlan(num_processes=count, use_cpu=use_cpu, gpu_ids=gpu_ids, config_file=config_file)
+    return LaunchPlan(num_processes=count, use_cpu=use_cpu, gpu_ids=gpu_ids, config_file=config_file, **machines)
+
+
+def _machines(params: dict[str, Any]) -> dict[str, Any]:
+    """The multi-machine settings (`num_machines`, `machine_rank`, `main_process_ip`, `main_process_port`,
+    `rendezvous_timeout`), checked: every machine runs the same job with its own rank and the main one's address."""
+    machines = int(params.get("num_machines") or 1)
+    rank = int(params.get("machine_rank") or 0)
+    ip = str(params.get("main_process_ip") or "").strip() or None
+    port = int(params.get("main_process_port") or 0) or None
+    timeout = float(params.get("rendezvous_timeout") or 300.0)
+    if machines < 1:
+        raise ParameterError(f"num_machines must be at least 1, got {machines}")
+    if not 0 <= rank < machines:
+        raise ParameterError(
+            f"machine_rank={rank} is out of range for num_machines={machines}: give each machine a rank from 0 "
+            f"to {machines - 1} (0 on the machine at main_process_ip)"
+        )
+    if machines > 1 and (ip is None or port is None):
+        raise ParameterError(
+            f"num_machines={machines} needs main_process_ip and main_process_port: the address of the machine "
+            "with machine_rank 0 and a free port on it, the same on every machine"
+        )
+    return {
+        "num_machines": machines,
+        "machine_rank": rank,
+        "main_process_ip": ip,
+        "main_process_port": port,
+        "rendezvous_timeout": timeout,
+    }
 
 
 def _check_strategy(strategy: str, use_cpu: bool) -> None:
@@ -139,8 +175,12 @@ def accelerate_command(plan: LaunchPlan, argv: list[str]) -> list[str]:
         cmd += ["--config_file", str(plan.config_file)]
     else:
         cmd += ["--multi_gpu"] if plan.num_processes > 1 else []
-    # A free port per run: two jobs on one machine must not meet at accelerate's default rendezvous port.
-    cmd += ["--num_machines", "1", "--main_process_port", str(_free_port())]
+    if plan.num_machines > 1:
+        cmd += ["--num_machines", str(plan.num_machines), "--machine_rank", str(plan.machine_rank)]
+        cmd += ["--main_process_ip", str(plan.main_process_ip), "--main_process_port", str(plan.main_process_port)]
+    else:
+        # A free port per run: two jobs on one machine must not meet at accelerate's default rendezvous port.
+        cmd += ["--num_machines", "1", "--main_process_port", str(plan.main_process_port or _free_port())]
     cmd += ["--mixed_precision", "no", "--dynamo_backend", "no"]
     if plan.use_cpu:
         cmd += ["--cpu"] if plan.num_processes == 1 else []
@@ -157,8 +197,33 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def wait_for_main_process(plan: LaunchPlan, *, poll_s: float = 1.0) -> None:
+    """On a machine other than the main one: wait until the main process accepts connections at its address,
+    or fail after `rendezvous_timeout` seconds naming the address and port (rather than hang in the rendezvous)."""
+    import socket
+    import time
+
+    if plan.num_machines == 1 or plan.machine_rank == 0:
+        return
+    address = (str(plan.main_process_ip), int(plan.main_process_port or 0))
+    deadline = time.monotonic() + plan.rendezvous_timeout
+    while True:
+        try:
+            with socket.create_connection(address, timeout=max(0.1, min(poll_s, deadline - time.monotonic()))):
+                return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise ParameterError(
+                    f"machine_rank={plan.machine_rank} cannot reach the main process at {address[0]}:{address[1]} "
+                    f"within {plan.rendezvous_timeout:g} s ({exc}); start the job with machine_rank=0 on that "
+                    "machine first, and check main_process_ip, main_process_port and the firewall"
+                ) from None
+        time.sleep(poll_s)
+
+
 def relaunch(plan: LaunchPlan, *, job_id: str, workspace: str, argv: list[str] | None = None) -> int:
     """Run this same command again on several processes; returns the children's exit code (never hides one)."""
+    wait_for_main_process(plan)
     script = [sys.argv[0]] + (sys.argv[1:] if argv is None else argv)
     env = {**os.environ, CHILD_ENV: "1", "DLM_JOB_ID": job_id, "DLM_WORKSPACE": workspace, "PYTHONUNBUFFERED": "1"}
     if plan.use_cpu:

@@ -60,6 +60,10 @@ SMALL = {
         "1",
     ],
 }
+SMALL["pretrain.py"] = [
+    *("--vocab", "512", "--batch", "2", "--length", "32", "--steps", "2", "--warmup", "1"),
+    *("--tokens-small", "1000", "--tokens-large", "5000"),
+]
 KEYS = {
     "sft.py": {"throughput_ratio", "memory_ratio", "max_loss_diff"},
     "dpo.py": {"step_time_ratio", "memory_ratio", "memory_ratio_per_sample_backward", "max_loss_diff"},
@@ -69,6 +73,7 @@ KEYS = {
         *("outputs_identical_exact", "official_ratio_vocab_32k", "official_ratio_small_vocab", "accuracy_exact"),
     },
     "models.py": {"speed_ratio", "memory_ratio"},
+    "pretrain.py": {"throughput_ratio", "memory_growth_ratio", "baseline_memory_growth_ratio"},
 }
 
 

@@ -19,6 +19,7 @@ BLOCKS = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
 ELSEWHERE = {
     "./setup.sh demo": "the demo itself: tests/test_demo.py at the small size; its wiring: test_setup_runs_the_demo",
     "./setup.sh test": ".ci/run",
+    "examples/seed_workflow.sh": "tests/test_seed_workflow.py, at the smallest settings",
 }
 
 

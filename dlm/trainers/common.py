@@ -56,6 +56,7 @@ class TrainerConfig:
     logging_steps: int = 10
     eval_steps: float = 0.1
     save_steps: float = 0.25
+    save_total_limit: int = 0  # checkpoints kept (the oldest go first); 0 keeps all
     resume_from_checkpoint: str = ""
     train_device: str = "auto"
     trust_remote_code: bool = False
@@ -180,6 +181,7 @@ def common_training_arguments(config: TrainerConfig, checkpoint_dir: Path) -> di
         "logging_steps": config.logging_steps,
         "save_strategy": "steps",
         "save_steps": step_interval(config.save_steps) if config.save_steps > 0 else 1.0,
+        "save_total_limit": config.save_total_limit or None,
         "seed": config.seed,
         "data_seed": config.seed,
         "bf16": bf16,

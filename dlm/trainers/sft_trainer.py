@@ -32,6 +32,7 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from dlm.callbacks import Reporter, ReporterCallback, SampleCallback
+from dlm.corpus import TokenWindows
 from dlm.data import DiffusionCollator, encode_conversations, pack_texts
 from dlm.errors import ModelError
 from dlm.generation import SamplerSettings, answer, check_decoding_settings
@@ -189,7 +190,9 @@ def _loss_config(config: SFTConfig, loaded: LoadedModel) -> LossConfig | None:
     return LossConfig.for_family(loaded.family, loaded.special_ids.mask, **overrides)
 
 
-def _encode(config: SFTConfig, loaded: LoadedModel, rows: Sequence[Any], what: str, reporter: Reporter) -> list:
+def _encode(config: SFTConfig, loaded: LoadedModel, rows: Sequence[Any], what: str, reporter: Reporter) -> Any:
+    if isinstance(rows, TokenWindows):  # a tokenized corpus (dlm.corpus): already windows of max_length
+        return rows
     if config.train_mode == "pretrain":
         encoded = pack_texts(
             rows,

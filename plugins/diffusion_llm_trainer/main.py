@@ -37,6 +37,28 @@ def read_rows(job: Job) -> tuple[list, list | None]:
     return [convert(r) for r in splits.train], validation
 
 
+def prepare_corpus(job: Job):
+    """The model and the tokenized corpus of a pre-training run; the main process prepares them first, so that
+    the other processes find them cached."""
+    from dlm.pretrain import prepare_pretraining
+    from plugin_sdk.launch import distributed_state
+
+    p = job.params
+    with distributed_state().main_process_first():
+        return prepare_pretraining(
+            model_name=p.model_name,
+            corpus=p.corpus,
+            workspace=job.workspace.root,
+            max_length=p.max_length,
+            validation_fraction=p.validation_fraction if p.eval_strategy != "no" else 0.0,
+            tokenizer=p.tokenizer,
+            tokenizer_vocab_size=p.tokenizer_vocab_size,
+            tokenizer_train_chars=p.tokenizer_train_chars,
+            token_dtype=p.token_dtype,
+            log=job.log,
+        )
+
+
 def train(job: Job) -> str:
     from dlm.trainers.common import save_outputs
     from dlm.trainers.sft_config import SFTConfig
@@ -47,9 +69,21 @@ def train(job: Job) -> str:
         raise ParameterError(
             "no model: set model_name (a local checkpoint, a hub id, or a tiny preset such as tiny-llada)"
         )
-    config = SFTConfig.from_params(p, output_dir=str(job.checkpoint_dir), workspace=str(job.workspace.root))
+    model_name = p.model_name
+    if p.train_mode == "pretrain" and p.get("pretrain_defaults", True):
+        from dlm.pretrain import apply_pretrain_defaults
+
+        sft_defaults = {name: prop.get("default") for name, prop in job.manifest["parameters"].items()}
+        apply_pretrain_defaults(p, sft_defaults, job.log)
     job.report_status("loading data")
-    train_rows, validation_rows = read_rows(job)
+    if p.train_mode == "pretrain" and p.get("corpus"):
+        prepared = prepare_corpus(job)
+        model_name, train_rows, validation_rows = prepared.model_path, prepared.train, prepared.validation
+    else:
+        train_rows, validation_rows = read_rows(job)
+    config = SFTConfig.from_params(
+        p, output_dir=str(job.checkpoint_dir), workspace=str(job.workspace.root), model_name=model_name
+    )
     job.progress(3)
     result = run_sft(config, train_rows, validation_rows, job)
     if result.stopped:
