@@ -14,8 +14,9 @@ Coercion rules (one place, so that every plugin agrees):
   for a string whose `enum` lacks "", counts as not given: the default applies, and a required field without a
   default is reported missing.
 
-Keys the schema does not declare (the host's job_id, model_name, output_dir, templates, ...; the harness's
-plugin_dir and experiment_name) are kept as given.
+Keys the schema does not declare are kept as given when a host adds them (job_id, model_name, output_dir, ...) or
+they are credentials; any other key is an error naming it (see plugin_sdk.config_keys, which also holds the aliases
+and the YAML reading rules).
 """
 
 from __future__ import annotations
@@ -29,8 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
+from plugin_sdk.config_keys import accepted_names, flatten_blocks, load_yaml
 from plugin_sdk.errors import ParameterError
 
 Origin = Literal["input_file", "arguments", "config"]
@@ -103,7 +103,7 @@ def read_raw_parameters(argv: Sequence[str]) -> RawParameters:
     for key, value in pairs:
         if key == "input_file":
             input_file = value
-        elif key == "config":
+        elif key in ("config", "config_file"):
             config_files.append(value)
         elif key == "set":
             name, sep, setting = value.partition("=")
@@ -142,7 +142,7 @@ def read_raw_parameters(argv: Sequence[str]) -> RawParameters:
         if isinstance(document.get("config"), dict) and set(document) <= {"config", "experiment"}:
             experiment = document.get("experiment", experiment)
             document = document["config"]
-        values.update(document)
+        values.update(flatten_blocks(document, path=path))
         origin = "config"
     for key, value in overrides:
         values[key] = value
@@ -208,13 +208,7 @@ def _read_parameter_file(path: str, *, default_format: str | None) -> Any:
             return json.loads(text)
         except json.JSONDecodeError as err:
             raise ParameterError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err)
-        raise ParameterError(f"{path}: invalid YAML{where}: {problem}") from None
+    return load_yaml(text, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -237,8 +231,8 @@ def coerce_and_validate(
     accepted alternative names to canonical ones; a dash-separated spelling of a declared name is accepted too.
     Every problem is collected, then one ParameterError lists them all.
     """
-    problems: list[str] = []
-    given = _resolve_aliases(values, schema, aliases or {}, problems)
+    values, aliases, problems = accepted_names(values, schema, aliases)
+    given = _resolve_aliases(values, schema, aliases, problems)
     result = Params()
     for key, value in given.items():
         if key not in schema:
