@@ -12,6 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 
+from dlm.errors import ConfigError
+
+SEED_LIMIT = 2**32  # numpy (through transformers' set_seed) takes seeds below 2**32
+
 
 @dataclass
 class TrainerConfig:
@@ -46,6 +50,34 @@ class TrainerConfig:
     train_device: str = "auto"
     trust_remote_code: bool = False
     workspace: str | None = None
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise ConfigError naming the setting when the settings cannot work; runs when the config is built, so
+        before any data or model is loaded. Subclasses extend it."""
+        if self.num_train_epochs == 0 and self.train_steps == 0:
+            raise ConfigError(
+                "num_train_epochs is 0 and train_steps is 0: nothing would be trained; set num_train_epochs to 1 or "
+                "more, or train_steps to the number of optimizer steps"
+            )
+        if self.num_train_epochs > 0 and self.train_steps > 0:
+            raise ConfigError(
+                f"train_steps={self.train_steps} (max_steps) counts only when num_train_epochs is 0, and "
+                f"num_train_epochs is {self.num_train_epochs}: set num_train_epochs to 0 to train for "
+                f"{self.train_steps} steps, or train_steps to 0"
+            )
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise ConfigError(f"seed={self.seed} does not fit: use a whole number from 0 to {SEED_LIMIT - 1}")
+        if self.train_device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError(
+                    "train_device=cuda, but no CUDA GPU is visible here (torch.cuda.is_available() is false); "
+                    "use train_device=auto or cpu, or check CUDA_VISIBLE_DEVICES and the driver"
+                )
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], **overrides: Any) -> Self:

@@ -19,11 +19,12 @@ from transformers.trainer_utils import get_last_checkpoint
 from dlm.callbacks import Reporter, ReporterCallback, SampleCallback
 from dlm.config import TrainerConfig
 from dlm.data import DiffusionCollator, encode_conversations, pack_texts
-from dlm.errors import ModelError
+from dlm.errors import ConfigError, ModelError
 from dlm.generation import SamplerSettings, answer
 from dlm.loading import LoadedModel, load_model_and_tokenizer
 from dlm.lora import apply_lora
 from dlm.losses import LossConfig
+from dlm.masking import parse_loss_weight_type
 from dlm.trainer import DiffusionTrainer, DiffusionTrainingArguments
 
 TRAINING_METHODS = ("auto", "bert", "dream", "llada", "a2d", "ar")
@@ -48,6 +49,21 @@ class SFTConfig(TrainerConfig):
     sample_every_steps: int = 0
     num_samples: int = 2
     num_proc: int = 1
+
+    def check(self) -> None:
+        super().check()
+        if self.training_method not in TRAINING_METHODS:
+            raise ConfigError(f"training_method={self.training_method!r} is not one of {', '.join(TRAINING_METHODS)}")
+        if self.loss_weight_type not in ("", "auto"):
+            try:
+                parse_loss_weight_type(self.loss_weight_type)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+        if self.sample_every_steps > 0 and self.train_mode != "sft":
+            raise ConfigError(
+                f"sample_every_steps={self.sample_every_steps} samples answers to validation prompts, which only "
+                "train_mode=sft has; set sample_every_steps to 0"
+            )
 
 
 @dataclass
@@ -118,8 +134,20 @@ def _encode(config: SFTConfig, loaded: LoadedModel, rows: Sequence[Any], what: s
     return data.rows
 
 
+def check_positions(config: TrainerConfig, loaded: LoadedModel) -> None:
+    """max_length must fit the model's position table (a longer sequence fails or silently degrades)."""
+    model_config = loaded.model.config
+    limit = getattr(model_config, "max_sequence_length", None) or getattr(model_config, "max_position_embeddings", None)
+    if isinstance(limit, int) and config.max_length > limit:
+        raise ConfigError(
+            f"max_length={config.max_length} is longer than {config.model_name} can take ({limit} positions); "
+            f"set max_length to {limit} or less"
+        )
+
+
 def trainable_model(config: TrainerConfig, loaded: LoadedModel, reporter: Reporter) -> Any:
     """The loaded model, under new LoRA adapters when `config.lora` is on; its size goes to the log."""
+    check_positions(config, loaded)
     reporter.log(
         f"model {config.model_name}: family {loaded.family.name}, "
         f"{sum(p.numel() for p in loaded.model.parameters()) / 1e6:.2f}M parameters"
@@ -222,6 +250,11 @@ def run_sft(
             f"eval_strategy={config.eval_strategy} needs validation data, and there is none: add a "
             "validation split to the dataset, or set validation_fraction above 0"
         )
+    if config.sample_every_steps > 0 and not validation_rows:
+        raise ConfigError(
+            f"sample_every_steps={config.sample_every_steps} samples answers to validation prompts, and there is no "
+            "validation data: set validation_fraction above 0 (or add a validation split), or sample_every_steps to 0"
+        )
     if (config.load_in_4bit or config.load_in_8bit) and not config.lora:
         raise ModelError("load_in_4bit/load_in_8bit train only LoRA adapters: turn lora on (QLoRA)")
     torch.manual_seed(config.seed)
@@ -250,7 +283,7 @@ def run_sft(
     )
     progress = ReporterCallback(reporter)
     callbacks = [progress]
-    if config.sample_every_steps and validation_rows and config.train_mode == "sft":
+    if config.sample_every_steps:
         prompts = [list(conv[:-1]) for conv in list(validation_rows)[: config.num_samples]]
         settings = SamplerSettings(steps=32, max_new_tokens=32, block_length=32)
 

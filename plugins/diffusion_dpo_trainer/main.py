@@ -50,12 +50,12 @@ def train(job: Job) -> str:
         raise ParameterError(
             "no model: set model_name (a local checkpoint, a hub id, or a tiny preset such as tiny-llada)"
         )
-    train_pairs, validation_pairs = read_pairs(job)
-    job.progress(2)
     from dlm.dpo import DPOConfig, run_dpo
     from dlm.outputs import publish_outputs
 
     config = DPOConfig.from_params(p, output_dir=str(job.checkpoint_dir), workspace=str(job.workspace.root))
+    train_pairs, validation_pairs = read_pairs(job)
+    job.progress(2)
     result = run_dpo(config, train_pairs, validation_pairs, job)
     if result.stopped:
         raise JobStopped(f"stopped at step {result.global_step}; resume with resume_from_checkpoint=latest")

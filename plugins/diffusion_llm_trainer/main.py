@@ -12,7 +12,7 @@ def read_rows(job: Job) -> tuple[list, list | None]:
     splits = load_dataset_splits(
         dataset_source(p),
         workspace=job.workspace.root,
-        validation_split="auto" if p.eval_strategy != "no" else None,
+        validation_split="auto" if p.eval_strategy != "no" or p.sample_every_steps else None,
         validation_fraction=p.validation_fraction,
         max_samples=p.max_samples or None,
         seed=p.seed,
