@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import difflib
+import json
+import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -100,6 +102,38 @@ def is_secret(name: str) -> bool:
 def redact(values: Mapping[str, Any]) -> dict[str, Any]:
     """`values` without its credentials, for anything written to a file."""
     return {k: v for k, v in values.items() if not is_secret(k)}
+
+
+SECRETS_ENV = "DLM_SECRET_PARAMETERS"  # how the runner hands credentials to the plugin process
+
+
+def secret_environment(values: Mapping[str, Any]) -> dict[str, str]:
+    """Environment variables that carry the credentials among `values` to a child process (JSON, one variable)."""
+    secrets = {k: str(v) for k, v in values.items() if is_secret(k) and v not in (None, "")}
+    return {SECRETS_ENV: json.dumps(secrets)} if secrets else {}
+
+
+# Credentials the libraries read from the environment, by their parameter name in snake_case.
+_LIBRARY_ENV = {"hf_token": "HF_TOKEN", "wandb_api_key": "WANDB_API_KEY"}
+
+
+def export_library_secrets(values: Mapping[str, Any]) -> None:
+    """Put hf_token / wandb_api_key (any case style) where huggingface_hub and wandb look for them."""
+    for name, value in values.items():
+        variable = _LIBRARY_ENV.get(_CAMEL_BOUNDARY.sub("_", str(name)).lower().replace("-", "_"))
+        if variable and value not in (None, ""):
+            os.environ[variable] = str(value)
+
+
+def take_secret_parameters() -> dict[str, str]:
+    """The credentials a parent process handed over (removed from this process's environment, so that the
+    processes this one starts do not inherit them by accident)."""
+    text = os.environ.pop(SECRETS_ENV, "")
+    try:
+        secrets = json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        raise ParameterError(f"{SECRETS_ENV} is not valid JSON") from None
+    return {str(k): str(v) for k, v in secrets.items()} if isinstance(secrets, dict) else {}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any
 
 from plugin_sdk import launch
 from plugin_sdk.backends import HostBackend, LocalBackend, now, running_under_host
+from plugin_sdk.config_keys import export_library_secrets, redact, take_secret_parameters
 from plugin_sdk.errors import JobStopped, ParameterError, is_user_error
 from plugin_sdk.manifest import load_manifest
 from plugin_sdk.params import Params, coerce_and_validate, read_raw_parameters
@@ -147,7 +148,7 @@ class Job:
             "input_model": self.params.get("model_name"),
             "dataset": self.params.get("dataset_name"),
             "adaptor_name": self.params.get("adaptor_name"),
-            "parameters": dict(self.params),
+            "parameters": redact(self.params),
             "start_time": self.params.get("start_time", ""),
         }
         self.backend.register_model(
@@ -238,7 +239,13 @@ def run_job(
     argv = sys.argv[1:] if argv is None else argv
     under_host = running_under_host()
     raw = read_raw_parameters([] if under_host else argv)
-    backend, values = _make_backend(dict(raw.values), plugin_type)
+    raw.values.update(take_secret_parameters())
+    export_library_secrets(raw.values)
+    try:
+        backend, values = _make_backend(dict(raw.values), plugin_type)
+    except ParameterError as exc:  # no job record can be made (a job_id that is not a plain name)
+        print(f"ERROR: {exc}", flush=True)
+        raise SystemExit(EXIT_FAILED) from None
     experiment = str(values.get("experiment_name") or (raw.experiment or {}).get("name") or "default")
     job_id = str(values["job_id"])
     main_process = launch.process_rank() == 0
@@ -258,6 +265,8 @@ def run_job(
         fail(str(exc))
     if main_process:
         backend.set_status("RUNNING")
+        if isinstance(backend, LocalBackend) and not launch.is_child_run():
+            backend.set_data("pid", os.getpid())  # whose end, unreported, settle_stale_jobs turns into FAILED
         backend.set_data("start_time", now())
         backend.set_data("config", public_config(params))
     params["start_time"] = now()

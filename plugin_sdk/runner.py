@@ -8,15 +8,20 @@ the process failed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from plugin_sdk.backends import JobRecord, now
+from plugin_sdk.backends import ACTIVE, JobRecord, now
+from plugin_sdk.config_keys import redact, secret_environment
+from plugin_sdk.errors import PluginError
 from plugin_sdk.manifest import load_manifest
 from plugin_sdk.workspace import Workspace, write_json_atomic
 
@@ -26,6 +31,7 @@ def plugin_command(
 ) -> list[str]:
     """The child command line: harness + parameters in the form the host uses for this plugin type."""
     cmd = [sys.executable, "-m", "plugin_sdk.harness", "--plugin_dir", str(plugin_dir)]
+    values = redact(values)  # credentials travel in the environment (secret_environment), never in argv or files
     if manifest.get("type") == "evaluator":
         for key, value in values.items():
             cmd += [f"--{key}", json.dumps(value) if isinstance(value, (list, dict)) else str(value)]
@@ -87,6 +93,7 @@ def run_plugin(
     log_path = record.dir / f"output_{job_id}.txt"
     env = {
         **os.environ,
+        **secret_environment(values),
         "DLM_WORKSPACE": str(workspace.root),
         "DLM_BACKEND": "local",
         "DLM_JOB_ID": job_id,
@@ -95,21 +102,45 @@ def run_plugin(
     view = _ProgressView(record, sys.stdout.isatty() if show_progress is None else show_progress)
     view.write(f"Job {job_id} ({manifest['uniqueId']}), log: {log_path}\n")
     with open(log_path, "a", encoding="utf-8") as log:
-        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        # Its own session: a Ctrl-C in the terminal reaches the runner only, which forwards one clean stop.
+        process = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+        )
         try:
-            for line in process.stdout:
-                log.write(line)
-                log.flush()
-                view.write(line)
-            code = process.wait()
-        except KeyboardInterrupt:
-            process.terminate()
-            code = process.wait()
+            with _forwarding_stops(process):
+                for line in process.stdout:
+                    log.write(line)
+                    log.flush()
+                    view.write(line)
+                code = process.wait()
         finally:
             view.close()
     final = settle(record, code)
     view.write(f"Job {job_id}: {final['status']} - {final['job_data'].get('completion_details', '')}\n")
     return code, job_id
+
+
+@contextlib.contextmanager
+def _forwarding_stops(process: subprocess.Popen) -> Iterator[None]:
+    """While the plugin runs, SIGTERM/SIGINT to the runner (`timeout`, `kill`, Ctrl-C) become a stop of the plugin,
+    which saves a checkpoint and ends STOPPED; the runner keeps reading its output until it exits. A second signal
+    is passed on as SIGINT, which the plugin takes as "stop now"."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+
+    def forward(signum: int, frame: Any) -> None:
+        received.append(signum)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM if len(received) == 1 else signal.SIGINT)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def settle(record: JobRecord, code: int) -> dict[str, Any]:
@@ -140,5 +171,9 @@ def request_stop(workspace: Workspace, job_id: str) -> None:
     """Ask a running job to stop, as the workbench's Stop button does (`job_data.stop = true`)."""
     record = JobRecord(workspace, job_id)
     if not record.path.exists():
-        raise FileNotFoundError(f"no job {job_id} in {workspace.root / 'jobs'}")
+        raise PluginError(f"there is no job {job_id} in {workspace.root / 'jobs'}")
+    record.fail_if_gone()
+    status = record.read().get("status")
+    if status not in ACTIVE:
+        raise PluginError(f"job {job_id} has already finished ({status}); there is nothing to stop")
     record.update(stop=True)
