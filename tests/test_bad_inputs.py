@@ -282,3 +282,26 @@ def test_killed_runner_and_plugin_leave_a_failed_job(tmp_path):
         time.sleep(0.2)  # the killed plugin is reaped by init
     details = JobRecord(ws, "6").read()["job_data"]["completion_details"]
     assert details.startswith("the process ended without reporting: ")
+
+
+def function_task(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "utils.py").write_text("def process(doc):\n    return doc\n")
+    task = "task: code_task\ndataset_path: json\n# a comment about !function is no code\nprocess_docs: !function utils.process\n"
+    return Path(write(folder / "task.yaml", task))
+
+
+def test_task_yaml_with_function_needs_trust_remote_code(tmp_path):
+    from dlm.lm_eval_adapter import LmEvalError, load_tasks
+
+    task = function_task(tmp_path / "tasks")
+    for spec in (str(task), str(task.parent)):
+        with pytest.raises(LmEvalError, match=rf"{task}, line 4, uses !function.*trust_remote_code=true"):
+            load_tasks([spec])
+
+
+def test_evaluator_job_refuses_task_code_before_loading_a_model(tmp_path):
+    task = function_task(tmp_path / "tasks")
+    code, record, _ = run_plugin_job(EVAL, [*MODEL, "--metrics", "[]", "--tasks", str(task)], tmp_path / "ws")
+    assert code == EXIT_FAILED
+    assert f"{task}, line 4, uses !function" in record["job_data"]["completion_details"]
