@@ -353,10 +353,21 @@ def _save_atomically(model: Any, tokenizer: Any, destination: Path) -> Path:
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        if destination.exists():
-            shutil.rmtree(destination)
-        staging.rename(destination)
+        return _claim(staging, destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return destination
+
+
+def _claim(staging: Path, destination: Path) -> Path:
+    """Rename `staging` to `destination`, or, when another job's result is there (a job that started at the same
+    time), to the first free `destination-2`, `-3`, ...: a result never replaces another."""
+    candidates = [destination, *(destination.with_name(f"{destination.name}-{n}") for n in range(2, 1000))]
+    for candidate in candidates:
+        try:
+            staging.rename(candidate)  # atomic; fails when the candidate is a non-empty folder
+            return candidate
+        except OSError:
+            if not candidate.exists():
+                raise
+    raise FileExistsError(f"{destination} and its numbered variants are all taken")

@@ -305,3 +305,31 @@ def test_evaluator_job_refuses_task_code_before_loading_a_model(tmp_path):
     code, record, _ = run_plugin_job(EVAL, [*MODEL, "--metrics", "[]", "--tasks", str(task)], tmp_path / "ws")
     assert code == EXIT_FAILED
     assert f"{task}, line 4, uses !function" in record["job_data"]["completion_details"]
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+
+
+def test_a_taken_adaptor_name_is_refused_before_training(tmp_path):
+    workspace = tmp_path / "ws"
+    earlier = workspace / "adaptors" / "tiny-llada" / "diffusion_adaptor"
+    earlier.mkdir(parents=True)
+    (earlier / "adapter_config.json").write_text("{}")
+    code, record, _ = run_plugin_job(SFT, [*MODEL, "--dataset", "unused.jsonl"], workspace)
+    assert code == EXIT_FAILED
+    assert f"{earlier} already holds a result of an earlier job" in record["job_data"]["completion_details"]
+    assert (earlier / "adapter_config.json").read_text() == "{}"
+
+
+def test_a_result_never_replaces_another_written_meanwhile(tmp_path):
+    from dlm.sft import _claim
+
+    destination = tmp_path / "adaptor"
+    claimed = []
+    for text in ("first", "second", "third"):
+        staging = tmp_path / f".staging-{text}"
+        staging.mkdir()
+        (staging / "weights").write_text(text)
+        claimed.append(_claim(staging, destination))
+    assert [p.name for p in claimed] == ["adaptor", "adaptor-2", "adaptor-3"]
+    assert [(p / "weights").read_text() for p in claimed] == ["first", "second", "third"]

@@ -35,7 +35,7 @@ def read_rows(job: Job) -> tuple[list, list | None]:
 
 
 def train(job: Job) -> str:
-    from dlm.outputs import publish_outputs
+    from dlm.outputs import check_outputs_free, publish_outputs
     from dlm.sft import SFTConfig, run_sft
 
     p = job.params
@@ -44,13 +44,15 @@ def train(job: Job) -> str:
             "no model: set model_name (a local checkpoint, a hub id, or a tiny preset such as tiny-llada)"
         )
     config = SFTConfig.from_params(p, output_dir=str(job.checkpoint_dir), workspace=str(job.workspace.root))
+    full_model = p.save_full_model or p.merge_adapter or not p.lora
+    check_outputs_free(job, lora=p.lora, full_model=full_model)
     train_rows, validation_rows = read_rows(job)
     job.progress(3)
     result = run_sft(config, train_rows, validation_rows, job)
     if result.stopped:
         raise JobStopped(f"stopped at step {result.global_step}; resume with resume_from_checkpoint=latest")
     job.progress(96)
-    publish_outputs(result, job, lora=p.lora, full_model=p.save_full_model or p.merge_adapter or not p.lora)
+    publish_outputs(result, job, lora=p.lora, full_model=full_model)
     return result.summary
 
 
