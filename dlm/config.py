@@ -46,6 +46,7 @@ class TrainerConfig:
     logging_steps: int = 10
     eval_steps: float = 0.1
     save_steps: float = 0.25
+    save_total_limit: int = 0
     resume_from_checkpoint: str = ""
     train_device: str = "auto"
     trust_remote_code: bool = False

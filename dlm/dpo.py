@@ -533,7 +533,7 @@ def run_dpo(
         reporter.log(
             f"reference ELBOs precomputed for {len(train)} training and {len(validation or [])} validation pairs"
         )
-    resume = resume_path(config, checkpoint_dir)
+    resume = resume_path(config, checkpoint_dir, reporter.log)
     if resume:
         reporter.log(f"resuming from {resume}")
     trainer.train(resume_from_checkpoint=resume)

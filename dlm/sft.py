@@ -7,16 +7,16 @@ last one is the assistant's answer) in SFT mode, or plain texts in pre-training 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import PrinterCallback
-from transformers.trainer_utils import get_last_checkpoint
 
 from dlm.callbacks import Reporter, ReporterCallback, SampleCallback
+from dlm.checkpoints import check_checkpoint, latest_checkpoint, write_owner
 from dlm.config import TrainerConfig
 from dlm.data import DiffusionCollator, encode_conversations, pack_texts
 from dlm.errors import ConfigError, ModelError
@@ -164,32 +164,27 @@ def trainable_model(config: TrainerConfig, loaded: LoadedModel, reporter: Report
     )
 
 
-def _latest_checkpoint(checkpoint_dir: Path) -> str | None:
-    """The newest checkpoint of this run, else of the earlier runs whose checkpoint folders sit beside it (a job
-    resumed from the workbench is a new job, with its own, still empty folder)."""
-    own = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
-    if own is not None:
-        return own
-    states = checkpoint_dir.parent.glob("*/checkpoint-*/trainer_state.json") if checkpoint_dir.parent.is_dir() else []
-    newest = max(states, key=lambda state: state.stat().st_mtime, default=None)
-    return str(newest.parent) if newest is not None else None
-
-
-def resume_path(config: TrainerConfig, checkpoint_dir: Path) -> str | None:
+def resume_path(config: TrainerConfig, checkpoint_dir: Path, log: Callable[[str], None]) -> str | None:
+    """The checkpoint to resume from (None: start afresh), checked whole and of this trainer and base model; records
+    in `checkpoint_dir` whose checkpoints it will hold."""
+    owner = {"trainer": type(config).__name__, "model_name": config.model_name}
     wanted = config.resume_from_checkpoint.strip()
-    if not wanted:
-        return None
+    found = None
     if wanted == "latest":
-        found = _latest_checkpoint(checkpoint_dir)
+        found = latest_checkpoint(checkpoint_dir, **owner, log=log)
         if found is None:
             raise ModelError(
                 f"resume_from_checkpoint=latest, but neither {checkpoint_dir} nor the folders beside it hold a "
                 "checkpoint yet"
             )
-        return found
-    if not (Path(wanted) / "trainer_state.json").is_file():
-        raise ModelError(f"resume_from_checkpoint={wanted!r} is not a checkpoint folder (no trainer_state.json)")
-    return wanted
+    elif wanted:
+        found = Path(wanted)
+        if not (found / "trainer_state.json").is_file():
+            raise ModelError(f"resume_from_checkpoint={wanted!r} is not a checkpoint folder (no trainer_state.json)")
+    if found is not None:
+        check_checkpoint(found, **owner)
+    write_owner(checkpoint_dir, **owner)
+    return str(found) if found is not None else None
 
 
 def step_interval(value: float) -> float | int:
@@ -215,6 +210,7 @@ def common_training_arguments(config: TrainerConfig, checkpoint_dir: Path) -> di
         "logging_steps": config.logging_steps,
         "save_strategy": "steps",
         "save_steps": step_interval(config.save_steps) if config.save_steps > 0 else 1.0,
+        "save_total_limit": config.save_total_limit or None,
         "seed": config.seed,
         "data_seed": config.seed,
         "bf16": bf16,
@@ -302,7 +298,7 @@ def run_sft(
         loss_config=_loss_config(config, loaded),
     )
     trainer.remove_callback(PrinterCallback)  # metrics reach the job log through the reporter instead
-    resume = resume_path(config, checkpoint_dir)
+    resume = resume_path(config, checkpoint_dir, reporter.log)
     if resume:
         reporter.log(f"resuming from {resume}")
     trainer.train(resume_from_checkpoint=resume)
