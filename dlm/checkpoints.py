@@ -9,10 +9,13 @@ checked before the Trainer reads them, so a truncated or corrupted file is named
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import re
+import shutil
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from dlm.errors import DlmError
@@ -110,3 +113,21 @@ def _damage(file: Path) -> str | None:
     except Exception as err:  # noqa: BLE001 - json, zipfile and safetensors each raise their own kind
         return f"{type(err).__name__}: {err}"
     return None
+
+
+@contextlib.contextmanager
+def disk_full_named(checkpoint_dir: Path) -> Iterator[None]:
+    """Training under this: when the disk fills, the cut-off checkpoints are removed and the error names the folder."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        removed = [p for p in _checkpoints(checkpoint_dir) if not is_complete(p)] if checkpoint_dir.is_dir() else []
+        for checkpoint in removed:
+            shutil.rmtree(checkpoint, ignore_errors=True)
+        what = f"; removed the partial {', '.join(p.name for p in removed)}" if removed else ""
+        raise CheckpointError(
+            f"no space left on the device while writing {err.filename or checkpoint_dir}{what}. Free space, or lower "
+            "save_total_limit / raise save_steps"
+        ) from err

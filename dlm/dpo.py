@@ -39,6 +39,7 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainingArguments
 
 from dlm.callbacks import Reporter, ReporterCallback
+from dlm.checkpoints import disk_full_named
 from dlm.config import TrainerConfig
 from dlm.errors import DlmError, ModelError
 from dlm.loading import LoadedModel, load_model_and_tokenizer
@@ -536,7 +537,8 @@ def run_dpo(
     resume = resume_path(config, checkpoint_dir, reporter.log)
     if resume:
         reporter.log(f"resuming from {resume}")
-    trainer.train(resume_from_checkpoint=resume)
+    with disk_full_named(checkpoint_dir):
+        trainer.train(resume_from_checkpoint=resume)
     metrics: dict[str, float] = {}
     if validation and not progress.stopped:
         evaluated = [e for e in trainer.state.log_history if "eval_loss" in e]

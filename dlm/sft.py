@@ -16,7 +16,7 @@ import torch
 from transformers import PrinterCallback
 
 from dlm.callbacks import Reporter, ReporterCallback, SampleCallback
-from dlm.checkpoints import check_checkpoint, latest_checkpoint, write_owner
+from dlm.checkpoints import check_checkpoint, disk_full_named, latest_checkpoint, write_owner
 from dlm.config import TrainerConfig
 from dlm.data import DiffusionCollator, encode_conversations, pack_texts
 from dlm.errors import ConfigError, ModelError
@@ -301,7 +301,8 @@ def run_sft(
     resume = resume_path(config, checkpoint_dir, reporter.log)
     if resume:
         reporter.log(f"resuming from {resume}")
-    trainer.train(resume_from_checkpoint=resume)
+    with disk_full_named(checkpoint_dir):
+        trainer.train(resume_from_checkpoint=resume)
     model.eval()  # training is over: whoever uses the result next (samples, evaluation) must not see dropout
     if trainer.skipped_empty_batches:
         reporter.log(f"{trainer.skipped_empty_batches} batches had no trainable token and contributed nothing")

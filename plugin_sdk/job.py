@@ -15,6 +15,7 @@ real reason (and a non-zero exit), or stopped.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -315,6 +316,10 @@ def run_job(
     except BaseException as exc:  # noqa: BLE001 - every failure must end as failed, with its reason
         if is_user_error(exc):
             fail(str(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            fail(
+                f"no space left on the device while writing {exc.filename or 'the job outputs'}: free space, or use another workspace"
+            )
         traceback.print_exc()
         sys.stderr.flush()
         fail(f"{type(exc).__name__}: {exc}")

@@ -104,3 +104,22 @@ def test_resume_refuses_another_base_model_and_a_truncated_adapter(workspace, tm
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(CheckpointError, match=rf"{weights} is damaged"):
         run_sft(config(workspace, out, resume_from_checkpoint="latest"), conversations(8), None, Reporter())
+
+
+def test_full_disk_during_a_checkpoint_removes_it_and_names_the_folder(workspace, tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    real_save = torch.save
+
+    def full_disk_at_step_2(obj, f, *args, **kwargs):
+        if "checkpoint-2" in str(f):
+            raise OSError(errno.ENOSPC, "No space left on device", str(f))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk_at_step_2)
+    out = tmp_path / "run"
+    with pytest.raises(CheckpointError, match=r"no space left on the device while writing .*checkpoint-2.*removed the"):
+        run_sft(config(workspace, out), conversations(8), None, Reporter())
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
