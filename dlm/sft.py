@@ -329,7 +329,8 @@ def last_logged(trainer: DiffusionTrainer, key: str) -> str:
 def save_outputs(result: SFTResult, *, adaptor_dir: Path | None, full_model_dir: Path | None) -> list[Path]:
     """Save the LoRA adapter (loadable with `PeftModel.from_pretrained` on the base) and/or the full model
     (LoRA merged) as a normal checkpoint. Written to a temporary folder and renamed, so nothing half-written is
-    ever taken for a result."""
+    ever taken for a result; a folder that holds an earlier result is kept and the new one goes to `<name>-2`, ...
+    Returns the folders written."""
     written = []
     model = result.model
     if adaptor_dir is not None and hasattr(model, "peft_config"):
@@ -357,8 +358,8 @@ def _save_atomically(model: Any, tokenizer: Any, destination: Path) -> Path:
 
 
 def _claim(staging: Path, destination: Path) -> Path:
-    """Rename `staging` to `destination`, or, when another job's result is there (a job that started at the same
-    time), to the first free `destination-2`, `-3`, ...: a result never replaces another."""
+    """Rename `staging` to `destination`, or, when an earlier job's result is there, to the first free
+    `destination-2`, `-3`, ... (atomic, so jobs finishing together each get their own): no result replaces another."""
     candidates = [destination, *(destination.with_name(f"{destination.name}-{n}") for n in range(2, 1000))]
     for candidate in candidates:
         try:
