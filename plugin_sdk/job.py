@@ -26,7 +26,7 @@ from typing import Any
 
 from plugin_sdk import launch
 from plugin_sdk.backends import HostBackend, LocalBackend, now, running_under_host
-from plugin_sdk.config_keys import export_library_secrets, redact, take_secret_parameters
+from plugin_sdk.config_keys import export_library_secrets, redact, secret_environment, take_secret_parameters
 from plugin_sdk.errors import JobStopped, ParameterError, is_user_error
 from plugin_sdk.manifest import load_manifest
 from plugin_sdk.params import Params, coerce_and_validate, read_raw_parameters
@@ -278,7 +278,9 @@ def run_job(
         fail(str(exc))
     if plan.num_processes > 1 and not launch.is_child_run():
         print(f"Relaunching on {plan.num_processes} processes through accelerate ...", flush=True)
-        code = launch.relaunch(plan, job_id=job_id, workspace=str(backend.workspace.root))
+        code = launch.relaunch(
+            plan, job_id=job_id, workspace=str(backend.workspace.root), env=secret_environment(params)
+        )
         if code != 0:
             details = f"worker processes exited with code {code}; see the job log for their error"
             record_failed_unless_set(backend, details)

@@ -157,10 +157,20 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def relaunch(plan: LaunchPlan, *, job_id: str, workspace: str, argv: list[str] | None = None) -> int:
-    """Run this same command again on several processes; returns the children's exit code (never hides one)."""
+def relaunch(
+    plan: LaunchPlan, *, job_id: str, workspace: str, argv: list[str] | None = None, env: dict[str, str] | None = None
+) -> int:
+    """Run this same command again on several processes (`env`: variables to add, such as the credentials);
+    returns the children's exit code (never hides one)."""
     script = [sys.argv[0]] + (sys.argv[1:] if argv is None else argv)
-    env = {**os.environ, CHILD_ENV: "1", "DLM_JOB_ID": job_id, "DLM_WORKSPACE": workspace, "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        **(env or {}),
+        CHILD_ENV: "1",
+        "DLM_JOB_ID": job_id,
+        "DLM_WORKSPACE": workspace,
+        "PYTHONUNBUFFERED": "1",
+    }
     if plan.use_cpu:
         # Without this each CPU process trains alone instead of joining the gloo group.
         env["ACCELERATE_USE_CPU"] = "1"
