@@ -25,7 +25,7 @@ _STEP = re.compile(r"^checkpoint-(\d+)$")
 
 
 class CheckpointError(DlmError):
-    """A checkpoint cannot be resumed from: missing, damaged, or of another trainer or base model."""
+    """A checkpoint or saved model cannot be used: missing, damaged, or of another trainer or base model."""
 
 
 def write_owner(checkpoint_dir: Path, *, trainer: str, model_name: str) -> None:
@@ -90,10 +90,16 @@ def check_checkpoint(checkpoint: Path, *, trainer: str, model_name: str) -> None
             f"{checkpoint} was written by {owner['trainer']} training {owner['model_name']}; this run is {trainer} "
             f"training {model_name}: resume only a checkpoint of the same trainer and base model"
         )
-    for file in sorted(checkpoint.iterdir()):
+    refuse_damaged(checkpoint, advice="resume from another checkpoint")
+
+
+def refuse_damaged(folder: Path, *, advice: str) -> None:
+    """Raise CheckpointError naming the first file of `folder` (weights, optimizer state, JSON) that is truncated or
+    corrupted; reads headers and indexes only, not the weights."""
+    for file in sorted(p for p in Path(folder).iterdir() if p.is_file()):
         problem = _damage(file)
         if problem:
-            raise CheckpointError(f"{file} is damaged ({problem}); resume from another checkpoint")
+            raise CheckpointError(f"{file} is damaged ({problem}); {advice}")
 
 
 def _damage(file: Path) -> str | None:
@@ -107,7 +113,7 @@ def _damage(file: Path) -> str | None:
 
             with safe_open(str(file), framework="pt") as opened:
                 opened.keys()
-        elif suffix in (".pt", ".pth", ".bin"):
+        elif suffix in (".pt", ".pth", ".bin") and file.open("rb").read(4) == b"PK\x03\x04":
             with zipfile.ZipFile(file) as archive:  # torch.save's format; a cut-off file has no central directory
                 archive.namelist()
     except Exception as err:  # noqa: BLE001 - json, zipfile and safetensors each raise their own kind

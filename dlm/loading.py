@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dlm.checkpoints import refuse_damaged
 from dlm.errors import ModelError
 from dlm.families import Family, SpecialIds, detect_family, get_family, resolve_special_ids
 from dlm.presets import resolve_model_path
@@ -232,6 +233,8 @@ def load_model_and_tokenizer(
         kwargs["attn_implementation"] = attn_implementation
     if load_in_4bit or load_in_8bit:
         kwargs["quantization_config"] = _quantization_config(fam, torch_dtype, load_in_4bit)
+    if Path(str(source)).is_dir():
+        refuse_damaged(Path(str(source)), advice="save or download the model again")
     model = _auto_class(fam, raw, remote).from_pretrained(source, **kwargs)
     if gradient_checkpointing:
         if not model.supports_gradient_checkpointing:

@@ -123,3 +123,23 @@ def test_full_disk_during_a_checkpoint_removes_it_and_names_the_folder(workspace
     with pytest.raises(CheckpointError, match=r"no space left on the device while writing .*checkpoint-2.*removed the"):
         run_sft(config(workspace, out), conversations(8), None, Reporter())
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
+
+
+def test_a_truncated_model_or_adapter_is_named_when_loading(workspace, tmp_path):
+    from dlm.loading import load_model_and_tokenizer
+    from dlm.lora import load_model_with_adapter
+
+    out = tmp_path / "run"
+    run_sft(config(workspace, out), conversations(8), None, Reporter())
+    adapter = out / "checkpoint-3"
+    model = Path(workspace) / "models" / "tiny-llada"
+    copy = tmp_path / "model"
+    shutil.copytree(model, copy)
+    weights = next(copy.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=rf"{weights} is damaged .*save or download the model again"):
+        load_model_and_tokenizer(copy)
+    adapter_weights = adapter / "adapter_model.safetensors"
+    adapter_weights.write_bytes(adapter_weights.read_bytes()[:-10])
+    with pytest.raises(CheckpointError, match=rf"{adapter_weights} is damaged"):
+        load_model_with_adapter("tiny-llada", adapter, workspace=workspace)
