@@ -122,9 +122,9 @@ def run_plugin(
 
 @contextlib.contextmanager
 def _forwarding_stops(process: subprocess.Popen) -> Iterator[None]:
-    """While the plugin runs, SIGTERM/SIGINT to the runner (`timeout`, `kill`, Ctrl-C) become a stop of the plugin,
-    which saves a checkpoint and ends STOPPED; the runner keeps reading its output until it exits. A second signal
-    is passed on as SIGINT, which the plugin takes as "stop now"."""
+    """While the plugin runs, SIGTERM/SIGINT/SIGHUP to the runner (`timeout`, `kill`, Ctrl-C, a closed terminal)
+    become a stop of the plugin, which saves a checkpoint and ends STOPPED; the runner keeps reading its output
+    until it exits. A second signal is passed on as SIGINT, which the plugin takes as "stop now"."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -135,7 +135,7 @@ def _forwarding_stops(process: subprocess.Popen) -> Iterator[None]:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM if len(received) == 1 else signal.SIGINT)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         yield
     finally:
