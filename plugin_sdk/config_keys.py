@@ -23,9 +23,10 @@ from plugin_sdk.errors import ParameterError
 
 # Names a host puts into a job's parameters besides the form values, from the hosts' own sources.
 # Plugin era (transformerlab-app 87087118f1e8): api/transformerlab/shared/shared.py writes job_id, output_dir,
-# adaptor_output_dir into the training template's config, which the UI filled with the form plus model_name,
-# model_architecture, foundation_model_file_path, embedding_model*, dataset_name, formatting_*, template_name,
-# adaptor_name, plugin_name, type and the sweep settings; plugin_sdk/plugin_harness.py adds plugin_dir; the SDK's
+# adaptor_output_dir into the training template's config, which the UI (TrainingModalLoRA.tsx and its tabs, last
+# at 89cbbd80e^) filled with the form plus model_name, model_architecture, foundation_model_file_path,
+# embedding_model*, dataset_name, the alpaca templates, formatting_*, apply_chat_template, chat_column,
+# chatml_formatted_column, template_name, adaptor_name, plugin_name, type and the sweep settings; plugin_sdk/plugin_harness.py adds plugin_dir; the SDK's
 # train.py/evals.py/tlab_plugin.py parse input_file, experiment_name, eval_name, run_name, template_name, job_id,
 # dataset_name, model_name, model_path, model_adapter, model_filename and set start_time, tensorboard_output_dir.
 # Tasks era (`lab` SDK): job_data["parameters"] plus experiment_name. Local runs (this SDK): workspace.
@@ -61,6 +62,8 @@ HOST_KEYS = frozenset(
         "formatting_template",
         "formatting_chat_template",
         "chatml_formatted_column",
+        "chat_column",
+        "apply_chat_template",
         "sweep_config",
         "run_sweeps",
         "sweep_metric",
