@@ -310,7 +310,18 @@ def test_evaluator_job_refuses_task_code_before_loading_a_model(tmp_path):
 # ------------------------------------------------------------------------------------------------ outputs
 
 
-def test_a_result_never_replaces_another(tmp_path):
+def test_a_taken_adaptor_name_is_refused_before_training(tmp_path):
+    workspace = tmp_path / "ws"
+    earlier = workspace / "adaptors" / "tiny-llada" / "diffusion_adaptor"
+    earlier.mkdir(parents=True)
+    (earlier / "adapter_config.json").write_text("{}")
+    code, record, _ = run_plugin_job(SFT, [*MODEL, "--dataset", "unused.jsonl"], workspace)
+    assert code == EXIT_FAILED
+    assert f"{earlier} already holds a result of an earlier job" in record["job_data"]["completion_details"]
+    assert (earlier / "adapter_config.json").read_text() == "{}"
+
+
+def test_a_result_never_replaces_another_finished_meanwhile(tmp_path):
     from dlm.sft import _claim
 
     destination = tmp_path / "adaptor"

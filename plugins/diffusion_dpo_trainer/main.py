@@ -51,10 +51,11 @@ def train(job: Job) -> str:
             "no model: set model_name (a local checkpoint, a hub id, or a tiny preset such as tiny-llada)"
         )
     from dlm.dpo import DPOConfig, run_dpo
-    from dlm.outputs import publish_outputs
+    from dlm.outputs import check_outputs_free, publish_outputs
 
     config = DPOConfig.from_params(p, output_dir=str(job.checkpoint_dir), workspace=str(job.workspace.root))
     full_model = p.save_full_model or not p.lora
+    check_outputs_free(job, lora=p.lora, full_model=full_model)
     train_pairs, validation_pairs = read_pairs(job)
     job.progress(2)
     result = run_dpo(config, train_pairs, validation_pairs, job)

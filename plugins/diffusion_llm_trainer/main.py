@@ -35,7 +35,7 @@ def read_rows(job: Job) -> tuple[list, list | None]:
 
 
 def train(job: Job) -> str:
-    from dlm.outputs import publish_outputs
+    from dlm.outputs import check_outputs_free, publish_outputs
     from dlm.sft import SFTConfig, run_sft
 
     p = job.params
@@ -45,6 +45,7 @@ def train(job: Job) -> str:
         )
     config = SFTConfig.from_params(p, output_dir=str(job.checkpoint_dir), workspace=str(job.workspace.root))
     full_model = p.save_full_model or p.merge_adapter or not p.lora
+    check_outputs_free(job, lora=p.lora, full_model=full_model)
     train_rows, validation_rows = read_rows(job)
     job.progress(3)
     result = run_sft(config, train_rows, validation_rows, job)
