@@ -53,8 +53,11 @@ def cmd_validate(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_stop(args: argparse.Namespace, extra: list[str]) -> int:
-    request_stop(_workspace(args.workspace), args.job_id)
-    print(f"stop requested for job {args.job_id}")
+    finished = request_stop(_workspace(args.workspace), args.job_id)
+    if finished:
+        print(f"job {args.job_id} has already finished ({finished}); there is nothing to stop")
+    else:
+        print(f"stop requested for job {args.job_id}")
     return 0
 
 

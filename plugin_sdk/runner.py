@@ -167,13 +167,15 @@ def settle(record: JobRecord, code: int) -> dict[str, Any]:
     return data
 
 
-def request_stop(workspace: Workspace, job_id: str) -> None:
-    """Ask a running job to stop, as the workbench's Stop button does (`job_data.stop = true`)."""
+def request_stop(workspace: Workspace, job_id: str) -> str | None:
+    """Ask a running job to stop, as the workbench's Stop button does (`job_data.stop = true`). Returns None, or
+    the status of a job that has already finished (then nothing is asked)."""
     record = JobRecord(workspace, job_id)
     if not record.path.exists():
         raise PluginError(f"there is no job {job_id} in {workspace.root / 'jobs'}")
     record.fail_if_gone()
     status = record.read().get("status")
     if status not in ACTIVE:
-        raise PluginError(f"job {job_id} has already finished ({status}); there is nothing to stop")
+        return status
     record.update(stop=True)
+    return None

@@ -199,8 +199,8 @@ def test_stopping_a_finished_job_says_it_has_finished(tmp_path, capsys):
     record.create(job_type="TRAIN", experiment="e")
     record.update(status="COMPLETE")
     code = cli(["stop", "4", "--workspace", str(ws.root)])
-    assert code == 2
-    assert "job 4 has already finished (COMPLETE)" in capsys.readouterr().err
+    assert code == 0
+    assert capsys.readouterr().out == "job 4 has already finished (COMPLETE); there is nothing to stop\n"
     assert "stop" not in record.read()["job_data"]
 
 
