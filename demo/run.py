@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -255,6 +256,10 @@ def run_stages(workspace: Workspace, jobs: Mapping[str, Mapping[str, Any]], *, v
     sft_model = str(workspace.model_dir(f"tiny-llada_{SFT_NAME}"))
     ar_model = str(workspace.model_dir(f"tiny-ar_{SFT_NAME}"))
     adapter = str(workspace.adaptor_dir(f"tiny-llada_{SFT_NAME}", DPO_NAME))
+    # The results of an earlier demo in this workspace: the trainers refuse to write over a result.
+    earlier = [sft_model, ar_model, adapter, *(workspace.adaptor_dir(m, SFT_NAME) for m in ("tiny-llada", "tiny-ar"))]
+    for folder in earlier:
+        shutil.rmtree(folder, ignore_errors=True)
     evaluate = jobs["evaluate"]
     return [
         stage(

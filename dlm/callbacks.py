@@ -12,6 +12,8 @@ from typing import Protocol
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from dlm.errors import ConfigError
+
 # Trainer log keys -> the metric names shown in TensorBoard, W&B, metrics.json and the job log.
 RENAMED = {"loss": "train/loss", "learning_rate": "train/lr", "grad_norm": "train/grad_norm", "epoch": "train/epoch"}
 DROPPED = {
@@ -59,8 +61,16 @@ class ReporterCallback(TrainerCallback):
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         self.reporter.report_status("training", state.global_step, state.max_steps)
+        warmup = args.get_warmup_steps(state.max_steps)
+        if state.max_steps and warmup > state.max_steps:
+            raise ConfigError(
+                f"the warm-up ({warmup} steps) is longer than the whole run ({state.max_steps} optimizer steps), so "
+                "the learning rate would never reach its set value: lower warmup_steps"
+            )
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if state.max_steps and state.global_step >= state.max_steps:
+            control.should_log = True  # the last step is always logged, even when logging_steps is longer than the run
         if state.max_steps:
             self.reporter.report_progress(self.start + (self.end - self.start) * state.global_step / state.max_steps)
         if self.reporter.stop_requested():

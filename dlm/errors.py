@@ -9,3 +9,7 @@ class DlmError(Exception):
 
 class ModelError(DlmError):
     """A model or tokenizer cannot be found, recognised or loaded as asked."""
+
+
+class ConfigError(DlmError):
+    """Training settings that cannot work, alone or together; found before anything is loaded."""

@@ -61,6 +61,7 @@ class LmEvalOptions:
     tasks: tuple[str, ...] = ()
     num_fewshot: int | None = None
     limit: int | None = None
+    trust_remote_code: bool = False  # local task YAMLs may run their `!function` Python code
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,7 @@ def _evaluate_one(
             loaded,
             lm_eval.tasks,
             **arguments,
+            trust_remote_code=lm_eval.trust_remote_code,
             log=log,
             progress=lambda kind, done, total: progress(metrics_end + (1 - metrics_end) * done / max(total, 1)),
         )

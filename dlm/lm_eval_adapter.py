@@ -445,6 +445,24 @@ def _classify(specs: Sequence[str]) -> tuple[list[tuple[str, str]], tuple[str, .
     return kinds, tuple(dict.fromkeys(folders))
 
 
+_FUNCTION_TAG = re.compile(r"!function\b")
+
+
+def _refuse_task_code(kinds: list[tuple[str, str]]) -> None:
+    """A local task YAML's `!function` imports and runs a Python file: only with trust_remote_code."""
+    for kind, spec in kinds:
+        if kind == "name":
+            continue
+        files = [Path(spec)] if kind == "file" else sorted(Path(spec).rglob("*.y*ml"))
+        for file in files:
+            for number, line in enumerate(file.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+                if _FUNCTION_TAG.search(line.split("#", 1)[0]):
+                    raise LmEvalError(
+                        f"lm-eval task file {file}, line {number}, uses !function, which runs Python code from the "
+                        "task's folder; set trust_remote_code=true to allow it (only for task files you trust)"
+                    )
+
+
 def _unknown_task(spec: str, manager: Any) -> LmEvalError:
     import lm_eval
 
@@ -504,7 +522,9 @@ def _top_level(loaded: dict[str, Any]) -> list[Any]:
     return [group for name, group in groups.items() if name not in children]
 
 
-def load_tasks(specs: Sequence[str], log: Log | None = None) -> tuple[Any, list[Any]]:
+def load_tasks(
+    specs: Sequence[str], log: Log | None = None, *, trust_remote_code: bool = False
+) -> tuple[Any, list[Any]]:
     """(TaskManager, lm-eval Task/Group objects) for task names, glob patterns (`mmlu_*`), task YAML files and
     folders of task YAMLs (every task defined in the folder). Datasets are loaded here, so a task that cannot get
     its data fails here, named.
@@ -513,6 +533,8 @@ def load_tasks(specs: Sequence[str], log: Log | None = None) -> tuple[Any, list[
     load without it (a local group of installed tasks).
     """
     kinds, folders = _classify(specs)
+    if not trust_remote_code:
+        _refuse_task_code(kinds)
     with_defaults = any(kind == "name" for kind, _ in kinds)
     try:
         return _load_with(_task_manager(folders, with_defaults), kinds, log)
@@ -632,6 +654,7 @@ def run_lm_eval(
     progress: Progress | None = None,
     bootstrap_iters: int = 1000,
     max_length: int | None = None,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Run lm-eval tasks on a loaded model.
 
@@ -641,6 +664,7 @@ def run_lm_eval(
     `sampler`: generation settings (diffusion families; causal LMs use the task's generation settings).
     `seed`: lm-eval's seeds (few-shot choice, ...) and the ELBO masks and sampler noise.
     `progress(kind, done, total)`: called as requests of a kind (loglikelihood, generate_until, ...) complete.
+    `trust_remote_code`: local task YAMLs may use `!function` (Python code beside the YAML); refused otherwise.
 
     Returns {"metrics": {task: {metric: (value, stderr)}}, "results": lm-eval's results (JSON-safe, without the
     samples), "samples": {task: per-document records (arguments, responses, metrics)}, "generation": tokens,
@@ -657,7 +681,7 @@ def run_lm_eval(
     from lm_eval import simple_evaluate
 
     with _forward_lm_eval_warnings(log):
-        manager, items = load_tasks(specs, log)
+        manager, items = load_tasks(specs, log, trust_remote_code=trust_remote_code)
         if loaded.family.is_diffusion:
             lm = DiffusionLM(
                 loaded,

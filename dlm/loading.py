@@ -10,6 +10,7 @@ from dlm.checkpoints import find_checkpoint
 from dlm.errors import ModelError
 from dlm.families import Family, SpecialIds, detect_family, get_family, resolve_special_ids
 from dlm.presets import resolve_model_path
+from dlm.resume import refuse_damaged
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -177,6 +178,8 @@ def load_model_and_tokenizer(
         kwargs["attn_implementation"] = attn_implementation
     if load_in_4bit or load_in_8bit:
         kwargs["quantization_config"] = _quantization_config(fam, torch_dtype, load_in_4bit)
+    if Path(str(source)).is_dir():
+        refuse_damaged(Path(str(source)), advice="save or download the model again")
     model = _auto_class(fam, raw, remote).from_pretrained(source, **kwargs)
     if gradient_checkpointing:
         if not model.supports_gradient_checkpointing:

@@ -10,6 +10,7 @@ from typing import Any
 from dlm.errors import ModelError
 from dlm.families import Family, get_family
 from dlm.loading import LoadedModel, load_model_and_tokenizer
+from dlm.resume import refuse_damaged
 
 
 def _matches(module_name: str, target: str) -> bool:
@@ -167,6 +168,7 @@ def load_adapter(loaded: LoadedModel, adapter_dir: str | Path) -> LoadedModel:
         f"the LoRA adapter {adapter_dir} (trained on {trained_on or 'an unnamed base model'}) does not fit "
         f"{loaded.path} ({type(loaded.model).__name__})"
     )
+    refuse_damaged(Path(adapter_dir), advice="train or copy the adapter again")
     try:
         model = PeftModel.from_pretrained(loaded.model, str(adapter_dir), is_trainable=False)
     except (ValueError, RuntimeError, KeyError, AttributeError) as e:  # what peft raises for a mismatched model

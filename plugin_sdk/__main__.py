@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from plugin_sdk.backends import settle_stale_jobs
 from plugin_sdk.errors import PluginError
 from plugin_sdk.manifest import find_plugin, load_manifest, validate_gallery
 from plugin_sdk.params import read_raw_parameters
@@ -20,11 +21,19 @@ def _gallery() -> list[dict]:
     return json.loads((REPO_ROOT / "index.json").read_text(encoding="utf-8"))
 
 
+def _workspace(folder: str | None) -> Workspace:
+    """The workspace a command reads, with jobs whose process ended without reporting marked FAILED."""
+    workspace = Workspace(folder)
+    for job_id in settle_stale_jobs(workspace):
+        print(f"job {job_id}: its process ended without reporting; marked FAILED", file=sys.stderr)
+    return workspace
+
+
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     plugin_dir = Path(args.plugin) if Path(args.plugin).is_dir() else find_plugin(args.plugin, REPO_ROOT)
     load_manifest(plugin_dir)
     raw = read_raw_parameters(extra)
-    workspace = Workspace(args.workspace)
+    workspace = _workspace(args.workspace)
     code, _ = run_plugin(plugin_dir, dict(raw.values), workspace=workspace, experiment=args.experiment)
     return code
 
@@ -44,8 +53,11 @@ def cmd_validate(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_stop(args: argparse.Namespace, extra: list[str]) -> int:
-    request_stop(Workspace(args.workspace), args.job_id)
-    print(f"stop requested for job {args.job_id}")
+    finished = request_stop(_workspace(args.workspace), args.job_id)
+    if finished:
+        print(f"job {args.job_id} has already finished ({finished}); there is nothing to stop")
+    else:
+        print(f"stop requested for job {args.job_id}")
     return 0
 
 

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from plugin_sdk.errors import PluginError
 from plugin_sdk.workspace import Workspace, write_json_atomic
 
 HOST_HARNESS = "plugin_harness.py"
@@ -59,13 +60,14 @@ class JobRecord:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def create(self, *, job_type: str, experiment: str, config: dict[str, Any] | None = None) -> None:
+        """A new QUEUED record owned by this process (its pid tells later readers whether the job still runs)."""
         record = {
             "id": self.job_id,
             "experiment_id": experiment,
             "status": "QUEUED",
             "type": job_type,
             "progress": 0,
-            "job_data": {"config": config or {}},
+            "job_data": {"config": config or {}, "pid": os.getpid()},
         }
         with self._locked():
             write_json_atomic(self.path, record)
@@ -87,6 +89,21 @@ class JobRecord:
         except (FileNotFoundError, ValueError):
             return None
 
+    def fail_if_gone(self) -> bool:
+        """Mark the job FAILED if it is still queued or running but the process that runs it has ended."""
+        with self._locked():
+            record = self.read()
+            if record.get("status") not in ACTIVE or not _process_gone(record.get("job_data", {}).get("pid")):
+                return False
+            record["status"] = "FAILED"
+            record["job_data"].update(
+                completion_status="failed",
+                end_time=now(),
+                completion_details=f"the process ended without reporting: {_last_log_line(self)}",
+            )
+            write_json_atomic(self.path, record)
+            return True
+
     def update(self, *, status: str | None = None, progress: int | None = None, **job_data: Any) -> dict[str, Any]:
         with self._locked():
             record = self.read()
@@ -97,6 +114,48 @@ class JobRecord:
             record.setdefault("job_data", {}).update(job_data)
             write_json_atomic(self.path, record)
             return record
+
+
+ACTIVE = ("QUEUED", "RUNNING")
+
+
+def _process_gone(pid: Any) -> bool:
+    """Whether the process `pid` has ended (a zombie counts as ended); False when there is no pid to check."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _last_log_line(record: JobRecord) -> str:
+    log = record.dir / f"output_{record.job_id}.txt"
+    try:
+        lines = [line.strip() for line in log.read_text(encoding="utf-8", errors="replace").splitlines()]
+    except OSError:
+        return "(no log)"
+    return next((line for line in reversed(lines) if line), "(empty log)")
+
+
+def settle_stale_jobs(workspace: Workspace) -> list[str]:
+    """Mark FAILED every queued or running job whose process is gone without reporting how it ended (killed,
+    out of memory, machine restarted); returns their ids. Run whenever a command reads the workspace."""
+    settled = []
+    for index in sorted((workspace.root / "jobs").glob("*/index.json")):
+        try:
+            record = JobRecord(workspace, index.parent.name)
+        except PluginError:
+            continue  # not a folder this SDK made
+        if record.fail_if_gone():
+            settled.append(record.job_id)
+    return settled
 
 
 class LocalBackend:

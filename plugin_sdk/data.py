@@ -112,7 +112,8 @@ def load_dataset_splits(
         train, validation = (_numbered(rows, row_numbers) for rows in (train, validation))
     rng = _rng(seed)
     train = _subset(train, max_samples, rng)
-    if validation is None and validation_split == "auto":
+    # validation_fraction 0 carves nothing: the caller says what needed validation data
+    if validation is None and validation_split == "auto" and validation_fraction > 0:
         train, validation = _carve(train, validation_fraction, rng, opened.description)
     if validation is not None:
         validation = _subset(validation, max_validation_samples, rng)

@@ -15,6 +15,7 @@ success, failed with the real reason (and a non-zero exit), or stopped.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -26,6 +27,7 @@ from typing import Any, NoReturn, TextIO
 
 from plugin_sdk import launch
 from plugin_sdk.backends import HostBackend, LocalBackend, now, running_under_host
+from plugin_sdk.config_keys import export_library_secrets, redact, secret_environment, take_secret_parameters
 from plugin_sdk.errors import JobStopped, ParameterError, PluginError, is_user_error
 from plugin_sdk.lab_backend import LabBackend, running_as_task
 from plugin_sdk.manifest import load_manifest
@@ -176,7 +178,7 @@ class Job:
             "input_model": self.params.get("model_name"),
             "dataset": self.params.get("dataset_name"),
             "adaptor_name": self.params.get("adaptor_name"),
-            "parameters": dict(self.params),
+            "parameters": redact(self.params),
             "start_time": self.params.get("start_time", ""),
         }
         self.backend.register_model(
@@ -285,9 +287,11 @@ def _run_job(plugin_file: str | os.PathLike[str], work: Callable[[Job], str | No
     argv = sys.argv[1:] if argv is None else argv
     under_host = running_under_host()
     raw = read_raw_parameters([] if under_host else argv)
+    raw.values.update(take_secret_parameters())
+    export_library_secrets(raw.values)
     try:
         backend, values = _make_backend(dict(raw.values), plugin_type)
-    except PluginError as exc:  # no job to record it in: the log and the exit code say it
+    except PluginError as exc:  # no job to record it in (a job_id that is not a plain name, `lab` missing or too old)
         print(f"ERROR: {exc}", flush=True)
         raise SystemExit(EXIT_FAILED) from None
     experiment = str(values.get("experiment_name") or (raw.experiment or {}).get("name") or "default")
@@ -340,6 +344,8 @@ def _start(
         fail(str(exc))
     if main_process:
         backend.set_status("RUNNING")
+        if isinstance(backend, LocalBackend) and not launch.is_child_run():
+            backend.set_data("pid", os.getpid())  # whose end, unreported, settle_stale_jobs turns into FAILED
         backend.set_data("start_time", now())
         backend.set_data("config", public_config(params))
     params["start_time"] = now()
@@ -364,7 +370,9 @@ def _relaunched(
     if isinstance(backend, LabBackend):  # the host's SIGTERM reaches the workers too; they record the stop
         signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
-        code = launch.relaunch(plan, job_id=job_id, workspace=str(backend.workspace.root))
+        code = launch.relaunch(
+            plan, job_id=job_id, workspace=str(backend.workspace.root), env=secret_environment(params)
+        )
     except ParameterError as exc:  # the main machine cannot be reached
         fail(str(exc))
     if code != 0:
@@ -410,6 +418,10 @@ def _run_work(job: Job, work: Callable[[Job], str | None], fail: Callable[[str],
     except BaseException as exc:  # noqa: BLE001 - every failure must end as failed, with its reason
         if is_user_error(exc):
             fail(str(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            fail(
+                f"no space left on the device while writing {exc.filename or 'the job outputs'}: free space, or use another workspace"
+            )
         traceback.print_exc()
         sys.stderr.flush()
         fail(f"{type(exc).__name__}: {exc}")

@@ -221,11 +221,21 @@ def wait_for_main_process(plan: LaunchPlan, *, poll_s: float = 1.0) -> None:
         time.sleep(poll_s)
 
 
-def relaunch(plan: LaunchPlan, *, job_id: str, workspace: str, argv: list[str] | None = None) -> int:
-    """Run this same command again on several processes; returns the children's exit code (never hides one)."""
+def relaunch(
+    plan: LaunchPlan, *, job_id: str, workspace: str, argv: list[str] | None = None, env: dict[str, str] | None = None
+) -> int:
+    """Run this same command again on several processes (`env`: variables to add, such as the credentials);
+    returns the children's exit code (never hides one)."""
     wait_for_main_process(plan)
     script = [sys.argv[0]] + (sys.argv[1:] if argv is None else argv)
-    env = {**os.environ, CHILD_ENV: "1", "DLM_JOB_ID": job_id, "DLM_WORKSPACE": workspace, "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        **(env or {}),
+        CHILD_ENV: "1",
+        "DLM_JOB_ID": job_id,
+        "DLM_WORKSPACE": workspace,
+        "PYTHONUNBUFFERED": "1",
+    }
     if plan.use_cpu:
         # Without this each CPU process trains alone instead of joining the gloo group.
         env["ACCELERATE_USE_CPU"] = "1"

@@ -8,10 +8,34 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from plugin_sdk.errors import PluginError
 from plugin_sdk.job import Job
 
 # save(adaptor_dir=..., full_model_dir=...) -> the folders written; a None folder is not written.
 SaveOutputs = Callable[..., list[Path]]
+
+
+class OutputTaken(PluginError):
+    """The folder a result would go to holds an earlier job's result."""
+
+
+def output_dirs(job: Job, *, lora: bool, full_model: bool) -> list[Path]:
+    """Where the job's results go: the adaptor folder (with LoRA) and the full model's folder (when asked)."""
+    params = job.params
+    dirs = [job.adaptor_dir] if lora else []
+    if full_model:
+        dirs.append(job.model_dir(f"{params.model_name.split('/')[-1]}_{params.adaptor_name}"))
+    return dirs
+
+
+def check_outputs_free(job: Job, *, lora: bool, full_model: bool) -> None:
+    """Refuse, before training, to write a result where an earlier job's result is: no job replaces another's."""
+    for path in output_dirs(job, lora=lora, full_model=full_model):
+        if path.exists() and any(path.iterdir()):
+            raise OutputTaken(
+                f"{path} already holds a result of an earlier job; choose another adaptor_name (or delete that "
+                "folder to replace it)"
+            )
 
 
 def publish_outputs(job: Job, save: SaveOutputs, *, lora: bool, full_model: bool) -> list[Path]:
@@ -21,12 +45,13 @@ def publish_outputs(job: Job, save: SaveOutputs, *, lora: bool, full_model: bool
     if not job.is_main_process:
         return []
     job.report_status("saving outputs")
-    params = job.params
-    full_dir = job.model_dir(f"{params.model_name.split('/')[-1]}_{params.adaptor_name}") if full_model else None
-    written = save(adaptor_dir=job.adaptor_dir if lora else None, full_model_dir=full_dir)
+    dirs = output_dirs(job, lora=lora, full_model=full_model)
+    full_dir = dirs[-1] if full_model else None
+    written = save(adaptor_dir=dirs[0] if lora else None, full_model_dir=full_dir)
     for path in written:
         job.log(f"saved {path}")
     if full_dir is not None:
+        full_dir = written[-1]  # a job that finished meanwhile may have taken the name: then it got a numbered one
         architecture = json.loads((full_dir / "config.json").read_text())["architectures"][0]
         job.register_model(full_dir, architecture=architecture)
     return written

@@ -15,9 +15,10 @@ Coercion rules (one place, so that every plugin agrees):
   field), for an array "None" / "null", or "" for a string whose `enum` lacks "", counts as not given: the default applies, and a required field without a
   default is reported missing.
 
-Keys the schema does not declare (the host's job_id, model_name, output_dir, templates, ...; the harness's
-plugin_dir and experiment_name) are kept as given, except the per-item entries of a list parameter that a form posts
-(`mask_ratios-0`, `mask_ratios-1`, ...): the list itself (`mask_ratios`) wins when given, else they are the list.
+Keys the schema does not declare are kept as given when a host adds them (job_id, model_name, output_dir, ...) or
+they are credentials; any other key is an error naming it (see plugin_sdk.config_keys, which also holds the aliases
+and the YAML reading rules). The per-item entries of a list parameter that a form posts (`mask_ratios-0`,
+`mask_ratios-1`, ...) are dropped when the list itself (`mask_ratios`) is given, else they are the list.
 """
 
 from __future__ import annotations
@@ -31,8 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
+from plugin_sdk.config_keys import accepted_names, flatten_blocks, load_yaml
 from plugin_sdk.errors import ParameterError
 
 Origin = Literal["input_file", "arguments", "config"]
@@ -106,7 +106,7 @@ def read_raw_parameters(argv: Sequence[str]) -> RawParameters:
     for key, value in pairs:
         if key == "input_file":
             input_file = value
-        elif key == "config":
+        elif key in ("config", "config_file"):
             config_files.append(value)
         elif key == "set":
             name, sep, setting = value.partition("=")
@@ -145,7 +145,7 @@ def read_raw_parameters(argv: Sequence[str]) -> RawParameters:
         if isinstance(document.get("config"), dict) and set(document) <= {"config", "experiment"}:
             experiment = document.get("experiment", experiment)
             document = document["config"]
-        values.update(document)
+        values.update(flatten_blocks(document, path=path))
         origin = "config"
     for key, value in overrides:
         values[key] = value
@@ -211,13 +211,7 @@ def _read_parameter_file(path: str, *, default_format: str | None) -> Any:
             return json.loads(text)
         except json.JSONDecodeError as err:
             raise ParameterError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err)
-        raise ParameterError(f"{path}: invalid YAML{where}: {problem}") from None
+    return load_yaml(text, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -240,8 +234,8 @@ def coerce_and_validate(
     accepted alternative names to canonical ones; a dash-separated spelling of a declared name is accepted too.
     Every problem is collected, then one ParameterError lists them all.
     """
-    problems: list[str] = []
-    given = _resolve_aliases(_gather_item_copies(values, schema), schema, aliases or {}, problems)
+    values, aliases, problems = accepted_names(_gather_item_copies(values, schema), schema, aliases)
+    given = _resolve_aliases(values, schema, aliases, problems)
     result = Params()
     for key, value in given.items():
         if key not in schema:

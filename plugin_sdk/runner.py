@@ -8,18 +8,22 @@ looking successful when the process failed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from plugin_sdk.backends import JobRecord, now
+from plugin_sdk.backends import ACTIVE, JobRecord, now
+from plugin_sdk.config_keys import redact, secret_environment
+from plugin_sdk.errors import PluginError
 from plugin_sdk.job import MESSAGES_ONLY_ON_STDOUT
 from plugin_sdk.manifest import load_manifest
 from plugin_sdk.progress import TerminalView
@@ -35,6 +39,7 @@ def plugin_command(
 ) -> list[str]:
     """The child command line: harness + parameters in the form the host uses for this plugin type."""
     cmd = [sys.executable, "-m", "plugin_sdk.harness", "--plugin_dir", str(plugin_dir)]
+    values = redact(values)  # credentials travel in the environment (secret_environment), never in argv or files
     if manifest.get("type") == "evaluator":
         for key, value in values.items():
             cmd += [f"--{key}", json.dumps(value) if isinstance(value, (list, dict)) else str(value)]
@@ -68,6 +73,7 @@ def run_plugin(
     log_path = record.dir / f"output_{job_id}.txt"
     env = {
         **os.environ,
+        **secret_environment(values),
         "DLM_WORKSPACE": str(workspace.root),
         "DLM_BACKEND": "local",
         "DLM_JOB_ID": job_id,
@@ -77,7 +83,10 @@ def run_plugin(
     view = TerminalView(live=sys.stderr.isatty() if show_progress is None else show_progress)
     view.line(f"Job {job_id} ({manifest['uniqueId']}), log: {log_path}")
     with open(log_path, "a", encoding="utf-8") as log:
-        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        # Its own session: a Ctrl-C in the terminal reaches the runner only, which forwards one clean stop.
+        process = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+        )
         log_line = _locked_writer(log)
         stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL)
         threads = [
@@ -87,14 +96,12 @@ def run_plugin(
         for thread in threads:
             thread.start()
         try:
-            for line in process.stdout:
-                log_line(line)
-                view.update(record.read_live())  # the status as of this line (a phase line, a step's pace)
-                view.child_line(line)
-            code = process.wait()
-        except KeyboardInterrupt:
-            process.terminate()
-            code = process.wait()
+            with _forwarding_stops(process):
+                for line in process.stdout:
+                    log_line(line)
+                    view.update(record.read_live())  # the status as of this line (a phase line, a step's pace)
+                    view.child_line(line)
+                code = process.wait()
         finally:
             for thread in threads:
                 thread.join(timeout=5)
@@ -130,6 +137,29 @@ def _watch_live(record: JobRecord, view: TerminalView, process: subprocess.Popen
         time.sleep(LIVE_POLL_SECONDS)
 
 
+@contextlib.contextmanager
+def _forwarding_stops(process: subprocess.Popen) -> Iterator[None]:
+    """While the plugin runs, SIGTERM/SIGINT/SIGHUP to the runner (`timeout`, `kill`, Ctrl-C, a closed terminal)
+    become a stop of the plugin, which saves a checkpoint and ends STOPPED; the runner keeps reading its output
+    until it exits. A second signal is passed on as SIGINT, which the plugin takes as "stop now"."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+
+    def forward(signum: int, frame: Any) -> None:
+        received.append(signum)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM if len(received) == 1 else signal.SIGINT)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def settle(record: JobRecord, code: int) -> dict[str, Any]:
     """Make the record agree with the exit code: a failed or killed process never leaves a successful job."""
     data = record.read()
@@ -153,9 +183,15 @@ def settle(record: JobRecord, code: int) -> dict[str, Any]:
     return data
 
 
-def request_stop(workspace: Workspace, job_id: str) -> None:
-    """Ask a running job to stop, as the workbench's Stop button does (`job_data.stop = true`)."""
+def request_stop(workspace: Workspace, job_id: str) -> str | None:
+    """Ask a running job to stop, as the workbench's Stop button does (`job_data.stop = true`). Returns None, or
+    the status of a job that has already finished (then nothing is asked)."""
     record = JobRecord(workspace, job_id)
     if not record.path.exists():
-        raise FileNotFoundError(f"no job {job_id} in {workspace.root / 'jobs'}")
+        raise PluginError(f"there is no job {job_id} in {workspace.root / 'jobs'}")
+    record.fail_if_gone()
+    status = record.read().get("status")
+    if status not in ACTIVE:
+        return status
     record.update(stop=True)
+    return None

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from plugin_sdk.config_keys import redact
 from plugin_sdk.workspace import write_json_atomic
 
 DEFAULT_PROJECT = "dlm-plugins"
@@ -228,17 +229,9 @@ class Tracker:
             self._wandb_run = None
 
 
-_SECRET_WORDS = {"key", "apikey", "token", "secret", "password", "passwd", "credentials", "auth"}
-
-
-def _is_secret(name: str) -> bool:
-    # whole words, so that hf_token and wandb_api_key go but max_new_tokens stays
-    return any(word in _SECRET_WORDS for word in re.split(r"[^a-z0-9]+", name.lower()))
-
-
 def public_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """The run configuration without anything that looks like a credential."""
-    return {k: v for k, v in config.items() if not _is_secret(k)}
+    return redact(config)
 
 
 def _escape(text: str) -> str:

@@ -19,10 +19,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from plugin_sdk.errors import PluginError
+from plugin_sdk.errors import ParameterError, PluginError
 
 WORKSPACE_ENV = "DLM_WORKSPACE"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
 
 
 def default_workspace() -> Path:
@@ -45,6 +46,16 @@ def child_path(parent: Path, name: str, *, field: str) -> Path:
     if parent.resolve() not in path.parents:
         raise PluginError(f"{field}={name!r} would leave {parent}.")
     return path
+
+
+def check_job_id(job_id: str) -> str:
+    """A job id is a plain name (letters, digits, '_' and '-', at most 100): it names folders and files, so anything
+    else (`../../x`, `a/b`, `.`) is refused rather than rewritten."""
+    if not _PLAIN_ID.fullmatch(str(job_id)):
+        raise ParameterError(
+            f"job_id={job_id!r} is not a plain name: use letters, digits, '_' and '-' (starting with a letter or digit)"
+        )
+    return str(job_id)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -77,10 +88,10 @@ class Workspace:
             ) from exc
 
     def job_dir(self, job_id: str) -> Path:
-        return child_path(self.root / "jobs", job_id, field="job_id")
+        return self.root / "jobs" / check_job_id(job_id)
 
     def input_file(self, job_id: str) -> Path:
-        return self.root / "temp" / f"plugin_input_{safe_name(job_id, field='job_id')}.json"
+        return self.root / "temp" / f"plugin_input_{check_job_id(job_id)}.json"
 
     def experiment_dir(self, experiment: str) -> Path:
         return child_path(self.root / "experiments", experiment, field="experiment_name")
@@ -90,7 +101,7 @@ class Workspace:
 
     def eval_output_dir(self, experiment: str, eval_name: str, job_id: str) -> Path:
         evals = child_path(self.experiment_dir(experiment) / "evals", eval_name, field="eval_name")
-        return child_path(evals, job_id, field="job_id")
+        return evals / check_job_id(job_id)
 
     def adaptor_dir(self, model_name: str, adaptor_name: str) -> Path:
         model = child_path(self.root / "adaptors", model_name, field="model_name")

@@ -154,12 +154,12 @@ def test_config_file_must_be_a_mapping(tmp_path):
 # ------------------------------------------------------------------------------------------------ coercion
 
 
-def test_defaults_fill_absent_keys_and_unknown_keys_are_kept():
-    params = coerce_and_validate({"job_id": "3", "model_name": "m", "whatever": "x"}, SCHEMA)
+def test_defaults_fill_absent_keys_and_host_keys_are_kept():
+    params = coerce_and_validate({"job_id": "3", "model_name": "m", "template_name": "x"}, SCHEMA)
     assert params == {
         "job_id": "3",
         "model_name": "m",
-        "whatever": "x",
+        "template_name": "x",
         "batch_size": 4,
         "learning_rate": 2e-5,
         "mask_prompt_loss": True,
@@ -410,7 +410,8 @@ def test_alias_conflict_is_reported():
 
 def test_dashed_spelling_is_accepted():
     assert coerce_and_validate({"batch-size": "2"}, SCHEMA)["batch_size"] == 2
-    assert coerce_and_validate({"not-declared": "2"}, SCHEMA)["not-declared"] == "2"
+    with pytest.raises(ParameterError, match="not-declared: is not a parameter"):
+        coerce_and_validate({"not-declared": "2"}, SCHEMA)
 
 
 # ------------------------------------------------------------------------------------------------ Params

@@ -13,18 +13,20 @@ import resource
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
 import torch
-from transformers.trainer_utils import get_last_checkpoint
 
 from dlm.callbacks import Reporter
-from dlm.errors import ModelError
+from dlm.errors import ConfigError, ModelError
 from dlm.loading import LoadedModel, load_model_and_tokenizer
 from dlm.lora import apply_lora
+from dlm.resume import check_checkpoint, disk_full_named, latest_checkpoint, write_owner
+
+SEED_LIMIT = 2**32  # numpy (through transformers' set_seed) takes seeds below 2**32
 
 
 @dataclass
@@ -61,6 +63,31 @@ class TrainerConfig:
     train_device: str = "auto"
     trust_remote_code: bool = False
     workspace: str | None = None
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise ConfigError naming the setting when the settings cannot work; runs when the config is built, so
+        before any data or model is loaded. Subclasses extend it."""
+        if self.num_train_epochs == 0 and self.train_steps == 0:
+            raise ConfigError(
+                "num_train_epochs is 0 and train_steps is 0: nothing would be trained; set num_train_epochs to 1 or "
+                "more, or train_steps to the number of optimizer steps"
+            )
+        if self.num_train_epochs > 0 and self.train_steps > 0:
+            raise ConfigError(
+                f"train_steps={self.train_steps} (max_steps) counts only when num_train_epochs is 0, and "
+                f"num_train_epochs is {self.num_train_epochs}: set num_train_epochs to 0 to train for "
+                f"{self.train_steps} steps, or train_steps to 0"
+            )
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise ConfigError(f"seed={self.seed} does not fit: use a whole number from 0 to {SEED_LIMIT - 1}")
+        if self.train_device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(
+                "train_device=cuda, but no CUDA GPU is visible here (torch.cuda.is_available() is false); "
+                "use train_device=auto or cpu, or check CUDA_VISIBLE_DEVICES and the driver"
+            )
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], **overrides: Any) -> Self:
@@ -104,8 +131,20 @@ def load_for_training(config: TrainerConfig, family: str | None = None) -> Loade
     )
 
 
+def check_positions(config: TrainerConfig, loaded: LoadedModel) -> None:
+    """max_length must fit the model's position table (a longer sequence fails or silently degrades)."""
+    model_config = loaded.model.config
+    limit = getattr(model_config, "max_sequence_length", None) or getattr(model_config, "max_position_embeddings", None)
+    if isinstance(limit, int) and config.max_length > limit:
+        raise ConfigError(
+            f"max_length={config.max_length} is longer than {config.model_name} can take ({limit} positions); "
+            f"set max_length to {limit} or less"
+        )
+
+
 def trainable_model(config: TrainerConfig, loaded: LoadedModel, reporter: Reporter) -> Any:
     """The loaded model, under new LoRA adapters when `config.lora` is on; its size goes to the log."""
+    check_positions(config, loaded)
     reporter.log(
         f"model {config.model_name}: family {loaded.family.name}, "
         f"{sum(p.numel() for p in loaded.model.parameters()) / 1e6:.2f}M parameters"
@@ -122,40 +161,37 @@ def trainable_model(config: TrainerConfig, loaded: LoadedModel, reporter: Report
     )
 
 
-def _latest_checkpoint(checkpoint_dir: Path) -> str | None:
-    """The newest checkpoint of this run, else of the earlier runs whose checkpoint folders sit beside it (a job
-    resumed from the workbench is a new job, with its own, still empty folder)."""
-    own = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
-    if own is not None:
-        return own
-    states = checkpoint_dir.parent.glob("*/checkpoint-*/trainer_state.json") if checkpoint_dir.parent.is_dir() else []
-    newest = max(states, key=lambda state: state.stat().st_mtime, default=None)
-    return str(newest.parent) if newest is not None else None
-
-
-def resume_path(config: TrainerConfig, checkpoint_dir: Path) -> str | None:
+def resume_path(config: TrainerConfig, checkpoint_dir: Path, log: Callable[[str], None]) -> str | None:
+    """The checkpoint to resume from (None: start afresh), checked whole and of this trainer and base model; records
+    in `checkpoint_dir` whose checkpoints it will hold."""
+    owner = {"trainer": type(config).__name__, "model_name": config.model_name}
     wanted = config.resume_from_checkpoint.strip()
-    if not wanted:
-        return None
+    found = None
     if wanted == "latest":
-        found = _latest_checkpoint(checkpoint_dir)
+        found = latest_checkpoint(checkpoint_dir, **owner, log=log)
         if found is None:
             raise ModelError(
                 f"resume_from_checkpoint=latest, but neither {checkpoint_dir} nor the folders beside it hold a "
                 "checkpoint yet"
             )
-        return found
-    if not (Path(wanted) / "trainer_state.json").is_file():
-        raise ModelError(f"resume_from_checkpoint={wanted!r} is not a checkpoint folder (no trainer_state.json)")
-    return wanted
+    elif wanted:
+        found = Path(wanted)
+        if not (found / "trainer_state.json").is_file():
+            raise ModelError(f"resume_from_checkpoint={wanted!r} is not a checkpoint folder (no trainer_state.json)")
+    if found is not None:
+        check_checkpoint(found, **owner)
+    write_owner(checkpoint_dir, **owner)
+    return str(found) if found is not None else None
 
 
 def train_or_resume(trainer: Any, config: TrainerConfig, reporter: Reporter) -> None:
-    """`trainer.train()`, from the checkpoint `resume_from_checkpoint` names, if any."""
-    resume = resume_path(config, Path(config.output_dir))
+    """`trainer.train()`, from the checkpoint `resume_from_checkpoint` names, if any; a full disk is named."""
+    checkpoint_dir = Path(config.output_dir)
+    resume = resume_path(config, checkpoint_dir, reporter.log)
     if resume:
         reporter.log(f"resuming from {resume}")
-    trainer.train(resume_from_checkpoint=resume)
+    with disk_full_named(checkpoint_dir):
+        trainer.train(resume_from_checkpoint=resume)
 
 
 def step_interval(value: float) -> float | int:
@@ -226,7 +262,8 @@ def last_logged(trainer: Any, key: str) -> str:
 def save_outputs(result: TrainResult, *, adaptor_dir: Path | None, full_model_dir: Path | None) -> list[Path]:
     """Save the LoRA adapter (loadable with `PeftModel.from_pretrained` on the base) and/or the full model
     (LoRA merged) as a normal checkpoint. Written to a temporary folder and renamed, so nothing half-written is
-    ever taken for a result."""
+    ever taken for a result; a folder that holds an earlier result is kept and the new one goes to `<name>-2`, ...
+    Returns the folders written."""
     written = []
     model = result.model
     if adaptor_dir is not None and hasattr(model, "peft_config"):
@@ -244,10 +281,21 @@ def _save_atomically(model: Any, tokenizer: Any, destination: Path) -> Path:
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        if destination.exists():
-            shutil.rmtree(destination)
-        staging.rename(destination)
+        return _claim(staging, destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return destination
+
+
+def _claim(staging: Path, destination: Path) -> Path:
+    """Rename `staging` to `destination`, or, when an earlier job's result is there, to the first free
+    `destination-2`, `-3`, ... (atomic, so jobs finishing together each get their own): no result replaces another."""
+    candidates = [destination, *(destination.with_name(f"{destination.name}-{n}") for n in range(2, 1000))]
+    for candidate in candidates:
+        try:
+            staging.rename(candidate)  # atomic; fails when the candidate is a non-empty folder
+            return candidate
+        except OSError:
+            if not candidate.exists():
+                raise
+    raise FileExistsError(f"{destination} and its numbered variants are all taken")

@@ -45,6 +45,7 @@ class DPOConfig(TrainerConfig):
 
     def check(self) -> None:
         """Raise DPOError naming the setting when the settings cannot work (before anything is loaded)."""
+        super().check()
         choices = {"loss_type": LOSS_TYPES, "reference": REFERENCE_MODES, "memory_mode": MEMORY_MODES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dlm.errors import ConfigError
+from dlm.masking import parse_loss_weight_type
 from dlm.trainers.common import TrainerConfig
 
 TRAINING_METHODS = ("auto", "bert", "dream", "llada", "a2d", "ar")
@@ -30,3 +32,18 @@ class SFTConfig(TrainerConfig):
     sample_cache: str = "none"
     sample_parallel_threshold: float = 0.0
     num_proc: int = 1
+
+    def check(self) -> None:
+        super().check()
+        if self.training_method not in TRAINING_METHODS:
+            raise ConfigError(f"training_method={self.training_method!r} is not one of {', '.join(TRAINING_METHODS)}")
+        if self.loss_weight_type not in ("", "auto"):
+            try:
+                parse_loss_weight_type(self.loss_weight_type)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+        if self.sample_every_steps > 0 and self.train_mode != "sft":
+            raise ConfigError(
+                f"sample_every_steps={self.sample_every_steps} samples answers to validation prompts, which only "
+                "train_mode=sft has; set sample_every_steps to 0"
+            )

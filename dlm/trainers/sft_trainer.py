@@ -34,7 +34,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from dlm.callbacks import Reporter, ReporterCallback, SampleCallback
 from dlm.corpus import TokenWindows
 from dlm.data import DiffusionCollator, encode_conversations, pack_texts
-from dlm.errors import ModelError
+from dlm.errors import ConfigError, ModelError
 from dlm.generation import SamplerSettings, answer, check_decoding_settings
 from dlm.loading import LoadedModel
 from dlm.losses import LossConfig, LossOutput, ar_loss, count_items, diffusion_loss, draw_mask
@@ -288,6 +288,11 @@ def run_sft(
             f"eval_strategy={config.eval_strategy} needs validation data, and there is none: add a "
             "validation split to the dataset, or set validation_fraction above 0"
         )
+    if config.sample_every_steps > 0 and not validation_rows:
+        raise ConfigError(
+            f"sample_every_steps={config.sample_every_steps} samples answers to validation prompts, and there is no "
+            "validation data: set validation_fraction above 0 (or add a validation split), or sample_every_steps to 0"
+        )
     torch.manual_seed(config.seed)
     reporter.report_status(f"loading model {config.model_name}")
     loaded = load_for_training(config, family="a2d" if config.training_method == "a2d" else None)
@@ -298,7 +303,7 @@ def run_sft(
     validation = _encode(config, loaded, validation_rows, "validation data", reporter) if validation_rows else None
     progress = ReporterCallback(reporter)
     callbacks: list[TrainerCallback] = [progress]
-    if config.sample_every_steps and validation_rows and config.train_mode == "sft":
+    if config.sample_every_steps:
         callbacks.append(_sample_callback(config, model, loaded, validation_rows, reporter))
     trainer = _build_trainer(config, loaded, model, train, validation, callbacks)
     train_or_resume(trainer, config, reporter)

@@ -9,7 +9,7 @@ from plugin_sdk import Job, JobStopped, run_job
 from plugin_sdk.chat import read_preferences
 from plugin_sdk.data import dataset_source, load_dataset_splits
 from plugin_sdk.errors import ParameterError
-from plugin_sdk.outputs import publish_outputs
+from plugin_sdk.outputs import check_outputs_free, publish_outputs
 
 if TYPE_CHECKING:
     import datasets
@@ -51,19 +51,21 @@ def train(job: Job) -> str:
         raise ParameterError(
             "no model: set model_name (a local checkpoint, a hub id, or a tiny preset such as tiny-llada)"
         )
-    job.report_status("loading data")
-    train_pairs, validation_pairs = read_pairs(job)
-    job.progress(2)
     from dlm.trainers.common import save_outputs
     from dlm.trainers.dpo_config import DPOConfig
     from dlm.trainers.dpo_trainer import run_dpo
 
     config = DPOConfig.from_params(p, output_dir=str(job.checkpoint_dir), workspace=str(job.workspace.root))
+    full_model = p.save_full_model or not p.lora
+    check_outputs_free(job, lora=p.lora, full_model=full_model)
+    job.report_status("loading data")
+    train_pairs, validation_pairs = read_pairs(job)
+    job.progress(2)
     result = run_dpo(config, train_pairs, validation_pairs, job)
     if result.stopped:
         raise JobStopped(f"stopped at step {result.global_step}; resume with resume_from_checkpoint=latest")
     job.progress(96)
-    publish_outputs(job, partial(save_outputs, result), lora=p.lora, full_model=p.save_full_model or not p.lora)
+    publish_outputs(job, partial(save_outputs, result), lora=p.lora, full_model=full_model)
     return result.summary
 
 

@@ -76,14 +76,18 @@ def run(job: Job) -> str:
     if p.tasks:
         from dlm.lm_eval_adapter import load_tasks
 
-        load_tasks(p.tasks, job.log)  # a task that is unknown or cannot get its data fails now, not after hours
+        load_tasks(
+            p.tasks, job.log, trust_remote_code=p.trust_remote_code
+        )  # a task that is unknown or cannot get its data fails now, not after hours
     job.progress(3)
     job.report_status("evaluating")
     results = evaluate_models(
         specs,
         [EvalExample(**example) for example in examples],
         settings,
-        lm_eval=LmEvalOptions(tuple(p.tasks), num_fewshot=p.num_fewshot, limit=limit),
+        lm_eval=LmEvalOptions(
+            tuple(p.tasks), num_fewshot=p.num_fewshot, limit=limit, trust_remote_code=p.trust_remote_code
+        ),
         load=LoadOptions(dtype=p.dtype, trust_remote_code=p.trust_remote_code, workspace=str(job.workspace.root)),
         log=job.log,
         progress=lambda done: job.progress(3 + 92 * done),

@@ -1,12 +1,13 @@
 """Diffusion LLM Trainer: masked-diffusion SFT / pre-training of LLaDA, Dream, ModernBERT and converted LMs."""
 
+import dataclasses
 from functools import partial
 
 from plugin_sdk import Job, JobStopped, run_job
 from plugin_sdk.chat import build_messages, row_text
 from plugin_sdk.data import dataset_source, load_dataset_splits
 from plugin_sdk.errors import ParameterError
-from plugin_sdk.outputs import publish_outputs
+from plugin_sdk.outputs import check_outputs_free, publish_outputs
 
 
 def read_rows(job: Job) -> tuple[list, list | None]:
@@ -15,7 +16,7 @@ def read_rows(job: Job) -> tuple[list, list | None]:
     splits = load_dataset_splits(
         dataset_source(p),
         workspace=job.workspace.root,
-        validation_split="auto" if p.eval_strategy != "no" else None,
+        validation_split="auto" if p.eval_strategy != "no" or p.sample_every_steps else None,
         validation_fraction=p.validation_fraction,
         max_samples=p.max_samples or None,
         seed=p.seed,
@@ -69,27 +70,28 @@ def train(job: Job) -> str:
         raise ParameterError(
             "no model: set model_name (a local checkpoint, a hub id, or a tiny preset such as tiny-llada)"
         )
-    model_name = p.model_name
     if p.train_mode == "pretrain" and p.get("pretrain_defaults", True):
         from dlm.pretrain import apply_pretrain_defaults
 
         sft_defaults = {name: prop.get("default") for name, prop in job.manifest["parameters"].items()}
         apply_pretrain_defaults(p, sft_defaults, job.log)
+    # checked before any data or model loads
+    config = SFTConfig.from_params(p, output_dir=str(job.checkpoint_dir), workspace=str(job.workspace.root))
+    full_model = p.save_full_model or not p.lora
+    check_outputs_free(job, lora=p.lora, full_model=full_model)
     job.report_status("loading data")
     if p.train_mode == "pretrain" and p.get("corpus"):
         prepared = prepare_corpus(job)
-        model_name, train_rows, validation_rows = prepared.model_path, prepared.train, prepared.validation
+        config = dataclasses.replace(config, model_name=prepared.model_path)
+        train_rows, validation_rows = prepared.train, prepared.validation
     else:
         train_rows, validation_rows = read_rows(job)
-    config = SFTConfig.from_params(
-        p, output_dir=str(job.checkpoint_dir), workspace=str(job.workspace.root), model_name=model_name
-    )
     job.progress(3)
     result = run_sft(config, train_rows, validation_rows, job)
     if result.stopped:
         raise JobStopped(f"stopped at step {result.global_step}; resume with resume_from_checkpoint=latest")
     job.progress(96)
-    publish_outputs(job, partial(save_outputs, result), lora=p.lora, full_model=p.save_full_model or not p.lora)
+    publish_outputs(job, partial(save_outputs, result), lora=p.lora, full_model=full_model)
     return result.summary
 
 
