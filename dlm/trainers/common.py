@@ -37,7 +37,7 @@ class TrainerConfig:
     output_dir: str
     batch_size: int = 4
     gradient_accumulation_steps: int = 1
-    learning_rate: float = 2e-5
+    learning_rate: float = 1e-4  # with LoRA (the default); full fine-tuning wants ~2e-5
     learning_rate_schedule: str = "cosine"
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0

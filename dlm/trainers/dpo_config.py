@@ -26,7 +26,7 @@ class DPOConfig(TrainerConfig):
     random_sample_size: int = 0
     max_length: int = 1024
     max_prompt_length: int = 512
-    learning_rate: float = 5e-7
+    learning_rate: float = 5e-6  # with LoRA (the default); LLaDA 1.5 used 5e-7 on all weights
     warmup_steps: int = 15
     warmup_ratio: float = 0.0
     weight_decay: float = 0.01
