@@ -191,6 +191,7 @@ def _evaluate_one(
             loaded,
             lm_eval.tasks,
             **arguments,
+            trust_remote_code=load.trust_remote_code,
             log=log,
             progress=lambda kind, done, total: progress(metrics_end + (1 - metrics_end) * done / max(total, 1)),
         )

@@ -60,7 +60,8 @@ def run(job: Job) -> str:
     if p.tasks:
         from dlm.lm_eval_adapter import load_tasks
 
-        load_tasks(p.tasks, job.log)  # a task that is unknown or cannot get its data fails now, not after hours
+        # a task that is unknown or cannot get its data fails now, not after hours
+        load_tasks(p.tasks, job.log, trust_remote_code=p.trust_remote_code)
     job.progress(3)
     results = evaluate_models(
         specs,
