@@ -44,6 +44,7 @@ class SFTConfig(TrainerConfig):
     random_length_ratio: float = 0.01
     perbatch_cutoff: bool = False
     resp_cutoff_ratio: float = 0.0
+    pad_to: str = "random"  # how far batches are padded with EOS (dlm.data.PAD_TO)
     eval_strategy: str = "no"
     sample_every_steps: int = 0
     num_samples: int = 2
@@ -247,6 +248,8 @@ def run_sft(
         loaded.special_ids,
         perbatch_cutoff=config.perbatch_cutoff,
         resp_cutoff_ratio=config.resp_cutoff_ratio,
+        pad_to=config.pad_to,
+        max_length=config.max_length,
     )
     progress = ReporterCallback(reporter)
     callbacks = [progress]
