@@ -34,7 +34,10 @@ SMALL = {
         "--iters",
         "1",
     ],
-    "elbo.py": ["--sequences", "2", "--mc-num", "8", "--batch-size", "8", "--rounds", "1"],
+    "elbo.py": [
+        *("--vocab", "1024", "--small-vocab", "256", "--d-model", "64", "--layers", "1", "--prompts", "2"),
+        *("--mc-num", "8", "--samples-per-forward", "4", "8", "--rounds", "1"),
+    ],
     "sample.py": ["--prompts", "8", "--gen-length", "8", "--block-length", "4", "--dream-steps", "4", "--rounds", "1"],
     "models.py": [
         "--vocab",
@@ -60,7 +63,11 @@ SMALL = {
 KEYS = {
     "sft.py": {"throughput_ratio", "memory_ratio", "max_loss_diff"},
     "dpo.py": {"step_time_ratio", "memory_ratio", "memory_ratio_per_sample_backward", "max_loss_diff"},
-    "elbo.py": {"throughput_ratio", "max_abs_diff"},
+    "elbo.py": {
+        "throughput_ratio",
+        *(f"throughput_ratio_v{v}_b{b}" for v in (1024, 256) for b in (4, 8)),
+        "max_rel_diff",
+    },
     "sample.py": {"tokens_per_sec_ratio", "outputs_identical"},
     "models.py": {"speed_ratio", "memory_ratio"},
 }
@@ -87,5 +94,7 @@ def test_benchmark_prints_its_result_line(script):
         assert result["max_loss_diff"] <= 1e-5
     if "max_abs_diff" in result:
         assert result["max_abs_diff"] <= 1e-9
+    if "max_rel_diff" in result:
+        assert result["max_rel_diff"] <= 1e-6
     if "outputs_identical" in result:
         assert result["outputs_identical"] is True
