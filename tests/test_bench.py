@@ -15,7 +15,10 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 SMALL = {
-    "sft.py": ["--vocab", "2048", "--d-model", "64", "--layers", "1", "--batch", "2", "--length", "32", "--iters", "1"],
+    "sft.py": [
+        *("--vocab", "2048", "--small-vocab", "256", "--d-model", "64", "--layers", "1", "--batch", "2"),
+        *("--length", "32", "--iters", "1"),
+    ],
     "dpo.py": [
         "--vocab",
         "2048",
@@ -61,7 +64,10 @@ SMALL = {
     ],
 }
 KEYS = {
-    "sft.py": {"throughput_ratio", "memory_ratio", "max_loss_diff"},
+    "sft.py": {
+        *("throughput_ratio", "memory_ratio", "max_loss_diff"),
+        *(f"{ratio}_v{v}" for ratio in ("throughput_ratio", "memory_ratio") for v in (2048, 256)),
+    },
     "dpo.py": {"step_time_ratio", "memory_ratio", "memory_ratio_per_sample_backward", "max_loss_diff"},
     "elbo.py": {
         "throughput_ratio",
