@@ -45,6 +45,8 @@ SMALL = {
     "models.py": [
         "--vocab",
         "512",
+        "--small-vocab",
+        "128",
         "--d-model",
         "64",
         "--heads",
@@ -75,7 +77,11 @@ KEYS = {
         "max_rel_diff",
     },
     "sample.py": {"tokens_per_sec_ratio", "outputs_identical"},
-    "models.py": {"speed_ratio", "memory_ratio"},
+    "models.py": {
+        "speed_ratio",
+        "memory_ratio",
+        *(f"{r}_v{v}" for r in ("speed_ratio", "memory_ratio") for v in (512, 128)),
+    },
 }
 
 
@@ -83,17 +89,31 @@ def test_every_benchmark_is_covered():
     assert {p.name for p in BENCH.glob("*.py")} - {"common.py"} == set(SMALL)
 
 
-@pytest.mark.parametrize("script", sorted(SMALL))
-def test_benchmark_prints_its_result_line(script):
+def run_bench(script: str, **env: str) -> dict:
     done = subprocess.run(
         [sys.executable, str(BENCH / script), *SMALL[script]],
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", **env},
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(
+    not os.environ.get("LLADA_MODELING_DIR"),
+    reason="needs LLaDA's modeling_llada.py and configuration_llada.py in the folder LLADA_MODELING_DIR names",
+)
+def test_models_bench_runs_llada_own_code_with_our_weights():
+    result = run_bench("models.py")
+    assert {f"{r}_official_v{v}" for r in ("speed_ratio", "memory_ratio") for v in (512, 128)} <= set(result)
+    assert result["max_logit_diff_official"] <= 1e-5  # the same weights give the same logits
+
+
+@pytest.mark.parametrize("script", sorted(SMALL))
+def test_benchmark_prints_its_result_line(script):
+    result = run_bench(script, LLADA_MODELING_DIR="")
     assert KEYS[script] <= set(result)
     assert all(isinstance(v, bool) or v > 0 for k, v in result.items() if not k.startswith("max_"))
     if "max_loss_diff" in result:
