@@ -148,11 +148,15 @@ def test_pad_to_pads_batches_of_padding_trained_families_with_eos() -> None:
     assert full["input_ids"].shape == (2, 12) and full["labels"][1].tolist() == [IGNORE, 11, 12] + [5] * 9
     assert full["padding_mask"][1].tolist() == [False] * 3 + [True] * 9
     assert collate(ar, "max_length")["input_ids"].shape == (2, 4)  # a causal model never trains on its pads
-    # random: between the longest row and max_length, drawn from the batch's own ids (the same batch pads alike)
-    batches = [[{**r, "input_ids": [i, *r["input_ids"][1:]]} for r in rows] for i in range(40)]
+    # random: a quarter of the batches between the longest row and max_length, the rest to the longest row, drawn
+    # from the batch's own ids (the same batch pads alike)
+    batches = [[{**r, "input_ids": [i, *r["input_ids"][1:]]} for r in rows] for i in range(80)]
     lengths = [collate(llada, "random", batch=b)["input_ids"].shape[1] for b in batches]
-    assert set(lengths) <= set(range(4, 13)) and len(set(lengths)) >= 6, lengths
+    longer = [n for n in lengths if n > 4]
+    assert set(lengths) <= set(range(4, 13)) and 10 <= len(longer) <= 30 and len(set(longer)) >= 4, lengths
     assert lengths == [collate(llada, "random", batch=b)["input_ids"].shape[1] for b in batches]
+    always = DiffusionCollator(llada, special, pad_to="random", max_length=12, longer_share=1.0)
+    assert sum(always(b)["input_ids"].shape[1] > 4 for b in batches) >= 60
     assert collate(llada, "random", max_length=3)["input_ids"].shape == (2, 4)  # never shorter than a row
     with pytest.raises(ValueError, match="pad_to must be one of random, batch, max_length, got 'all'"):
         DiffusionCollator(llada, special, pad_to="all")
