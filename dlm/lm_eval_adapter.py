@@ -708,28 +708,17 @@ def run_lm_eval(
     forward passes and seconds spent generating (diffusion families)}.
     """
     log = log or logging.getLogger(__name__).info
-    specs = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t and t.strip()]
-    if not specs:
-        raise LmEvalError("no lm-eval task given: name at least one task, task YAML file or folder")
-    if num_fewshot is not None and num_fewshot < 0:
-        raise LmEvalError(f"num_fewshot must be >= 0, got {num_fewshot}")
-    if limit is not None and limit < 0:
-        raise LmEvalError(f"limit must be >= 0 (0: every document), got {limit}")
+    specs = _task_specs(tasks, num_fewshot, limit)
     from lm_eval import simple_evaluate
 
     with _forward_lm_eval_warnings(log):
         manager, items = load_tasks(specs, log, trust_remote_code=trust_remote_code)
         if loaded.family.is_diffusion:
+            sampler = sampler or SamplerSettings()
             lm = DiffusionLM(
-                loaded,
-                mc_num=mc_num,
-                batch_size=batch_size,
-                sampler=sampler or SamplerSettings(),
-                seed=seed,
-                max_length=max_length,
-                log=log,
-                progress=progress,
-            )
+                loaded, mc_num=mc_num, batch_size=batch_size, sampler=sampler, seed=seed, max_length=max_length,
+                log=log, progress=progress,
+            )  # fmt: skip
         else:
             log(
                 f"{loaded.path} is a causal LM: lm-eval's HFLM scores it with exact log-likelihoods and generates "
@@ -752,6 +741,23 @@ def run_lm_eval(
             bootstrap_iters=bootstrap_iters,
             log_samples=True,
         )
+    return _outcome(results, lm)
+
+
+def _task_specs(tasks: str | Sequence[str], num_fewshot: int | None, limit: int | float | None) -> list[str]:
+    """The task names, patterns and paths of `tasks`, once the settings that go with them are checked."""
+    specs = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t and t.strip()]
+    if not specs:
+        raise LmEvalError("no lm-eval task given: name at least one task, task YAML file or folder")
+    if num_fewshot is not None and num_fewshot < 0:
+        raise LmEvalError(f"num_fewshot must be >= 0, got {num_fewshot}")
+    if limit is not None and limit < 0:
+        raise LmEvalError(f"limit must be >= 0 (0: every document), got {limit}")
+    return specs
+
+
+def _outcome(results: dict[str, Any], lm: Any) -> dict[str, Any]:
+    """`run_lm_eval`'s answer from lm-eval's results: metrics, results, samples and generation statistics."""
     samples = results.pop("samples", None) or {}
     stats = dict(lm.generation_stats) if isinstance(lm, DiffusionLM) else {}
     if stats.get("seconds"):
