@@ -2,14 +2,17 @@
 
 Metric groups (`EvalSettings.metrics`):
 - `perplexity`: the ELBO upper bound of a diffusion LM (Monte-Carlo, with its standard error), the exact perplexity
-  of a causal LM; both over the same tokens (`dlm.metrics.likelihood`).
+  of a causal LM; both over the same tokens of plain texts (`dlm.metrics.likelihood`).
+- `conditional_perplexity`: the same two kinds for prompt/answer data, of the reference answer given its prompt as
+  the trainer encodes them (the family's chat template, the prompt never masked): the figure that falls with SFT,
+  where plain-text perplexity of `prompt\nanswer` (a format no trained model saw) can rise.
 - `accuracy`: masked-token accuracy at each mask ratio (diffusion), next-token accuracy (causal).
 - `generation`: the answers to the prompts, their generation perplexity (under `scorer`, by default the model
   itself) always paired with their unigram entropy.
 - `task_accuracy`: answers against the reference (`answer_extraction`: exact, first_number or regex).
 - `diversity`: Self-BLEU and distinct-1/2 of the answers.
 - `speed`: generated non-EOS tokens per second, forward passes (NFE) per sample, latency per prompt, peak memory.
-The last four share one generation pass (batches of `batch_size` prompts, the family's sampler); every metric of a
+The last four share one generation pass, which also reports `empty_answers` (answers that end at once) (batches of `batch_size` prompts, the family's sampler); every metric of a
 generated answer carries the sampler settings in its details.
 """
 
@@ -31,6 +34,7 @@ from dlm.metrics.likelihood import (
     ScoringInputs,
     causal_perplexity,
     causal_scores,
+    conversation_inputs,
     diffusion_perplexity,
     masked_accuracy_name,
     masked_token_accuracy,
@@ -80,14 +84,24 @@ __all__ = [
     "validate",
 ]
 
-METRIC_GROUPS = ("perplexity", "accuracy", "generation", "task_accuracy", "diversity", "speed")
+METRIC_GROUPS = (
+    "perplexity",
+    "conditional_perplexity",
+    "accuracy",
+    "generation",
+    "task_accuracy",
+    "diversity",
+    "speed",
+)
 TEXT_GROUPS = frozenset({"perplexity", "accuracy"})
 GENERATION_GROUPS = frozenset({"generation", "task_accuracy", "diversity", "speed"})
+EMPTY_ANSWERS = "empty_answers"  # reported with every generation pass
 
 
 # The `EvalExample` fields each metric group needs in every example.
 EXAMPLE_FIELDS = {
     "perplexity": ("text",),
+    "conditional_perplexity": ("prompt", "reference"),
     "accuracy": ("text",),
     "generation": ("prompt",),
     "task_accuracy": ("prompt", "reference"),
@@ -133,7 +147,8 @@ class EvalSettings:
 @dataclass
 class EvalOutput:
     """The metrics, and one record per generated answer: input (the last prompt message), output, reference,
-    correct (None without task accuracy), tokens (generated non-EOS tokens), latency_s, nfe."""
+    correct (None without task accuracy), empty (no token before the first end token), tokens (generated non-EOS
+    tokens), latency_s, nfe."""
 
     metrics: list[MetricResult]
     samples: list[dict[str, Any]]
@@ -206,6 +221,9 @@ def validate(loaded: LoadedModel, examples: Sequence[EvalExample], settings: Eva
         bad = [r for r in settings.mask_ratios if not 0 < r <= 1]
         if bad:
             raise EvaluationError(f"mask ratios must lie in (0, 1], got {', '.join(map(str, bad))}")
+    if "conditional_perplexity" in groups:
+        _check_prompts(examples, "conditional_perplexity")
+        _check_references(examples, "conditional_perplexity")
     if groups & GENERATION_GROUPS:
         _validate_generation(loaded, examples, settings, groups)
     return groups
@@ -214,11 +232,20 @@ def validate(loaded: LoadedModel, examples: Sequence[EvalExample], settings: Eva
 def _validate_generation(
     loaded: LoadedModel, examples: Sequence[EvalExample], settings: EvalSettings, groups: frozenset[str]
 ) -> None:
+    _check_prompts(examples, ", ".join(sorted(groups & GENERATION_GROUPS)))
+    if "task_accuracy" in groups:
+        _check_references(examples, "task_accuracy")
+        compile_answer_regex(settings.answer_extraction, settings.answer_regex)
+    if "diversity" in groups and len(examples) < 2:
+        raise EvaluationError("diversity (Self-BLEU) compares answers with each other: it needs at least 2 prompts")
+    check_sampler_settings(loaded.family.name, settings.sampler)
+
+
+def _check_prompts(examples: Sequence[EvalExample], metrics: str) -> None:
     for i, ex in enumerate(examples):
         if not ex.prompt:
             raise EvaluationError(
-                f"{', '.join(sorted(groups & GENERATION_GROUPS))} need a prompt in every example; example {i} has "
-                "none (check the prompt column)"
+                f"{metrics} need a prompt in every example; example {i} has none (check the prompt column)"
             )
         last = ex.prompt[-1]
         if not isinstance(last, dict) or last.get("role") != "user" or not isinstance(last.get("content"), str):
@@ -226,17 +253,15 @@ def _validate_generation(
                 f"example {i}: a prompt must be chat messages ending with a user turn "
                 f"({{'role': 'user', 'content': ...}}), its last message is {last!r}"
             )
-    if "task_accuracy" in groups:
-        missing = [i for i, ex in enumerate(examples) if ex.reference is None]
-        if missing:
-            raise EvaluationError(
-                f"task_accuracy needs a reference answer in every example; examples {_listing(missing)} have none "
-                "(check the reference column)"
-            )
-        compile_answer_regex(settings.answer_extraction, settings.answer_regex)
-    if "diversity" in groups and len(examples) < 2:
-        raise EvaluationError("diversity (Self-BLEU) compares answers with each other: it needs at least 2 prompts")
-    check_sampler_settings(loaded.family.name, settings.sampler)
+
+
+def _check_references(examples: Sequence[EvalExample], metric: str) -> None:
+    missing = [i for i, ex in enumerate(examples) if ex.reference is None]
+    if missing:
+        raise EvaluationError(
+            f"{metric} needs a reference answer in every example; examples {_listing(missing)} have none "
+            "(check the reference column)"
+        )
 
 
 class _Progress:
@@ -341,72 +366,95 @@ def _generation_metrics(
     progress: _Progress,
 ) -> tuple[list[MetricResult], list[bool | None]]:
     """The metrics of one generation pass, and per answer whether it is correct (None without task accuracy)."""
-    sampler = {
+    sampler = _sampler_details(run, settings)
+    metrics = [_empty_answers_metric(run, sampler)]
+    correct: list[bool | None] = [None] * len(run.outputs)
+    if "generation" in groups:
+        metrics += _answer_likelihood_metrics(run, settings, scorer, progress, sampler)
+    if "task_accuracy" in groups:
+        correct = [
+            is_correct(output, ex.reference, settings.answer_extraction, settings.answer_regex)
+            for output, ex in zip(run.outputs, examples, strict=True)
+        ]
+        metrics.append(_task_accuracy_metric(correct, settings, sampler))
+    if "diversity" in groups:
+        metrics += _diversity_metrics(run, sampler)
+    if "speed" in groups:
+        metrics += _speed_metrics(run, sampler)
+    return metrics, correct
+
+
+def _sampler_details(run: GenerationRun, settings: EvalSettings) -> dict[str, Any]:
+    """The settings every metric of a generated answer carries."""
+    return {
         "sampler": asdict(settings.sampler),
         "apply_chat_template": settings.apply_chat_template,
         "batch_size": settings.batch_size,
         "seed": settings.seed,
         "prompts": len(run.outputs),
     }
-    metrics: list[MetricResult] = []
-    correct: list[bool | None] = [None] * len(run.outputs)
-    if "generation" in groups:
-        entropies = [unigram_entropy(ids) for ids in run.token_ids]
-        entropy, entropy_err = _mean_and_stderr(entropies)
-        inputs = scoring_inputs(
-            scorer.tokenizer, scorer.special_ids.bos, run.outputs, settings.max_length, strict=False
-        )
-        entropy_details = {**sampler, "unit": "nats, over the model's token ids of each answer, mean over answers"}
-        if inputs.ids:
-            gen_ppl = _perplexity_metric(scorer, inputs, settings, progress, "generation_perplexity")
-            gen_ppl.details.update(sampler, scorer=scorer.path, scored="the generated answers, without their prompts")
-            metrics.append(gen_ppl)
-        else:
-            entropy_details["generation_perplexity"] = "not computed: every answer is empty"
-        metrics.append(MetricResult("unigram_entropy", entropy, entropy_err, "estimate", entropy_details))
-    if "task_accuracy" in groups:
-        correct = [
-            is_correct(output, ex.reference, settings.answer_extraction, settings.answer_regex)
-            for output, ex in zip(run.outputs, examples, strict=True)
-        ]
-        value, stderr = _mean_and_stderr([float(c) for c in correct])
-        details = {**sampler, "answer_extraction": settings.answer_extraction, "correct": sum(correct)}
-        if settings.answer_extraction == "regex":
-            details["answer_regex"] = settings.answer_regex
-        metrics.append(MetricResult("task_accuracy", value, stderr, "estimate", details))
-    if "diversity" in groups:
-        words = {**sampler, "tokens": "sacreBLEU 13a words"}
-        metrics.append(MetricResult("self_bleu", self_bleu(run.outputs), None, "exact", {**words, "scale": "0-1"}))
-        for n in (1, 2):
-            metrics.append(MetricResult(f"distinct_{n}", distinct_n(run.outputs, n), None, "exact", words))
-    if "speed" in groups:
-        timing = {**sampler, "device": run.device, "wall_time_s": run.wall_time_s}
-        tokens = sum(run.generated_tokens)
-        metrics += [
-            MetricResult(
-                "tokens_per_sec",
-                tokens / run.wall_time_s if run.wall_time_s > 0 else 0.0,
-                None,
-                "estimate",
-                {**timing, "generated_tokens": tokens, "counted": "generated tokens other than EOS/end-of-turn"},
-            ),
-            MetricResult("nfe_per_sample", math.fsum(run.nfe) / len(run.nfe), None, "exact", timing),
-            MetricResult(
-                "latency_per_prompt_s",
-                math.fsum(run.latency_s) / len(run.latency_s),
-                None,
-                "estimate",
-                {
-                    **timing,
-                    "latency": "wall time of the batch that answered the prompt",
-                    "amortized_s_per_prompt": run.wall_time_s / len(run.outputs),
-                },
-            ),
-            MetricResult(
-                "peak_memory_gb", run.peak_memory_gb, None, "estimate", {**timing, "measure": run.memory_measure}
-            ),
-        ]
-    return metrics, correct
+
+
+def _empty_answers_metric(run: GenerationRun, sampler: dict[str, Any]) -> MetricResult:
+    """The fraction of answers with no token before the first end token: an answer that ends at once scores 0
+    everywhere, so the report warns about it instead of showing a silent 0."""
+    empty = [i for i, ids in enumerate(run.token_ids) if not ids]
+    details = {**sampler, "empty": len(empty), "empty_prompts": empty[:20]}
+    return MetricResult(EMPTY_ANSWERS, len(empty) / len(run.token_ids), None, "exact", details)
+
+
+def _answer_likelihood_metrics(
+    run: GenerationRun, settings: EvalSettings, scorer: LoadedModel, progress: _Progress, sampler: dict[str, Any]
+) -> list[MetricResult]:
+    """Generation perplexity of the answers under `scorer` (when any answer has a token) and their unigram
+    entropy: a low perplexity means little alone (repetitive text scores well), so both are reported."""
+    entropy, entropy_err = _mean_and_stderr([unigram_entropy(ids) for ids in run.token_ids])
+    entropy_details = {**sampler, "unit": "nats, over the model's token ids of each answer, mean over answers"}
+    inputs = scoring_inputs(scorer.tokenizer, scorer.special_ids.bos, run.outputs, settings.max_length, strict=False)
+    metrics = []
+    if inputs.ids:
+        gen_ppl = _perplexity_metric(scorer, inputs, settings, progress, "generation_perplexity")
+        gen_ppl.details.update(sampler, scorer=scorer.path, scored="the generated answers, without their prompts")
+        metrics.append(gen_ppl)
+    else:
+        entropy_details["generation_perplexity"] = "not computed: every answer is empty"
+    metrics.append(MetricResult("unigram_entropy", entropy, entropy_err, "estimate", entropy_details))
+    return metrics
+
+
+def _task_accuracy_metric(correct: list[bool], settings: EvalSettings, sampler: dict[str, Any]) -> MetricResult:
+    value, stderr = _mean_and_stderr([float(c) for c in correct])
+    details = {**sampler, "answer_extraction": settings.answer_extraction, "correct": sum(correct)}
+    if settings.answer_extraction == "regex":
+        details["answer_regex"] = settings.answer_regex
+    return MetricResult("task_accuracy", value, stderr, "estimate", details)
+
+
+def _diversity_metrics(run: GenerationRun, sampler: dict[str, Any]) -> list[MetricResult]:
+    words = {**sampler, "tokens": "sacreBLEU 13a words"}
+    return [
+        MetricResult("self_bleu", self_bleu(run.outputs), None, "exact", {**words, "scale": "0-1"}),
+        *(MetricResult(f"distinct_{n}", distinct_n(run.outputs, n), None, "exact", words) for n in (1, 2)),
+    ]
+
+
+def _speed_metrics(run: GenerationRun, sampler: dict[str, Any]) -> list[MetricResult]:
+    timing = {**sampler, "device": run.device, "wall_time_s": run.wall_time_s}
+    tokens = sum(run.generated_tokens)
+    latency = {
+        **timing,
+        "latency": "wall time of the batch that answered the prompt",
+        "amortized_s_per_prompt": run.wall_time_s / len(run.outputs),
+    }
+    counted = {**timing, "generated_tokens": tokens, "counted": "generated tokens other than EOS/end-of-turn"}
+    return [
+        MetricResult(
+            "tokens_per_sec", tokens / run.wall_time_s if run.wall_time_s > 0 else 0.0, None, "estimate", counted
+        ),
+        MetricResult("nfe_per_sample", math.fsum(run.nfe) / len(run.nfe), None, "exact", timing),
+        MetricResult("latency_per_prompt_s", math.fsum(run.latency_s) / len(run.latency_s), None, "estimate", latency),
+        MetricResult("peak_memory_gb", run.peak_memory_gb, None, "estimate", {**timing, "measure": run.memory_measure}),
+    ]
 
 
 def _perplexity_metric(
@@ -440,11 +488,12 @@ def _planned_work(
     """Forward passes (roughly) the evaluation will run, so progress advances with the work done."""
     count = len(examples)
     work = 0.0
+    likelihoods = len(groups & {"perplexity", "conditional_perplexity"})
     if loaded.family.is_diffusion:
-        work += count * settings.mc_num * ("perplexity" in groups)
+        work += count * settings.mc_num * likelihoods
         work += count * len(settings.mask_ratios) * ("accuracy" in groups)
-    elif groups & TEXT_GROUPS:
-        work += count
+    else:
+        work += count * (bool(groups & TEXT_GROUPS) + ("conditional_perplexity" in groups))
     if groups & GENERATION_GROUPS:
         work += count * _passes_per_answer(loaded, settings)
     if "generation" in groups:
@@ -470,50 +519,72 @@ def evaluate(
     tracker = _Progress(progress, _planned_work(loaded, scorer, examples, settings, groups))
     metrics: list[MetricResult] = []
     if groups & TEXT_GROUPS:
-        inputs = scoring_inputs(
-            loaded.tokenizer, loaded.special_ids.bos, [ex.text for ex in examples], settings.max_length
-        )
-        if loaded.family.is_diffusion:
-            if "perplexity" in groups:
-                metrics.append(_perplexity_metric(loaded, inputs, settings, tracker, "perplexity"))
-            if "accuracy" in groups:
-                for ratio in settings.mask_ratios:
-                    metric = masked_token_accuracy(
-                        loaded,
-                        inputs,
-                        ratio,
-                        batch_size=settings.batch_size,
-                        seed=settings.seed,
-                        progress=tracker.phase(1),
-                    )
-                    metrics.append(metric)
-        else:
-            # one causal pass serves both metrics
-            scores = causal_scores(loaded, inputs, batch_size=settings.batch_size, progress=tracker.phase(1))
-            if "perplexity" in groups:
-                metrics.append(causal_perplexity(scores, inputs))
-            if "accuracy" in groups:
-                metrics.append(next_token_metric(scores, inputs))
+        metrics += _text_metrics(loaded, [ex.text for ex in examples], settings, groups, tracker)
+    if "conditional_perplexity" in groups:
+        metrics.append(_conditional_perplexity(loaded, examples, settings, tracker))
     samples: list[dict[str, Any]] = []
     if groups & GENERATION_GROUPS:
-        prompts = [ex.prompt for ex in examples]
-        run = generate_answers(loaded, prompts, settings, tracker.phase(_passes_per_answer(loaded, settings)))
+        run = generate_answers(
+            loaded, [ex.prompt for ex in examples], settings, tracker.phase(_passes_per_answer(loaded, settings))
+        )
         generation, correct = _generation_metrics(run, examples, settings, groups, scorer, tracker)
         metrics += generation
-        samples = [
-            {
-                "input": ex.prompt[-1]["content"],
-                "output": output,
-                "reference": ex.reference,
-                "correct": ok,
-                "tokens": tokens,
-                "latency_s": latency,
-                "nfe": nfe,
-            }
-            for ex, output, ok, tokens, latency, nfe in zip(
-                examples, run.outputs, correct, run.generated_tokens, run.latency_s, run.nfe, strict=True
-            )
-        ]
+        samples = _samples(run, examples, correct)
     if progress is not None:
         progress(1.0)
     return EvalOutput(metrics=metrics, samples=samples)
+
+
+def _text_metrics(
+    loaded: LoadedModel, texts: list[str], settings: EvalSettings, groups: frozenset[str], tracker: _Progress
+) -> list[MetricResult]:
+    """Perplexity and token accuracy of plain texts."""
+    inputs = scoring_inputs(loaded.tokenizer, loaded.special_ids.bos, texts, settings.max_length)
+    metrics = []
+    if loaded.family.is_diffusion:
+        if "perplexity" in groups:
+            metrics.append(_perplexity_metric(loaded, inputs, settings, tracker, "perplexity"))
+        if "accuracy" in groups:
+            metrics += [
+                masked_token_accuracy(
+                    loaded, inputs, ratio, batch_size=settings.batch_size, seed=settings.seed, progress=tracker.phase(1)
+                )
+                for ratio in settings.mask_ratios
+            ]
+        return metrics
+    # one causal pass serves both metrics
+    scores = causal_scores(loaded, inputs, batch_size=settings.batch_size, progress=tracker.phase(1))
+    if "perplexity" in groups:
+        metrics.append(causal_perplexity(scores, inputs))
+    if "accuracy" in groups:
+        metrics.append(next_token_metric(scores, inputs))
+    return metrics
+
+
+def _conditional_perplexity(
+    loaded: LoadedModel, examples: Sequence[EvalExample], settings: EvalSettings, tracker: _Progress
+) -> MetricResult:
+    """Perplexity of each reference answer given its prompt, in the family's chat template (as trained)."""
+    inputs = conversation_inputs(
+        loaded.tokenizer, [ex.prompt for ex in examples], [ex.reference for ex in examples], settings.max_length
+    )
+    return _perplexity_metric(loaded, inputs, settings, tracker, "conditional_perplexity")
+
+
+def _samples(run: GenerationRun, examples: Sequence[EvalExample], correct: list[bool | None]) -> list[dict[str, Any]]:
+    """One record per generated answer (see `EvalOutput`)."""
+    return [
+        {
+            "input": ex.prompt[-1]["content"],
+            "output": output,
+            "reference": ex.reference,
+            "correct": ok,
+            "empty": not ids,
+            "tokens": tokens,
+            "latency_s": latency,
+            "nfe": nfe,
+        }
+        for ex, output, ids, ok, tokens, latency, nfe in zip(
+            examples, run.outputs, run.token_ids, correct, run.generated_tokens, run.latency_s, run.nfe, strict=True
+        )
+    ]

@@ -7,6 +7,12 @@ them are masked at once (not LLaDA's token-by-token greedy decoding, which costs
 Generation requests go through the family's sampler (`dlm.generation`) with the caller's sampler settings, cut at the
 task's stop strings. Causal LMs (family `ar`) are evaluated by lm-eval's own `HFLM` (exact log-likelihoods).
 
+From lm-eval's own command line: `python -m dlm.lm_eval_cli` (or `dlm-lm-eval`) takes every `lm_eval` option,
+registers `dlm_diffusion` and runs lm-eval (`main`); lm-eval 0.4.13 loads no plugins, so `lm_eval --model
+dlm_diffusion` alone cannot find it. The model runs on the CPU when no GPU is present, whatever `--device` says.
+Task YAMLs given as files or folders (`--tasks`, `--include_path`) whose `!function` entries import Python run only
+with `--trust_remote_code`.
+
 Each ELBO draws its masks from a generator seeded by (seed, the request's token ids), so a request gets the same value
 whatever its batch or its position in the run, and equals `dlm.elbo.elbo` on that request alone with
 `example_generators([request_key(context_ids, continuation_ids)], seed)`.
@@ -16,11 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import json
 import logging
 import math
 import numbers
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -119,6 +127,20 @@ def _sampler_from_args(fields: dict[str, Any]) -> SamplerSettings:
     return SamplerSettings(**values)
 
 
+def _flag(value: bool | str) -> bool:
+    """A boolean lm-eval model argument, which arrives as text from `--model_args`."""
+    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes")
+
+
+def available_device(device: str, log: Log) -> str:
+    """`device`, or the CPU when it names a CUDA device and none is present (lm-eval's CLI asks for `cuda:0` by
+    default; its own `hf` model falls back the same way)."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        log(f"{LM_NAME}: no CUDA device is available, so the model runs on the CPU instead of {device}")
+        return "cpu"
+    return device
+
+
 def _positive_int(name: str, value: Any) -> int:
     try:
         number = int(value)
@@ -138,6 +160,8 @@ class DiffusionLM(TemplateLM):
     generation batch. `sampler`: the sampler settings, or their fields as keyword arguments (strings are accepted,
     as lm-eval's `model_args` give them). `max_length`: context length (default: the model config's).
     `add_bos_token`: start every context with BOS (off, as lm-eval does for causal models; chat templates add it).
+    `device`: where to run (lm-eval's CLI default `cuda:0` falls back to the CPU when no GPU is present).
+    `trust_remote_code`, `dtype`: how a named model is loaded (`load_model_and_tokenizer`).
     """
 
     backend = "causal"  # TemplateLM tokenizes context + continuation together, then splits
@@ -154,11 +178,22 @@ class DiffusionLM(TemplateLM):
         device: str | None = None,
         log: Log | None = None,
         progress: Progress | None = None,
-        max_batch_size: int | None = None,  # lm-eval passes it to every model; one fixed batch size is used here
+        max_batch_size: int | None = None,  # lm-eval passes it to every model (None unless asked for)
+        trust_remote_code: bool | str = False,
+        dtype: str = "auto",
         **sampler_fields: Any,
     ) -> None:
         super().__init__()
-        loaded = pretrained if isinstance(pretrained, LoadedModel) else load_model_and_tokenizer(pretrained)
+        if max_batch_size is not None:
+            raise LmEvalError(
+                f"{LM_NAME} cannot honour max_batch_size={max_batch_size}: it applies to --batch_size auto, and "
+                f"{LM_NAME} runs one fixed batch size (give --batch_size N)"
+            )
+        loaded = (
+            pretrained
+            if isinstance(pretrained, LoadedModel)
+            else load_model_and_tokenizer(pretrained, dtype=dtype, trust_remote_code=_flag(trust_remote_code))
+        )
         if not loaded.family.is_diffusion:
             raise LmEvalError(
                 f"{loaded.path} is a causal LM (family {loaded.family.name}); {LM_NAME} scores diffusion models with "
@@ -167,9 +202,10 @@ class DiffusionLM(TemplateLM):
         if sampler is not None and sampler_fields:
             raise LmEvalError(f"give the sampler settings either as sampler= or as fields, not both: {sampler_fields}")
         self.loaded = loaded
+        self.log = log or logging.getLogger(__name__).info
         self.model = loaded.model.eval()
         if device:
-            self.model.to(device)
+            self.model.to(available_device(device, self.log))
         self._device = next(self.model.parameters()).device
         self.tokenizer = loaded.tokenizer
         self.family = loaded.family
@@ -189,8 +225,7 @@ class DiffusionLM(TemplateLM):
             or getattr(config, "max_position_embeddings", None)
         )
         self.max_length = _positive_int("max_length", length or DEFAULT_MAX_LENGTH)
-        self.add_bos_token = str(add_bos_token).strip().lower() in ("1", "true", "yes")
-        self.log = log or logging.getLogger(__name__).info
+        self.add_bos_token = _flag(add_bos_token)
         self.progress = progress
         self.generation_stats = {"sequences": 0, "generated_tokens": 0, "forward_passes": 0, "seconds": 0.0}
         self._logged: set[str] = set()
@@ -445,24 +480,6 @@ def _classify(specs: Sequence[str]) -> tuple[list[tuple[str, str]], tuple[str, .
     return kinds, tuple(dict.fromkeys(folders))
 
 
-_FUNCTION_TAG = re.compile(r"!function\b")
-
-
-def _refuse_task_code(kinds: list[tuple[str, str]]) -> None:
-    """A local task YAML's `!function` imports and runs a Python file: only with trust_remote_code."""
-    for kind, spec in kinds:
-        if kind == "name":
-            continue
-        files = [Path(spec)] if kind == "file" else sorted(Path(spec).rglob("*.y*ml"))
-        for file in files:
-            for number, line in enumerate(file.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-                if _FUNCTION_TAG.search(line.split("#", 1)[0]):
-                    raise LmEvalError(
-                        f"lm-eval task file {file}, line {number}, uses !function, which runs Python code from the "
-                        "task's folder; set trust_remote_code=true to allow it (only for task files you trust)"
-                    )
-
-
 def _unknown_task(spec: str, manager: Any) -> LmEvalError:
     import lm_eval
 
@@ -522,19 +539,44 @@ def _top_level(loaded: dict[str, Any]) -> list[Any]:
     return [group for name, group in groups.items() if name not in children]
 
 
+def task_code(paths: Sequence[str | Path]) -> list[str]:
+    """`file:line` of every `!function` entry (Python imported and run by lm-eval) in the task YAML files and
+    folders of `paths`."""
+    found = []
+    for path in map(Path, paths):
+        files = sorted([*path.rglob("*.yaml"), *path.rglob("*.yml")]) if path.is_dir() else [path]
+        for file in files:
+            if not file.is_file():
+                continue
+            for number, line in enumerate(file.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+                if "!function" in line.split("#", 1)[0]:
+                    found.append(f"{file}:{number}")
+    return found
+
+
+def refuse_task_code(paths: Sequence[str | Path], trust_remote_code: bool) -> None:
+    """Raise naming the task YAML lines that would run Python code, unless `trust_remote_code`."""
+    found = [] if trust_remote_code else task_code(paths)
+    if found:
+        raise LmEvalError(
+            f"task YAML runs Python code (!function) at {', '.join(found[:5])}"
+            + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+            + "; it runs only with trust_remote_code (--trust_remote_code on the command line)"
+        )
+
+
 def load_tasks(
     specs: Sequence[str], log: Log | None = None, *, trust_remote_code: bool = False
 ) -> tuple[Any, list[Any]]:
     """(TaskManager, lm-eval Task/Group objects) for task names, glob patterns (`mmlu_*`), task YAML files and
     folders of task YAMLs (every task defined in the folder). Datasets are loaded here, so a task that cannot get
-    its data fails here, named.
+    its data fails here, named. Local YAMLs that import Python (`!function`) load only with `trust_remote_code`.
 
     lm-eval's own task index (about 10 s to build) is read only when a name is asked for, or when local YAMLs do not
     load without it (a local group of installed tasks).
     """
     kinds, folders = _classify(specs)
-    if not trust_remote_code:
-        _refuse_task_code(kinds)
+    refuse_task_code([spec for kind, spec in kinds if kind != "name"], trust_remote_code)
     with_defaults = any(kind == "name" for kind, _ in kinds)
     try:
         return _load_with(_task_manager(folders, with_defaults), kinds, log)
@@ -671,28 +713,17 @@ def run_lm_eval(
     forward passes and seconds spent generating (diffusion families)}.
     """
     log = log or logging.getLogger(__name__).info
-    specs = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t and t.strip()]
-    if not specs:
-        raise LmEvalError("no lm-eval task given: name at least one task, task YAML file or folder")
-    if num_fewshot is not None and num_fewshot < 0:
-        raise LmEvalError(f"num_fewshot must be >= 0, got {num_fewshot}")
-    if limit is not None and limit < 0:
-        raise LmEvalError(f"limit must be >= 0 (0: every document), got {limit}")
+    specs = _task_specs(tasks, num_fewshot, limit)
     from lm_eval import simple_evaluate
 
     with _forward_lm_eval_warnings(log):
         manager, items = load_tasks(specs, log, trust_remote_code=trust_remote_code)
         if loaded.family.is_diffusion:
+            sampler = sampler or SamplerSettings()
             lm = DiffusionLM(
-                loaded,
-                mc_num=mc_num,
-                batch_size=batch_size,
-                sampler=sampler or SamplerSettings(),
-                seed=seed,
-                max_length=max_length,
-                log=log,
-                progress=progress,
-            )
+                loaded, mc_num=mc_num, batch_size=batch_size, sampler=sampler, seed=seed, max_length=max_length,
+                log=log, progress=progress,
+            )  # fmt: skip
         else:
             log(
                 f"{loaded.path} is a causal LM: lm-eval's HFLM scores it with exact log-likelihoods and generates "
@@ -715,6 +746,23 @@ def run_lm_eval(
             bootstrap_iters=bootstrap_iters,
             log_samples=True,
         )
+    return _outcome(results, lm)
+
+
+def _task_specs(tasks: str | Sequence[str], num_fewshot: int | None, limit: int | float | None) -> list[str]:
+    """The task names, patterns and paths of `tasks`, once the settings that go with them are checked."""
+    specs = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t and t.strip()]
+    if not specs:
+        raise LmEvalError("no lm-eval task given: name at least one task, task YAML file or folder")
+    if num_fewshot is not None and num_fewshot < 0:
+        raise LmEvalError(f"num_fewshot must be >= 0, got {num_fewshot}")
+    if limit is not None and limit < 0:
+        raise LmEvalError(f"limit must be >= 0 (0: every document), got {limit}")
+    return specs
+
+
+def _outcome(results: dict[str, Any], lm: Any) -> dict[str, Any]:
+    """`run_lm_eval`'s answer from lm-eval's results: metrics, results, samples and generation statistics."""
     samples = results.pop("samples", None) or {}
     stats = dict(lm.generation_stats) if isinstance(lm, DiffusionLM) else {}
     if stats.get("seconds"):
@@ -725,3 +773,35 @@ def run_lm_eval(
         "samples": _json_safe(samples),
         "generation": stats,
     }
+
+
+# -------------------------------------------------------------------- command line
+def _option_values(argv: Sequence[str], option: str) -> list[str]:
+    """The values of `--option a,b c` or `--option=a,b` in an lm-eval argument list."""
+    values: list[str] = []
+    for index, arg in enumerate(argv):
+        if arg.startswith(option + "="):
+            values.append(arg.split("=", 1)[1])
+        elif arg == option:
+            values += list(itertools.takewhile(lambda a: not a.startswith("--"), argv[index + 1 :]))
+    return [part for value in values for part in value.split(",") if part]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """lm-eval's command line with `dlm_diffusion` registered: every argument goes to lm-eval unchanged, e.g.
+    `python -m dlm.lm_eval_cli --model dlm_diffusion --model_args pretrained=tiny-llada,mc_num=32 --tasks
+    arc_easy --batch_size 8`. Local task YAMLs that import Python are refused without `--trust_remote_code`."""
+    from lm_eval.__main__ import cli_evaluate
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    local = [t for t in _option_values(args, "--tasks") if _looks_like_path(t) or Path(t).exists()]
+    try:
+        refuse_task_code([*local, *_option_values(args, "--include_path")], "--trust_remote_code" in args)
+    except LmEvalError as e:
+        sys.exit(f"error: {e}")
+    handler = logging.StreamHandler()  # the adapter's notes (device fallback, sampler lengths) beside lm-eval's
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [dlm] %(message)s"))
+    logging.getLogger("dlm").addHandler(handler)
+    logging.getLogger("dlm").setLevel(logging.INFO)
+    sys.argv = ["lm_eval", *args]
+    cli_evaluate()

@@ -83,6 +83,7 @@ class LossOutput:
     `nll_sum` is the sum of weighted cross-entropies over masked tokens: `nll_sum / num_maskable`, accumulated over
     batches, is the per-token NLL bound whose exp is the reported perplexity bound. `num_correct / num_masked` is the
     masked-token accuracy. `empty` is true when no token was trained; the loss is then exactly 0 (with a graph).
+    `masked` and `correct` (bool [B, L]) say where, so that accuracy can be split (answer tokens, padding).
     """
 
     loss: torch.Tensor
@@ -90,6 +91,8 @@ class LossOutput:
     num_masked: torch.Tensor
     num_correct: torch.Tensor
     nll_sum: torch.Tensor
+    masked: torch.Tensor | None = None
+    correct: torch.Tensor | None = None
 
     @property
     def empty(self) -> bool:
@@ -176,12 +179,17 @@ def _normalise(
 
 def _output(loss, logits, targets, weighted_ce, trained, selected) -> LossOutput:
     with torch.no_grad():
+        hits = logits.argmax(dim=-1) == targets
+        correct = torch.zeros_like(selected)
+        correct[selected] = hits  # boolean indexing walks `selected` in the row-major order of its nonzero()
         return LossOutput(
             loss=loss,
             num_maskable=trained.sum(),
             num_masked=selected.sum(),
-            num_correct=(logits.argmax(dim=-1) == targets).sum(),
+            num_correct=hits.sum(),
             nll_sum=weighted_ce.detach().sum(),
+            masked=selected,
+            correct=correct,
         )
 
 

@@ -103,6 +103,7 @@ def results_document(
         "headline_metric": headline,
         "settings": jsonable(dict(settings)),
         "dataset": jsonable(dict(dataset)) if dataset is not None else None,
+        "warnings": report_warnings(models),
         "models": [
             {
                 "label": m.label,
@@ -120,11 +121,13 @@ def results_document(
     }
 
 
-HEADLINE_METRICS = ("task_accuracy", "perplexity")  # the job's headline score: the first one a model reports
+# the job's headline score: the first one a model reports
+HEADLINE_METRICS = ("task_accuracy", "conditional_perplexity", "perplexity")
 
 
 def headline_metric(result: ModelResult) -> str | None:
-    """The metric that sums a model up: task accuracy, else perplexity, else its first metric."""
+    """The metric that sums a model up: task accuracy, else conditional perplexity, else perplexity, else its first
+    metric."""
     names = [metric_dict(m)["name"] for m in result.metrics]
     return next((n for n in HEADLINE_METRICS if n in names), names[0] if names else None)
 
@@ -173,6 +176,22 @@ def score_rows(models: Sequence[ModelResult]) -> list[dict[str, Any]]:
                 }
             )
     return rows
+
+
+def report_warnings(models: Sequence[ModelResult]) -> list[str]:
+    """What a reader must not miss: answers that ended at once (their scores are 0 because nothing was generated,
+    not because the model answered wrongly)."""
+    warnings = []
+    for result in models:
+        empty = next((m for m in map(metric_dict, result.metrics) if m["name"] == "empty_answers"), None)
+        if empty and empty["value"]:
+            count = empty["details"].get("empty", "some")
+            warnings.append(
+                f"{result.label}: {count} of {empty['details'].get('prompts', '?')} answers are empty (the model "
+                "ended them at once); their task accuracy and diversity count as nothing generated. A model fine-"
+                "tuned on short answers may end early when max_new_tokens is much longer than its training answers."
+            )
+    return warnings
 
 
 def _without_samples(lm_eval: Mapping[str, Any] | None) -> Any:
@@ -228,50 +247,12 @@ def metrics_chart_png(
     width = max(2.2, 1.2 + 0.7 * len(models))
     figure = Figure(figsize=(columns * width + 0.5, rows * 2.8 + 0.6), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
-    colors = [f"C{i % 10}" for i in range(len(models))]
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     for ax, (name, cells) in zip(axes, table.items(), strict=False):
-        found = [cells.get(m.label) for m in models]
-        ax.bar(
-            range(len(models)),
-            [math.nan if c is None or c["value"] is None else c["value"] for c in found],
-            yerr=[0.0 if c is None or c["stderr"] is None else c["stderr"] for c in found],
-            color=colors,
-            capsize=3,
-        )
-        for x, cell in enumerate(found):
-            if cell is None:
-                continue  # this model does not report the metric
-            value, error = cell["value"], cell["stderr"] or 0.0
-            ax.annotate(
-                "n/a" if value is None else format_value(value, None, cell["kind"]),
-                (x, 0 if value is None else value + (error if value >= 0 else -error)),
-                ha="center",
-                va="bottom" if value is None or value >= 0 else "top",
-                fontsize=7,
-                xytext=(0, 2 if value is None or value >= 0 else -2),
-                textcoords="offset points",
-            )
-        ax.set_xlim(-0.6, len(models) - 0.4)
-        if all(c is None or c["value"] is None for c in found):
-            ax.set_ylim(0, 1)
-            ax.set_yticks([])
-        kinds = {cell["kind"] for cell in cells.values()}
-        ax.set_title(name + (" (upper bound)" if kinds == {"upper_bound"} else ""), fontsize=9)
-        ax.set_xticks(range(len(models)), [m.label for m in models], rotation=20, ha="right", fontsize=7)
-        ax.tick_params(axis="y", labelsize=7)
-        ax.margins(y=0.15)
+        _bar_panel(ax, name, cells, models)
     used = len(table)
     if curves:
-        ax = axes[used]
-        for series, points in curves.items():
-            if points:
-                steps, values = zip(*points, strict=True)
-                ax.plot(steps, values, label=series, linewidth=1.2)
-        ax.set_title("curves", fontsize=9)
-        ax.set_xlabel("step", fontsize=7)
-        ax.tick_params(labelsize=7)
-        ax.legend(fontsize=7)
+        _curve_panel(axes[used], curves)
         used += 1
     for ax in axes[used:]:
         ax.set_visible(False)
@@ -280,6 +261,55 @@ def metrics_chart_png(
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def _bar_panel(ax: Any, name: str, cells: Mapping[str, dict[str, Any]], models: Sequence[ModelResult]) -> None:
+    """One metric: a bar per model with its standard error, each labelled with its value."""
+    found = [cells.get(m.label) for m in models]
+    ax.bar(
+        range(len(models)),
+        [math.nan if c is None or c["value"] is None else c["value"] for c in found],
+        yerr=[0.0 if c is None or c["stderr"] is None else c["stderr"] for c in found],
+        color=[f"C{i % 10}" for i in range(len(models))],
+        capsize=3,
+    )
+    for x, cell in enumerate(found):
+        if cell is not None:  # None: this model does not report the metric
+            _bar_label(ax, x, cell)
+    ax.set_xlim(-0.6, len(models) - 0.4)
+    if all(c is None or c["value"] is None for c in found):
+        ax.set_ylim(0, 1)
+        ax.set_yticks([])
+    kinds = {cell["kind"] for cell in cells.values()}
+    ax.set_title(name + (" (upper bound)" if kinds == {"upper_bound"} else ""), fontsize=9)
+    ax.set_xticks(range(len(models)), [m.label for m in models], rotation=20, ha="right", fontsize=7)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.margins(y=0.15)
+
+
+def _bar_label(ax: Any, x: int, cell: Mapping[str, Any]) -> None:
+    value, error = cell["value"], cell["stderr"] or 0.0
+    above = value is None or value >= 0
+    ax.annotate(
+        "n/a" if value is None else format_value(value, None, cell["kind"]),
+        (x, 0 if value is None else value + (error if value >= 0 else -error)),
+        ha="center",
+        va="bottom" if above else "top",
+        fontsize=7,
+        xytext=(0, 2 if above else -2),
+        textcoords="offset points",
+    )
+
+
+def _curve_panel(ax: Any, curves: Mapping[str, Sequence[tuple[float, float]]]) -> None:
+    for series, points in curves.items():
+        if points:
+            steps, values = zip(*points, strict=True)
+            ax.plot(steps, values, label=series, linewidth=1.2)
+    ax.set_title("curves", fontsize=9)
+    ax.set_xlabel("step", fontsize=7)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -15,7 +15,10 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 SMALL = {
-    "sft.py": ["--vocab", "2048", "--d-model", "64", "--layers", "1", "--batch", "2", "--length", "32", "--iters", "1"],
+    "sft.py": [
+        *("--vocab", "2048", "--small-vocab", "256", "--d-model", "64", "--layers", "1", "--batch", "2"),
+        *("--length", "32", "--iters", "1"),
+    ],
     "dpo.py": [
         "--vocab",
         "2048",
@@ -34,7 +37,10 @@ SMALL = {
         "--iters",
         "1",
     ],
-    "elbo.py": ["--sequences", "2", "--mc-num", "8", "--batch-size", "8", "--rounds", "1"],
+    "elbo.py": [
+        *("--vocab", "1024", "--small-vocab", "256", "--d-model", "64", "--layers", "1", "--prompts", "2"),
+        *("--mc-num", "8", "--samples-per-forward", "4", "8", "--rounds", "1"),
+    ],
     "sample.py": [
         *("--gen-length", "8", "--block-length", "4", "--official-gen-length", "8", "--small-vocab", "256"),
         *("--rounds", "1"),
@@ -42,6 +48,8 @@ SMALL = {
     "models.py": [
         "--vocab",
         "512",
+        "--small-vocab",
+        "128",
         "--d-model",
         "64",
         "--heads",
@@ -65,14 +73,25 @@ SMALL["pretrain.py"] = [
     *("--tokens-small", "1000", "--tokens-large", "5000"),
 ]
 KEYS = {
-    "sft.py": {"throughput_ratio", "memory_ratio", "max_loss_diff"},
+    "sft.py": {
+        *("throughput_ratio", "memory_ratio", "max_loss_diff"),
+        *(f"{ratio}_v{v}" for ratio in ("throughput_ratio", "memory_ratio") for v in (2048, 256)),
+    },
     "dpo.py": {"step_time_ratio", "memory_ratio", "memory_ratio_per_sample_backward", "max_loss_diff"},
-    "elbo.py": {"throughput_ratio", "max_abs_diff"},
+    "elbo.py": {
+        "throughput_ratio",
+        *(f"throughput_ratio_v{v}_b{b}" for v in (1024, 256) for b in (4, 8)),
+        "max_rel_diff",
+    },
     "sample.py": {
         *("speedup_prefix", "speedup_dual", "speedup_dual_parallel", "nfe_ratio_dual_parallel"),
         *("outputs_identical_exact", "official_ratio_vocab_32k", "official_ratio_small_vocab", "accuracy_exact"),
     },
-    "models.py": {"speed_ratio", "memory_ratio"},
+    "models.py": {
+        "speed_ratio",
+        "memory_ratio",
+        *(f"{r}_v{v}" for r in ("speed_ratio", "memory_ratio") for v in (512, 128)),
+    },
     "pretrain.py": {"throughput_ratio", "memory_growth_ratio", "baseline_memory_growth_ratio"},
 }
 
@@ -81,18 +100,33 @@ def test_every_benchmark_is_covered():
     assert {p.name for p in BENCH.glob("*.py")} - {"common.py"} == set(SMALL)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("script", sorted(SMALL))
-def test_benchmark_prints_its_result_line(script):
+def run_bench(script: str, **env: str) -> dict:
     done = subprocess.run(
         [sys.executable, str(BENCH / script), *SMALL[script]],
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", **env},
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("LLADA_MODELING_DIR"),
+    reason="needs LLaDA's modeling_llada.py and configuration_llada.py in the folder LLADA_MODELING_DIR names",
+)
+def test_models_bench_runs_llada_own_code_with_our_weights():
+    result = run_bench("models.py")
+    assert {f"{r}_official_v{v}" for r in ("speed_ratio", "memory_ratio") for v in (512, 128)} <= set(result)
+    assert result["max_logit_diff_official"] <= 1e-5  # the same weights give the same logits
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(SMALL))
+def test_benchmark_prints_its_result_line(script):
+    result = run_bench(script, LLADA_MODELING_DIR="")
     assert KEYS[script] <= set(result)
     measured = {k: v for k, v in result.items() if v is not None}  # None: not measured at this size
     assert all(isinstance(v, bool) or v > 0 for k, v in measured.items() if not k.startswith("max_"))
@@ -100,5 +134,7 @@ def test_benchmark_prints_its_result_line(script):
         assert result["max_loss_diff"] <= 1e-5
     if "max_abs_diff" in result:
         assert result["max_abs_diff"] <= 1e-9
+    if "max_rel_diff" in result:
+        assert result["max_rel_diff"] <= 1e-6
     for key in [k for k in result if k.startswith("outputs_identical")]:
         assert result[key] is True, key

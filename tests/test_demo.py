@@ -154,9 +154,13 @@ def test_small_demo_learns_through_the_plugins(tmp_path, capsys):
     # the causal baseline learns too, and every answer was scored on the whole test split
     assert accuracy("ar SFT") >= MIN_SFT_ACCURACY, out
     assert {m["task_accuracy"]["details"]["prompts"] for m in models.values()} == {200}
-    # the diffusion models report a perplexity bound, the causal ones the exact value
-    assert {models[label]["perplexity"]["kind"] for label in ("llada untrained", "llada SFT")} == {"upper_bound"}
-    assert {models[label]["perplexity"]["kind"] for label in ("ar untrained", "ar SFT")} == {"exact"}
+    # the diffusion models report a perplexity bound of the answers given their prompts, the causal ones the exact
+    # value, and SFT lowers it for both
+    perplexity = {label: metrics["conditional_perplexity"] for label, metrics in models.items()}
+    assert {perplexity[label]["kind"] for label in ("llada untrained", "llada SFT")} == {"upper_bound"}
+    assert {perplexity[label]["kind"] for label in ("ar untrained", "ar SFT")} == {"exact"}
+    assert perplexity["llada SFT"]["value"] < perplexity["llada untrained"]["value"] / 10, out
+    assert perplexity["ar SFT"]["value"] < perplexity["ar untrained"]["value"] / 10, out
     assert models["llada SFT"]["tokens_per_sec"]["value"] > 0 and models["ar SFT"]["tokens_per_sec"]["value"] > 0
     # every stage ran as a job the workbench would show, and the report says where it is
     for stage in document["demo"]["stages"]:

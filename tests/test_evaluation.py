@@ -354,7 +354,9 @@ def test_speed_counts_non_eos_tokens_and_nfe_equals_steps(presets) -> None:
     settings = EvalSettings(metrics=("speed",), batch_size=2, sampler=sampler)
     out = evaluate(loaded, _examples(), settings)
     metrics = {m.name: m for m in out.metrics}
-    assert set(metrics) == {"tokens_per_sec", "nfe_per_sample", "latency_per_prompt_s", "peak_memory_gb"}
+    assert set(metrics) == {"tokens_per_sec", "nfe_per_sample", "latency_per_prompt_s", "peak_memory_gb"} | {
+        "empty_answers"
+    }
     assert metrics["nfe_per_sample"].value == 8
     # independent count: the same batches generated again, tokens other than EOS/EOT counted by hand
     special = loaded.special_ids
@@ -371,6 +373,27 @@ def test_speed_counts_non_eos_tokens_and_nfe_equals_steps(presets) -> None:
     assert [s["nfe"] for s in out.samples] == [8, 8, 8]
     assert metrics["latency_per_prompt_s"].value > 0 and metrics["peak_memory_gb"].value > 0
     assert speed.details["sampler"]["steps"] == 8 and speed.details["sampler"]["block_length"] == 4
+
+
+def test_empty_answers_are_counted_not_silent(presets, monkeypatch) -> None:
+    loaded = presets["tiny-llada"]
+    special = loaded.special_ids
+    real_generate = evaluation.generate
+
+    def second_prompt_ends_at_once(model, family, special_ids, ids, *args):
+        out = real_generate(model, family, special_ids, ids, *args)
+        out.sequences[1, ids.shape[1]] = special.eos  # its first answer token ends it
+        return out
+
+    monkeypatch.setattr(evaluation, "generate", second_prompt_ends_at_once)
+    sampler = SamplerSettings(steps=4, max_new_tokens=4, block_length=4)
+    settings = EvalSettings(metrics=("task_accuracy",), batch_size=3, sampler=sampler)
+    out = evaluate(loaded, _examples(), settings)
+    empty = next(m for m in out.metrics if m.name == "empty_answers")
+    assert [s["empty"] for s in out.samples] == [False, True, False]
+    assert out.samples[1]["output"] == ""
+    assert empty.value == pytest.approx(1 / 3) and empty.details["empty"] == 1
+    assert empty.details["empty_prompts"] == [1]
 
 
 def test_all_generation_metrics_share_one_pass_and_task_accuracy(presets, monkeypatch) -> None:
@@ -412,6 +435,76 @@ def test_evaluate_text_metrics_of_a_diffusion_model(presets) -> None:
     assert out.metrics[0].value == alone.value and out.metrics[0].kind == "upper_bound"
 
 
+# ---------------------------------------------------------------------------------------- conditional likelihood
+
+SHORT_ANSWERS = ["7", "By the sea.", "Light."]  # at most 8 scored tokens: the exact ELBO stays cheap
+
+
+def _conversation_ids(loaded, example: EvalExample) -> tuple[list[int], int]:
+    """Independently of `conversation_inputs`: the chat-template ids of prompt and answer, and the prompt length."""
+    tokenizer = loaded.tokenizer
+    messages = [*example.prompt, {"role": "assistant", "content": example.reference}]
+    full = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
+    prompt = tokenizer.apply_chat_template(example.prompt, tokenize=True, add_generation_prompt=True, return_dict=False)
+    assert full[: len(prompt)] == prompt
+    return list(full), len(prompt)
+
+
+def test_conditional_perplexity_of_a_causal_lm_is_the_exact_answer_likelihood(presets) -> None:
+    loaded = presets["tiny-ar"]
+    examples = _examples(SHORT_ANSWERS)
+    nll, tokens = 0.0, 0
+    for example in examples:
+        ids, prompt = _conversation_ids(loaded, example)
+        with torch.no_grad():
+            logits = loaded.model(torch.tensor([ids])).logits[0].double()
+        for i in range(prompt, len(ids)):  # answer tokens only, each given everything before it
+            nll -= float(torch.log_softmax(logits[i - 1], -1)[ids[i]])
+            tokens += 1
+    out = evaluate(loaded, examples, EvalSettings(metrics=("conditional_perplexity",), batch_size=2))
+    (metric,) = out.metrics
+    assert metric.name == "conditional_perplexity" and metric.kind == "exact"
+    assert metric.details["scored_tokens"] == tokens
+    assert metric.value == pytest.approx(math.exp(nll / tokens), rel=1e-5)
+    # not the plain-text perplexity of "prompt\nanswer"
+    plain = perplexity(loaded, ["\n".join([e.prompt[-1]["content"], e.reference]) for e in examples])
+    assert plain.value != pytest.approx(metric.value, rel=1e-2)
+
+
+def test_conditional_perplexity_of_a_diffusion_lm_bounds_the_answer_given_an_unmasked_prompt(presets) -> None:
+    loaded = presets["tiny-llada"]
+    examples = _examples(SHORT_ANSWERS)
+    exact, tokens = [], 0
+    for example in examples:
+        ids, prompt = _conversation_ids(loaded, example)
+        row = torch.tensor([ids])
+        answer = torch.zeros_like(row, dtype=torch.bool)
+        answer[0, prompt:] = True  # the prompt is never masked, every answer token is scored
+        assert 1 <= int(answer.sum()) <= 8
+        tokens += int(answer.sum())
+        with torch.no_grad():
+            exact.append(float(exact_elbo(loaded.model, row, answer, mask_id=loaded.special_ids.mask, shift=False)))
+    settings = EvalSettings(metrics=("conditional_perplexity", "perplexity"), mc_num=64, batch_size=4, seed=5)
+    metrics = {m.name: m for m in evaluate(loaded, examples, settings).metrics}
+    metric = metrics["conditional_perplexity"]
+    assert metric.kind == "upper_bound" and metric.details["scored_tokens"] == tokens
+    assert metric.details["mc_num"] == 64 and metric.stderr > 0
+    assert abs(metric.value - math.exp(-sum(exact) / tokens)) <= 3 * metric.stderr
+    # plain-text perplexity of the text column stays beside it
+    assert metrics["perplexity"].value == perplexity(loaded, TEXTS[:3], mc_num=64, seed=5, batch_size=4).value
+
+
+def test_conditional_perplexity_needs_prompts_and_references(presets) -> None:
+    loaded = presets["tiny-ar"]
+    settings = EvalSettings(metrics=("conditional_perplexity",))
+    no_reference = [*_examples()[:2], EvalExample(prompt=PROMPTS[2])]
+    with pytest.raises(EvaluationError, match="conditional_perplexity needs a reference answer .* examples 2 have"):
+        evaluate(loaded, no_reference, settings)
+    with pytest.raises(EvaluationError, match="conditional_perplexity need a prompt in every example; example 0"):
+        evaluate(loaded, [EvalExample(text="x", reference="y")], settings)
+    assert evaluation.example_fields(["conditional_perplexity"]) == {"conditional_perplexity": ("prompt", "reference")}
+
+
 # ---------------------------------------------------------------------------------------------------- bad input
 
 
@@ -427,7 +520,10 @@ def test_evaluate_text_metrics_of_a_diffusion_model(presets) -> None:
             r"steps=6 must be a positive multiple of the number of blocks.* use steps=4 or steps=8",
         ),
         ({"mc_num": 0}, r"mc_num .* must be at least 1, got 0"),
-        ({"metrics": ("perplexity", "bleu")}, r"unknown metrics: bleu; choose from: perplexity, accuracy"),
+        (
+            {"metrics": ("perplexity", "bleu")},
+            r"unknown metrics: bleu; choose from: perplexity, conditional_perplexity, accuracy",
+        ),
         ({"mask_ratios": (0.5, 0.0)}, r"mask ratios must lie in \(0, 1\], got 0.0"),
         ({"answer_extraction": "regex"}, r"answer_extraction=regex needs answer_regex"),
     ],

@@ -427,6 +427,12 @@ def run_in_process(workspace: Path, job_id: str, **values) -> dict:
             r"metric 'task_accuracy' needs reference for every example, but the dataset has none.*columns are: prompt",
         ),
         (
+            "no_answer",
+            {"model_name": "tiny-llada", "dataset": "PROMPTS", "metrics": ["conditional_perplexity"]},
+            r"metric 'conditional_perplexity' needs reference for every example, but the dataset has none: add an "
+            r"answer-like column .*columns are: prompt",
+        ),
+        (
             "unknown_family",
             {"model_name": "GPT2", "dataset": "DATA"},
             r"(?s)cannot tell which model family.*Supported families and architectures:.*dream: DreamModel",

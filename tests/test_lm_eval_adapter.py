@@ -5,7 +5,10 @@ length rounding, the causal (HFLM) route, and the errors for tasks that are not 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ import yaml
 from lm_eval.api.instance import Instance
 from lm_eval.api.registry import get_model
 
+import dlm.lm_eval_adapter as adapter
 from dlm.elbo import elbo, example_generators
 from dlm.generation import SamplerSettings, decode_answers, encode_prompts, generate
 from dlm.lm_eval_adapter import DiffusionLM, LmEvalError, request_key, run_lm_eval, settings_for_length
@@ -259,3 +263,59 @@ def test_unknown_and_network_tasks_are_named(llada, tmp_path):
         run([str(offline)])
     with pytest.raises(LmEvalError, match=r"'arc_easy' needs the network to download its dataset 'allenai/ai2_arc'"):
         run("arc_easy")
+
+
+# -------------------------------------------------------------------- lm-eval's command line
+
+
+def test_the_cpu_stands_in_for_a_missing_gpu(llada, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    logs: list[str] = []
+    lm = get_model("dlm_diffusion").create_from_arg_string(
+        f"pretrained={llada.path},mc_num=2", {"batch_size": 2, "max_batch_size": None, "device": "cuda:0"}
+    )
+    assert lm._device == torch.device("cpu")
+    assert adapter.available_device("cuda:0", logs.append) == "cpu" and "runs on the CPU" in logs[0]
+    assert adapter.available_device("cpu", logs.append) == "cpu" and len(logs) == 1
+
+
+def test_options_the_adapter_cannot_honour_are_named(llada):
+    cls = get_model("dlm_diffusion")
+    with pytest.raises(LmEvalError, match="cannot honour max_batch_size=64: it applies to --batch_size auto"):
+        cls.create_from_arg_string(f"pretrained={llada.path}", {"batch_size": 2, "max_batch_size": 64})
+    with pytest.raises(LmEvalError, match="batch_size must be a positive integer, got 'auto'"):
+        cls.create_from_arg_string(f"pretrained={llada.path}", {"batch_size": "auto"})
+
+
+def _task_with_code(folder: Path) -> Path:
+    config = yaml.safe_load((FIXTURES / "tiny_mc.yaml").read_text())
+    text = yaml.safe_dump(config) + "process_docs: !function utils.process_docs\n"
+    (folder / "tiny_code.yaml").write_text(text)
+    return folder / "tiny_code.yaml"
+
+
+def test_task_code_in_yaml_runs_only_under_trust_remote_code(llada, tmp_path, capsys):
+    path = _task_with_code(tmp_path)
+    line = len(path.read_text().splitlines())
+    assert adapter.task_code([tmp_path]) == [f"{path}:{line}"] == adapter.task_code([path])
+    with pytest.raises(LmEvalError, match=rf"runs Python code \(!function\) at {path}:{line}.*trust_remote_code"):
+        run_lm_eval(llada, [str(path)], log=lambda _: None)
+    with pytest.raises(SystemExit, match="runs Python code"):
+        adapter.main(["--model", "dlm_diffusion", "--tasks", str(path), "--model_args", "pretrained=tiny-llada"])
+    with pytest.raises(SystemExit, match="runs Python code"):
+        adapter.main(["--model=dlm_diffusion", "--tasks", "x", "--include_path", str(tmp_path)])
+    adapter.refuse_task_code([tmp_path], trust_remote_code=True)  # allowed when trusted
+
+
+@pytest.mark.slow
+def test_stock_lm_eval_command_line_runs_dlm_diffusion_on_the_cpu(tasks, preset_workspace, tmp_path):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(Path(__file__).parents[1])}
+    command = [sys.executable, "-m", "dlm.lm_eval_cli", "--model", "dlm_diffusion", "--tasks"]
+    model = f"pretrained={ensure_preset('tiny-llada', preset_workspace)},mc_num=2"
+    command += [str(tasks[0] / "tiny_mc.yaml"), "--model_args", model, "--limit", "3", "--batch_size", "4"]
+    command += ["--output_path", str(tmp_path / "out")]  # lm-eval's own options pass through
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "|dlm_tiny_mc|" in done.stdout and "runs on the CPU instead of cuda:0" in done.stderr
+    (results,) = (tmp_path / "out").rglob("results_*.json")
+    assert json.loads(results.read_text())["results"]["dlm_tiny_mc"]["acc,none"] in (0, 1 / 3, 2 / 3, 1)

@@ -358,6 +358,10 @@ def test_loss_output_counts() -> None:
     maskable = batch["labels"] != -100
     assert out.num_maskable == maskable.sum() and out.num_masked == masked.sum() and not out.empty
     assert out.num_correct == (logits.argmax(-1) == batch["input_ids"])[masked].sum()
+    # where: the masked positions, and those predicted right (brute force over every position)
+    assert torch.equal(out.masked, masked)
+    assert torch.equal(out.correct, masked & (logits.argmax(-1) == batch["input_ids"]))
+    assert 0 < int(out.correct.sum()) < int(masked.sum()) or int(out.correct.sum()) == int(out.num_correct)
     ce = F.cross_entropy(logits[masked], batch["input_ids"][masked], reduction="sum")
     torch.testing.assert_close(out.nll_sum, ce)
     torch.testing.assert_close(out.loss, ce / maskable.sum())

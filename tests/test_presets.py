@@ -126,3 +126,46 @@ def test_resolve_model_path(built, preset_workspace, monkeypatch):
     monkeypatch.setenv("DLM_WORKSPACE", str(preset_workspace))
     assert presets.default_workspace() == Path(preset_workspace)
     assert resolve_model_path("tiny-bert") == str(built["tiny-bert"])
+
+
+def _register(workspace: Path, source: Path, folder: str, **index: str) -> Path:
+    """A full model saved and registered in `workspace` the way a trainer does (`LocalBackend.register_model`)."""
+    from plugin_sdk.backends import LocalBackend
+    from plugin_sdk.workspace import Workspace
+
+    destination = workspace / "models" / folder
+    destination.mkdir(parents=True)
+    for file in source.iterdir():
+        if file.is_file() and file.name != presets.MARKER_FILE:
+            (destination / file.name).write_bytes(file.read_bytes())
+    backend = LocalBackend(Workspace(workspace), "1", job_type="TRAIN", experiment="e")
+    backend.register_model(destination, name=folder, architecture="LLaDAModelLM", json_data={}, provenance={})
+    if index:
+        data = json.loads((destination / "index.json").read_text())
+        (destination / "index.json").write_text(json.dumps({**data, **index}))
+    return destination
+
+
+def test_a_model_registered_by_a_trainer_is_accepted_by_name(built, tmp_path):
+    from dlm.eval_models import LoadOptions, check_models, model_specs
+    from dlm.evaluation import EvalSettings
+
+    registered = _register(tmp_path, built["tiny-llada"], "tiny-llada_diffusion_adaptor")
+    assert resolve_model_path("tiny-llada_diffusion_adaptor", tmp_path) == str(registered)
+    assert resolve_model_path("TransformerLab/tiny-llada_diffusion_adaptor", tmp_path) == str(registered)
+    loaded = load_model_and_tokenizer("tiny-llada_diffusion_adaptor", workspace=tmp_path)
+    assert loaded.path == str(registered) and loaded.family.name == "llada"
+    # the evaluator's check before loading (trainers load through load_model_and_tokenizer, above)
+    check_models(model_specs("tiny-llada_diffusion_adaptor"), EvalSettings(), LoadOptions(workspace=str(tmp_path)))
+    # a name no preset and no registered model answers to is still named as such
+    with pytest.raises(ModelError, match=f"unknown tiny preset 'tiny-llada_other'.*registered in {tmp_path}"):
+        resolve_model_path("tiny-llada_other", tmp_path)
+    assert resolve_model_path("my_sft", tmp_path) == "my_sft"  # not registered: a hub id
+
+
+def test_an_ambiguous_registered_name_lists_the_matches(built, tmp_path):
+    first = _register(tmp_path, built["tiny-llada"], "sorted_sft")
+    second = _register(tmp_path, built["tiny-llada"], "sorted_sft_v2", name="sorted_sft")
+    with pytest.raises(ModelError, match=f"model name 'sorted_sft' is ambiguous: 2 models .*: {first}, {second}"):
+        load_model_and_tokenizer("sorted_sft", workspace=tmp_path)
+    assert resolve_model_path("sorted_sft_v2", tmp_path) == str(second)

@@ -20,6 +20,8 @@ ELSEWHERE = {
     "./setup.sh demo": "the demo itself: tests/test_demo.py at the small size; its wiring: test_setup_runs_the_demo",
     "./setup.sh test": ".ci/run",
     "examples/seed_workflow.sh": "tests/test_seed_workflow.py, at the smallest settings",
+    ".venv/bin/python -m dlm.lm_eval_cli": "tests/test_lm_eval_adapter.py::test_stock_lm_eval_command_line_runs_"
+    "dlm_diffusion_on_the_cpu (on a tiny model and a local task: the hub is not reachable here)",
 }
 
 

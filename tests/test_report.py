@@ -164,8 +164,23 @@ def test_headline_prefers_task_accuracy_then_perplexity_then_the_first_metric():
 
     assert report.headline_metric(named("perplexity", "task_accuracy")) == "task_accuracy"
     assert report.headline_metric(named("tokens_per_sec", "perplexity")) == "perplexity"
+    assert report.headline_metric(named("perplexity", "conditional_perplexity")) == "conditional_perplexity"
     assert report.headline_metric(named("tokens_per_sec", "self_bleu")) == "tokens_per_sec"
     assert report.headline_metric(named()) is None
+
+
+def test_empty_answers_become_a_warning_in_results_json_and_html(tmp_path):
+    empty = MetricResult("empty_answers", 2 / 3, None, "exact", {"empty": 2, "prompts": 3})
+    none_empty = MetricResult("empty_answers", 0.0, None, "exact", {"empty": 0, "prompts": 3})
+    results = models()
+    results[0].metrics.append(empty)
+    results[1].metrics.append(none_empty)
+    (warning,) = report.report_warnings(results)
+    assert warning.startswith("tiny-llada: 2 of 3 answers are empty")
+    paths = report.write_report(tmp_path, results, SETTINGS)
+    assert json.loads(paths["results"].read_text())["warnings"] == [warning]
+    assert "Warning: tiny-llada: 2 of 3 answers are empty" in paths["html"].read_text()
+    assert report.report_warnings(models()) == []
 
 
 def test_comparison_text_lines_up_models_and_metrics():

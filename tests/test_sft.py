@@ -91,6 +91,7 @@ def test_gradient_accumulation_is_exact(workspace, tmp_path, monkeypatch, model,
             train_steps=1,
             learning_rate=1.0,
             loss_norm_type=norm,
+            pad_to="batch",  # random padding draws a length per batch: a batch and its halves would differ
         )
         results[batch_size] = run_sft(cfg, conversations(4), None, Reporter())
         assert results[batch_size].global_step == 1
@@ -99,6 +100,16 @@ def test_gradient_accumulation_is_exact(workspace, tmp_path, monkeypatch, model,
     moved = max((after[4][k] - v).abs().max().item() for k, v in before.items())
     assert moved > 1e-3  # the step did something
     assert_same_weights(after[2], after[4])
+
+
+def test_accuracy_counts_answer_tokens_and_padding_apart():
+    sums = {"num_masked": 10.0, "num_correct": 7.0, "padding_masked": 4.0, "padding_correct": 4.0}
+    assert dlm.trainer._accuracies(sums, "eval_") == {
+        "eval_accuracy": 3 / 6,  # 3 of the 6 masked answer tokens; the 4 easy pads are apart
+        "eval_padding_accuracy": 1.0,
+        "eval_padding_share": 0.4,
+    }
+    assert dlm.trainer._accuracies({"num_masked": 5.0, "num_correct": 2.0}, "") == {"accuracy": 0.4}  # causal
 
 
 # ---- exact resume ------------------------------------------------------------------------------------------------
@@ -280,6 +291,7 @@ def test_plugin_run_writes_adapter_metrics_and_tensorboard(workspace, tmp_path):
         validation_fraction="0.25",
         lora="true",
         save_full_model="true",
+        pad_to="max_length",
     )
     assert code == 0, log
     assert record["status"] == "COMPLETE" and record["job_data"]["completion_status"] == "success", log
@@ -289,6 +301,10 @@ def test_plugin_run_writes_adapter_metrics_and_tensorboard(workspace, tmp_path):
     assert registered["json_data"]["architecture"] == "LLaDAModelLM"
     metrics = json.loads((ws.trainer_output_dir("sft", "diffusion_llm_trainer") / "metrics.json").read_text())
     assert {"train/loss", "train/accuracy", "train/perplexity", "train/lr", "val/loss"} <= set(metrics)
+    # LLaDA trains on its end-of-text padding (here every batch padded to max_length): reported apart from the
+    # answer tokens
+    assert {"train/padding_accuracy", "train/padding_share", "val/padding_accuracy"} <= set(metrics)
+    assert 0.3 < metrics["train/padding_share"] < 1  # rows of ~20 tokens padded to 64
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(record["job_data"]["tensorboard_output_dir"])

@@ -73,6 +73,9 @@ def test_collated_conversations_match_the_golden_batch(family: str) -> None:
     assert len(data.rows) == 4 and not data.dropped
     batch = collate(family, data.rows)
     golden = golden_batch(family)
+    padding = batch.pop("padding_mask")  # the pads the collator added, after each row's own tokens
+    width = batch["input_ids"].shape[1]
+    assert padding.tolist() == [[i >= len(row["input_ids"]) for i in range(width)] for row in data.rows]
     assert sorted(batch) == sorted(golden)
     for key, expected in golden.items():
         assert torch.equal(batch[key], expected.to(batch[key].dtype)), key
@@ -127,6 +130,36 @@ def test_padding_policy_per_family() -> None:
     assert loaded("llada").special_ids.pad == loaded("llada").tokenizer.eos_token_id
     assert loaded("dream").special_ids.pad == loaded("dream").tokenizer.eos_token_id
     assert loaded("bert").special_ids.pad == loaded("bert").tokenizer.convert_tokens_to_ids("[PAD]")
+
+
+def test_pad_to_pads_batches_of_padding_trained_families_with_eos() -> None:
+    rows = [
+        {"input_ids": [10, 11, 12, 13], "labels": [IGNORE, IGNORE, 12, 13], "prompt_length": 2},
+        {"input_ids": [10, 11, 12], "labels": [IGNORE, 11, 12], "prompt_length": 1},
+    ]
+    special = SpecialIds(mask=99, eos=7, eot=8, pad=5, bos=1)
+    llada, ar = get_family("llada"), get_family("ar")
+
+    def collate(family, pad_to, max_length=12, batch=rows):
+        return DiffusionCollator(family, special, pad_to=pad_to, max_length=max_length)(batch)
+
+    assert collate(llada, "batch")["input_ids"].shape == (2, 4)
+    full = collate(llada, "max_length")
+    assert full["input_ids"].shape == (2, 12) and full["labels"][1].tolist() == [IGNORE, 11, 12] + [5] * 9
+    assert full["padding_mask"][1].tolist() == [False] * 3 + [True] * 9
+    assert collate(ar, "max_length")["input_ids"].shape == (2, 4)  # a causal model never trains on its pads
+    # random: a quarter of the batches between the longest row and max_length, the rest to the longest row, drawn
+    # from the batch's own ids (the same batch pads alike)
+    batches = [[{**r, "input_ids": [i, *r["input_ids"][1:]]} for r in rows] for i in range(80)]
+    lengths = [collate(llada, "random", batch=b)["input_ids"].shape[1] for b in batches]
+    longer = [n for n in lengths if n > 4]
+    assert set(lengths) <= set(range(4, 13)) and 10 <= len(longer) <= 30 and len(set(longer)) >= 4, lengths
+    assert lengths == [collate(llada, "random", batch=b)["input_ids"].shape[1] for b in batches]
+    always = DiffusionCollator(llada, special, pad_to="random", max_length=12, longer_share=1.0)
+    assert sum(always(b)["input_ids"].shape[1] > 4 for b in batches) >= 60
+    assert collate(llada, "random", max_length=3)["input_ids"].shape == (2, 4)  # never shorter than a row
+    with pytest.raises(ValueError, match="pad_to must be one of random, batch, max_length, got 'all'"):
+        DiffusionCollator(llada, special, pad_to="all")
 
 
 def test_pack_texts_chunks_with_eos_between_texts() -> None:

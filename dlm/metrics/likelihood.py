@@ -7,6 +7,11 @@ is scored: the causal LM predicts token i from tokens < i, the diffusion LM sees
 one-token prompt. Texts longer than `max_length` ids are truncated, texts with nothing to score are skipped; both
 are counted in the metric's details.
 
+Conditional likelihood (`conversation_inputs`) scores prompt/answer data as the trainer encoded it: the family's chat
+template renders the prompt and the answer (`dlm.data.encode_conversation`), the prompt (with its generation prompt)
+is context only, never masked, and only the answer tokens (up to and including the template's end of turn) are
+scored. A diffusion LM gives the ELBO bound of log p(answer | prompt), a causal LM the exact value.
+
 Diffusion perplexity: each text's count-form ELBO `dlm.elbo.elbo` (a lower bound of its log-likelihood, `mc_num`
 Monte-Carlo samples) gives the bound exp(-sum of ELBOs / sum of scored tokens). Its standard error propagates the
 texts' independent Monte-Carlo errors through the exponential (delta method):
@@ -17,12 +22,13 @@ sampling error over texts. Masks depend only on the seed and the text's position
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from dlm.data import encode_conversation
 from dlm.elbo import elbo, example_generators
 from dlm.forward import logits_at_positions
 from dlm.metrics.result import EvaluationError, MetricResult
@@ -32,29 +38,47 @@ Progress = Callable[[int], None]  # called with the number of texts just finishe
 
 @dataclass
 class ScoringInputs:
-    """Token ids of the texts to score: `ids[k]` belongs to text `indices[k]` of the input; its first id is context
-    only, the others are scored. `skipped`: texts with nothing to score; `truncated`: texts cut to `max_length`."""
+    """Token ids of the texts to score: `ids[k]` belongs to text `indices[k]` of the input; its first
+    `context[k]` ids (default 1) are context only, the others are scored. `skipped`: texts with nothing to score;
+    `truncated`: texts cut to `max_length`. `conditional`: the context is a chat prompt (`conversation_inputs`)."""
 
     ids: list[list[int]]
     indices: list[int]
     skipped: list[int] = field(default_factory=list)
     truncated: list[int] = field(default_factory=list)
     bos: int | None = None
+    context: list[int] | None = None
+    conditional: bool = False
+
+    def context_length(self, k: int) -> int:
+        return 1 if self.context is None else self.context[k]
 
     @property
     def scored_tokens(self) -> int:
-        return sum(len(ids) - 1 for ids in self.ids)
+        return sum(len(ids) - self.context_length(k) for k, ids in enumerate(self.ids))
+
+    def scored_counts(self) -> torch.Tensor:
+        return torch.tensor([len(ids) - self.context_length(k) for k, ids in enumerate(self.ids)])
 
     def details(self) -> dict[str, Any]:
-        return {
+        details: dict[str, Any] = {
             "texts": len(self.ids),
             "scored_tokens": self.scored_tokens,
             "skipped_texts": len(self.skipped),
             "truncated_texts": len(self.truncated),
-            "first_token": "BOS prepended, every text token scored"
-            if self.bos is not None
-            else "no BOS: each text's first token is context, the rest scored",
         }
+        if self.conditional:
+            details["scored"] = (
+                "the answer given the prompt, both in the family's chat template (as trained); the prompt is "
+                "context only (never masked)"
+            )
+        else:
+            details["first_token"] = (
+                "BOS prepended, every text token scored"
+                if self.bos is not None
+                else "no BOS: each text's first token is context, the rest scored"
+            )
+        return details
 
 
 def scoring_inputs(
@@ -86,6 +110,39 @@ def scoring_inputs(
     return inputs
 
 
+def conversation_inputs(
+    tokenizer: Any,
+    prompts: Sequence[Sequence[Mapping[str, str]]],
+    answers: Sequence[str],
+    max_length: int = 512,
+) -> ScoringInputs:
+    """Token ids of each prompt (chat messages) followed by its answer as the trainer encodes them
+    (`dlm.data.encode_conversation`): the rendered prompt is context, the answer tokens are scored. An answer cut by
+    `max_length` is truncated; a pair whose prompt alone fills `max_length`, or whose answer is empty, is skipped.
+    Raises when no pair has an answer token to score."""
+    if max_length < 2:
+        raise EvaluationError(f"max_length must be at least 2 (one context token and one scored), got {max_length}")
+    inputs = ScoringInputs(ids=[], indices=[], context=[], conditional=True)
+    for index, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
+        messages = [*prompt, {"role": "assistant", "content": answer}]
+        encoded = encode_conversation(messages, tokenizer, max_length=max_length) if answer else None
+        if not isinstance(encoded, dict):
+            inputs.skipped.append(index)
+            continue
+        full = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
+        if len(full) > len(encoded["input_ids"]):
+            inputs.truncated.append(index)
+        inputs.ids.append(encoded["input_ids"])
+        inputs.indices.append(index)
+        inputs.context.append(encoded["prompt_length"])
+    if not inputs.ids:
+        raise EvaluationError(
+            f"none of the {len(prompts)} prompt/answer pairs has an answer token to score (empty answers, or "
+            f"prompts of max_length={max_length} tokens or more)"
+        )
+    return inputs
+
+
 def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -100,10 +157,11 @@ def _equal_length_batches(inputs: ScoringInputs, batch_size: int) -> list[list[i
 
 
 def _stack(inputs: ScoringInputs, batch: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """input ids [B, T] of same-length texts and their scored positions (all but the first)."""
+    """input ids [B, T] of same-length texts and their scored positions (all but the context)."""
     ids = torch.tensor([inputs.ids[k] for k in batch], device=device)
     scored = torch.ones_like(ids, dtype=torch.bool)
-    scored[:, 0] = False
+    for row, k in enumerate(batch):
+        scored[row, : inputs.context_length(k)] = False
     return ids, scored
 
 
@@ -194,7 +252,7 @@ def causal_scores(
     scores = CausalScores(
         nll=torch.zeros(count, dtype=torch.float64),
         correct=torch.zeros(count, dtype=torch.long),
-        tokens=torch.tensor([len(ids) - 1 for ids in inputs.ids]),
+        tokens=inputs.scored_counts(),
     )
     order = sorted(range(count), key=lambda k: len(inputs.ids[k]))  # similar lengths together: less padding
     for first in range(0, count, batch_size):
@@ -206,7 +264,8 @@ def causal_scores(
             ids[row, : len(inputs.ids[k])] = torch.tensor(inputs.ids[k])
             attention[row, : len(inputs.ids[k])] = 1
         scored = attention.bool()
-        scored[:, 0] = False
+        for row, k in enumerate(batch):
+            scored[row, : inputs.context_length(k)] = False
         ids, attention, scored = ids.to(device), attention.to(device), scored.to(device)
         logits = logits_at_positions(model, ids, attention, scored, shift=True)
         log_probs = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)

@@ -26,6 +26,7 @@ class SFTConfig(TrainerConfig):
     random_length_ratio: float = 0.01
     perbatch_cutoff: bool = False
     resp_cutoff_ratio: float = 0.0
+    pad_to: str = "batch"  # how far batches are padded with EOS (dlm.data.PAD_TO)
     eval_strategy: str = "no"
     sample_every_steps: int = 0
     num_samples: int = 2

@@ -13,7 +13,9 @@ What it adds to the stock Trainer:
   (maskable tokens or sequences, summed over micro-batches and processes), and the Trainer is told the loss is
   already scaled;
 - validation with fixed masks (the same seed at every evaluation, so val/loss curves compare like with like);
-- metrics beside the loss: masked-token accuracy, the perplexity bound exp(NLL bound per token), mask ratio,
+- metrics beside the loss: accuracy over the answer tokens (masked tokens for diffusion, next tokens for causal
+  models), with the end-of-text padding's accuracy and share of the masked tokens apart; the perplexity bound
+  exp(NLL bound per token), mask ratio,
   tokens per second and memory;
 - a NaN or infinite loss stops training with the step named, before any checkpoint of the bad state is written.
 """
@@ -133,6 +135,10 @@ class DiffusionTrainer(FixedEvalMasks, Trainer):
         for name in ("num_maskable", "num_masked", "num_correct", "nll_sum"):
             sums[name] += float(getattr(out, name))
         sums["tokens"] += float(inputs["input_ids"].numel())
+        padding = inputs.get("padding_mask")
+        if padding is not None and out.masked is not None:  # end-of-text padding, counted apart from the answer
+            sums["padding_masked"] += float((out.masked & padding).sum())
+            sums["padding_correct"] += float((out.correct & padding).sum())
 
     # ---- evaluation (fixed masks: `FixedEvalMasks`) ----------------------------------------------------------
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -147,7 +153,7 @@ class DiffusionTrainer(FixedEvalMasks, Trainer):
         sums = self._sums[mode]
         if sums.get("num_maskable"):
             prefix = "eval_" if mode == "eval" else ""
-            logs[f"{prefix}accuracy"] = sums["num_correct"] / max(sums["num_masked"], 1.0)
+            logs.update(_accuracies(sums, prefix))
             logs[f"{prefix}perplexity"] = math.exp(min(sums["nll_sum"] / sums["num_maskable"], 50.0))
             logs[f"{prefix}mask_ratio"] = sums["num_masked"] / sums["num_maskable"]
             if mode == "train":
@@ -159,6 +165,19 @@ class DiffusionTrainer(FixedEvalMasks, Trainer):
                     logs["skipped_empty_batches"] = sums["empty_batches"]
         self._sums[mode] = defaultdict(float)
         super().log(logs, start_time)
+
+
+def _accuracies(sums: dict[str, float], prefix: str) -> dict[str, float]:
+    """Accuracy over the answer tokens (masked ones for diffusion, next tokens for causal models), and apart from
+    it, when the model trains on it, over the end-of-text padding the collator added (easy to predict: counted
+    in, it inflates the accuracy of a model trained on short answers)."""
+    pad_masked, pad_correct = sums.get("padding_masked", 0.0), sums.get("padding_correct", 0.0)
+    answer_masked = sums["num_masked"] - pad_masked
+    logs = {f"{prefix}accuracy": (sums["num_correct"] - pad_correct) / max(answer_masked, 1.0)}
+    if pad_masked:
+        logs[f"{prefix}padding_accuracy"] = pad_correct / pad_masked
+        logs[f"{prefix}padding_share"] = pad_masked / sums["num_masked"]
+    return logs
 
 
 def _check_method(config: SFTConfig, loaded: LoadedModel) -> str:
@@ -271,6 +290,8 @@ def _build_trainer(
             loaded.special_ids,
             perbatch_cutoff=config.perbatch_cutoff,
             resp_cutoff_ratio=config.resp_cutoff_ratio,
+            pad_to=config.pad_to,
+            max_length=config.max_length,
         ),
         callbacks=callbacks,
         loss_config=_loss_config(config, loaded),

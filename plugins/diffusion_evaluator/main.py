@@ -45,7 +45,7 @@ def lm_eval_limit(limit: float) -> int | float | None:
 def run(job: Job) -> str:
     from dlm.eval_models import LmEvalOptions, LoadOptions, eval_settings_from, evaluate_models, model_specs
     from dlm.evaluation import EvalExample, example_fields
-    from dlm.report import comparison_text, format_value, job_score, score_rows, write_report
+    from dlm.report import comparison_text, format_value, job_score, report_warnings, score_rows, write_report
 
     p = job.params
     settings = eval_settings_from(p)
@@ -76,9 +76,8 @@ def run(job: Job) -> str:
     if p.tasks:
         from dlm.lm_eval_adapter import load_tasks
 
-        load_tasks(
-            p.tasks, job.log, trust_remote_code=p.trust_remote_code
-        )  # a task that is unknown or cannot get its data fails now, not after hours
+        # a task that is unknown or cannot get its data fails now, not after hours
+        load_tasks(p.tasks, job.log, trust_remote_code=p.trust_remote_code)
     job.progress(3)
     job.report_status("evaluating")
     results = evaluate_models(
@@ -102,6 +101,8 @@ def run(job: Job) -> str:
     recorded = {k: p.get(k) for k in (*job.manifest["parameters"], *HOST_KEYS)}
     paths = write_report(job.output_dir, results, recorded, dataset=dataset, extra={"job_id": job.job_id})
     job.log("Results (mean ± standard error; ≤ marks an upper bound):\n" + comparison_text(results))
+    for warning in report_warnings(results):
+        job.log(f"WARNING: {warning}")
     for kind, path in paths.items():
         job.log(f"{kind}: {path}")
     headline = f"{score[0]['type']} {format_value(score[0]['score'])}" if score else "no finite metric"
