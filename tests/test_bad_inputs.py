@@ -296,7 +296,7 @@ def test_task_yaml_with_function_needs_trust_remote_code(tmp_path):
 
     task = function_task(tmp_path / "tasks")
     for spec in (str(task), str(task.parent)):
-        with pytest.raises(LmEvalError, match=rf"{task}, line 4, uses !function.*trust_remote_code=true"):
+        with pytest.raises(LmEvalError, match=rf"runs Python code \(!function\) at {task}:4.*trust_remote_code"):
             load_tasks([spec])
 
 
@@ -304,7 +304,7 @@ def test_evaluator_job_refuses_task_code_before_loading_a_model(tmp_path):
     task = function_task(tmp_path / "tasks")
     code, record, _ = run_plugin_job(EVAL, [*MODEL, "--metrics", "[]", "--tasks", str(task)], tmp_path / "ws")
     assert code == EXIT_FAILED
-    assert f"{task}, line 4, uses !function" in record["job_data"]["completion_details"]
+    assert f"runs Python code (!function) at {task}:4" in record["job_data"]["completion_details"]
 
 
 # ------------------------------------------------------------------------------------------------ outputs

@@ -307,9 +307,12 @@ def test_the_evaluator_form_sets_cache_and_threshold() -> None:
 
 def test_sample_logging_refuses_a_cache_the_family_cannot_take_before_training(tmp_path: Path) -> None:
     config = SFTConfig(
-        **{**tiny_run(str(tmp_path / "ws"), tmp_path / "out"), "model_name": str(FIXTURES / "modernbert-tiny")}
+        **{
+            **tiny_run(str(tmp_path / "ws"), tmp_path / "out"),
+            "model_name": str(FIXTURES / "modernbert-tiny"),
+            **{"sample_every_steps": 1, "sample_cache": "dual", "num_train_epochs": 0, "train_steps": 1},
+        }
     )
-    config.sample_every_steps, config.sample_cache, config.train_steps = 1, "dual", 1
     with pytest.raises(SamplingError, match="bert cannot"):
         rows = [[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]] * 4
         run_sft(config, rows, rows, Reporter())

@@ -451,8 +451,11 @@ def test_an_empty_list_turns_a_list_parameter_off(cleared):
 
 def test_the_item_entries_of_a_posted_list():
     schema = {"mask_ratios": {"type": "array", "items": {"type": "number"}}, "tags": {"type": "string"}}
-    values = {"mask_ratios-0": "0.15", "mask_ratios-1": "0.5", "mask_ratios": "0.15,0.5", "tags-0": "kept"}
-    assert coerce_and_validate(values, schema) == {"mask_ratios": [0.15, 0.5], "tags-0": "kept", "tags": None}
+    values = {"mask_ratios-0": "0.15", "mask_ratios-1": "0.5", "mask_ratios": "0.15,0.5"}
+    assert coerce_and_validate(values, schema) == {"mask_ratios": [0.15, 0.5], "tags": None}
+    # Only a list parameter's items are gathered: another `<key>-<i>` is an unknown key, refused by name.
+    with pytest.raises(ParameterError, match="tags-0: is not a parameter of this plugin"):
+        coerce_and_validate({"tags-0": "kept"}, schema)
     # Without the whole list, the items in index order are the list (older RJSF: no dash).
     assert coerce_and_validate({"mask_ratios-1": "0.5", "mask_ratios-0": "0.15"}, schema)["mask_ratios"] == [0.15, 0.5]
     assert coerce_and_validate({"mask_ratios1": "0.5", "mask_ratios0": "0.25"}, schema)["mask_ratios"] == [0.25, 0.5]

@@ -104,12 +104,12 @@ def test_gradient_accumulation_is_exact(workspace, tmp_path, monkeypatch, model,
 
 def test_accuracy_counts_answer_tokens_and_padding_apart():
     sums = {"num_masked": 10.0, "num_correct": 7.0, "padding_masked": 4.0, "padding_correct": 4.0}
-    assert dlm.trainer._accuracies(sums, "eval_") == {
+    assert sft_trainer._accuracies(sums, "eval_") == {
         "eval_accuracy": 3 / 6,  # 3 of the 6 masked answer tokens; the 4 easy pads are apart
         "eval_padding_accuracy": 1.0,
         "eval_padding_share": 0.4,
     }
-    assert dlm.trainer._accuracies({"num_masked": 5.0, "num_correct": 2.0}, "") == {"accuracy": 0.4}  # causal
+    assert sft_trainer._accuracies({"num_masked": 5.0, "num_correct": 2.0}, "") == {"accuracy": 0.4}  # causal
 
 
 # ---- exact resume ------------------------------------------------------------------------------------------------
