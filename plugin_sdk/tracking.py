@@ -2,7 +2,8 @@
 and a CSV log of every value per job.
 
 Every metric goes to every target under the same name, so a curve in TensorBoard, a chart in W&B, the value in
-`metrics.json` (which the host's sweeps read) and the rows of the CSV are the same series.
+`metrics.json` (which the host's sweeps read; each job also keeps its own, `metrics_job_<id>.json`, beside its CSV)
+and the rows of the CSV are the same series.
 
 A run is named `{arch}-{data}-{size}-v{n}` unless the job names it (`wandb_run_name`, else `$WANDB_NAME`); the
 W&B project, group and tags come from the parameters, else `$WANDB_PROJECT`, `$WANDB_RUN_GROUP`, `$WANDB_TAGS`.
@@ -150,6 +151,9 @@ class Tracker:
         self._writer = SummaryWriter(str(self.tensorboard_dir))
         self._metrics_path = self.output_dir / "metrics.json"
         self.csv_path = self.tensorboard_dir / csv_name
+        # the host's sweeps read `<output_dir>/metrics.json`, which every job of the plugin rewrites: each job also
+        # keeps its own latest values beside its CSV
+        self.job_metrics_path = self.csv_path.with_suffix(".json")
         self.latest: dict[str, float] = {}
         set_job_data("tensorboard_output_dir", str(self.tensorboard_dir))
         set_job_data("run_name", run.name)
@@ -202,6 +206,7 @@ class Tracker:
             self._wandb_run.log(finite, step=step)
         self.latest.update({k: v for k, v in finite.items() if math.isfinite(v)})
         write_json_atomic(self._metrics_path, self.latest)
+        write_json_atomic(self.job_metrics_path, self.latest)
         self._append_csv(finite, step)
         self._writer.flush()
 

@@ -121,5 +121,14 @@ def test_a_resumed_job_continues_the_same_run_and_writes_its_own_csv(tmp_path, c
     assert rows[1] == [(1, "train/loss", 2.5), (1, "train/lr", 1e-4), (2, "train/loss", 2.0), (2, "val/loss", 2.2)]
     assert rows[2] == [(3, "train/loss", 1.5)]
     assert {name for _, name, _ in rows[1]} == set(events.Tags()["scalars"])
+    # the latest values: per job, and the host's shared metrics.json as the last job left it
+    run_dir = tmp_path / "ar-web-small-v1"
+    assert json.loads((run_dir / "metrics_job_1.json").read_text()) == {
+        "train/loss": 2.0,
+        "train/lr": 1e-4,
+        "val/loss": 2.2,
+    }
+    assert json.loads((run_dir / "metrics_job_2.json").read_text()) == {"train/loss": 1.5}
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"train/loss": 1.5}
     # a new job that does not resume starts version 2
     assert run_settings(params, tmp_path).name == "ar-web-small-v2"
