@@ -171,7 +171,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     policy, reference = build_models(args)
-    settings = ElboDPOSettings(mask_id=MASK_ID, shift=False, beta=0.2, mc_samples=args.mc_samples)
+    settings = ElboDPOSettings(mask_id=MASK_ID, shift=False, beta=0.2, loss_type="sigmoid", mc_samples=args.mc_samples)
     batches = make_batches(args, settings)
     steps = {
         "ours (per_sample_backward)": ours(policy, settings, per_sample=True),

@@ -38,21 +38,15 @@ BackwardUnit = Callable[[Callable[[], torch.Tensor], bool], None]
 
 @dataclass(frozen=True)
 class ElboDPOSettings:
-    """How preference scores are estimated: the model's mask id and logit shift, beta, the loss, n samples."""
+    """How preference scores are estimated: the model's mask id and logit shift, beta, the loss, n samples. No
+    defaults or checks of its own: the trainer builds it from a checked `DPOConfig`
+    (`dlm.trainers.dpo_trainer.elbo_settings`), which holds the defaults and validates the settings."""
 
     mask_id: int
     shift: bool
-    beta: float = 0.2
-    loss_type: str = "sigmoid"
-    mc_samples: int = 8
-
-    def __post_init__(self) -> None:
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"unknown loss_type {self.loss_type!r}; choose one of: {', '.join(LOSS_TYPES)}")
-        if not self.beta > 0:
-            raise ValueError(f"beta must be positive, got {self.beta}")
-        if self.mc_samples < 1:
-            raise ValueError(f"mc_samples must be at least 1, got {self.mc_samples}")
+    beta: float
+    loss_type: str
+    mc_samples: int
 
 
 @dataclass

@@ -80,7 +80,9 @@ def tiny(workspace: str):
         for i, (p, c, r) in enumerate(shapes)
     ]
     batch = PreferenceCollator(loaded.special_ids.pad)(rows)
-    settings = ElboDPOSettings(mask_id=loaded.special_ids.mask, shift=False, beta=0.2, mc_samples=8)
+    settings = ElboDPOSettings(
+        mask_id=loaded.special_ids.mask, shift=False, beta=0.2, loss_type="sigmoid", mc_samples=8
+    )
     return model, settings, batch
 
 

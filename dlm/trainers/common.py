@@ -83,6 +83,8 @@ class TrainerConfig:
             )
         if not 0 <= self.seed < SEED_LIMIT:
             raise ConfigError(f"seed={self.seed} does not fit: use a whole number from 0 to {SEED_LIMIT - 1}")
+        if self.quantized and not self.lora:
+            raise ConfigError("load_in_4bit/load_in_8bit train only LoRA adapters: turn lora on (QLoRA)")
         if self.train_device == "cuda" and not torch.cuda.is_available():
             raise ConfigError(
                 "train_device=cuda, but no CUDA GPU is visible here (torch.cuda.is_available() is false); "
@@ -117,8 +119,6 @@ class TrainResult:
 
 def load_for_training(config: TrainerConfig, family: str | None = None) -> LoadedModel:
     """The model to train, quantized (QLoRA) on the first GPU when asked."""
-    if config.quantized and not config.lora:
-        raise ModelError("load_in_4bit/load_in_8bit train only LoRA adapters: turn lora on (QLoRA)")
     return load_model_and_tokenizer(
         config.model_name,
         family=family,
@@ -234,12 +234,17 @@ def common_training_arguments(config: TrainerConfig, checkpoint_dir: Path) -> di
 
 class FixedEvalMasks:
     """`Trainer` mixin: every evaluation draws its masks from `_eval_generator`, seeded anew with
-    `args.eval_mask_seed`, so validation losses compare like with like; it is None outside evaluation."""
+    `eval_mask_seed`, so validation losses compare like with like; it is None outside evaluation."""
 
     _eval_generator: torch.Generator | None = None
 
+    @property
+    def eval_mask_seed(self) -> int:
+        """The seed of the validation masks: the run's seed + 1 (apart from the training masks')."""
+        return self.args.seed + 1
+
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
-        self._eval_generator = torch.Generator(device=self.args.device).manual_seed(self.args.eval_mask_seed)
+        self._eval_generator = torch.Generator(device=self.args.device).manual_seed(self.eval_mask_seed)
         try:
             return super().evaluate(*args, **kwargs)
         finally:

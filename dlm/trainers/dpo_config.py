@@ -1,5 +1,6 @@
 """`DPOConfig`: the settings of an ELBO-DPO run (`dlm.trainers.dpo_trainer.run_dpo`), checked before anything
-loads. Defaults: the LLaDA 1.5 recipe."""
+loads. Defaults: the LLaDA 1.5 recipe. The one place the DPO settings are defaulted and validated: the trainer
+reads them from here (its `TrainingArguments` carry only what `transformers` needs)."""
 
 from __future__ import annotations
 
@@ -61,11 +62,10 @@ class DPOConfig(TrainerConfig):
                 "reference=disabled_adapters uses the base model under the LoRA adapters as the reference, but "
                 "lora is off: turn lora on, or use reference=frozen_copy or precomputed"
             )
-        if (self.load_in_4bit or self.load_in_8bit) and not self.lora:
-            raise DPOError("load_in_4bit/load_in_8bit train only LoRA adapters: turn lora on (QLoRA)")
 
     @property
     def reference_mode(self) -> str:
+        """The reference actually used: `auto` is disabled_adapters with LoRA, else frozen_copy."""
         if self.reference != "auto":
             return self.reference
         return "disabled_adapters" if self.lora else "frozen_copy"

@@ -76,22 +76,6 @@ class DPOResult(TrainResult):
 
 
 @dataclass
-class DPOTrainingArguments(TrainingArguments):
-    """`TrainingArguments` plus the ELBO-DPO settings (`reference` resolved: no `auto`)."""
-
-    beta: float = field(default=0.2, metadata={"help": "scale of the ELBO log-ratios in the score s"})
-    loss_type: str = field(default="sigmoid", metadata={"help": "sigmoid (DPO) or ipo"})
-    sft_weight: float = field(default=0.05, metadata={"help": "weight of the MDLM loss of the chosen response"})
-    mc_samples: int = field(default=8, metadata={"help": "Monte-Carlo samples per ELBO estimate"})
-    antithetic: bool = field(default=True, metadata={"help": "score the reference on the policy's masks"})
-    reference: str = field(
-        default="disabled_adapters", metadata={"help": "frozen_copy, disabled_adapters, precomputed"}
-    )
-    memory_mode: str = field(default="auto", metadata={"help": "auto, keep_graphs or per_sample_backward"})
-    eval_mask_seed: int = field(default=1234, metadata={"help": "seed of the fixed validation masks"})
-
-
-@dataclass
 class PreferenceCollator:
     """Rows of `encode_preferences` into a batch of 2B sequences: prompt + chosen (rows 0..B-1), then prompt +
     rejected (rows B..2B-1), right-padded with `pad_id`; `response_mask` marks the response tokens,
@@ -130,29 +114,30 @@ class PreferenceCollator:
 
 class DiffusionDPOTrainer(FixedEvalMasks, Trainer):
     """Trains `model` with ELBO-DPO (see `dlm.preference_loss`) plus `sft_weight` times the MDLM loss of the chosen
-    responses (`sft_config`). The reference is `ref_model` (frozen_copy), the model with its LoRA adapters
-    disabled, or ELBOs precomputed here at construction (precomputed)."""
-
-    args: DPOTrainingArguments
+    responses (`sft_config`). The DPO settings come from `config` (the estimator's through `settings`, built from it
+    by `elbo_settings`). The reference is `ref_model` (frozen_copy), the model with its LoRA adapters disabled, or
+    ELBOs precomputed here at construction (precomputed)."""
 
     def __init__(
         self,
         *args: Any,
+        config: DPOConfig,
         settings: ElboDPOSettings,
         sft_config: LossConfig,
         ref_model: torch.nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.config = config
         self.settings = settings
         self.sft_config = sft_config
         self.loss_is_scaled_for_ga = True  # each micro-batch divides by the pairs of the whole optimizer step
-        mode = self.args.reference
+        mode = self.reference_mode = config.reference_mode
         if mode == "frozen_copy" and ref_model is None:
             raise DPOError("reference=frozen_copy needs a reference model (ref_model)")
         if mode == "disabled_adapters" and not _has_adapters(self.accelerator.unwrap_model(self.model)):
             raise DPOError("reference=disabled_adapters needs a model with LoRA adapters (a peft model)")
-        self.memory_mode = self.args.memory_mode
+        self.memory_mode = config.memory_mode
         if self.memory_mode == "auto":
             per_sample = settings.mc_samples >= PER_SAMPLE_FROM and not self.is_deepspeed_enabled
             self.memory_mode = "per_sample_backward" if per_sample else "keep_graphs"
@@ -173,15 +158,15 @@ class DiffusionDPOTrainer(FixedEvalMasks, Trainer):
         """(seed, draw name) of the masks: fixed for validation; per epoch in training, except that precomputed
         reference ELBOs keep the masks of epoch 0."""
         if mode == "eval":
-            return self.args.eval_mask_seed, "eval"
-        epoch = 0 if self.args.reference == "precomputed" else math.floor(self.state.epoch or 0)
+            return self.eval_mask_seed, "eval"
+        epoch = 0 if self.reference_mode == "precomputed" else math.floor(self.state.epoch or 0)
         return self.args.seed, f"train{epoch}"
 
     def _masks(self, inputs: Mapping[str, Any], mode: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(policy masks, reference masks): the same tensor with antithetic sharing, independent draws without."""
         seed, draw = self._draw(mode)
         policy = draw_pair_masks(inputs, self.settings.mc_samples, seed, draw)
-        if self.args.antithetic:
+        if self.config.antithetic:
             return policy, policy
         return policy, draw_pair_masks(inputs, self.settings.mc_samples, seed, draw + ":reference")
 
@@ -285,18 +270,19 @@ class DiffusionDPOTrainer(FixedEvalMasks, Trainer):
         reference_logps = self._reference_logps(inputs, reference_masks)
         sft: LossOutput | None = None
         sft_term: torch.Tensor | float = 0.0
-        if self.args.sft_weight > 0:
+        sft_weight = self.config.sft_weight
+        if sft_weight > 0:
 
             def sft_unit() -> torch.Tensor:
                 nonlocal sft
                 sft = self._sft_loss(model, inputs, mode, normaliser)
-                return self.args.sft_weight * sft.loss
+                return sft_weight * sft.loss
 
             if backward is None:
                 sft_term = sft_unit()
             else:
                 backward(sft_unit, False)
-                sft_term = self.args.sft_weight * sft.loss.detach()
+                sft_term = sft_weight * sft.loss.detach()
         out = elbo_dpo_loss(
             model, inputs, policy_masks, reference_logps, self.settings, normaliser=normaliser, backward=backward
         )
@@ -364,7 +350,7 @@ class DiffusionDPOTrainer(FixedEvalMasks, Trainer):
             count = max(float(sums[0]), 1.0)
             for name, total in zip(METRICS, sums[1:7].tolist(), strict=True):
                 logs[prefix + name] = total / count
-            if self.args.sft_weight > 0:
+            if self.config.sft_weight > 0:
                 logs[prefix + "sft_loss"] = float(sums[7]) / count
             if mode == "train":
                 logs["memory_gb"] = memory_in_use_gb()
@@ -392,22 +378,26 @@ def _check_masked_diffusion(config: DPOConfig, loaded: LoadedModel) -> None:
         )
 
 
-def training_arguments(config: DPOConfig, checkpoint_dir: Path, has_validation: bool) -> DPOTrainingArguments:
-    return DPOTrainingArguments(
+def training_arguments(config: DPOConfig, checkpoint_dir: Path, has_validation: bool) -> TrainingArguments:
+    """What `transformers.Trainer` needs; the DPO settings stay in `config`, where the trainer reads them."""
+    return TrainingArguments(
         **common_training_arguments(config, checkpoint_dir),
         # warmup_steps below 1 is a fraction of training
         warmup_steps=config.warmup_steps if config.warmup_steps > 0 else min(config.warmup_ratio, 0.999),
         adam_beta2=config.adam_beta2,
         eval_strategy="steps" if has_validation and config.eval_steps > 0 else "no",
         eval_steps=step_interval(config.eval_steps) if has_validation and config.eval_steps > 0 else None,
+    )
+
+
+def elbo_settings(config: DPOConfig, loaded: LoadedModel) -> ElboDPOSettings:
+    """The estimator's settings: the model's mask id and logit shift, and beta, the loss and n from `config`."""
+    return ElboDPOSettings(
+        mask_id=loaded.special_ids.mask,
+        shift=loaded.family.shift_logits,
         beta=config.beta,
         loss_type=config.loss_type,
-        sft_weight=config.sft_weight,
         mc_samples=config.mc_samples,
-        antithetic=config.antithetic,
-        reference=config.reference_mode,
-        memory_mode=config.memory_mode,
-        eval_mask_seed=config.seed + 1,
     )
 
 
@@ -427,13 +417,8 @@ def _build_trainer(
         eval_dataset=validation,
         data_collator=PreferenceCollator(loaded.special_ids.pad),
         callbacks=[progress],
-        settings=ElboDPOSettings(
-            mask_id=loaded.special_ids.mask,
-            shift=loaded.family.shift_logits,
-            beta=config.beta,
-            loss_type=config.loss_type,
-            mc_samples=config.mc_samples,
-        ),
+        config=config,
+        settings=elbo_settings(config, loaded),
         sft_config=LossConfig.for_family(loaded.family, loaded.special_ids.mask, loss_norm_type="sequence"),
         ref_model=ref_model,
     )
@@ -481,8 +466,8 @@ def run_dpo(
     reporter: Reporter,
 ) -> DPOResult:
     """Train on preference pairs (`dlm.preference_data.PreferencePair`); the returned model is the trained one (a PeftModel
-    with LoRA). With validation examples, validation runs every `eval_steps` and after the last step."""
-    config.check()
+    with LoRA). With validation examples, validation runs every `eval_steps` and after the last step. `config` was
+    checked when it was built."""
     torch.manual_seed(config.seed)
     reporter.report_status(f"loading model {config.model_name}")
     loaded = load_for_training(config)

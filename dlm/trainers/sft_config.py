@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dlm.errors import ConfigError
-from dlm.masking import parse_loss_weight_type
+from dlm.losses import LossConfig
 from dlm.trainers.common import TrainerConfig
 
 TRAINING_METHODS = ("auto", "bert", "dream", "llada", "a2d", "ar")
@@ -38,13 +38,24 @@ class SFTConfig(TrainerConfig):
         super().check()
         if self.training_method not in TRAINING_METHODS:
             raise ConfigError(f"training_method={self.training_method!r} is not one of {', '.join(TRAINING_METHODS)}")
-        if self.loss_weight_type not in ("", "auto"):
-            try:
-                parse_loss_weight_type(self.loss_weight_type)
-            except ValueError as err:
-                raise ConfigError(str(err)) from None
+        self._check_loss_settings()
         if self.sample_every_steps > 0 and self.train_mode != "sft":
             raise ConfigError(
                 f"sample_every_steps={self.sample_every_steps} samples answers to validation prompts, which only "
                 "train_mode=sft has; set sample_every_steps to 0"
             )
+
+    def _check_loss_settings(self) -> None:
+        """The diffusion loss settings, checked now by the rules of `LossConfig` (built for the model once loaded),
+        so that a bad one fails before the model loads."""
+        weight = {} if self.loss_weight_type in ("", "auto") else {"loss_weight_type": self.loss_weight_type}
+        try:
+            LossConfig(
+                mask_token_id=0,
+                loss_norm_type=self.loss_norm_type,
+                noise_schedule=self.noise_schedule,
+                time_epsilon=self.time_epsilon,
+                **weight,
+            )
+        except ValueError as err:
+            raise ConfigError(str(err)) from None

@@ -26,7 +26,6 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,23 +51,16 @@ from dlm.trainers.common import (
     train_or_resume,
     trainable_model,
 )
-from dlm.trainers.sft_config import TRAINING_METHODS, SFTConfig
-
-
-@dataclass
-class DiffusionTrainingArguments(TrainingArguments):
-    """`TrainingArguments` plus the diffusion loss settings (see `dlm.losses.LossConfig`)."""
-
-    loss_norm_type: str = field(default="token", metadata={"help": "token, sequence or batch normalisation"})
-    random_length_ratio: float = field(default=0.0, metadata={"help": "pre-training: chance of a shorter length"})
-    eval_mask_seed: int = field(default=1234, metadata={"help": "seed of the fixed validation masks"})
+from dlm.trainers.sft_config import SFTConfig
 
 
 class DiffusionTrainer(FixedEvalMasks, Trainer):
-    """Trains `model` with `loss_config` (masked diffusion) or, when it is None, the next-token AR loss."""
+    """Trains `model` with `loss_config` (masked diffusion, built from `config` by `_loss_config`) or, when it is
+    None, the next-token AR loss; the other training settings are read from `config`."""
 
-    def __init__(self, *args: Any, loss_config: LossConfig | None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, config: SFTConfig, loss_config: LossConfig | None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.config = config
         self.loss_config = loss_config
         # Our losses divide by the whole step's denominator themselves: the Trainer must not divide again.
         self.loss_is_scaled_for_ga = True
@@ -82,7 +74,7 @@ class DiffusionTrainer(FixedEvalMasks, Trainer):
         return self.loss_config is None
 
     def _norm_type(self) -> str:
-        return self.args.loss_norm_type
+        return self.config.loss_norm_type
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
         """The loss denominator of one optimizer step: summed over its micro-batches and over processes."""
@@ -93,10 +85,11 @@ class DiffusionTrainer(FixedEvalMasks, Trainer):
 
     def _maybe_shorten(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """LLaDA pre-training: now and then train on a random shorter length."""
-        if self.args.random_length_ratio <= 0 or not self.model.training:
+        ratio = self.config.random_length_ratio
+        if self.config.train_mode != "pretrain" or ratio <= 0 or not self.model.training:
             return inputs
         length = inputs["input_ids"].shape[1]
-        keep = random_length(length, self.args.random_length_ratio)
+        keep = random_length(length, ratio)
         return inputs if keep >= length else {k: v[:, :keep] for k, v in inputs.items()}
 
     def compute_loss(
@@ -183,8 +176,6 @@ def _accuracies(sums: dict[str, float], prefix: str) -> dict[str, float]:
 def _check_method(config: SFTConfig, loaded: LoadedModel) -> str:
     """The training method: `auto` is the model's own family; a mismatch is an error naming both."""
     method = config.training_method
-    if method not in TRAINING_METHODS:
-        raise ModelError(f"training_method {method!r} is not one of {', '.join(TRAINING_METHODS)}")
     family = loaded.family.name
     if method in ("auto", family):
         return family
@@ -239,15 +230,13 @@ def _encode(config: SFTConfig, loaded: LoadedModel, rows: Sequence[Any], what: s
     return data.rows
 
 
-def training_arguments(config: SFTConfig, checkpoint_dir: Path, has_validation: bool) -> DiffusionTrainingArguments:
-    return DiffusionTrainingArguments(
+def training_arguments(config: SFTConfig, checkpoint_dir: Path, has_validation: bool) -> TrainingArguments:
+    """What `transformers.Trainer` needs; the loss settings stay in `config`, where the trainer reads them."""
+    return TrainingArguments(
         **common_training_arguments(config, checkpoint_dir),
         warmup_steps=min(config.warmup_ratio, 0.999),  # below 1: a fraction of training
         eval_strategy=config.eval_strategy if has_validation else "no",
         eval_steps=step_interval(config.eval_steps) if config.eval_strategy == "steps" else None,
-        loss_norm_type=config.loss_norm_type,
-        random_length_ratio=config.random_length_ratio if config.train_mode == "pretrain" else 0.0,
-        eval_mask_seed=config.seed + 1,
     )
 
 
@@ -294,6 +283,7 @@ def _build_trainer(
             max_length=config.max_length,
         ),
         callbacks=callbacks,
+        config=config,
         loss_config=_loss_config(config, loaded),
     )
     trainer.remove_callback(PrinterCallback)  # metrics reach the job log through the reporter instead
