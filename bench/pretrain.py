@@ -127,6 +127,8 @@ def run_ours(args: argparse.Namespace) -> StepClock:
 
         def log_text(self, tag: str, text: str, step: int) -> None: ...
 
+        def report_status(self, phase: str, step: int | None = None, max_steps: int | None = None) -> None: ...
+
     config = SFTConfig(
         model_name=str(args.model),
         output_dir=str(Path(args.workdir) / f"ours_{os.getpid()}"),

@@ -105,7 +105,12 @@ def test_plugin_pretrains_a_small_model_on_a_corpus_and_resumes_without_retokeni
     first_run = record["job_data"]["tensorboard_output_dir"]
     assert Path(first_run).name == "llada-corpus-small-v1"
     code, record, log = run_trainer(
-        tmp_path / "ws", **common, train_steps="4", save_steps="2", resume_from_checkpoint="latest"
+        tmp_path / "ws",
+        **common,
+        train_steps="4",
+        save_steps="2",
+        resume_from_checkpoint="latest",
+        adaptor_name="resumed",  # the first job's model keeps its name: no job replaces another's result
     )
     assert code == 0, log
     assert "tokenizer: reusing" in log and "reusing" in log.split("corpus ")[1] and "resuming from" in log
