@@ -83,11 +83,11 @@ def _check_blocks(steps: int, length: int, block_length: int, name: str) -> None
 
 
 def check_growth(steps: int, gen_length: int, grow_canvas: int) -> None:
-    """A growing canvas (`grow_canvas` tokens at a time; 0 = off) must divide `gen_length` into chunks that share
+    """A growing canvas (`grow_canvas` tokens at a time; 0, or at least `gen_length`, = off) must divide `gen_length` into chunks that share
     `steps` evenly."""
     if grow_canvas < 0:
         raise SamplingError(f"grow_canvas must be >= 0 (0 decodes the whole window at once), got {grow_canvas}")
-    if grow_canvas == 0:
+    if grow_canvas == 0 or grow_canvas >= gen_length:
         return
     if gen_length % grow_canvas:
         raise SamplingError(
@@ -442,7 +442,7 @@ def generate_llada(
         threshold=parallel_threshold,
         stochastic=stochastic_transfer,
     )
-    if grow_canvas:
+    if 0 < grow_canvas < gen_length:
         end_ids = tuple(i for i in (eos_id, eot_id) if i is not None)
         nfe = _grow(run, model, canvas_mask, cache, steps // (gen_length // grow_canvas), grow_canvas, end_ids)
     else:
