@@ -11,7 +11,9 @@ never sees a canvas longer than its rows and, given a longer generation window, 
 task, 600 steps: 98.5% with a 6-token window, 23% with 16, 0% with 32). `random` pads a quarter of the batches to a
 length between their longest row and `max_length` and `max_length` pads every batch, so longer windows are seen; but
 the easy EOS pads take over the loss and slow learning several-fold (the same 600 steps: 7.5% even at 6 tokens), so
-neither is the default: train on answers of varied lengths, or generate with a window close to the training answers.
+neither is the default: generation
+grows its canvas instead (`grow_canvas` of the LLaDA sampler, on in the evaluator), which the same model answers
+at 100% with a 128-token window.
 Each batch carries `padding_mask` (True at the pads the collator added), so end-of-text padding is reported apart
 from the answer tokens.
 """

@@ -90,6 +90,7 @@ def eval_settings_from(params: Mapping[str, Any]) -> EvalSettings:
         suppress_eos_confidence=params["suppress_eos_confidence"],
         cache=params["cache"],
         parallel_threshold=params["parallel_threshold"] or None,
+        grow_canvas=params["grow_canvas"],
     )
     names = ("mc_num", "batch_size", "seed", "max_length", "apply_chat_template", "answer_extraction", "answer_regex")
     return EvalSettings(

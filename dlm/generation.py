@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from dlm.families import Family, SpecialIds
-from dlm.samplers import SampleOutput, check_decoding, check_dream_blocks, generate_dream, generate_llada
+from dlm.samplers import SampleOutput, check_decoding, check_dream_blocks, check_growth, generate_dream, generate_llada
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class SamplerSettings:
     suppress_eos_confidence: bool = False
     cache: str = "none"  # diffusion samplers: "prefix"/"dual" approximate key/value caches (LLaDA and Dream)
     parallel_threshold: float | None = None  # diffusion samplers: also reveal every position this confident
+    grow_canvas: int = 0  # LLaDA-style samplers: grow the canvas this many tokens at a time, stop at the end token
 
 
 def check_decoding_settings(family_name: str, settings: SamplerSettings) -> None:
@@ -38,6 +39,8 @@ def check_decoding_settings(family_name: str, settings: SamplerSettings) -> None
     if family_name == "ar":
         return
     check_decoding(settings.cache, settings.parallel_threshold, family_name)
+    if family_name != "dream":
+        check_growth(settings.steps, settings.max_new_tokens, settings.grow_canvas)
     if family_name == "dream":
         block_length = settings.block_length if settings.cache != "none" else settings.max_new_tokens
         check_dream_blocks(
@@ -133,6 +136,7 @@ def generate(
         suppress_eos_in_confidence=settings.suppress_eos_confidence,
         cache=settings.cache,
         parallel_threshold=settings.parallel_threshold,
+        grow_canvas=settings.grow_canvas,
         generator=generator,
     )
 

@@ -82,6 +82,26 @@ def _check_blocks(steps: int, length: int, block_length: int, name: str) -> None
         )
 
 
+def check_growth(steps: int, gen_length: int, grow_canvas: int) -> None:
+    """A growing canvas (`grow_canvas` tokens at a time; 0, or at least `gen_length`, = off) must divide `gen_length` into chunks that share
+    `steps` evenly."""
+    if grow_canvas < 0:
+        raise SamplingError(f"grow_canvas must be >= 0 (0 decodes the whole window at once), got {grow_canvas}")
+    if grow_canvas == 0 or grow_canvas >= gen_length:
+        return
+    if gen_length % grow_canvas:
+        raise SamplingError(
+            f"grow_canvas={grow_canvas} must divide gen_length={gen_length}; values that work: "
+            f"{', '.join(map(str, _divisors(gen_length)))} (0 turns growing off)"
+        )
+    chunks = gen_length // grow_canvas
+    if steps % chunks:
+        raise SamplingError(
+            f"steps={steps} must be a multiple of gen_length/grow_canvas = {chunks} (each chunk of the growing "
+            f"canvas gets the same number of steps): use steps={max(chunks, steps // chunks * chunks)}"
+        )
+
+
 def check_llada_settings(
     steps: int, gen_length: int, block_length: int, temperature: float, remasking: str, cfg_scale: float
 ) -> None:
@@ -367,6 +387,7 @@ def generate_llada(
     stochastic_transfer: bool = False,
     cache: str = "none",
     parallel_threshold: float | None = None,
+    grow_canvas: int = 0,
     generator: torch.Generator | None = None,
 ) -> SampleOutput:
     """LLaDA sampling (official `generate.py`) for a batch of left-padded prompts [B, P].
@@ -388,9 +409,13 @@ def generate_llada(
     `stochastic_transfer` draws each step's count from Binomial(masks left, 1 / steps left); `cache` ('prefix',
     'dual': Fast-dLLM's approximate key/value caches, refreshed by the first pass of every block);
     `parallel_threshold` also reveals every masked position whose chosen token's probability reaches it, so a block
-    can finish in fewer steps (with steps = gen_length this is Fast-dLLM's threshold decoding).
+    can finish in fewer steps (with steps = gen_length this is Fast-dLLM's threshold decoding); `grow_canvas`
+    (see `_grow`) decodes a canvas that grows that many tokens at a time and stops once every row has ended.
     """
     check_llada_settings(steps, gen_length, block_length, temperature, remasking, cfg_scale)
+    check_growth(steps, gen_length, grow_canvas)
+    if grow_canvas and eos_id is None and eot_id is None:
+        raise SamplingError("grow_canvas needs eos_id or eot_id: it stops once every row holds one")
     check_decoding(cache, parallel_threshold, _cache_family(model))
     offsets = _check_prompt(prompt_ids, attention_mask, mask_id)
     if (suppress_eos_in_logits and eos_id is None) or (
@@ -417,11 +442,43 @@ def generate_llada(
         threshold=parallel_threshold,
         stochastic=stochastic_transfer,
     )
-    steps_per_block = steps // (gen_length // block_length)
-    starts = range(run.prompt_len, run.prompt_len + gen_length, block_length)
-    nfe = sum(run.block(start, start + block_length, steps_per_block) for start in starts)
+    if 0 < grow_canvas < gen_length:
+        end_ids = tuple(i for i in (eos_id, eot_id) if i is not None)
+        nfe = _grow(run, model, canvas_mask, cache, steps // (gen_length // grow_canvas), grow_canvas, end_ids)
+    else:
+        steps_per_block = steps // (gen_length // block_length)
+        starts = range(run.prompt_len, run.prompt_len + gen_length, block_length)
+        nfe = sum(run.block(start, start + block_length, steps_per_block) for start in starts)
     generated = run.x[:, run.prompt_len :]
     return SampleOutput(sequences=run.x, nfe=nfe, generated_tokens=_count_generated(generated, (eos_id, eot_id)))
+
+
+def _grow(
+    run: _LladaRun,
+    model: torch.nn.Module,
+    canvas_mask: torch.Tensor | None,
+    cache: str,
+    steps: int,
+    chunk: int,
+    end_ids: tuple[int, ...],
+) -> int:
+    """Decode a canvas that holds the prompt, the chunks decoded so far and one new chunk of masks (one block,
+    `steps` passes), never the masks beyond; stop once every row holds an end token and fill the rest with the
+    first of `end_ids`. A model trained on rows padded only to their batch's longest one never saw masks far
+    beyond its answers; this keeps them out of its view. Return the network evaluations."""
+    canvas = run.x
+    nfe = 0
+    for end in range(run.prompt_len + chunk, canvas.shape[1] + 1, chunk):
+        run.x = canvas[:, :end]  # a view: the run writes into the whole canvas
+        mask = None if canvas_mask is None else canvas_mask[:, :end]
+        run.logits = _BlockLogits(model, mask, cache, shift=False)
+        nfe += run.block(end - chunk, end, steps)
+        ended = torch.isin(canvas[:, run.prompt_len : end], torch.tensor(end_ids, device=canvas.device)).any(-1)
+        if bool(ended.all()):
+            canvas[:, end:] = end_ids[0]
+            break
+    run.x = canvas
+    return nfe
 
 
 def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:

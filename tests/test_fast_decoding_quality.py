@@ -1,8 +1,12 @@
 """Fast decoding keeps the demo model's task accuracy: tiny-llada trained by the small demo's own SFT job (a few CPU
 minutes, hence slow) answers the 200 held-out test problems with the exact sampler and with each cache plus a
-parallel threshold; each fast mode scores within one point of the exact one and needs fewer forward passes."""
+parallel threshold; each fast mode scores within one point of the exact one and needs fewer forward passes. With the
+evaluator's default window (far longer than the training rows) its growing canvas keeps the short window's accuracy."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +53,21 @@ def test_cache_and_threshold_keep_task_accuracy(trained: tuple[LoadedModel, list
     assert exact >= 0.5, f"the demo model did not learn (accuracy {exact})"
     assert abs(fast - exact) <= 0.01, (exact, fast)
     assert fast_nfe < exact_nfe
+
+
+def _evaluator_defaults() -> SamplerSettings:
+    index = Path(__file__).parents[1] / "plugins" / "diffusion_evaluator" / "index.json"
+    parameters = json.loads(index.read_text(encoding="utf-8"))["parameters"]
+    names = ("steps", "max_new_tokens", "block_length", "grow_canvas")
+    return SamplerSettings(**{name: parameters[name]["default"] for name in names})
+
+
+@pytest.mark.slow
+def test_evaluator_defaults_keep_the_short_window_accuracy(trained: tuple[LoadedModel, list]) -> None:
+    loaded, rows = trained
+    defaults = _evaluator_defaults()
+    assert defaults.max_new_tokens >= 16 * ANSWER and defaults.grow_canvas > 0
+    short, _ = _accuracy(loaded, rows, SamplerSettings(steps=ANSWER, max_new_tokens=ANSWER, block_length=ANSWER))
+    grown, _ = _accuracy(loaded, rows, defaults)
+    assert short >= 0.5, f"the demo model did not learn (accuracy {short})"
+    assert grown >= short - 0.02, (short, grown)

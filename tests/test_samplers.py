@@ -338,3 +338,41 @@ def test_prompt_errors(llada: nn.Module) -> None:
     ids[1, 2] = llada.config.mask_token_id
     with pytest.raises(SamplingError, match="prompt row 1 holds the mask token id 3 at position 2"):
         _llada(llada, ids, attention_mask=attention, steps=4, gen_length=4, block_length=4)
+
+
+def test_growing_canvas_equals_chunk_by_chunk_runs(llada: nn.Module) -> None:
+    """Growing by 4 over 12 tokens is three 4-token runs, each with the previous answer appended to the prompt
+    (no end token in these ids, so it never stops early); the model never sees masks past the current chunk."""
+    prompt = _prompts([5])[0].unsqueeze(0)
+    recorder = Recorder(llada)
+    grown = _llada(recorder, prompt, steps=6, gen_length=12, block_length=12, grow_canvas=4, eos_id=99)
+    expected = prompt
+    for _ in range(3):
+        expected = _llada(llada, expected, steps=2, gen_length=4, block_length=4).sequences
+    assert torch.equal(grown.sequences, expected)
+    assert grown.nfe == 6
+    assert [canvas.shape[1] for canvas in recorder.inputs] == [9, 9, 13, 13, 17, 17]
+
+
+def test_growing_canvas_stops_once_every_row_has_ended(llada: nn.Module) -> None:
+    prompt = _prompts([5])[0].unsqueeze(0)
+    first = _llada(llada, prompt, steps=6, gen_length=12, block_length=12, grow_canvas=4, eos_id=99)
+    end_token = int(first.sequences[0, 5])  # the first generated token, made the end token
+    out = _llada(llada, prompt, steps=6, gen_length=12, block_length=12, grow_canvas=4, eos_id=end_token)
+    assert out.nfe == 2
+    assert torch.equal(out.sequences[0, :9], first.sequences[0, :9])
+    assert out.sequences[0, 9:].tolist() == [end_token] * 8
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"steps": 12, "grow_canvas": 5}, r"grow_canvas=5 must divide gen_length=12; .*: 1, 2, 3, 4, 6, 12"),
+        ({"steps": 4, "grow_canvas": 2}, r"steps=4 must be a multiple of gen_length/grow_canvas = 6 .*steps=6"),
+        ({"steps": 12, "grow_canvas": -1}, r"grow_canvas must be >= 0"),
+    ],
+)
+def test_bad_growth_says_what_would_work(llada: nn.Module, settings: dict[str, Any], message: str) -> None:
+    prompt = _prompts([3])[0].unsqueeze(0)
+    with pytest.raises(SamplingError, match=message):
+        _llada(llada, prompt, gen_length=12, block_length=12, eos_id=99, **settings)
