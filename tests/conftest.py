@@ -36,3 +36,26 @@ def workspace_with_presets(preset_workspace, tmp_path_factory):
         return root
 
     return make
+
+
+GOLDEN = Path(__file__).parent / "fixtures" / "golden"
+
+
+@pytest.fixture(scope="module")
+def llada():
+    """The golden tiny LLaDA checkpoint in eval mode (one per test module: a test may wrap or change it)."""
+    from transformers import AutoModelForMaskedLM
+
+    import dlm  # noqa: F401  (registers LLaDA and Dream with the Auto classes)
+
+    return AutoModelForMaskedLM.from_pretrained(GOLDEN / "llada-tiny").eval()
+
+
+@pytest.fixture(scope="module")
+def dream():
+    """The golden tiny Dream checkpoint in eval mode (one per test module)."""
+    from transformers import AutoModelForMaskedLM
+
+    import dlm  # noqa: F401
+
+    return AutoModelForMaskedLM.from_pretrained(GOLDEN / "dream-tiny").eval()

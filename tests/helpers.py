@@ -48,6 +48,14 @@ class Reporter:
         return [m[name] for _, m in self.metrics if name in m][-1]
 
 
+def doubling_conversations(n: int) -> list[list[dict[str, str]]]:
+    """`n` one-turn chats: "What is i + i?" answered "2i."."""
+    return [
+        [{"role": "user", "content": f"What is {i} + {i}?"}, {"role": "assistant", "content": f"{2 * i}."}]
+        for i in range(n)
+    ]
+
+
 def tiny_run(workspace: str, out: Path) -> dict[str, Any]:
     """Config values both trainers' tests start from: tiny-llada on CPU in float32, counted steps at a constant
     learning rate, every step logged, no checkpoint before the end."""

@@ -6,20 +6,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import Reporter, tiny_run
+from helpers import Reporter, doubling_conversations, tiny_run
 
 from dlm.resume import CheckpointError, check_checkpoint, latest_checkpoint, write_owner
 from dlm.trainers.sft_config import SFTConfig
 from dlm.trainers.sft_trainer import run_sft
 
 OWNER = {"trainer": "SFTConfig", "model_name": "tiny-llada"}
-
-
-def conversations(n: int) -> list[list[dict[str, str]]]:
-    return [
-        [{"role": "user", "content": f"What is {i} + {i}?"}, {"role": "assistant", "content": f"{2 * i}."}]
-        for i in range(n)
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -82,15 +75,15 @@ def test_a_damaged_checkpoint_file_is_named(tmp_path, name, content):
 
 
 def test_save_total_limit_keeps_the_newest_checkpoints(workspace, tmp_path):
-    run_sft(config(workspace, tmp_path / "all"), conversations(8), None, Reporter())
-    run_sft(config(workspace, tmp_path / "two", save_total_limit=2), conversations(8), None, Reporter())
+    run_sft(config(workspace, tmp_path / "all"), doubling_conversations(8), None, Reporter())
+    run_sft(config(workspace, tmp_path / "two", save_total_limit=2), doubling_conversations(8), None, Reporter())
     assert sorted(p.name for p in (tmp_path / "all").glob("checkpoint-*")) == [f"checkpoint-{i}" for i in (1, 2, 3)]
     assert sorted(p.name for p in (tmp_path / "two").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
 
 
 def test_resume_refuses_another_base_model_and_a_truncated_adapter(workspace, tmp_path):
     out = tmp_path / "run"
-    run_sft(config(workspace, out), conversations(8), None, Reporter(stop_at=2))
+    run_sft(config(workspace, out), doubling_conversations(8), None, Reporter(stop_at=2))
     dream = {"model_name": "tiny-dream"}
     with pytest.raises(
         CheckpointError, match=r"other runs: run \(SFTConfig of tiny-llada\); none of SFTConfig of tiny-d"
@@ -104,7 +97,7 @@ def test_resume_refuses_another_base_model_and_a_truncated_adapter(workspace, tm
     weights = out / "checkpoint-2" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(CheckpointError, match=rf"{weights} is damaged"):
-        run_sft(config(workspace, out, resume_from_checkpoint="latest"), conversations(8), None, Reporter())
+        run_sft(config(workspace, out, resume_from_checkpoint="latest"), doubling_conversations(8), None, Reporter())
 
 
 def test_full_disk_during_a_checkpoint_removes_it_and_names_the_folder(workspace, tmp_path, monkeypatch):
@@ -122,7 +115,7 @@ def test_full_disk_during_a_checkpoint_removes_it_and_names_the_folder(workspace
     monkeypatch.setattr(torch, "save", full_disk_at_step_2)
     out = tmp_path / "run"
     with pytest.raises(CheckpointError, match=r"no space left on the device while writing .*checkpoint-2.*removed the"):
-        run_sft(config(workspace, out), conversations(8), None, Reporter())
+        run_sft(config(workspace, out), doubling_conversations(8), None, Reporter())
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
 
 
@@ -131,7 +124,7 @@ def test_a_truncated_model_or_adapter_is_named_when_loading(workspace, tmp_path)
     from dlm.lora import load_model_with_adapter
 
     out = tmp_path / "run"
-    run_sft(config(workspace, out), conversations(8), None, Reporter())
+    run_sft(config(workspace, out), doubling_conversations(8), None, Reporter())
     adapter = out / "checkpoint-3"
     model = Path(workspace) / "models" / "tiny-llada"
     copy = tmp_path / "model"

@@ -35,16 +35,6 @@ PAD = 2
 
 
 @pytest.fixture(scope="module")
-def llada() -> nn.Module:
-    return AutoModelForMaskedLM.from_pretrained(FIXTURES / "llada-tiny").eval()
-
-
-@pytest.fixture(scope="module")
-def dream() -> nn.Module:
-    return AutoModelForMaskedLM.from_pretrained(FIXTURES / "dream-tiny").eval()
-
-
-@pytest.fixture(scope="module")
 def models(llada: nn.Module, dream: nn.Module) -> dict[str, nn.Module]:
     return {"llada": llada, "dream": dream}
 

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
-from transformers import AutoModelForMaskedLM
 
 import dlm  # noqa: F401  (registers LLaDA and Dream with the Auto classes)
 from dlm.samplers import SamplingError, generate_dream, generate_llada, llada_transfer_counts
@@ -30,16 +29,6 @@ class Recorder(nn.Module):
     def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> Any:
         self.inputs.append(input_ids.clone())
         return self.module(input_ids=input_ids, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def llada() -> nn.Module:
-    return AutoModelForMaskedLM.from_pretrained(FIXTURES / "llada-tiny").eval()
-
-
-@pytest.fixture(scope="module")
-def dream() -> nn.Module:
-    return AutoModelForMaskedLM.from_pretrained(FIXTURES / "dream-tiny").eval()
 
 
 def _prompts(lengths: list[int], seed: int = 0) -> list[torch.Tensor]:

@@ -3,18 +3,11 @@
 from pathlib import Path
 
 import pytest
-from helpers import Reporter, tiny_run
+from helpers import Reporter, doubling_conversations, tiny_run
 
 from dlm.errors import ConfigError
 from dlm.trainers.sft_config import SFTConfig
 from dlm.trainers.sft_trainer import run_sft
-
-
-def conversations(n: int) -> list[list[dict[str, str]]]:
-    return [
-        [{"role": "user", "content": f"What is {i} + {i}?"}, {"role": "assistant", "content": f"{2 * i}."}]
-        for i in range(n)
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +22,7 @@ def config(workspace: str, out: Path, **overrides) -> SFTConfig:
 
 def test_the_last_step_is_logged_when_logging_steps_is_longer_than_the_run(workspace, tmp_path):
     reporter = Reporter()
-    run_sft(config(workspace, tmp_path, logging_steps=100), conversations(8), None, reporter)
+    run_sft(config(workspace, tmp_path, logging_steps=100), doubling_conversations(8), None, reporter)
     assert [step for step, metrics in reporter.metrics if "train/loss" in metrics] == [3]
 
 
@@ -63,4 +56,4 @@ def test_settings_that_cannot_work_are_refused_when_the_config_is_built(workspac
 
 def test_max_length_beyond_the_models_positions_is_refused(workspace, tmp_path):
     with pytest.raises(ConfigError, match=r"max_length=4096 is longer than tiny-llada can take \(1024 positions\)"):
-        run_sft(config(workspace, tmp_path, max_length=4096), conversations(4), None, Reporter())
+        run_sft(config(workspace, tmp_path, max_length=4096), doubling_conversations(4), None, Reporter())
