@@ -1,7 +1,7 @@
 """Pre-training benchmark: our corpus pipeline and diffusion training step against a straightforward Trainer loop.
 
 Ours: the corpus text tokenized once into a token file (`dlm.corpus.prepare_corpus`), windows read from it, trained
-with `dlm.sft.run_sft` (masked-diffusion loss with logits at masked positions only). Straightforward: the whole corpus
+with `dlm.trainers.sft_trainer.run_sft` (masked-diffusion loss with logits at masked positions only). Straightforward: the whole corpus
 tokenized into an in-memory list of token-id lists, `transformers.Trainer` with a loss on the full logits [B, L, V].
 Both train the same random `--size` LLaDA (the size presets' shapes) with a `--vocab` word-level tokenizer, on the
 same batch shape, on the CPU, each run in a process of its own so that peak resident memory is its own.

@@ -1,5 +1,5 @@
 """Pre-training from scratch: the recipe's defaults, the model (a size preset with its tokenizer, or any
-checkpoint) and the corpus (tokenized once into a cached token file), ready for `dlm.sft.run_sft`.
+checkpoint) and the corpus (tokenized once into a cached token file), ready for `dlm.trainers.sft_trainer.run_sft`.
 
 `prepare_pretraining` is called by the trainer before training, on the main process first (the others then find
 everything cached): it picks or trains the tokenizer, builds the size preset, and tokenizes the corpus.
