@@ -1,5 +1,5 @@
-"""Helpers the trainer tests share, imported as `helpers` (pytest puts tests/, which has no __init__.py, on
-sys.path)."""
+"""Helpers the trainer tests share, imported as `tests.helpers` (tests/ and its folders are packages, so that
+pytest puts only the repository root on sys.path and `tests/dlm` cannot hide the `dlm` package)."""
 
 from __future__ import annotations
 

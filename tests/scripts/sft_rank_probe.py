@@ -1,4 +1,4 @@
-"""Run by `accelerate launch` from tests/test_sft.py: trains tiny-llada on this process's share of the data and
+"""Run by `accelerate launch` from tests/dlm/test_sft.py: trains tiny-llada on this process's share of the data and
 records what this rank saw (the questions of its batches) and the weights it ended with."""
 
 import json

@@ -1,0 +1,140 @@
+"""The benchmarks still run and print their result line, at a size small enough for the test suite. The ratios
+they print at this size mean nothing; the equalities (same loss, identical samples, same ELBO) must hold at any
+size."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+SMALL = {
+    "sft.py": [
+        *("--vocab", "2048", "--small-vocab", "256", "--d-model", "64", "--layers", "1", "--batch", "2"),
+        *("--length", "32", "--iters", "1"),
+    ],
+    "dpo.py": [
+        "--vocab",
+        "2048",
+        "--d-model",
+        "64",
+        "--layers",
+        "1",
+        "--pairs",
+        "2",
+        "--prompt",
+        "8",
+        "--response",
+        "8",
+        "--mc-samples",
+        "4",
+        "--iters",
+        "1",
+    ],
+    "elbo.py": [
+        *("--vocab", "1024", "--small-vocab", "256", "--d-model", "64", "--layers", "1", "--prompts", "2"),
+        *("--mc-num", "8", "--samples-per-forward", "4", "8", "--rounds", "1"),
+    ],
+    "sample.py": [
+        *("--gen-length", "8", "--block-length", "4", "--official-gen-length", "8", "--small-vocab", "256"),
+        *("--rounds", "1"),
+    ],
+    "models.py": [
+        "--vocab",
+        "512",
+        "--small-vocab",
+        "128",
+        "--d-model",
+        "64",
+        "--heads",
+        "4",
+        "--layers",
+        "1",
+        "--mlp",
+        "128",
+        "--seq-len",
+        "16",
+        "--batch",
+        "2",
+        "--warmup",
+        "1",
+        "--iters",
+        "1",
+    ],
+}
+SMALL["pretrain.py"] = [
+    *("--vocab", "512", "--batch", "2", "--length", "32", "--steps", "2", "--warmup", "1"),
+    *("--tokens-small", "1000", "--tokens-large", "5000"),
+]
+KEYS = {
+    "sft.py": {
+        *("throughput_ratio", "memory_ratio", "max_loss_diff"),
+        *(f"{ratio}_v{v}" for ratio in ("throughput_ratio", "memory_ratio") for v in (2048, 256)),
+    },
+    "dpo.py": {"step_time_ratio", "memory_ratio", "memory_ratio_per_sample_backward", "max_loss_diff"},
+    "elbo.py": {
+        "throughput_ratio",
+        *(f"throughput_ratio_v{v}_b{b}" for v in (1024, 256) for b in (4, 8)),
+        "max_rel_diff",
+    },
+    "sample.py": {
+        *("speedup_prefix", "speedup_dual", "speedup_dual_parallel", "nfe_ratio_dual_parallel"),
+        *("outputs_identical_exact", "official_ratio_vocab_32k", "official_ratio_small_vocab", "accuracy_exact"),
+    },
+    "models.py": {
+        "speed_ratio",
+        "memory_ratio",
+        *(f"{r}_v{v}" for r in ("speed_ratio", "memory_ratio") for v in (512, 128)),
+    },
+    "pretrain.py": {"throughput_ratio", "memory_growth_ratio", "baseline_memory_growth_ratio"},
+}
+
+
+def test_every_benchmark_is_covered():
+    assert {p.name for p in BENCH.glob("*.py")} - {"common.py"} == set(SMALL)
+
+
+def run_bench(script: str, **env: str) -> dict:
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), *SMALL[script]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", **env},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("LLADA_MODELING_DIR"),
+    reason="needs LLaDA's modeling_llada.py and configuration_llada.py in the folder LLADA_MODELING_DIR names",
+)
+def test_models_bench_runs_llada_own_code_with_our_weights():
+    result = run_bench("models.py")
+    assert {f"{r}_official_v{v}" for r in ("speed_ratio", "memory_ratio") for v in (512, 128)} <= set(result)
+    assert result["max_logit_diff_official"] <= 1e-5  # the same weights give the same logits
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(SMALL))
+def test_benchmark_prints_its_result_line(script):
+    result = run_bench(script, LLADA_MODELING_DIR="")
+    assert KEYS[script] <= set(result)
+    measured = {k: v for k, v in result.items() if v is not None}  # None: not measured at this size
+    assert all(isinstance(v, bool) or v > 0 for k, v in measured.items() if not k.startswith("max_"))
+    if "max_loss_diff" in result:
+        assert result["max_loss_diff"] <= 1e-5
+    if "max_abs_diff" in result:
+        assert result["max_abs_diff"] <= 1e-9
+    if "max_rel_diff" in result:
+        assert result["max_rel_diff"] <= 1e-6
+    for key in [k for k in result if k.startswith("outputs_identical")]:
+        assert result[key] is True, key
