@@ -15,12 +15,17 @@ recordings are tests/fixtures/host_form/*.json):
    when absent.
 5. The workbench's select widget (CustomSelectSimple) never calls onChange, so a choice made in one is lost: the
    form data, and with it the hidden input and currentFormData, keep the old value.
+6. The evaluation modal sets no type: the host saves the submission as an evaluation task's `script_parameters` and
+   queues it as an EVAL job, which it starts (transformerlab-api's `run_evaluation_script`) as the harness with
+   `--key value` per submitted key (lists as JSON, anything else as Python's `str`), then its own arguments, among
+   them an input file whose `config` is the submission again.
 """
 
 from __future__ import annotations
 
 import json
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Literal
 
 Mode = Literal["eval", "train"]
@@ -120,3 +125,15 @@ def _hidden_value(value: Any) -> str:
     if isinstance(value, list) and value and isinstance(value[0], dict):
         return json.dumps(value, separators=(",", ":"))
     return "" if value is None else js_string(value)
+
+
+def host_eval_arguments(submitted: dict, input_file: Path) -> list[str]:
+    """The arguments the plugin-era host starts an evaluator's harness with for the evaluation modal's `submitted`
+    object (after `--plugin_dir`), writing the input file it names."""
+    input_file.write_text(json.dumps({"experiment": {"name": "exp", "config": {}}, "config": submitted}))
+    argv = []
+    for key, value in submitted.items():
+        argv += [f"--{key}", json.dumps(value) if isinstance(value, list) else str(value)]
+    host = {"experiment_name": "exp", "eval_name": "eval", "input_file": str(input_file), "model_name": "tiny-llada"}
+    host |= {"model_path": "", "model_architecture": "LLaDAModelLM", "model_adapter": "", "job_id": "1"}
+    return argv + [part for key, value in host.items() for part in (f"--{key}", value)]

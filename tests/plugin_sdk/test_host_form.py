@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from plugin_sdk.errors import ParameterError
-from plugin_sdk.manifest import DISPATCHED_TRAIN_TYPES, load_manifest
+from plugin_sdk.manifest import DISPATCHED_TRAIN_TYPES, EVALS_TYPES, load_manifest
 from plugin_sdk.params import coerce_and_validate, read_raw_parameters
-from tests.host_form import host_submission, js_string, widget_of
+from tests.host_form import host_eval_arguments, host_submission, js_string, widget_of
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGINS = sorted(p.parent for p in (REPO / "plugins").glob("*/index.json"))
@@ -136,13 +136,36 @@ def test_no_select_widget(plugin):
     assert [key for key in manifest["parameters"] if widget_of(key, manifest) == "select"] == []
 
 
+def evaluator_params(manifest: dict, edits: dict, folder: Path) -> dict:
+    """The parameters the evaluator gets when the host starts it with the evaluation modal's submission."""
+    argv = host_eval_arguments(host_submission(manifest, "eval", edits), folder / "plugin_input.json")
+    params = coerce_and_validate(
+        read_raw_parameters(argv).values, manifest["parameters"], aliases=manifest.get("parameter_aliases")
+    )
+    return {key: params[key] for key in manifest["parameters"]}
+
+
 @pytest.mark.parametrize("plugin", PLUGINS, ids=lambda p: p.name)
-def test_the_workbench_starts_every_trainer(plugin):
-    # The training modal gives the job a type, which the host's dispatch must know, or the job never starts.
+def test_the_workbench_starts_every_plugin(plugin, tmp_path):
     manifest = load_manifest(plugin)
+    assert manifest["type"] in ("trainer", "evaluator")
     if manifest["type"] == "trainer":
+        # The training modal gives the job a type, which the host's dispatch must know, or the job never starts.
         assert host_submission(manifest, "train")["type"] in DISPATCHED_TRAIN_TYPES
         assert host_submission(manifest | {"train_type": "sft"}, "train")["type"] not in DISPATCHED_TRAIN_TYPES
+        return
+    # The evaluation modal lists only evaluators with an evalsType and gives no type: the host starts an EVAL job
+    # with the submission as `--key value` arguments (Python's str of each value) before its own.
+    assert manifest.get("evalsType") in EVALS_TYPES and "train_type" not in manifest
+    assert "type" not in host_submission(manifest, "eval")
+    defaults = {key: prop.get("default") for key, prop in manifest["parameters"].items()}
+    assert evaluator_params(manifest, {}, tmp_path) == defaults
+    for key in manifest["parameters"]:
+        held, meant = edit_for(key, manifest)
+        assert evaluator_params(manifest, {key: held}, tmp_path) == defaults | {key: meant}, key
+    # A field named like one of the host's own arguments would lose the person's value to the host's.
+    clash = manifest | {"parameters": {**manifest["parameters"], "eval_name": {"type": "string", "default": "mine"}}}
+    assert evaluator_params(clash, {}, tmp_path)["eval_name"] == "eval"
 
 
 def evaluator_main():
