@@ -7,6 +7,7 @@ from pathlib import Path
 from plugin_sdk import Job, ParameterError, PluginError, run_job
 from plugin_sdk.data import dataset_source
 from plugin_sdk.eval_data import load_eval_examples
+from plugin_sdk.eval_results import job_score, score_rows
 
 HOST_KEYS = ("model_name", "model_path", "model_architecture", "model_adapter", "dataset_name", "eval_name")
 
@@ -45,7 +46,14 @@ def lm_eval_limit(limit: float) -> int | float | None:
 def run(job: Job) -> str:
     from dlm.eval_models import LmEvalOptions, LoadOptions, eval_settings_from, evaluate_models, model_specs
     from dlm.evaluation import EvalExample, example_fields
-    from dlm.report import comparison_text, format_value, job_score, report_warnings, score_rows, write_report
+    from dlm.report import (
+        comparison_text,
+        format_value,
+        headline_metric,
+        model_document,
+        report_warnings,
+        write_report,
+    )
 
     p = job.params
     settings = eval_settings_from(p)
@@ -91,12 +99,12 @@ def run(job: Job) -> str:
         log=job.log,
         progress=lambda done: job.progress(3 + 92 * done),
     )
-    rows = score_rows(results)
+    rows = score_rows([model_document(result) for result in results])
     if not rows:
         raise PluginError("the evaluation produced no metric: check the chosen metrics and lm-eval tasks")
     job.report_status("saving outputs")
     job.save_eval_results(rows)
-    score = job_score(results[0])
+    score = job_score(model_document(results[0])["metrics"], headline_metric(results[0]))
     job.set_data("score", json.dumps(score))  # the main model's metrics, headline first, not a mean over models
     recorded = {k: p.get(k) for k in (*job.manifest["parameters"], *HOST_KEYS)}
     paths = write_report(job.output_dir, results, recorded, dataset=dataset, extra={"job_id": job.job_id})
