@@ -28,7 +28,7 @@ from dlm.preference_loss import (
 )
 from dlm.trainers.dpo_config import DPOConfig, DPOError
 from dlm.trainers.dpo_trainer import PreferenceCollator, run_dpo
-from plugin_sdk.chat import PreferenceExample
+from plugin_sdk.preferences import PreferenceExample
 
 REPO = Path(__file__).resolve().parent.parent
 LN2_FLOAT32 = float(torch.tensor(math.log(2), dtype=torch.float32))

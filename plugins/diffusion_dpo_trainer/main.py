@@ -6,10 +6,10 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from plugin_sdk import Job, JobStopped, run_job
-from plugin_sdk.chat import read_preferences
 from plugin_sdk.data import dataset_source, load_dataset_splits
 from plugin_sdk.errors import ParameterError
 from plugin_sdk.outputs import check_outputs_free, publish_outputs
+from plugin_sdk.preferences import read_preferences
 
 if TYPE_CHECKING:
     import datasets
