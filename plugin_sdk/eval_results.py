@@ -1,4 +1,5 @@
-"""The host's formats of an evaluation's results: the rows of its results CSV, its plot JSON and the job's `score`.
+"""The host's formats of an evaluation's results: the rows of its results CSV, its plot JSON and the job's `score`
+(an evaluator's own, headline first, or the mean of each metric of a results table).
 
 The results come in as plain dicts, as an evaluation report lists its models (`dlm.report.model_document`): a
 model's `label`, its `metrics` (`name`, `value` — None when not finite —, `stderr`, `kind`) and its generated
@@ -56,6 +57,27 @@ def job_score(metrics: Iterable[Mapping[str, Any]], headline: str | None) -> lis
     first, metrics without a finite value left out."""
     rows = sorted(metrics, key=lambda row: row["name"] != headline)
     return [{"type": row["name"], "score": row["value"]} for row in rows if row["value"] is not None]
+
+
+def results_table(rows: Any) -> Any:
+    """Per-test-case rows (a DataFrame or dicts) as the DataFrame the host's formats are written from; it must have
+    `test_case_id`, `metric_name` and `score` (extra columns allowed)."""
+    import pandas as pd
+
+    frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    missing = {"test_case_id", "metric_name", "score"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"evaluation results lack the columns {sorted(missing)}")
+    return frame
+
+
+def mean_scores(frame: Any) -> list[dict[str, Any]]:
+    """A results table's job `score` (`[{"type": metric, "score": value}]`): each metric's mean over its test cases,
+    in the order the metrics first appear."""
+    return [
+        {"type": metric, "score": float(frame.loc[frame.metric_name == metric, "score"].mean())}
+        for metric in dict.fromkeys(frame.metric_name)
+    ]
 
 
 def write_plot_data(frame: Any, path: Path) -> Path:

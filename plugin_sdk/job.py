@@ -32,6 +32,7 @@ from plugin_sdk.backends.lab import LabBackend, running_as_task
 from plugin_sdk.backends.local import LocalBackend
 from plugin_sdk.config_keys import export_library_secrets, redact, secret_environment, take_secret_parameters
 from plugin_sdk.errors import JobStopped, ParameterError, PluginError, is_user_error
+from plugin_sdk.eval_results import mean_scores, results_table
 from plugin_sdk.manifest import load_manifest
 from plugin_sdk.params import Params, coerce_and_validate, read_raw_parameters
 from plugin_sdk.progress import step_line
@@ -191,20 +192,11 @@ class Job:
         host's formats: CSV, plot JSON and the job's `score` summary."""
         import json
 
-        import pandas as pd
-
-        frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
-        missing = {"test_case_id", "metric_name", "score"} - set(frame.columns)
-        if missing:
-            raise ValueError(f"evaluation results lack the columns {sorted(missing)}")
+        frame = results_table(rows)
         csv_path, plot_path = self.backend.save_eval_results(frame, self.output_dir, self.job_id)
-        summary = [
-            {"type": metric, "score": float(frame.loc[frame.metric_name == metric, "score"].mean())}
-            for metric in dict.fromkeys(frame.metric_name)
-        ]
         self.set_data("additional_output_path", str(csv_path))
         self.set_data("plot_data_path", str(plot_path))
-        self.set_data("score", json.dumps(summary))
+        self.set_data("score", json.dumps(mean_scores(frame)))
         return csv_path, plot_path
 
     # ---- lifecycle ---------------------------------------------------------------------------------------

@@ -1,12 +1,13 @@
 """The host's formats of an evaluation's results (plugin_sdk.eval_results): the results CSV's rows and the job's
 score, from models as an evaluation report lists them."""
 
+import json
 import math
 
 import numpy as np
 import pytest
 
-from plugin_sdk.eval_results import job_score, score_rows
+from plugin_sdk.eval_results import job_score, mean_scores, results_table, score_rows, write_plot_data
 
 SAMPLES = [
     {"input": "What is <b>2+2</b>?", "output": "4 & more", "reference": "4", "correct": True, "tokens": 3},
@@ -75,3 +76,18 @@ def test_chat_messages_become_role_lines():
         "samples": [{"input": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}],
     }
     assert score_rows([chat])[0]["input"] == "user: hi\nassistant: yo"
+
+
+def test_a_results_table_needs_its_columns_and_scores_each_metric_by_its_mean(tmp_path):
+    with pytest.raises(ValueError, match=r"lack the columns \['score'\]"):
+        results_table([{"test_case_id": "a", "metric_name": "bleu"}])
+    frame = results_table(
+        [
+            {"test_case_id": "a", "metric_name": "exact_match", "score": 1.0},
+            {"test_case_id": "b", "metric_name": "exact_match", "score": 0.0},
+            {"test_case_id": "a", "metric_name": "bleu", "score": 0.5},
+        ]
+    )
+    assert mean_scores(frame) == [{"type": "exact_match", "score": 0.5}, {"type": "bleu", "score": 0.5}]
+    plot = json.loads(write_plot_data(frame, tmp_path / "plot.json").read_text())
+    assert plot[0] == {"test_case_id": "a", "metric_name": "Exact Match", "score": 1.0}
