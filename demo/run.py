@@ -27,7 +27,7 @@ from typing import Any
 
 from demo.task import MAX_DIGITS, build_task, write_task
 from dlm.report import ModelResult, comparison_text, write_report
-from plugin_sdk.backends import JobRecord
+from plugin_sdk.backends.local import JobRecord
 from plugin_sdk.errors import PluginError
 from plugin_sdk.manifest import find_plugin
 from plugin_sdk.runner import run_plugin

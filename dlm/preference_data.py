@@ -1,5 +1,5 @@
 """Preference pairs for DPO -> token ids. The pairs (prompt messages, chosen, rejected) come from dataset rows through
-`plugin_sdk.chat.read_preferences`, or from anything with the same attributes (`PreferencePair`).
+`plugin_sdk.preferences.read_preferences`, or from anything with the same attributes (`PreferencePair`).
 
 Encoding: `prompt_ids` is the family's chat template of the prompt with the generation prompt; a response's ids are
 the template of prompt + answer minus that prefix, so they end with the family's end-of-turn token.

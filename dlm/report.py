@@ -104,20 +104,22 @@ def results_document(
         "settings": jsonable(dict(settings)),
         "dataset": jsonable(dict(dataset)) if dataset is not None else None,
         "warnings": report_warnings(models),
-        "models": [
-            {
-                "label": m.label,
-                "model": m.model,
-                "path": m.path,
-                "family": m.family,
-                "adapter": m.adapter,
-                "seconds": _finite(m.seconds),
-                "metrics": [metric_dict(metric) for metric in m.metrics],
-                "lm_eval": _without_samples(m.lm_eval),
-                "samples": jsonable(m.samples),
-            }
-            for m in models
-        ],
+        "models": [model_document(m) for m in models],
+    }
+
+
+def model_document(result: ModelResult) -> dict[str, Any]:
+    """One model's entry of `results.json`, plain JSON types (what the host's result formats are made from)."""
+    return {
+        "label": result.label,
+        "model": result.model,
+        "path": result.path,
+        "family": result.family,
+        "adapter": result.adapter,
+        "seconds": _finite(result.seconds),
+        "metrics": [metric_dict(metric) for metric in result.metrics],
+        "lm_eval": _without_samples(result.lm_eval),
+        "samples": jsonable(result.samples),
     }
 
 
@@ -130,52 +132,6 @@ def headline_metric(result: ModelResult) -> str | None:
     metric."""
     names = [metric_dict(m)["name"] for m in result.metrics]
     return next((n for n in HEADLINE_METRICS if n in names), names[0] if names else None)
-
-
-def job_score(result: ModelResult) -> list[dict[str, Any]]:
-    """The host's job `score` (`[{"type": metric, "score": value}]`) for one model: its metrics, headline first."""
-    rows = [metric_dict(m) for m in result.metrics]
-    headline = headline_metric(result)
-    rows.sort(key=lambda row: row["name"] != headline)
-    return [{"type": row["name"], "score": row["value"]} for row in rows if row["value"] is not None]
-
-
-def score_rows(models: Sequence[ModelResult]) -> list[dict[str, Any]]:
-    """Rows for the host's results CSV (`test_case_id`, `metric_name`, `score` and context columns): one per model
-    and metric (test case = the model), and one per generated sample (test case = model/index) scored
-    `answer_correct` (0/1) when task accuracy ran, else `generated_tokens`, with its input, output and reference."""
-    rows = []
-    for result in models:
-        for metric in map(metric_dict, result.metrics):
-            rows.append(
-                {
-                    "test_case_id": result.label,
-                    "metric_name": metric["name"],
-                    "score": math.nan if metric["value"] is None else metric["value"],
-                    "stderr": metric["stderr"],
-                    "kind": metric["kind"],
-                    "model": result.label,
-                    "input": "",
-                    "output": "",
-                    "expected_output": "",
-                }
-            )
-        for index, sample in enumerate(result.samples):
-            correct = sample.get("correct")
-            rows.append(
-                {
-                    "test_case_id": f"{result.label}/{index}",
-                    "metric_name": "generated_tokens" if correct is None else "answer_correct",
-                    "score": float(sample.get("tokens") or 0) if correct is None else float(bool(correct)),
-                    "stderr": None,
-                    "kind": "exact",
-                    "model": result.label,
-                    "input": _as_text(sample.get("input")),
-                    "output": _as_text(sample.get("output")),
-                    "expected_output": _as_text(sample.get("reference")),
-                }
-            )
-    return rows
 
 
 def report_warnings(models: Sequence[ModelResult]) -> list[str]:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from plugin_sdk.backends import settle_stale_jobs
+from plugin_sdk.backends.local import settle_stale_jobs
 from plugin_sdk.errors import PluginError
 from plugin_sdk.manifest import find_plugin, load_manifest, validate_gallery
 from plugin_sdk.params import read_raw_parameters

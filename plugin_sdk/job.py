@@ -26,21 +26,20 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from plugin_sdk import launch
-from plugin_sdk.backends import HostBackend, LocalBackend, now, running_under_host
+from plugin_sdk.backends.base import EXIT_FAILED, EXIT_STOPPED, Backend, now
+from plugin_sdk.backends.host import HostBackend, running_under_host
+from plugin_sdk.backends.lab import LabBackend, running_as_task
+from plugin_sdk.backends.local import LocalBackend
 from plugin_sdk.config_keys import export_library_secrets, redact, secret_environment, take_secret_parameters
 from plugin_sdk.errors import JobStopped, ParameterError, PluginError, is_user_error
-from plugin_sdk.lab_backend import LabBackend, running_as_task
+from plugin_sdk.eval_results import mean_scores, results_table
 from plugin_sdk.manifest import load_manifest
 from plugin_sdk.params import Params, coerce_and_validate, read_raw_parameters
 from plugin_sdk.progress import step_line
 from plugin_sdk.tracking import Tracker, public_config, run_settings
 from plugin_sdk.workspace import Workspace
 
-EXIT_FAILED = 1
-EXIT_STOPPED = 3
 _early_stop: list[float] = []  # when a task got a SIGTERM before its job's handler was in place
-
-Backend = LocalBackend | HostBackend | LabBackend
 # Set by the local runner, which shows the child's stdout in the terminal: stdout then carries only the job's own
 # messages, and whatever else writes to stdout (libraries' prints) goes to stderr, which the job log keeps.
 MESSAGES_ONLY_ON_STDOUT = "DLM_MESSAGES_ONLY_ON_STDOUT"
@@ -101,9 +100,7 @@ class Job:
     @property
     def checkpoint_dir(self) -> Path:
         """Resumable checkpoints of this job (as a task: the job's own `checkpoints/`, which the host lists)."""
-        if isinstance(self.backend, LabBackend):
-            return self.backend.checkpoint_dir
-        return self.output_dir / f"checkpoints_job_{self.job_id}"
+        return self.backend.checkpoint_dir or self.output_dir / f"checkpoints_job_{self.job_id}"
 
     def model_dir(self, name: str) -> Path:
         return self.workspace.model_dir(name)
@@ -195,20 +192,11 @@ class Job:
         host's formats: CSV, plot JSON and the job's `score` summary."""
         import json
 
-        import pandas as pd
-
-        frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
-        missing = {"test_case_id", "metric_name", "score"} - set(frame.columns)
-        if missing:
-            raise ValueError(f"evaluation results lack the columns {sorted(missing)}")
+        frame = results_table(rows)
         csv_path, plot_path = self.backend.save_eval_results(frame, self.output_dir, self.job_id)
-        summary = [
-            {"type": metric, "score": float(frame.loc[frame.metric_name == metric, "score"].mean())}
-            for metric in dict.fromkeys(frame.metric_name)
-        ]
         self.set_data("additional_output_path", str(csv_path))
         self.set_data("plot_data_path", str(plot_path))
-        self.set_data("score", json.dumps(summary))
+        self.set_data("score", json.dumps(mean_scores(frame)))
         return csv_path, plot_path
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
@@ -217,7 +205,7 @@ class Job:
             raise KeyboardInterrupt  # a second Ctrl-C means now
         self._signalled = True
         self.log(f"Received {signal.Signals(signum).name}: stopping after the current step.")
-        if isinstance(self.backend, LabBackend) and signum == signal.SIGTERM:
+        if self.backend.sigterm_is_host_stop and signum == signal.SIGTERM:
             self.backend.end_stopped_soon(since=_early_stop[0] if _early_stop else time.monotonic())
 
     def _finish(self, status: str, completion: str, details: str) -> None:
@@ -344,8 +332,8 @@ def _start(
         fail(str(exc))
     if main_process:
         backend.set_status("RUNNING")
-        if isinstance(backend, LocalBackend) and not launch.is_child_run():
-            backend.set_data("pid", os.getpid())  # whose end, unreported, settle_stale_jobs turns into FAILED
+        if backend.records_pid and not launch.is_child_run():
+            backend.set_data("pid", os.getpid())
         backend.set_data("start_time", now())
         backend.set_data("config", public_config(params))
     params["start_time"] = now()
@@ -367,7 +355,7 @@ def _relaunched(
     if plan.num_processes <= 1 or launch.is_child_run():
         return False
     print(f"Relaunching on {plan.num_processes} processes through accelerate ...", file=messages, flush=True)
-    if isinstance(backend, LabBackend):  # the host's SIGTERM reaches the workers too; they record the stop
+    if backend.sigterm_is_host_stop:  # the host's SIGTERM reaches the workers too; they record the stop
         signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
         code = launch.relaunch(
@@ -411,8 +399,7 @@ def _run_work(job: Job, work: Callable[[Job], str | None], fail: Callable[[str],
             backend.set_data("completion_details", f"Stopped by user ({exc or 'interrupted'}).")
             backend.set_data("end_time", now())
             backend.set_status("STOPPED")
-        # A task's wrapper turns a stopped job's exit 0 into STOPPED and any other code into FAILED.
-        raise SystemExit(0 if isinstance(backend, LabBackend) else EXIT_STOPPED) from None
+        raise SystemExit(backend.stop_exit_code) from None
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - every failure must end as failed, with its reason
@@ -428,7 +415,7 @@ def _run_work(job: Job, work: Callable[[Job], str | None], fail: Callable[[str],
     finally:
         if job.tracker is not None:
             job.tracker.close(failed=failed)
-        if isinstance(backend, LabBackend):
+        if backend.sigterm_is_host_stop:
             # the task's wrapper records any non-zero exit as FAILED: a SIGTERM after the ending is recorded (the
             # host signals the whole process tree after a stop) must not turn this exit into a death by signal
             previous[signal.SIGTERM] = signal.SIG_IGN
@@ -439,10 +426,9 @@ def _run_work(job: Job, work: Callable[[Job], str | None], fail: Callable[[str],
 
 def record_failed_unless_set(backend: Backend, details: str) -> None:
     """After a child run died: mark the job failed unless the child itself already recorded why."""
-    if isinstance(backend, LocalBackend | LabBackend):
-        record = backend.record.read() if isinstance(backend, LocalBackend) else backend.job_record()
-        if record.get("job_data", {}).get("completion_status") == "failed" or record.get("status") == "STOPPED":
-            return
+    record = backend.job_record() or {}
+    if record.get("job_data", {}).get("completion_status") == "failed" or record.get("status") == "STOPPED":
+        return
     backend.set_data("completion_status", "failed")
     backend.set_data("completion_details", details)
     backend.set_data("end_time", now())

@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from plugin_sdk.backends import ACTIVE, JobRecord, now
+from plugin_sdk.backends.base import now
+from plugin_sdk.backends.local import ACTIVE, JobRecord
 from plugin_sdk.config_keys import redact, secret_environment
 from plugin_sdk.errors import PluginError
 from plugin_sdk.job import MESSAGES_ONLY_ON_STDOUT

@@ -1,7 +1,7 @@
 """ELBO-DPO training of masked diffusion LMs (VRPO, LLaDA 1.5): `DPOConfig` in, a trained adapter or model out.
 
 `run_dpo(config, train_examples, validation_examples, reporter)` loads the model (LoRA/QLoRA or full), encodes the
-preference pairs (`dlm.preference_data`; read from rows by `plugin_sdk.chat`), trains with `DiffusionDPOTrainer` and returns the result for
+preference pairs (`dlm.preference_data`; read from rows by `plugin_sdk.preferences`), trains with `DiffusionDPOTrainer` and returns the result for
 `dlm.trainers.common.save_outputs`. The loss and its estimator are in `dlm.preference_loss`.
 
 Choices the trainer makes:

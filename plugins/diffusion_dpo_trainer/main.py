@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from functools import partial
 from typing import TYPE_CHECKING
 
-from plugin_sdk import Job, JobStopped, run_job
-from plugin_sdk.chat import read_preferences
+from plugin_sdk import Job, run_job
 from plugin_sdk.data import dataset_source, load_dataset_splits
-from plugin_sdk.errors import ParameterError
-from plugin_sdk.outputs import check_outputs_free, publish_outputs
+from plugin_sdk.plugin import finish_training, plan_outputs, require_model
+from plugin_sdk.preferences import read_preferences
 
 if TYPE_CHECKING:
     import datasets
@@ -47,26 +45,18 @@ def _pairs(job: Job, rows: datasets.Dataset, source: str, what: str) -> list:
 
 def train(job: Job) -> str:
     p = job.params
-    if not p.get("model_name"):
-        raise ParameterError(
-            "no model: set model_name (a local checkpoint, a hub id, or a tiny preset such as tiny-llada)"
-        )
+    require_model(p.get("model_name"))
     from dlm.trainers.common import save_outputs
     from dlm.trainers.dpo_config import DPOConfig
     from dlm.trainers.dpo_trainer import run_dpo
 
     config = DPOConfig.from_params(p, output_dir=str(job.checkpoint_dir), workspace=str(job.workspace.root))
-    full_model = p.save_full_model or not p.lora
-    check_outputs_free(job, lora=p.lora, full_model=full_model)
+    outputs = plan_outputs(job)
     job.report_status("loading data")
     train_pairs, validation_pairs = read_pairs(job)
     job.progress(2)
     result = run_dpo(config, train_pairs, validation_pairs, job)
-    if result.stopped:
-        raise JobStopped(f"stopped at step {result.global_step}; resume with resume_from_checkpoint=latest")
-    job.progress(96)
-    publish_outputs(job, partial(save_outputs, result), lora=p.lora, full_model=full_model)
-    return result.summary
+    return finish_training(job, result, save_outputs, outputs)
 
 
 def main() -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 from plugin_sdk import Job, ParameterError, PluginError, run_job
 from plugin_sdk.data import dataset_source
 from plugin_sdk.eval_data import load_eval_examples
+from plugin_sdk.eval_results import job_score, score_rows
+from plugin_sdk.plugin import require_model
 
 HOST_KEYS = ("model_name", "model_path", "model_architecture", "model_adapter", "dataset_name", "eval_name")
 
@@ -45,7 +47,14 @@ def lm_eval_limit(limit: float) -> int | float | None:
 def run(job: Job) -> str:
     from dlm.eval_models import LmEvalOptions, LoadOptions, eval_settings_from, evaluate_models, model_specs
     from dlm.evaluation import EvalExample, example_fields
-    from dlm.report import comparison_text, format_value, job_score, report_warnings, score_rows, write_report
+    from dlm.report import (
+        comparison_text,
+        format_value,
+        headline_metric,
+        model_document,
+        report_warnings,
+        write_report,
+    )
 
     p = job.params
     settings = eval_settings_from(p)
@@ -70,8 +79,7 @@ def run(job: Job) -> str:
     # the workbench passes the model's folder as model_path and its id as model_name
     model_path = p.get("model_path")
     model = model_path if model_path and Path(model_path).is_dir() else p.get("model_name")
-    if not model:
-        raise ParameterError("no model: set model_name (a local checkpoint, a hub id, or a preset such as tiny-llada)")
+    require_model(model, presets="a preset such as tiny-llada")
     specs = model_specs(model, p.compare_with, adapter=adapter_dir(job), label=Path(p.get("model_name") or model).name)
     if p.tasks:
         from dlm.lm_eval_adapter import load_tasks
@@ -91,12 +99,13 @@ def run(job: Job) -> str:
         log=job.log,
         progress=lambda done: job.progress(3 + 92 * done),
     )
-    rows = score_rows(results)
+    documents = [model_document(result) for result in results]
+    rows = score_rows(documents)
     if not rows:
         raise PluginError("the evaluation produced no metric: check the chosen metrics and lm-eval tasks")
     job.report_status("saving outputs")
     job.save_eval_results(rows)
-    score = job_score(results[0])
+    score = job_score(documents[0]["metrics"], headline_metric(results[0]))
     job.set_data("score", json.dumps(score))  # the main model's metrics, headline first, not a mean over models
     recorded = {k: p.get(k) for k in (*job.manifest["parameters"], *HOST_KEYS)}
     paths = write_report(job.output_dir, results, recorded, dataset=dataset, extra={"job_id": job.job_id})

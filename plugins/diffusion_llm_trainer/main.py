@@ -1,13 +1,11 @@
 """Diffusion LLM Trainer: masked-diffusion SFT / pre-training of LLaDA, Dream, ModernBERT and converted LMs."""
 
 import dataclasses
-from functools import partial
 
-from plugin_sdk import Job, JobStopped, run_job
+from plugin_sdk import Job, run_job
 from plugin_sdk.chat import build_messages, row_text
 from plugin_sdk.data import dataset_source, load_dataset_splits
-from plugin_sdk.errors import ParameterError
-from plugin_sdk.outputs import check_outputs_free, publish_outputs
+from plugin_sdk.plugin import finish_training, plan_outputs, require_model
 
 
 def read_rows(job: Job) -> tuple[list, list | None]:
@@ -66,10 +64,7 @@ def train(job: Job) -> str:
     from dlm.trainers.sft_trainer import run_sft
 
     p = job.params
-    if not p.get("model_name"):
-        raise ParameterError(
-            "no model: set model_name (a local checkpoint, a hub id, or a tiny preset such as tiny-llada)"
-        )
+    require_model(p.get("model_name"))
     if p.train_mode == "pretrain" and p.get("pretrain_defaults", True):
         from dlm.pretrain import apply_pretrain_defaults
 
@@ -77,8 +72,7 @@ def train(job: Job) -> str:
         apply_pretrain_defaults(p, sft_defaults, job.log)
     # checked before any data or model loads
     config = SFTConfig.from_params(p, output_dir=str(job.checkpoint_dir), workspace=str(job.workspace.root))
-    full_model = p.save_full_model or not p.lora
-    check_outputs_free(job, lora=p.lora, full_model=full_model)
+    outputs = plan_outputs(job)
     job.report_status("loading data")
     if p.train_mode == "pretrain" and p.get("corpus"):
         prepared = prepare_corpus(job)
@@ -88,11 +82,7 @@ def train(job: Job) -> str:
         train_rows, validation_rows = read_rows(job)
     job.progress(3)
     result = run_sft(config, train_rows, validation_rows, job)
-    if result.stopped:
-        raise JobStopped(f"stopped at step {result.global_step}; resume with resume_from_checkpoint=latest")
-    job.progress(96)
-    publish_outputs(job, partial(save_outputs, result), lora=p.lora, full_model=full_model)
-    return result.summary
+    return finish_training(job, result, save_outputs, outputs)
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ from dlm.preference_loss import (
 )
 from dlm.trainers.dpo_config import DPOConfig, DPOError
 from dlm.trainers.dpo_trainer import PreferenceCollator, run_dpo
-from plugin_sdk.chat import PreferenceExample
+from plugin_sdk.preferences import PreferenceExample
 from tests.helpers import Reporter, max_difference, tiny_run, weights
 
 REPO = Path(__file__).resolve().parents[2]

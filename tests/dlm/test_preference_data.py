@@ -1,4 +1,4 @@
-"""Preference data, read from rows (plugin_sdk.chat) and encoded (dlm.preference_data): every accepted format read
+"""Preference data, read from rows (plugin_sdk.preferences) and encoded (dlm.preference_data): every accepted format read
 from every file kind, skips and errors naming the row, and token ids checked against the chat template rendered
 independently (ids and text) on the tiny presets' tokenizers."""
 
@@ -20,7 +20,9 @@ from dlm.preference_data import (
     encode_preferences,
 )
 from dlm.presets import ensure_preset
-from plugin_sdk.chat import (
+from plugin_sdk.data import load_dataset_splits, load_rows
+from plugin_sdk.errors import DatasetError
+from plugin_sdk.preferences import (
     SKIP_EMPTY_PROMPT,
     SKIP_EMPTY_RESPONSE,
     SKIP_IDENTICAL,
@@ -28,8 +30,6 @@ from plugin_sdk.chat import (
     PreferenceExample,
     read_preferences,
 )
-from plugin_sdk.data import load_dataset_splits, load_rows
-from plugin_sdk.errors import DatasetError
 
 Q, A, B = "What is 2 + 3?", "2 + 3 = 5.", "It is 7."
 USER = [{"role": "user", "content": Q}]

@@ -130,7 +130,7 @@ def test_resolve_model_path(built, preset_workspace, monkeypatch):
 
 def _register(workspace: Path, source: Path, folder: str, **index: str) -> Path:
     """A full model saved and registered in `workspace` the way a trainer does (`LocalBackend.register_model`)."""
-    from plugin_sdk.backends import LocalBackend
+    from plugin_sdk.backends.local import LocalBackend
     from plugin_sdk.workspace import Workspace
 
     destination = workspace / "models" / folder

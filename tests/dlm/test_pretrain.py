@@ -70,7 +70,7 @@ def test_sft_trains_on_corpus_windows(tmp_path):
 
 
 def run_trainer(workspace: Path, **values):
-    from plugin_sdk.backends import JobRecord
+    from plugin_sdk.backends.local import JobRecord
     from plugin_sdk.runner import run_plugin
     from plugin_sdk.workspace import Workspace
 

@@ -1,4 +1,4 @@
-"""Evaluation reports: results.json, the PNG chart, the self-contained HTML page, the host's CSV rows and score."""
+"""Evaluation reports: results.json, the PNG chart, the self-contained HTML page."""
 
 import base64
 import io
@@ -131,33 +131,6 @@ def test_a_failed_write_leaves_no_results_json(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_score_rows_and_job_score():
-    results = models()
-    rows = report.score_rows(results)
-    assert {"test_case_id", "metric_name", "score", "input", "output", "expected_output"} <= set(rows[0])
-    aggregate = [r for r in rows if r["test_case_id"] == "tiny-llada"]
-    assert [r["metric_name"] for r in aggregate] == ["perplexity", "task_accuracy", "tokens_per_sec"]
-    assert math.isnan(aggregate[2]["score"])
-    per_sample = [r for r in rows if r["test_case_id"].startswith("tiny-llada/")]
-    assert [r["metric_name"] for r in per_sample] == ["answer_correct"] * 3
-    assert np.mean([r["score"] for r in per_sample]) == pytest.approx(results[0].metrics[1].value)
-    assert per_sample[0]["input"] == "What is <b>2+2</b>?" and per_sample[0]["expected_output"] == "4"
-    no_task = ModelResult("m", "m", "/m", "ar", samples=[{"input": "a", "output": "b", "tokens": 5}])
-    assert report.score_rows([no_task])[0] | {"stderr": None} == {
-        "test_case_id": "m/0",
-        "metric_name": "generated_tokens",
-        "score": 5.0,
-        "stderr": None,
-        "kind": "exact",
-        "model": "m",
-        "input": "a",
-        "output": "b",
-        "expected_output": "",
-    }
-    score = report.job_score(results[0])
-    assert score == [{"type": "task_accuracy", "score": 1 / 3}, {"type": "perplexity", "score": 1234.5}]
-
-
 def test_headline_prefers_task_accuracy_then_perplexity_then_the_first_metric():
     def named(*names):
         return ModelResult("m", "m", "/m", "llada", metrics=[MetricResult(n, 1.0) for n in names])
@@ -212,3 +185,19 @@ def test_jsonable_and_format_value():
     assert report.format_value(0.123456) == "0.1235"
     assert report.format_value(12345.678, 3.21, "upper_bound") == "≤ 12,345.7 ± 3.2"
     assert report.format_value(None) == "n/a"
+
+
+def test_a_model_document_is_plain_json_with_its_metrics_as_dicts():
+    result = models()[0]
+    document = report.model_document(result)
+    assert json.loads(json.dumps(document, allow_nan=False)) == document
+    assert [m["name"] for m in document["metrics"]] == ["perplexity", "task_accuracy", "tokens_per_sec"]
+    assert document["metrics"][0] == {
+        "name": "perplexity",
+        "value": 1234.5,
+        "stderr": 12.25,
+        "kind": "upper_bound",
+        "details": {"mc_num": 4},
+    }
+    assert document["metrics"][2]["value"] is None  # not finite
+    assert document["label"] == "tiny-llada" and document["samples"] == result.samples

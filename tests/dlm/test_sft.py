@@ -257,7 +257,7 @@ def write_dataset(path: Path, n: int) -> Path:
 
 
 def run_trainer(workspace: str, tmp_path: Path, **values):
-    from plugin_sdk.backends import JobRecord
+    from plugin_sdk.backends.local import JobRecord
     from plugin_sdk.runner import run_plugin
     from plugin_sdk.workspace import Workspace
 
@@ -351,7 +351,7 @@ def test_plugin_stopped_from_the_runner_resumes_in_a_new_job(workspace, tmp_path
     import sys
     import time
 
-    from plugin_sdk.backends import JobRecord
+    from plugin_sdk.backends.local import JobRecord
     from plugin_sdk.runner import request_stop
     from plugin_sdk.workspace import Workspace
 

@@ -18,9 +18,9 @@ from dlm.errors import ConfigError
 from dlm.loading import load_model_and_tokenizer
 from dlm.trainers.dpo_config import DPOConfig
 from dlm.trainers.sft_config import SFTConfig
-from plugin_sdk.chat import PreferenceExample
 from plugin_sdk.manifest import load_manifest
 from plugin_sdk.params import coerce_and_validate
+from plugin_sdk.preferences import PreferenceExample
 from tests.helpers import Reporter
 
 PLUGIN = Path(__file__).resolve().parents[2] / "plugins" / "diffusion_dpo_trainer"

@@ -27,7 +27,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from plugin_sdk import lab_backend
+from plugin_sdk.backends import lab as lab_backend
 from plugin_sdk.errors import PluginError
 from plugin_sdk.manifest import load_manifest
 from plugin_sdk.params import coerce_and_validate

@@ -1,4 +1,4 @@
-"""The host backend (`plugin_sdk.backends.HostBackend`) against a fake of the plugin-era SDK (tests/fake_host), in
+"""The host backend (`plugin_sdk.backends.host.HostBackend`) against a fake of the plugin-era SDK (tests/fake_host), in
 CI: the probe plugin runs in this process as under the host's harness, and the fake records what reached the host.
 The real harness is tests/integration/test_host_harness.py, for machines that have it."""
 
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from plugin_sdk.job import EXIT_FAILED, EXIT_STOPPED, run_job
+from plugin_sdk.backends.base import EXIT_FAILED, EXIT_STOPPED
+from plugin_sdk.job import run_job
 
 PROBE = Path(__file__).parents[1] / "fixtures" / "plugins" / "contract_probe"
 FAKE_HOST = Path(__file__).parents[1] / "fake_host"
@@ -132,7 +133,7 @@ def test_an_evaluator_saves_its_results_through_the_host(host, tmp_path):
 
 
 def test_a_saved_model_is_registered_with_the_host(host, tmp_path):
-    from plugin_sdk.backends import HostBackend
+    from plugin_sdk.backends.host import HostBackend
 
     host.reset({})
     backend = HostBackend("trainer")

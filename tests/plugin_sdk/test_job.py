@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from plugin_sdk.backends import JobRecord
+from plugin_sdk.backends.local import JobRecord
 from plugin_sdk.runner import request_stop, run_plugin
 from plugin_sdk.workspace import Workspace
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from plugin_sdk.backends import JobRecord
+from plugin_sdk.backends.local import JobRecord
 from plugin_sdk.progress import StepPace, TerminalView, clock, parse_step_line, short_step_line, step_line
 from plugin_sdk.runner import run_plugin
 from plugin_sdk.workspace import Workspace

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from plugin_sdk.__main__ import main as cli
-from plugin_sdk.backends import JobRecord, settle_stale_jobs
-from plugin_sdk.job import EXIT_FAILED, EXIT_STOPPED, run_job
+from plugin_sdk.backends.base import EXIT_FAILED, EXIT_STOPPED
+from plugin_sdk.backends.local import JobRecord, settle_stale_jobs
+from plugin_sdk.job import run_job
 from plugin_sdk.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[2]

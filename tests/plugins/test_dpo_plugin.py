@@ -38,7 +38,7 @@ def pairs(n: int) -> list[dict]:
 
 
 def run(workspace: Path, name: str, rows: list[dict], **values: str):
-    from plugin_sdk.backends import JobRecord
+    from plugin_sdk.backends.local import JobRecord
     from plugin_sdk.runner import run_plugin
     from plugin_sdk.workspace import Workspace
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from plugin_sdk.backends import JobRecord
+from plugin_sdk.backends.local import JobRecord
 from plugin_sdk.errors import DatasetError
 from plugin_sdk.eval_data import check_columns, eval_examples, infer_eval_columns
 from plugin_sdk.workspace import Workspace

@@ -27,8 +27,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from plugin_sdk.backends import now, write_plot_data
+from plugin_sdk.backends.base import now
 from plugin_sdk.errors import PluginError
+from plugin_sdk.eval_results import write_plot_data
 from plugin_sdk.workspace import Workspace, safe_name, write_json_atomic
 
 JOB_ENV = "_TFL_JOB_ID"
@@ -103,6 +104,10 @@ class LabBackend:
     """Job state and outputs through `lab`, for the job the host created (`_TFL_JOB_ID`)."""
 
     name = "lab"
+    stop_exit_code = 0  # the task's wrapper turns a stopped job's exit 0 into STOPPED and any other code into FAILED
+    # the host SIGTERMs the process tree to stop and SIGKILLs it 3 s later
+    sigterm_is_host_stop = True
+    records_pid = False
 
     def __init__(self, lab: Any = None) -> None:
         self.lab = lab or import_lab()

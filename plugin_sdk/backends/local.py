@@ -1,7 +1,5 @@
-"""Where a job's state lives: the real Transformer Lab host (through its SDK) or a local workspace.
-
-Both backends expose the same few operations; everything else (parameters, tracking, outputs layout) is shared
-code in `plugin_sdk.job`, so a plugin behaves the same under the host and from a terminal.
+"""The local backend: a job's state in a local workspace, in the host's on-disk layout (`jobs/<id>/index.json`),
+for jobs run from a terminal (`python -m plugin_sdk run`); and the settling of jobs whose process ended unreported.
 """
 
 from __future__ import annotations
@@ -11,34 +9,14 @@ import fcntl
 import hashlib
 import json
 import os
-import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from plugin_sdk.backends.base import EXIT_STOPPED, now
 from plugin_sdk.errors import PluginError
+from plugin_sdk.eval_results import write_plot_data
 from plugin_sdk.workspace import Workspace, write_json_atomic
-
-HOST_HARNESS = "plugin_harness.py"
-
-
-def now() -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S")
-
-
-def running_under_host() -> bool:
-    """True inside the host's `plugin_harness.py` with its SDK importable (`DLM_BACKEND=host|local` overrides)."""
-    forced = os.environ.get("DLM_BACKEND", "").lower()
-    if forced in {"host", "local"}:
-        return forced == "host"
-    if Path(sys.argv[0]).name != HOST_HARNESS:
-        return False
-    try:
-        import transformerlab.sdk.v1.train  # noqa: F401
-    except Exception:
-        return False
-    return True
 
 
 class JobRecord:
@@ -162,6 +140,10 @@ class LocalBackend:
     """Job state in a local workspace, in the host's on-disk layout."""
 
     name = "local"
+    checkpoint_dir = None
+    stop_exit_code = EXIT_STOPPED
+    sigterm_is_host_stop = False
+    records_pid = True  # settle_stale_jobs turns a job whose process is gone unreported into FAILED
 
     def __init__(self, workspace: Workspace, job_id: str, *, job_type: str, experiment: str) -> None:
         self.workspace = workspace
@@ -184,8 +166,14 @@ class LocalBackend:
     def set_data(self, key: str, value: Any) -> None:
         self.record.update(**{key: value})
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Metrics live in the job's tracker (metrics.json, TensorBoard), not in the record."""
+
+    def end_stopped_soon(self, since: float) -> None:
+        """Nothing: a terminal's SIGTERM is a stop like Ctrl-C, ended at the step boundary."""
+
+    def job_record(self) -> dict[str, Any]:
+        return self.record.read()
 
     def register_model(
         self, model_dir: Path, *, name: str, architecture: str, json_data: dict, provenance: dict
@@ -229,71 +217,6 @@ class LocalBackend:
         csv_path = eval_dir / f"output_{job_id}.csv"
         frame.to_csv(csv_path, index=False)
         return csv_path, write_plot_data(frame, eval_dir / f"plot_data_{job_id}_plotting.json")
-
-
-class HostBackend:
-    """Job state through the Transformer Lab host SDK (`tlab_trainer` or `tlab_evals`)."""
-
-    name = "host"
-
-    def __init__(self, plugin_type: str) -> None:
-        if plugin_type == "evaluator":
-            from transformerlab.sdk.v1.evals import tlab_evals as tlab
-        else:
-            from transformerlab.sdk.v1.train import tlab_trainer as tlab
-        from transformerlab.plugin import WORKSPACE_DIR
-
-        self.tlab = tlab
-        self.workspace = Workspace(WORKSPACE_DIR)
-        self._progress = 0
-
-    def host_parameters(self) -> dict[str, Any]:
-        self.tlab._ensure_args_parsed()
-        return {k: v for k, v in dict(self.tlab.params).items() if not k.startswith("_") and v is not None}
-
-    def set_status(self, status: str) -> None:
-        from transformerlab.sdk.v1.tlab_plugin import _run_async_from_sync
-
-        _run_async_from_sync(self.tlab.job.update_status(status))
-
-    def set_progress(self, progress: int) -> None:
-        self._progress = progress
-        self.tlab.progress_update(progress)
-
-    def set_live(self, status: dict[str, Any]) -> None:
-        """Nothing: the host shows the job's progress bar; the phase is in the log."""
-
-    def stop_requested(self) -> bool:
-        # The host SDK notices a stop only inside progress_update, which raises KeyboardInterrupt.
-        try:
-            self.tlab.progress_update(self._progress)
-        except KeyboardInterrupt:
-            return True
-        return False
-
-    def set_data(self, key: str, value: Any) -> None:
-        self.tlab.add_job_data(key, value)
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """The plugin-era host reads metrics from the tracker's metrics.json."""
-
-    def register_model(
-        self, model_dir: Path, *, name: str, architecture: str, json_data: dict, provenance: dict
-    ) -> None:
-        self.tlab.create_transformerlab_model(name, architecture, json_data, output_dir=str(Path(model_dir).parent))
-
-    def save_eval_results(self, frame: Any, eval_dir: Path, job_id: str) -> tuple[Path, Path]:
-        csv_path, plot_path = self.tlab.save_evaluation_results(frame)
-        return Path(csv_path), Path(plot_path)
-
-
-def write_plot_data(frame: Any, path: Path) -> Path:
-    """The host's plot JSON of an evaluation: one record per test case and metric, metric names in title case."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    plot = frame[["test_case_id", "metric_name", "score"]].copy()
-    plot["metric_name"] = plot["metric_name"].map(lambda name: name.replace("_", " ").title())
-    path.write_text(plot.to_json(orient="records", lines=False), encoding="utf-8")
-    return path
 
 
 def _md5(path: Path) -> str:
