@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from dlm.errors import DlmError
 from dlm.preference_loss import LOSS_TYPES
-from dlm.trainers.common import TrainerConfig
+from dlm.trainers.config import TrainerConfig
 
 REFERENCE_MODES = ("auto", "frozen_copy", "disabled_adapters", "precomputed")
 MEMORY_MODES = ("auto", "keep_graphs", "per_sample_backward")

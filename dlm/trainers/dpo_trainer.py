@@ -2,7 +2,7 @@
 
 `run_dpo(config, train_examples, validation_examples, reporter)` loads the model (LoRA/QLoRA or full), encodes the
 preference pairs (`dlm.preference_data`; read from rows by `plugin_sdk.chat`), trains with `DiffusionDPOTrainer` and returns the result for
-`dlm.trainers.common.save_outputs`. The loss and its estimator are in `dlm.preference_loss`.
+`dlm.trainers.outputs.save_outputs`. The loss and its estimator are in `dlm.preference_loss`.
 
 Choices the trainer makes:
 - Masks come from per-example generators seeded by (seed, example id, chosen/rejected, epoch): a resumed run, a
@@ -44,18 +44,13 @@ from dlm.loading import LoadedModel
 from dlm.losses import LossConfig, LossOutput, diffusion_loss, draw_mask
 from dlm.preference_data import encode_preferences
 from dlm.preference_loss import ElboDPOSettings, PreferenceOutput, draw_pair_masks, elbo_dpo_loss, response_elbos
-from dlm.trainers.common import (
-    FixedEvalMasks,
-    TrainResult,
-    common_training_arguments,
-    last_logged,
-    load_for_training,
-    memory_in_use_gb,
-    step_interval,
-    train_or_resume,
-    trainable_model,
-)
+from dlm.trainers.arguments import common_training_arguments, step_interval
 from dlm.trainers.dpo_config import DPOConfig, DPOError
+from dlm.trainers.eval_masks import FixedEvalMasks
+from dlm.trainers.logs import last_logged, memory_in_use_gb
+from dlm.trainers.model import load_for_training, trainable_model
+from dlm.trainers.outputs import TrainResult
+from dlm.trainers.resuming import train_or_resume
 
 PER_SAMPLE_FROM = 4  # memory_mode=auto back-propagates sample by sample from this many Monte-Carlo samples on
 METRICS = (
@@ -70,7 +65,7 @@ METRICS = (
 
 @dataclass
 class DPOResult(TrainResult):
-    """What `dlm.trainers.common.save_outputs` needs, plus the last validation metrics (empty without validation data)."""
+    """What `dlm.trainers.outputs.save_outputs` needs, plus the last validation metrics (empty without validation data)."""
 
     validation_metrics: dict[str, float] = field(default_factory=dict)
 

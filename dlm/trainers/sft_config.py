@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from dlm.errors import ConfigError
 from dlm.losses import LossConfig
-from dlm.trainers.common import TrainerConfig
+from dlm.trainers.config import TrainerConfig
 
 TRAINING_METHODS = ("auto", "bert", "dream", "llada", "a2d", "ar")
 

@@ -51,9 +51,9 @@ def train(job: Job) -> str:
         raise ParameterError(
             "no model: set model_name (a local checkpoint, a hub id, or a tiny preset such as tiny-llada)"
         )
-    from dlm.trainers.common import save_outputs
     from dlm.trainers.dpo_config import DPOConfig
     from dlm.trainers.dpo_trainer import run_dpo
+    from dlm.trainers.outputs import save_outputs
 
     config = DPOConfig.from_params(p, output_dir=str(job.checkpoint_dir), workspace=str(job.workspace.root))
     full_model = p.save_full_model or not p.lora
