@@ -6,51 +6,236 @@ setting declares the field again (dataclass inheritance keeps the field's place,
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Self
 
 import torch
 
 from dlm.errors import ConfigError
+from dlm.loading import DTYPES
+from dlm.settings import FromParams, setting
 
 SEED_LIMIT = 2**32  # numpy (through transformers' set_seed) takes seeds below 2**32
 
 
 @dataclass
-class TrainerConfig:
-    """Shared training settings; defaults are those of masked-diffusion SFT."""
+class TrainerConfig(FromParams):
+    """Shared training settings, each with its form (`dlm.settings.setting`); defaults and help are those of
+    masked-diffusion SFT. `model_name`, `output_dir` and `workspace` come from the host, not the form."""
 
     model_name: str
     output_dir: str
-    batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 1e-4  # with LoRA (the default); full fine-tuning wants ~2e-5
-    learning_rate_schedule: str = "cosine"
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    num_train_epochs: int = 1
-    train_steps: int = 0
-    max_length: int = 512
-    seed: int = 42
-    dtype: str = "auto"
-    gradient_checkpointing: bool = False
-    load_in_4bit: bool = False
-    load_in_8bit: bool = False
-    lora: bool = True
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: str = "default"
-    logging_steps: int = 10
-    eval_steps: float = 0.1
-    save_steps: float = 0.25
-    save_total_limit: int = 0  # checkpoints kept (the oldest go first); 0 keeps all
-    resume_from_checkpoint: str = ""
-    train_device: str = "auto"
-    trust_remote_code: bool = False
+    batch_size: int = setting(
+        4,
+        title="Batch size per device",
+        group="optimization",
+        help="Sequences per device per micro-batch.",
+        minimum=1,
+        maximum=1024,
+    )
+    gradient_accumulation_steps: int = setting(
+        1,
+        title="Gradient accumulation",
+        group="optimization",
+        help=(
+            "Micro-batches accumulated per optimizer step; accumulation is exact (k micro-batches equal one batch "
+            "k times larger)."
+        ),
+        minimum=1,
+        maximum=1024,
+    )
+    learning_rate: float = setting(
+        0.0001,
+        title="Learning rate",
+        group="optimization",
+        help=(
+            "Peak AdamW learning rate. With LoRA (the default) 1e-4 to 2e-4 works well; for all weights use about "
+            "2.5e-5 (LLaDA's SFT)."
+        ),
+        minimum=0,
+        maximum=1,
+    )
+    learning_rate_schedule: str = setting(
+        "cosine",
+        title="Learning-rate schedule",
+        group="optimization",
+        help="How the learning rate falls after warm-up.",
+        choices=("constant", "linear", "cosine", "constant_with_warmup"),
+    )
+    warmup_ratio: float = setting(
+        0.03,
+        title="Warm-up share of steps",
+        group="optimization",
+        help="Fraction of the optimizer steps spent warming the learning rate up from 0.",
+        minimum=0,
+        maximum=1,
+    )
+    weight_decay: float = setting(
+        0.0,
+        title="Weight decay",
+        group="optimization",
+        help="AdamW's decoupled weight decay; 0 turns it off.",
+        minimum=0,
+        maximum=1,
+    )
+    max_grad_norm: float = setting(
+        1.0,
+        title="Gradient clipping",
+        group="optimization",
+        help="Gradient clipping norm (0 disables clipping).",
+        minimum=0,
+    )
+    num_train_epochs: int = setting(
+        1,
+        title="Epochs",
+        group="optimization",
+        help="Passes over the training data; 0: train for the number of steps below instead.",
+        minimum=0,
+        maximum=1000,
+    )
+    train_steps: int = setting(
+        0,
+        title="Optimizer steps",
+        group="optimization",
+        help="Used only when Epochs is 0: training stops after this many optimizer steps.",
+        minimum=0,
+    )
+    max_length: int = setting(
+        512,
+        title="Maximum length in tokens",
+        group="sequences",
+        help="Maximum tokens per training sequence (prompt plus answer).",
+        minimum=8,
+        maximum=131072,
+    )
+    seed: int = setting(
+        42,
+        title="Random seed",
+        group="optimization",
+        help="Random seed for data order, masking and initialisation.",
+        minimum=0,
+    )
+    dtype: str = setting(
+        "auto",
+        title="Precision",
+        group="hardware",
+        help=(
+            "Weights and compute precision: auto (bfloat16 on a GPU that supports it, else float32), float32, "
+            "bfloat16 or float16."
+        ),
+        choices=DTYPES,
+    )
+    gradient_checkpointing: bool = setting(
+        False,
+        title="Save memory by recomputing activations",
+        group="hardware",
+        ui_help="Recomputes activations in the backward pass: slower, but fits longer sequences or larger batches.",
+    )
+    load_in_4bit: bool = setting(
+        False,
+        title="QLoRA: load the base model in 4-bit",
+        group="LoRA and quantization",
+        ui_help="Load the base model in 4-bit (NF4) through bitsandbytes; use with LoRA (QLoRA).",
+    )
+    load_in_8bit: bool = setting(
+        False,
+        title="Load the base model in 8-bit",
+        group="LoRA and quantization",
+        ui_help="Load the base model in 8-bit through bitsandbytes; use with LoRA.",
+    )
+    lora: bool = setting(
+        True,
+        title="Train LoRA adapters",
+        group="LoRA and quantization",
+        ui_help="Off: every weight is trained, which needs far more memory and a lower learning rate.",
+    )
+    lora_r: int = setting(
+        16,
+        title="LoRA rank",
+        group="LoRA and quantization",
+        help="Higher ranks learn more and use more memory; 8 to 64 is usual.",
+        minimum=4,
+        maximum=1024,
+        multiple_of=4,
+    )
+    lora_alpha: int = setting(
+        32,
+        title="LoRA alpha",
+        group="LoRA and quantization",
+        help="The update is scaled by alpha / rank; twice the rank is a common choice.",
+        minimum=4,
+        maximum=4096,
+        multiple_of=4,
+    )
+    lora_dropout: float = setting(
+        0.05,
+        title="LoRA dropout",
+        group="LoRA and quantization",
+        help="Dropout on the LoRA path; 0 turns it off.",
+        minimum=0,
+        maximum=0.5,
+    )
+    lora_target_modules: str = setting(
+        "default",
+        title="LoRA target modules",
+        group="LoRA and quantization",
+        help=(
+            "Modules that get LoRA: default (the family's attention and MLP projections), all-linear, or a "
+            "comma-separated list of module names."
+        ),
+    )
+    logging_steps: int = setting(
+        10,
+        title="Log every N steps",
+        group="logging and validation",
+        help="Log metrics every this many optimizer steps.",
+        minimum=1,
+    )
+    eval_steps: float = setting(
+        0.1,
+        title="Validate every",
+        group="logging and validation",
+        help="Below 1: a fraction of training (0.1 = ten times); from 1: a number of optimizer steps.",
+        minimum=0,
+    )
+    save_steps: float = setting(
+        0.25,
+        title="Checkpoint every",
+        group="checkpoints and outputs",
+        help=(
+            "Below 1: a fraction of training (0.25 = four checkpoints); from 1: a number of optimizer steps. "
+            "Checkpoints resume exactly."
+        ),
+        minimum=0,
+    )
+    save_total_limit: int = setting(
+        0,
+        title="Checkpoints kept",
+        group="checkpoints and outputs",
+        help="Keep at most this many checkpoints, deleting the oldest; 0 keeps all.",
+        minimum=0,
+    )
+    resume_from_checkpoint: str = setting(
+        "",
+        title="Resume from checkpoint",
+        group="checkpoints and outputs",
+        help="A checkpoint folder, or latest for the newest checkpoint of this run's output folder. Empty: start fresh.",
+    )
+    train_device: str = setting(
+        "auto",
+        title="Device",
+        group="hardware",
+        help="Where to train: cuda, cpu, or auto (cuda when available).",
+        choices=("auto", "cuda", "cpu"),
+    )
+    trust_remote_code: bool = setting(
+        False,
+        title="Allow the checkpoint's own code to run",
+        group="hardware",
+        ui_help=(
+            "Allow a checkpoint's own Python code to run when its architecture is not implemented natively. Off "
+            "by default: remote code never runs unless you allow it."
+        ),
+    )
     workspace: str | None = None
 
     def __post_init__(self) -> None:
@@ -79,13 +264,6 @@ class TrainerConfig:
                 "train_device=cuda, but no CUDA GPU is visible here (torch.cuda.is_available() is false); "
                 "use train_device=auto or cpu, or check CUDA_VISIBLE_DEVICES and the driver"
             )
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any], **overrides: Any) -> Self:
-        """The config from a job's parameters (unknown names and None values ignored), then `overrides`."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in params.items() if k in names and v is not None}
-        return cls(**{**values, **overrides})
 
     @property
     def quantized(self) -> bool:

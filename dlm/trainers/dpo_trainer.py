@@ -134,7 +134,7 @@ class DiffusionDPOTrainer(FixedEvalMasks, Trainer):
             raise DPOError("reference=disabled_adapters needs a model with LoRA adapters (a peft model)")
         self.memory_mode = config.memory_mode
         if self.memory_mode == "auto":
-            per_sample = settings.mc_samples >= PER_SAMPLE_FROM and not self.is_deepspeed_enabled
+            per_sample = config.mc_samples >= PER_SAMPLE_FROM and not self.is_deepspeed_enabled
             self.memory_mode = "per_sample_backward" if per_sample else "keep_graphs"
         if self.memory_mode == "per_sample_backward" and self.is_deepspeed_enabled:
             # DeepSpeed counts backward passes as accumulation steps: one per micro-batch only
@@ -160,10 +160,10 @@ class DiffusionDPOTrainer(FixedEvalMasks, Trainer):
     def _masks(self, inputs: Mapping[str, Any], mode: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(policy masks, reference masks): the same tensor with antithetic sharing, independent draws without."""
         seed, draw = self._draw(mode)
-        policy = draw_pair_masks(inputs, self.settings.mc_samples, seed, draw)
+        policy = draw_pair_masks(inputs, self.config.mc_samples, seed, draw)
         if self.config.antithetic:
             return policy, policy
-        return policy, draw_pair_masks(inputs, self.settings.mc_samples, seed, draw + ":reference")
+        return policy, draw_pair_masks(inputs, self.config.mc_samples, seed, draw + ":reference")
 
     @contextlib.contextmanager
     def _reference(self) -> Iterator[torch.nn.Module]:
@@ -386,13 +386,12 @@ def training_arguments(config: DPOConfig, checkpoint_dir: Path, has_validation: 
 
 
 def elbo_settings(config: DPOConfig, loaded: LoadedModel) -> ElboDPOSettings:
-    """The estimator's settings: the model's mask id and logit shift, and beta, the loss and n from `config`."""
+    """The estimator's settings: the model's mask id and logit shift, and beta and the loss from `config`."""
     return ElboDPOSettings(
         mask_id=loaded.special_ids.mask,
         shift=loaded.family.shift_logits,
         beta=config.beta,
         loss_type=config.loss_type,
-        mc_samples=config.mc_samples,
     )
 
 
