@@ -31,9 +31,14 @@ def _workspace(folder: str | None) -> Workspace:
 
 
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
+    if args.plugin is None:
+        if args.help:
+            args.parser.print_help()
+            return 0
+        args.parser.error("the following arguments are required: plugin")
     plugin_dir = Path(args.plugin) if Path(args.plugin).is_dir() else find_plugin(args.plugin, REPO_ROOT)
     load_manifest(plugin_dir)
-    if args.help:
+    if args.help:  # the plugin's parameters, from its settings (the source of its form)
         args.parser.print_help()
         print()
         print(parameter_help(plugin_dir))
@@ -89,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         add_help=False,
     )
     run.add_argument("-h", "--help", action="store_true", help="show this help and the plugin's parameters")
-    run.add_argument("plugin", help="plugin id from the gallery, or a plugin folder")
+    run.add_argument("plugin", nargs="?", help="plugin id from the gallery, or a plugin folder")
     run.add_argument("--workspace", help="local workspace folder (default: $DLM_WORKSPACE or ./workspace)")
     run.add_argument("--experiment", default="default", help="experiment name (default: default)")
     run.set_defaults(handler=cmd_run, parser=run)

@@ -15,6 +15,7 @@ import dataclasses
 import importlib
 import json
 import sys
+import textwrap
 import types
 import typing
 from dataclasses import dataclass
@@ -226,7 +227,7 @@ def parameter_help(plugin_dir: str | Path) -> str:
         for p in members:
             lines.append(f"  --{p.name} ({p.type}, default {_shown(p.default)}): {p.form['title']}{_limits(p)}")
             if p.help:
-                lines.append(f"      {p.help}")
+                lines += textwrap.wrap(p.help, width=110, initial_indent=" " * 6, subsequent_indent=" " * 6)
     return "\n".join(lines)
 
 
