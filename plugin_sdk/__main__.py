@@ -67,11 +67,10 @@ def cmd_forms(args: argparse.Namespace, extra: list[str]) -> int:
     differences = write_forms(REPO_ROOT, check=args.check)
     for difference in differences:
         print(difference, file=sys.stderr if args.check else sys.stdout)
-    if args.check:
-        if differences:
-            print("run `python -m plugin_sdk forms` to write them from the plugins' settings", file=sys.stderr)
-        return 1 if differences else 0
-    print(f"wrote {len(differences)} file(s)" if differences else "forms up to date")
+    if args.check and differences:
+        print("run `python -m plugin_sdk forms` to write them from the plugins' settings", file=sys.stderr)
+        return 1
+    print(f"wrote {len(differences)} file(s)" if differences and not args.check else "forms up to date")
     return 0
 
 
