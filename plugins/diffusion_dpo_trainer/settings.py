@@ -28,7 +28,9 @@ class DPOTrainerSettings(TrainerJobSettings, DatasetSettings, DPOConfig):
 
 
 SETTINGS = DPOTrainerSettings
+# what a task of today's Transformer Lab carries beyond the form: the model the plugin-era host's picker filled in
 TASK_HOST_PARAMETERS = {"model_name": ""}
+# the order of the form (ui:order) and of --help's groups
 ORDER = (
     "dataset",
     "dataset_split",

@@ -56,7 +56,9 @@ class EvaluatorSettings(DatasetSettings, EvaluatorConfig):
 
 
 SETTINGS = EvaluatorSettings
+# what a task of today's Transformer Lab carries beyond the form: the model the plugin-era host's picker filled in
 TASK_HOST_PARAMETERS = {"model_name": "", "model_adapter": ""}
+# the order of the form (ui:order) and of --help's groups
 ORDER = (
     "dataset",
     "dataset_split",

@@ -157,7 +157,9 @@ class TrainerSettings(TrainerJobSettings, DatasetSettings, SFTConfig):
 
 
 SETTINGS = TrainerSettings
+# what a task of today's Transformer Lab carries beyond the form: the model the plugin-era host's picker filled in
 TASK_HOST_PARAMETERS = {"model_name": ""}
+# the order of the form (ui:order) and of --help's groups
 ORDER = (
     "dataset",
     "train_mode",
