@@ -94,7 +94,7 @@ def make_batches(args: argparse.Namespace, settings: ElboDPOSettings) -> list[tu
             for i in range(args.pairs)
         ]
         batch = {k: v.to(args.device) if isinstance(v, torch.Tensor) else v for k, v in collate(rows).items()}
-        batches.append((batch, draw_pair_masks(batch, settings.mc_samples, args.seed, "bench")))
+        batches.append((batch, draw_pair_masks(batch, args.mc_samples, args.seed, "bench")))
     return batches
 
 
@@ -171,7 +171,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     policy, reference = build_models(args)
-    settings = ElboDPOSettings(mask_id=MASK_ID, shift=False, beta=0.2, loss_type="sigmoid", mc_samples=args.mc_samples)
+    settings = ElboDPOSettings(mask_id=MASK_ID, shift=False, beta=0.2, loss_type="sigmoid")
     batches = make_batches(args, settings)
     steps = {
         "ours (per_sample_backward)": ours(policy, settings, per_sample=True),

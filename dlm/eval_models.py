@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,6 @@ from dlm.evaluation import (
     evaluate,
 )
 from dlm.families import Family, detect_family
-from dlm.generation import SamplerSettings
 from dlm.loading import inference_device_map, locate_checkpoint
 from dlm.lora import adapter_base_model, load_model_with_adapter
 from dlm.report import ModelResult, lm_eval_metrics
@@ -71,34 +70,6 @@ class LoadOptions:
     dtype: str = "auto"
     trust_remote_code: bool = False
     workspace: str | None = None
-
-
-def eval_settings_from(params: Mapping[str, Any]) -> EvalSettings:
-    """`EvalSettings` from the evaluator's parameter values (same names). The form's "off" values of the sampler
-    (alg_temp 0, top_p 1, top_k 0) are the samplers' None."""
-    sampler = SamplerSettings(
-        steps=params["steps"],
-        max_new_tokens=params["max_new_tokens"],
-        block_length=params["block_length"],
-        temperature=params["temperature"],
-        remasking=params["remasking"],
-        cfg_scale=params["cfg_scale"],
-        alg=params["alg"],
-        alg_temp=params["alg_temp"] or None,
-        top_p=params["top_p"] if params["top_p"] < 1 else None,
-        top_k=params["top_k"] or None,
-        suppress_eos_confidence=params["suppress_eos_confidence"],
-        cache=params["cache"],
-        parallel_threshold=params["parallel_threshold"] or None,
-        grow_canvas=params["grow_canvas"],
-    )
-    names = ("mc_num", "batch_size", "seed", "max_length", "apply_chat_template", "answer_extraction", "answer_regex")
-    return EvalSettings(
-        metrics=tuple(dict.fromkeys(params["metrics"])),
-        mask_ratios=tuple(params["mask_ratios"]),
-        sampler=sampler,
-        **{name: params[name] for name in names},
-    )
 
 
 def evaluate_models(

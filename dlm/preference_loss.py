@@ -38,7 +38,8 @@ BackwardUnit = Callable[[Callable[[], torch.Tensor], bool], None]
 
 @dataclass(frozen=True)
 class ElboDPOSettings:
-    """How preference scores are estimated: the model's mask id and logit shift, beta, the loss, n samples. No
+    """How preference scores are estimated: the model's mask id and logit shift, beta and the loss (the number of
+    Monte-Carlo samples is in the masks drawn by `draw_pair_masks`). No
     defaults or checks of its own: the trainer builds it from a checked `DPOConfig`
     (`dlm.trainers.dpo_trainer.elbo_settings`), which holds the defaults and validates the settings."""
 
@@ -46,7 +47,6 @@ class ElboDPOSettings:
     shift: bool
     beta: float
     loss_type: str
-    mc_samples: int
 
 
 @dataclass

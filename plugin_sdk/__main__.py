@@ -1,4 +1,4 @@
-"""Command line: `python -m plugin_sdk {run,list,validate,stop}` (the demo is `python -m demo`)."""
+"""Command line: `python -m plugin_sdk {run,list,validate,forms,stop}` (the demo is `python -m demo`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 from plugin_sdk.backends.local import settle_stale_jobs
 from plugin_sdk.errors import PluginError
+from plugin_sdk.forms import parameter_help, write_forms
 from plugin_sdk.manifest import find_plugin, load_manifest, validate_gallery
 from plugin_sdk.params import read_raw_parameters
 from plugin_sdk.runner import request_stop, run_plugin
@@ -30,8 +31,18 @@ def _workspace(folder: str | None) -> Workspace:
 
 
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
+    if args.plugin is None:
+        if args.help:
+            args.parser.print_help()
+            return 0
+        args.parser.error("the following arguments are required: plugin")
     plugin_dir = Path(args.plugin) if Path(args.plugin).is_dir() else find_plugin(args.plugin, REPO_ROOT)
     load_manifest(plugin_dir)
+    if args.help:  # the plugin's parameters, from its settings (the source of its form)
+        args.parser.print_help()
+        print()
+        print(parameter_help(plugin_dir))
+        return 0
     raw = read_raw_parameters(extra)
     workspace = _workspace(args.workspace)
     code, _ = run_plugin(plugin_dir, dict(raw.values), workspace=workspace, experiment=args.experiment)
@@ -52,6 +63,17 @@ def cmd_validate(args: argparse.Namespace, extra: list[str]) -> int:
     return 1 if problems else 0
 
 
+def cmd_forms(args: argparse.Namespace, extra: list[str]) -> int:
+    differences = write_forms(REPO_ROOT, check=args.check)
+    for difference in differences:
+        print(difference, file=sys.stderr if args.check else sys.stdout)
+    if args.check and differences:
+        print("run `python -m plugin_sdk forms` to write them from the plugins' settings", file=sys.stderr)
+        return 1
+    print(f"wrote {len(differences)} file(s)" if differences and not args.check else "forms up to date")
+    return 0
+
+
 def cmd_stop(args: argparse.Namespace, extra: list[str]) -> int:
     finished = request_stop(_workspace(args.workspace), args.job_id)
     if finished:
@@ -68,15 +90,22 @@ def main(argv: list[str] | None = None) -> int:
         "run",
         help="run a plugin as a local job",
         description="Extra options: --config FILE.yaml|json and --set key=value (repeatable).",
+        add_help=False,
     )
-    run.add_argument("plugin", help="plugin id from the gallery, or a plugin folder")
+    run.add_argument("-h", "--help", action="store_true", help="show this help and the plugin's parameters")
+    run.add_argument("plugin", nargs="?", help="plugin id from the gallery, or a plugin folder")
     run.add_argument("--workspace", help="local workspace folder (default: $DLM_WORKSPACE or ./workspace)")
     run.add_argument("--experiment", default="default", help="experiment name (default: default)")
-    run.set_defaults(handler=cmd_run)
+    run.set_defaults(handler=cmd_run, parser=run)
     sub.add_parser("list", help="list the plugins in the gallery").set_defaults(handler=cmd_list)
     sub.add_parser("validate", help="check every plugin's index.json and the gallery").set_defaults(
         handler=cmd_validate
     )
+    forms = sub.add_parser("forms", help="write each plugin's form (index.json, task.yaml) from its settings")
+    forms.add_argument(
+        "--check", action="store_true", help="write nothing; fail naming each file and field that differs"
+    )
+    forms.set_defaults(handler=cmd_forms)
     stop = sub.add_parser("stop", help="ask a running local job to stop")
     stop.add_argument("job_id")
     stop.add_argument("--workspace")

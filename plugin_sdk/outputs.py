@@ -1,5 +1,5 @@
 """A trained model's outputs handed to the workbench: the LoRA adapter in the job's adaptor folder, the full model
-in the workspace's models, registered. The trainer does the saving (`save`, e.g. `dlm.trainers.common.save_outputs`
+in the workspace's models, registered. The trainer does the saving (`save`, e.g. `dlm.trainers.outputs.save_outputs`
 bound to its result); this module decides where, logs what was written and registers the model."""
 
 from __future__ import annotations

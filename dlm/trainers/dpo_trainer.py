@@ -1,8 +1,8 @@
 """ELBO-DPO training of masked diffusion LMs (VRPO, LLaDA 1.5): `DPOConfig` in, a trained adapter or model out.
 
 `run_dpo(config, train_examples, validation_examples, reporter)` loads the model (LoRA/QLoRA or full), encodes the
-preference pairs (`dlm.preference_data`; read from rows by `plugin_sdk.preferences`), trains with `DiffusionDPOTrainer` and returns the result for
-`dlm.trainers.common.save_outputs`. The loss and its estimator are in `dlm.preference_loss`.
+preference pairs (`dlm.preference_data`; read from rows by `plugin_sdk.preferences`), trains with `DiffusionDPOTrainer` and
+returns the result for `dlm.trainers.outputs.save_outputs`. The loss and its estimator are in `dlm.preference_loss`.
 
 Choices the trainer makes:
 - Masks come from per-example generators seeded by (seed, example id, chosen/rejected, epoch): a resumed run, a
@@ -44,18 +44,13 @@ from dlm.loading import LoadedModel
 from dlm.losses import LossConfig, LossOutput, diffusion_loss, draw_mask
 from dlm.preference_data import encode_preferences
 from dlm.preference_loss import ElboDPOSettings, PreferenceOutput, draw_pair_masks, elbo_dpo_loss, response_elbos
-from dlm.trainers.common import (
-    FixedEvalMasks,
-    TrainResult,
-    common_training_arguments,
-    last_logged,
-    load_for_training,
-    memory_in_use_gb,
-    step_interval,
-    train_or_resume,
-    trainable_model,
-)
+from dlm.trainers.arguments import common_training_arguments, step_interval
 from dlm.trainers.dpo_config import DPOConfig, DPOError
+from dlm.trainers.eval_masks import FixedEvalMasks
+from dlm.trainers.logs import last_logged, memory_in_use_gb
+from dlm.trainers.model import load_for_training, trainable_model
+from dlm.trainers.outputs import TrainResult
+from dlm.trainers.resuming import train_or_resume
 
 PER_SAMPLE_FROM = 4  # memory_mode=auto back-propagates sample by sample from this many Monte-Carlo samples on
 METRICS = (
@@ -70,7 +65,7 @@ METRICS = (
 
 @dataclass
 class DPOResult(TrainResult):
-    """What `dlm.trainers.common.save_outputs` needs, plus the last validation metrics (empty without validation data)."""
+    """What `dlm.trainers.outputs.save_outputs` needs, plus the last validation metrics (empty without validation data)."""
 
     validation_metrics: dict[str, float] = field(default_factory=dict)
 
@@ -139,7 +134,7 @@ class DiffusionDPOTrainer(FixedEvalMasks, Trainer):
             raise DPOError("reference=disabled_adapters needs a model with LoRA adapters (a peft model)")
         self.memory_mode = config.memory_mode
         if self.memory_mode == "auto":
-            per_sample = settings.mc_samples >= PER_SAMPLE_FROM and not self.is_deepspeed_enabled
+            per_sample = config.mc_samples >= PER_SAMPLE_FROM and not self.is_deepspeed_enabled
             self.memory_mode = "per_sample_backward" if per_sample else "keep_graphs"
         if self.memory_mode == "per_sample_backward" and self.is_deepspeed_enabled:
             # DeepSpeed counts backward passes as accumulation steps: one per micro-batch only
@@ -165,10 +160,10 @@ class DiffusionDPOTrainer(FixedEvalMasks, Trainer):
     def _masks(self, inputs: Mapping[str, Any], mode: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(policy masks, reference masks): the same tensor with antithetic sharing, independent draws without."""
         seed, draw = self._draw(mode)
-        policy = draw_pair_masks(inputs, self.settings.mc_samples, seed, draw)
+        policy = draw_pair_masks(inputs, self.config.mc_samples, seed, draw)
         if self.config.antithetic:
             return policy, policy
-        return policy, draw_pair_masks(inputs, self.settings.mc_samples, seed, draw + ":reference")
+        return policy, draw_pair_masks(inputs, self.config.mc_samples, seed, draw + ":reference")
 
     @contextlib.contextmanager
     def _reference(self) -> Iterator[torch.nn.Module]:
@@ -391,13 +386,12 @@ def training_arguments(config: DPOConfig, checkpoint_dir: Path, has_validation: 
 
 
 def elbo_settings(config: DPOConfig, loaded: LoadedModel) -> ElboDPOSettings:
-    """The estimator's settings: the model's mask id and logit shift, and beta, the loss and n from `config`."""
+    """The estimator's settings: the model's mask id and logit shift, and beta and the loss from `config`."""
     return ElboDPOSettings(
         mask_id=loaded.special_ids.mask,
         shift=loaded.family.shift_logits,
         beta=config.beta,
         loss_type=config.loss_type,
-        mc_samples=config.mc_samples,
     )
 
 

@@ -1,7 +1,7 @@
 """Masked-diffusion SFT and pre-training: `SFTConfig` in, a trained adapter or model out.
 
 `run_sft(config, train_rows, validation_rows, reporter)` loads the model (any family, LoRA/QLoRA), encodes the
-data, trains with `DiffusionTrainer` and returns the result for `dlm.trainers.common.save_outputs`. Rows are chat
+data, trains with `DiffusionTrainer` and returns the result for `dlm.trainers.outputs.save_outputs`. Rows are chat
 conversations (lists of messages whose last one is the assistant's answer) in SFT mode, or plain texts in
 pre-training mode.
 
@@ -40,17 +40,12 @@ from dlm.generation import SamplerSettings, answer, check_decoding_settings
 from dlm.loading import LoadedModel
 from dlm.losses import LossConfig, LossOutput, ar_loss, count_items, diffusion_loss, draw_mask
 from dlm.masking import random_length
-from dlm.trainers.common import (
-    FixedEvalMasks,
-    TrainResult,
-    common_training_arguments,
-    last_logged,
-    load_for_training,
-    memory_in_use_gb,
-    step_interval,
-    train_or_resume,
-    trainable_model,
-)
+from dlm.trainers.arguments import common_training_arguments, step_interval
+from dlm.trainers.eval_masks import FixedEvalMasks
+from dlm.trainers.logs import last_logged, memory_in_use_gb
+from dlm.trainers.model import load_for_training, trainable_model
+from dlm.trainers.outputs import TrainResult
+from dlm.trainers.resuming import train_or_resume
 from dlm.trainers.sft_config import SFTConfig
 
 

@@ -46,9 +46,9 @@ def _pairs(job: Job, rows: datasets.Dataset, source: str, what: str) -> list:
 def train(job: Job) -> str:
     p = job.params
     require_model(p.get("model_name"))
-    from dlm.trainers.common import save_outputs
     from dlm.trainers.dpo_config import DPOConfig
     from dlm.trainers.dpo_trainer import run_dpo
+    from dlm.trainers.outputs import save_outputs
 
     config = DPOConfig.from_params(p, output_dir=str(job.checkpoint_dir), workspace=str(job.workspace.root))
     outputs = plan_outputs(job)

@@ -45,7 +45,8 @@ def lm_eval_limit(limit: float) -> int | float | None:
 
 
 def run(job: Job) -> str:
-    from dlm.eval_models import LmEvalOptions, LoadOptions, eval_settings_from, evaluate_models, model_specs
+    from dlm.eval_config import EvaluatorConfig
+    from dlm.eval_models import LmEvalOptions, LoadOptions, evaluate_models, model_specs
     from dlm.evaluation import EvalExample, example_fields
     from dlm.report import (
         comparison_text,
@@ -57,7 +58,7 @@ def run(job: Job) -> str:
     )
 
     p = job.params
-    settings = eval_settings_from(p)
+    settings = EvaluatorConfig.from_params(p).eval_settings()
     limit = lm_eval_limit(p.limit)
     if not settings.metrics and not p.tasks:
         raise ParameterError("nothing to evaluate: choose metrics, lm-eval tasks (tasks), or both")

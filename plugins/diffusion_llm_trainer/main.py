@@ -59,7 +59,7 @@ def prepare_corpus(job: Job):
 
 
 def train(job: Job) -> str:
-    from dlm.trainers.common import save_outputs
+    from dlm.trainers.outputs import save_outputs
     from dlm.trainers.sft_config import SFTConfig
     from dlm.trainers.sft_trainer import run_sft
 

@@ -31,6 +31,7 @@ from plugin_sdk.preferences import PreferenceExample
 from tests.helpers import Reporter, max_difference, tiny_run, weights
 
 REPO = Path(__file__).resolve().parents[2]
+MC_SAMPLES = 8  # Monte-Carlo samples per response in the tiny estimator tests
 LN2_FLOAT32 = float(torch.tensor(math.log(2), dtype=torch.float32))
 
 
@@ -80,9 +81,7 @@ def tiny(workspace: str):
         for i, (p, c, r) in enumerate(shapes)
     ]
     batch = PreferenceCollator(loaded.special_ids.pad)(rows)
-    settings = ElboDPOSettings(
-        mask_id=loaded.special_ids.mask, shift=False, beta=0.2, loss_type="sigmoid", mc_samples=8
-    )
+    settings = ElboDPOSettings(mask_id=loaded.special_ids.mask, shift=False, beta=0.2, loss_type="sigmoid")
     return model, settings, batch
 
 
@@ -113,8 +112,8 @@ def reference_logps(model, batch, masks, settings) -> torch.Tensor:
 @pytest.mark.parametrize("antithetic", [True, False])
 def test_step0_identity_holds_exactly_with_shared_masks_only(tiny, antithetic):
     model, settings, batch = tiny
-    masks = draw_pair_masks(batch, settings.mc_samples, seed=3, draw="train0")
-    reference_masks = masks if antithetic else draw_pair_masks(batch, settings.mc_samples, seed=3, draw="other")
+    masks = draw_pair_masks(batch, MC_SAMPLES, seed=3, draw="train0")
+    reference_masks = masks if antithetic else draw_pair_masks(batch, MC_SAMPLES, seed=3, draw="other")
     out = elbo_dpo_loss(
         model, batch, masks, reference_logps(model, batch, reference_masks, settings), settings, normaliser=3
     )
@@ -162,7 +161,7 @@ def test_per_sample_backward_gives_the_gradient_of_all_graphs(tiny, loss_type):
     settings = dataclasses.replace(settings, loss_type=loss_type)
     saved = perturbed(model, 0.05, seed=1)
     try:
-        masks = draw_pair_masks(batch, settings.mc_samples, seed=5, draw="g")
+        masks = draw_pair_masks(batch, MC_SAMPLES, seed=5, draw="g")
         reference = reference_logps(model, batch, masks, settings)
         trained = [p for p in model.parameters() if p.requires_grad]
 

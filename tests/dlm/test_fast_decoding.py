@@ -16,7 +16,7 @@ from torch import nn
 from transformers import AutoModelForMaskedLM
 
 import dlm  # noqa: F401  (registers LLaDA and Dream with the Auto classes)
-from dlm.eval_models import eval_settings_from
+from dlm.eval_config import EvaluatorConfig
 from dlm.evaluation import EvaluationError, check_sampler_settings
 from dlm.families import SpecialIds, get_family
 from dlm.forward import logits_at_positions
@@ -283,7 +283,9 @@ def test_generation_passes_cache_and_threshold_on(models: dict[str, nn.Module], 
 
 def _evaluator_settings(**values: str) -> Any:
     schema = json.loads((REPO / "plugins" / "diffusion_evaluator" / "index.json").read_text())["parameters"]
-    return eval_settings_from(coerce_and_validate({"model_name": "tiny-llada", **values}, schema)).sampler
+    return EvaluatorConfig.from_params(
+        coerce_and_validate({"model_name": "tiny-llada", **values}, schema)
+    ).sampler_settings()
 
 
 def test_the_evaluator_form_sets_cache_and_threshold() -> None:

@@ -15,7 +15,7 @@ import dlm.presets
 import dlm.trainers.sft_trainer as sft_trainer
 from dlm.errors import ModelError
 from dlm.loading import load_model_and_tokenizer
-from dlm.trainers.common import save_outputs
+from dlm.trainers.outputs import save_outputs
 from dlm.trainers.sft_config import SFTConfig
 from dlm.trainers.sft_trainer import run_sft
 from tests.helpers import Reporter, assert_same_weights, tiny_run, weights

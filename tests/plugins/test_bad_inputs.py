@@ -323,7 +323,7 @@ def test_a_taken_adaptor_name_is_refused_before_training(tmp_path):
 
 
 def test_a_result_never_replaces_another_finished_meanwhile(tmp_path):
-    from dlm.trainers.common import _claim
+    from dlm.trainers.outputs import _claim
 
     destination = tmp_path / "adaptor"
     claimed = []

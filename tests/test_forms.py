@@ -1,0 +1,160 @@
+"""One source per parameter: each plugin's settings dataclass writes its index.json form and task.yaml parameters
+(`python -m plugin_sdk forms`), the committed files are what it writes, and `run <plugin> --help` reads it too."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from dlm.eval_config import EvaluatorConfig
+from dlm.settings import setting
+from dlm.trainers.dpo_config import DPOConfig
+from dlm.trainers.sft_config import SFTConfig
+from plugin_sdk.__main__ import main
+from plugin_sdk.forms import FORM, form_parameters, json_type, load_form, schema, write_forms
+
+REPO = Path(__file__).resolve().parent.parent
+PLUGINS = {
+    "diffusion_llm_trainer": SFTConfig,
+    "diffusion_dpo_trainer": DPOConfig,
+    "diffusion_evaluator": EvaluatorConfig,
+}
+
+
+def test_committed_forms_are_what_the_settings_write(capsys):
+    assert main(["forms", "--check"]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("plugin", PLUGINS)
+def test_every_field_has_a_title_help_and_group(plugin):
+    form = load_form(REPO / "plugins" / plugin)
+    lacking = [p.name for p in form.parameters if not (p.form.get("title") and p.help and p.form.get("group"))]
+    assert lacking == []
+    assert len(form.parameters) > 30
+
+
+@pytest.mark.parametrize(("plugin", "config"), PLUGINS.items())
+def test_a_plugins_form_is_the_config_its_main_builds(plugin, config):
+    # the form's defaults are the config's: a settings class only adds the job's own fields to the config
+    settings = load_form(REPO / "plugins" / plugin).settings
+    assert issubclass(settings, config)
+    own = {f.name for f in dataclasses.fields(config)}
+    assert {f.name: f.default for f in dataclasses.fields(settings) if f.name in own} == {
+        f.name: f.default for f in dataclasses.fields(config)
+    }
+
+
+def test_check_names_the_file_and_field_that_differ(tmp_path):
+    shutil.copytree(REPO / "plugins", tmp_path / "plugins")
+    manifest_path = tmp_path / "plugins" / "diffusion_dpo_trainer" / "index.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["parameters"]["beta"]["default"] = 0.5
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    task = tmp_path / "plugins" / "diffusion_evaluator" / "task.yaml"
+    task.write_text(task.read_text().replace("  steps: 128\n", "  steps: 64\n"))
+    assert write_forms(tmp_path, check=True) == [
+        "plugins/diffusion_dpo_trainer/index.json: fields beta differ",
+        "plugins/diffusion_evaluator/task.yaml: fields steps differ",
+    ]
+    assert json.loads(manifest_path.read_text())["parameters"]["beta"]["default"] == 0.5  # --check writes nothing
+    assert len(write_forms(tmp_path)) == 2
+    assert write_forms(tmp_path, check=True) == []
+    assert manifest_path.read_text() == (REPO / "plugins" / "diffusion_dpo_trainer" / "index.json").read_text()
+
+
+def test_run_help_lists_the_parameters_by_group(capsys):
+    assert main(["run", "diffusion_llm_trainer", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--workspace" in out
+    assert "\nLoRA and quantization:\n" in out and "\nlaunch:\n" in out
+    assert "--lora_r (integer, default 16): LoRA rank; >= 4, <= 1024" in out
+    assert '--training_method (string, default "auto"): Model family; one of auto, bert, dream, llada, a2d, ar' in out
+    assert out.index("--lora_r") < out.index("--gpu_ids")
+
+
+def test_run_help_of_the_evaluator_shows_lists(capsys):
+    assert main(["run", "diffusion_evaluator", "-h"]) == 0
+    out = capsys.readouterr().out
+    assert "--metrics (array, default perplexity,generation,speed): Measurements; any of perplexity," in out
+    assert "--tasks (array, default none): lm-eval tasks" in out
+
+
+@dataclass
+class Toy:
+    name: str  # not a form field: no metadata
+    mode: str = setting("a", title="Mode", group="g", help="Which mode.", choices=("a", "b"), choice_labels=("A", "B"))
+    flag: bool = setting(False, title="Flag", group="g", ui_help="Turns it on.")
+    sizes: tuple[float, ...] = setting((0.5,), title="Sizes", group="h", help="Sizes.", items={"type": "number"})
+    rate: float | None = setting(0.1, title="Rate", group="h", help="Rate.", exclusive_minimum=0, maximum=1)
+
+
+def test_a_dataclass_becomes_a_form():
+    parameters, ui = schema(form_parameters(Toy, ("flag",)))
+    assert ui["ui:order"] == ["flag", "mode", "sizes", "rate"]
+    assert parameters["mode"] == {
+        "title": "Mode",
+        "type": "string",
+        "default": "a",
+        "description": "Which mode.",
+        "enum": ["a", "b"],
+    }
+    assert ui["mode"] == {"ui:widget": "radio", "ui:options": {"inline": True}, "ui:enumNames": ["A", "B"]}
+    assert parameters["flag"] == {"title": "Flag", "type": "boolean", "default": False}
+    assert ui["flag"] == {"ui:help": "Turns it on.", "ui:options": {"label": False}}
+    assert parameters["sizes"] == {
+        "title": "Sizes",
+        "type": "array",
+        "default": [0.5],
+        "description": "Sizes.",
+        "items": {"type": "number"},
+    }
+    assert parameters["rate"]["exclusiveMinimum"] == 0 and parameters["rate"]["type"] == "number"
+    assert "sizes" not in ui and "rate" not in ui
+    assert FORM not in dataclasses.fields(Toy)[0].metadata
+
+
+def test_an_order_naming_no_field_is_refused():
+    with pytest.raises(ValueError, match="names gone, not form fields"):
+        form_parameters(Toy, ("mode", "gone"))
+
+
+def test_an_annotation_without_a_form_type_is_refused():
+    assert json_type(int) == "integer" and json_type(list[str]) == "array"
+    with pytest.raises(TypeError, match="no form type"):
+        json_type(dict)
+
+
+def test_the_evaluator_config_takes_the_forms_defaults():
+    # these five differed between the form and EvalSettings/SamplerSettings; the form's values are what users get
+    settings = EvaluatorConfig().eval_settings()
+    assert settings.metrics == ("perplexity", "generation", "speed")
+    assert settings.max_length == 1024
+    assert (settings.sampler.steps, settings.sampler.max_new_tokens, settings.sampler.grow_canvas) == (128, 128, 8)
+    # the form's "off" values are the samplers' None
+    sampler = settings.sampler
+    assert (sampler.alg_temp, sampler.top_p, sampler.top_k, sampler.parallel_threshold) == (None, None, None, None)
+
+
+def test_the_evaluator_config_reads_a_jobs_parameters():
+    config = EvaluatorConfig.from_params(
+        {"metrics": ["speed", "speed"], "mask_ratios": [0.5], "top_p": 0.9, "dataset": "ignored", "seed": None}
+    )
+    settings = config.eval_settings()
+    assert (settings.metrics, settings.mask_ratios, settings.sampler.top_p, settings.seed) == (
+        ("speed",),
+        (0.5,),
+        0.9,
+        42,
+    )
+
+
+def test_run_help_without_a_plugin_shows_the_options(capsys):
+    assert main(["run", "--help"]) == 0
+    assert "plugin id from the gallery" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["run"])
