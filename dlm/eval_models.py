@@ -19,7 +19,8 @@ from dlm.evaluation import (
     check_sampler_settings,
     evaluate,
 )
-from dlm.families import Family, detect_family
+from dlm.families import detect_family
+from dlm.families.base import Family
 from dlm.generation import SamplerSettings
 from dlm.loading import inference_device_map, locate_checkpoint
 from dlm.lora import adapter_base_model, load_model_with_adapter
@@ -131,7 +132,7 @@ def check_models(specs: Sequence[ModelSpec], settings: EvalSettings, load: LoadO
         family = _family_of(spec, load.workspace)
         if generates:
             try:
-                check_sampler_settings(family.name, settings.sampler)
+                check_sampler_settings(family, settings.sampler)
             except EvaluationError as e:
                 raise EvaluationError(f"{spec.label} ({family.name} family): {e}") from None
 

@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 
-from dlm.generation import SamplerSettings, check_decoding_settings, decode_answers, encode_prompts, generate
+from dlm.families.base import Family
+from dlm.generation import SamplerSettings, build_sampler, decode_answers, encode_prompts, generate
 from dlm.loading import LoadedModel
 from dlm.metrics.likelihood import (
     ScoringInputs,
@@ -55,7 +56,7 @@ from dlm.metrics.text import (
     self_bleu,
     unigram_entropy,
 )
-from dlm.samplers import SamplingError, check_dream_settings, check_llada_settings
+from dlm.samplers.common import SamplingError
 
 __all__ = [
     "ANSWER_EXTRACTIONS",
@@ -159,36 +160,13 @@ def _listing(indices: Sequence[int], limit: int = 5) -> str:
     return shown + (f" and {len(indices) - limit} more" if len(indices) > limit else "")
 
 
-def check_sampler_settings(family_name: str, sampler: SamplerSettings) -> None:
-    """Raise `EvaluationError` for sampler settings the family's sampler rejects (saying which values work)."""
+def check_sampler_settings(family: Family, sampler: SamplerSettings) -> None:
+    """Build the family's sampler, which checks its settings; `EvaluationError` for settings it rejects (saying
+    which values work)."""
     try:
-        if family_name == "dream":
-            check_dream_settings(
-                sampler.steps,
-                sampler.max_new_tokens,
-                sampler.temperature,
-                sampler.top_p,
-                sampler.top_k,
-                sampler.alg,
-                sampler.alg_temp,
-                1e-3,
-            )
-        elif family_name != "ar":
-            check_llada_settings(
-                sampler.steps,
-                sampler.max_new_tokens,
-                sampler.block_length,
-                sampler.temperature,
-                sampler.remasking,
-                sampler.cfg_scale,
-            )
-        check_decoding_settings(family_name, sampler)
+        build_sampler(family, sampler)
     except SamplingError as e:
         raise EvaluationError(f"sampler settings (gen_length is max_new_tokens): {e}") from e
-    if sampler.max_new_tokens < 1:
-        raise EvaluationError(f"max_new_tokens must be at least 1, got {sampler.max_new_tokens}")
-    if sampler.temperature < 0:
-        raise EvaluationError(f"temperature must be >= 0, got {sampler.temperature}")
 
 
 def validate(loaded: LoadedModel, examples: Sequence[EvalExample], settings: EvalSettings) -> frozenset[str]:
@@ -238,7 +216,7 @@ def _validate_generation(
         compile_answer_regex(settings.answer_extraction, settings.answer_regex)
     if "diversity" in groups and len(examples) < 2:
         raise EvaluationError("diversity (Self-BLEU) compares answers with each other: it needs at least 2 prompts")
-    check_sampler_settings(loaded.family.name, settings.sampler)
+    check_sampler_settings(loaded.family, settings.sampler)
 
 
 def _check_prompts(examples: Sequence[EvalExample], metrics: str) -> None:
@@ -475,7 +453,7 @@ def _perplexity_metric(
 
 
 def _passes_per_answer(loaded: LoadedModel, settings: EvalSettings) -> int:
-    return settings.sampler.max_new_tokens if loaded.family.name == "ar" else settings.sampler.steps
+    return build_sampler(loaded.family, settings.sampler).forward_passes
 
 
 def _planned_work(

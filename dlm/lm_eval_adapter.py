@@ -43,15 +43,15 @@ from lm_eval.utils import get_rolling_token_windows, handle_non_serializable, ma
 
 from dlm.elbo import elbo, example_generators
 from dlm.errors import DlmError
-from dlm.families import Family
+from dlm.families import get_family
+from dlm.families.base import Family
 from dlm.forward import logits_at_positions
-from dlm.generation import SamplerSettings, check_decoding_settings, decode_answers, encode_prompts, generate
+from dlm.generation import SamplerSettings, check_decoding_settings, decode_answers, encode_prompts, generate, in_blocks
 from dlm.loading import LoadedModel, load_model_and_tokenizer
-from dlm.samplers import SamplingError
+from dlm.samplers.common import SamplingError
 
 LM_NAME = "dlm_diffusion"
 DEFAULT_MAX_LENGTH = 4096  # when the config names no context length
-BLOCK_SAMPLERS = ("llada", "bert", "a2d")  # LLaDA-style samplers: the generated length is a multiple of block_length
 NETWORK_ERRORS = ("OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectError", "ConnectTimeout", "ReadTimeout")
 
 Log = Callable[[str], None]
@@ -74,17 +74,17 @@ def settings_for_length(settings: SamplerSettings, max_gen_toks: int, family: Fa
     steps keeps the tokens revealed per step of `settings` (a multiple of the number of blocks, at most one step per
     token), since that ratio, not the step count, sets the quality of the samples.
     """
-    name = family if isinstance(family, str) else family.name
+    blockwise = in_blocks(get_family(family), settings)
     if max_gen_toks < 1:
         raise LmEvalError(f"max_gen_toks must be at least 1, got {max_gen_toks}")
-    if settings.max_new_tokens < 1 or settings.steps < 1 or (name in BLOCK_SAMPLERS and settings.block_length < 1):
+    if settings.max_new_tokens < 1 or settings.steps < 1 or (blockwise and settings.block_length < 1):
         raise LmEvalError(
             f"sampler max_new_tokens, steps and block_length must be at least 1, got {settings.max_new_tokens}, "
             f"{settings.steps} and {settings.block_length}"
         )
     length = max_gen_toks
     blocks = 1
-    if name in BLOCK_SAMPLERS or settings.cache != "none":  # a cached Dream decodes block by block too
+    if blockwise:
         length = math.ceil(max_gen_toks / settings.block_length) * settings.block_length
         blocks = length // settings.block_length
     per_block = -(-settings.steps * length // (settings.max_new_tokens * blocks))  # ceil, in integers
@@ -214,7 +214,7 @@ class DiffusionLM(TemplateLM):
         self.batch_size = _positive_int("batch_size", batch_size)
         self.sampler = sampler if sampler is not None else _sampler_from_args(sampler_fields)
         try:
-            check_decoding_settings(loaded.family.name, self.sampler)
+            check_decoding_settings(loaded.family, self.sampler)
         except SamplingError as e:
             raise LmEvalError(f"{LM_NAME} sampler settings: {e}") from e
         self.seed = int(seed)

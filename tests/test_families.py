@@ -7,7 +7,8 @@ import pytest
 from transformers import AutoConfig, AutoTokenizer
 
 from dlm.errors import ModelError
-from dlm.families import FAMILIES, detect_family, get_family, resolve_special_ids
+from dlm.families import FAMILIES, detect_family, get_family
+from dlm.families.special_ids import resolve_special_ids
 from dlm.presets import ensure_preset
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dlm.errors import ConfigError
+from dlm.families import training_methods
 from dlm.losses import LossConfig
 from dlm.trainers.common import TrainerConfig
 
-TRAINING_METHODS = ("auto", "bert", "dream", "llada", "a2d", "ar")
+TRAINING_METHODS = ("auto", *training_methods())
 
 
 @dataclass
