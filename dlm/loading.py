@@ -11,7 +11,7 @@ from dlm.errors import ModelError
 from dlm.families import FAMILIES, detect_family, get_family
 from dlm.families.base import Family
 from dlm.families.special_ids import SpecialIds, resolve_special_ids
-from dlm.presets import resolve_model_path
+from dlm.presets.resolve import resolve_model_path
 from dlm.resume import refuse_damaged
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")

@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoTokenizer
 from dlm.errors import ModelError
 from dlm.families import FAMILIES, detect_family, get_family
 from dlm.families.special_ids import resolve_special_ids
-from dlm.presets import ensure_preset
+from dlm.presets.tiny import ensure_preset
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
 FIXTURE_FAMILY = {"llada-tiny": "llada", "dream-tiny": "dream", "modernbert-tiny": "bert"}

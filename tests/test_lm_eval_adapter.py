@@ -22,7 +22,7 @@ from dlm.elbo import elbo, example_generators
 from dlm.generation import SamplerSettings, decode_answers, encode_prompts, generate
 from dlm.lm_eval_adapter import DiffusionLM, LmEvalError, request_key, run_lm_eval, settings_for_length
 from dlm.loading import load_model_and_tokenizer
-from dlm.presets import ensure_preset
+from dlm.presets.tiny import ensure_preset
 
 FIXTURES = Path(__file__).parent / "fixtures" / "lm_eval_tasks"
 SEED = 7

@@ -19,7 +19,7 @@ from dlm.preference_data import (
     PreferenceDataError,
     encode_preferences,
 )
-from dlm.presets import ensure_preset
+from dlm.presets.tiny import ensure_preset
 from plugin_sdk.chat import (
     SKIP_EMPTY_PROMPT,
     SKIP_EMPTY_RESPONSE,

@@ -7,10 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dlm import presets
 from dlm.errors import ModelError
 from dlm.loading import load_model_and_tokenizer
-from dlm.presets import PRESETS, ensure_preset, resolve_model_path
+from dlm.presets import store
+from dlm.presets.resolve import resolve_model_path
+from dlm.presets.tiny import PRESETS, ensure_preset
 
 MESSAGES = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."}]
 PRESET_FAMILY = {"tiny-llada": "llada", "tiny-dream": "dream", "tiny-bert": "bert", "tiny-a2d": "a2d", "tiny-ar": "ar"}
@@ -89,7 +90,7 @@ def test_incomplete_or_stale_preset_is_rebuilt(tmp_path):
     assert (folder / "model.safetensors").is_file()
     (folder / "dlm_preset.json").write_text(json.dumps({"preset": "tiny-bert", "version": 0}))
     ensure_preset("tiny-bert", tmp_path)
-    assert json.loads((folder / "dlm_preset.json").read_text())["version"] == presets.PRESET_VERSION
+    assert json.loads((folder / "dlm_preset.json").read_text())["version"] == store.PRESET_VERSION
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["tiny-bert"]
 
 
@@ -124,7 +125,7 @@ def test_resolve_model_path(built, preset_workspace, monkeypatch):
     with pytest.raises(ModelError, match="unknown tiny preset 'tiny-gpt'; choose one of: tiny-llada, tiny-dream"):
         resolve_model_path("tiny-gpt", preset_workspace)
     monkeypatch.setenv("DLM_WORKSPACE", str(preset_workspace))
-    assert presets.default_workspace() == Path(preset_workspace)
+    assert store.default_workspace() == Path(preset_workspace)
     assert resolve_model_path("tiny-bert") == str(built["tiny-bert"])
 
 
@@ -136,7 +137,7 @@ def _register(workspace: Path, source: Path, folder: str, **index: str) -> Path:
     destination = workspace / "models" / folder
     destination.mkdir(parents=True)
     for file in source.iterdir():
-        if file.is_file() and file.name != presets.MARKER_FILE:
+        if file.is_file() and file.name != store.MARKER_FILE:
             (destination / file.name).write_bytes(file.read_bytes())
     backend = LocalBackend(Workspace(workspace), "1", job_type="TRAIN", experiment="e")
     backend.register_model(destination, name=folder, architecture="LLaDAModelLM", json_data={}, provenance={})
