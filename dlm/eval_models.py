@@ -189,7 +189,7 @@ def _evaluate_one(
         )
         result.metrics, result.samples = list(output.metrics), output.samples
     if lm_eval.tasks:
-        from dlm.lm_eval_adapter import run_lm_eval
+        from dlm.lm_eval.run import run_lm_eval
 
         arguments = _lm_eval_arguments(lm_eval, settings)
         result.lm_eval = run_lm_eval(

@@ -23,7 +23,7 @@ from dlm.families import get_family
 from dlm.families.special_ids import SpecialIds
 from dlm.forward import logits_at_positions
 from dlm.generation import SamplerSettings, generate
-from dlm.lm_eval_adapter import settings_for_length
+from dlm.lm_eval.model import settings_for_length
 from dlm.models.cache import CanvasCache
 from dlm.samplers.common import SamplingError
 from dlm.samplers.dream import generate_dream

@@ -30,7 +30,8 @@ def parse_sized_name(name: str) -> tuple[str, str] | None:
     size, _, family = name.partition("-")
     if size not in SIZES or not family or os.path.exists(name):
         return None
-    if family not in SIZED_FAMILIES:
+    preset = FAMILY_PRESETS.get(family)
+    if preset is None or not preset.sized:
         raise ModelError(
             f"no size preset {name!r}: {family!r} has no size presets; sizes {', '.join(SIZES)} exist for "
             f"{', '.join(SIZED_FAMILIES)} (for example {size}-llada)"
@@ -54,10 +55,10 @@ def count_parameters(family: str, size: str, vocab_size: int) -> int:
 def size_table(vocab_size: int) -> list[dict[str, Any]]:
     """One row per size and family: the shape and the parameter count at `vocab_size`."""
     return [
-        {"preset": f"{size}-{family}", **vars(dims), "vocab": vocab_size,
-         "parameters": count_parameters(family, size, vocab_size)}
+        {"preset": f"{size}-{name}", **vars(dims), "vocab": vocab_size,
+         "parameters": count_parameters(name, size, vocab_size)}
         for size, dims in SIZES.items()
-        for family in SIZED_FAMILIES
+        for name in SIZED_FAMILIES
     ]  # fmt: skip
 
 

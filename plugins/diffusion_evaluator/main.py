@@ -74,7 +74,7 @@ def run(job: Job) -> str:
         raise ParameterError("no model: set model_name (a local checkpoint, a hub id, or a preset such as tiny-llada)")
     specs = model_specs(model, p.compare_with, adapter=adapter_dir(job), label=Path(p.get("model_name") or model).name)
     if p.tasks:
-        from dlm.lm_eval_adapter import load_tasks
+        from dlm.lm_eval.tasks import load_tasks
 
         # a task that is unknown or cannot get its data fails now, not after hours
         load_tasks(p.tasks, job.log, trust_remote_code=p.trust_remote_code)

@@ -1,65 +1,34 @@
-"""lm-evaluation-harness on diffusion LMs: the `dlm_diffusion` lm-eval model and `run_lm_eval`.
-
-Likelihood requests are scored with the count-form ELBO (`dlm.elbo`), a Monte-Carlo lower bound of
-log p(continuation | context): multiple-choice accuracies compare bounds, and the perplexities of rolling-likelihood
-tasks (wikitext) are upper bounds. `is_greedy` is a one-step check: every continuation token is the argmax when all of
-them are masked at once (not LLaDA's token-by-token greedy decoding, which costs one forward pass per token).
-Generation requests go through the family's sampler (`dlm.generation`) with the caller's sampler settings, cut at the
-task's stop strings. Causal LMs (family `ar`) are evaluated by lm-eval's own `HFLM` (exact log-likelihoods).
-
-From lm-eval's own command line: `python -m dlm.lm_eval_cli` (or `dlm-lm-eval`) takes every `lm_eval` option,
-registers `dlm_diffusion` and runs lm-eval (`main`); lm-eval 0.4.13 loads no plugins, so `lm_eval --model
-dlm_diffusion` alone cannot find it. The model runs on the CPU when no GPU is present, whatever `--device` says.
-Task YAMLs given as files or folders (`--tasks`, `--include_path`) whose `!function` entries import Python run only
-with `--trust_remote_code`.
-
-Each ELBO draws its masks from a generator seeded by (seed, the request's token ids), so a request gets the same value
-whatever its batch or its position in the run, and equals `dlm.elbo.elbo` on that request alone with
-`example_generators([request_key(context_ids, continuation_ids)], seed)`.
-"""
+"""`DiffusionLM`: a masked-diffusion LM as the lm-eval model `dlm_diffusion` (ELBO likelihoods, the family's sampler
+for generation), registered with lm-eval on import."""
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import itertools
-import json
 import logging
 import math
-import numbers
-import re
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from functools import lru_cache
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
-from lm_eval.utils import get_rolling_token_windows, handle_non_serializable, make_disjoint_window
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from dlm.elbo import elbo, example_generators
-from dlm.errors import DlmError
 from dlm.families import get_family
 from dlm.families.base import Family
 from dlm.forward import logits_at_positions
 from dlm.generation import SamplerSettings, check_decoding_settings, decode_answers, encode_prompts, generate, in_blocks
+from dlm.lm_eval.errors import LmEvalError
 from dlm.loading import LoadedModel, load_model_and_tokenizer
 from dlm.samplers.common import SamplingError
 
 LM_NAME = "dlm_diffusion"
 DEFAULT_MAX_LENGTH = 4096  # when the config names no context length
-NETWORK_ERRORS = ("OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectError", "ConnectTimeout", "ReadTimeout")
 
 Log = Callable[[str], None]
 Progress = Callable[[str, int, int], None]
-
-
-class LmEvalError(DlmError):
-    """An lm-eval task or setting that cannot run here; the message names the task and why."""
 
 
 def request_key(context_ids: Sequence[int], continuation_ids: Sequence[int]) -> str:
@@ -141,7 +110,7 @@ def available_device(device: str, log: Log) -> str:
     return device
 
 
-def _positive_int(name: str, value: Any) -> int:
+def positive_int(name: str, value: Any) -> int:
     try:
         number = int(value)
     except (TypeError, ValueError):
@@ -197,7 +166,7 @@ class DiffusionLM(TemplateLM):
         if not loaded.family.is_diffusion:
             raise LmEvalError(
                 f"{loaded.path} is a causal LM (family {loaded.family.name}); {LM_NAME} scores diffusion models with "
-                "the ELBO. Evaluate causal LMs with lm-eval's HFLM (dlm.lm_eval_adapter.hf_lm), as run_lm_eval does."
+                "the ELBO. Evaluate causal LMs with lm-eval's HFLM (dlm.lm_eval.run.hf_lm), as run_lm_eval does."
             )
         if sampler is not None and sampler_fields:
             raise LmEvalError(f"give the sampler settings either as sampler= or as fields, not both: {sampler_fields}")
@@ -210,8 +179,8 @@ class DiffusionLM(TemplateLM):
         self.tokenizer = loaded.tokenizer
         self.family = loaded.family
         self.special = loaded.special_ids
-        self.mc_num = _positive_int("mc_num", mc_num)
-        self.batch_size = _positive_int("batch_size", batch_size)
+        self.mc_num = positive_int("mc_num", mc_num)
+        self.batch_size = positive_int("batch_size", batch_size)
         self.sampler = sampler if sampler is not None else _sampler_from_args(sampler_fields)
         try:
             check_decoding_settings(loaded.family, self.sampler)
@@ -224,7 +193,7 @@ class DiffusionLM(TemplateLM):
             or getattr(config, "max_sequence_length", None)
             or getattr(config, "max_position_embeddings", None)
         )
-        self.max_length = _positive_int("max_length", length or DEFAULT_MAX_LENGTH)
+        self.max_length = positive_int("max_length", length or DEFAULT_MAX_LENGTH)
         self.add_bos_token = _flag(add_bos_token)
         self.progress = progress
         self.generation_stats = {"sequences": 0, "generated_tokens": 0, "forward_passes": 0, "seconds": 0.0}
@@ -434,374 +403,3 @@ class DiffusionLM(TemplateLM):
                 done += len(chunk)
                 self._report("generate_until", done, len(requests))
         return outputs
-
-
-def hf_lm(loaded: LoadedModel, *, batch_size: int = 8, max_length: int | None = None) -> Any:
-    """lm-eval's HFLM around an already loaded causal LM (family `ar`): exact log-likelihoods, HF generation."""
-    from lm_eval.models.huggingface import HFLM
-
-    return HFLM(
-        pretrained=loaded.model,
-        tokenizer=loaded.tokenizer,
-        batch_size=_positive_int("batch_size", batch_size),
-        max_length=max_length,
-    )
-
-
-# -------------------------------------------------------------------- tasks
-@lru_cache(maxsize=4)
-def _task_manager(folders: tuple[str, ...], include_defaults: bool) -> Any:
-    from lm_eval.tasks import TaskManager
-
-    return TaskManager(include_path=list(folders) or None, include_defaults=include_defaults)
-
-
-def _looks_like_path(spec: str) -> bool:
-    """lm-eval task names hold no slashes: anything else that names a file or folder is one."""
-    return "/" in spec or "\\" in spec or spec.startswith((".", "~")) or spec.lower().endswith((".yaml", ".yml"))
-
-
-def _classify(specs: Sequence[str]) -> tuple[list[tuple[str, str]], tuple[str, ...]]:
-    """[(kind, spec)] with kind name/file/folder, and the folders to index."""
-    kinds, folders = [], []
-    for spec in specs:
-        path = Path(spec).expanduser()
-        if path.is_dir():
-            kinds.append(("folder", str(path.resolve())))
-            folders.append(str(path.resolve()))
-        elif path.is_file():
-            if path.suffix.lower() not in (".yaml", ".yml"):
-                raise LmEvalError(f"task file {spec} is not an lm-eval task YAML (.yaml)")
-            kinds.append(("file", str(path.resolve())))
-        elif _looks_like_path(spec):
-            raise LmEvalError(f"task file or folder {spec} does not exist")
-        else:
-            kinds.append(("name", spec))
-    return kinds, tuple(dict.fromkeys(folders))
-
-
-def _unknown_task(spec: str, manager: Any) -> LmEvalError:
-    import lm_eval
-
-    names = manager.all_tasks
-    lowered = {name.lower(): name for name in names}
-    close = [lowered[m] for m in difflib.get_close_matches(spec.lower(), list(lowered), n=5, cutoff=0.6)]
-    hint = f"; close matches: {', '.join(close)}" if close else ""
-    what = "matches the pattern" if any(c in spec for c in "*?[") else "has that name"
-    return LmEvalError(
-        f"lm-eval task {spec!r} is not installed: no task, group or tag {what} among the {len(names)} that "
-        f"lm-eval {lm_eval.__version__} knows{hint}. Give an installed task name (`lm-eval ls tasks` lists them), "
-        "or the path of a task YAML file or of a folder of task YAMLs"
-    )
-
-
-def _network_error(error: BaseException) -> BaseException | None:
-    """The link of the exception chain that says the network (or the hub) could not be reached, if any."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        text = str(error).lower()
-        if (
-            isinstance(error, ConnectionError | TimeoutError)
-            or type(error).__name__ in NETWORK_ERRORS
-            or "offline" in text
-            or "couldn't reach" in text
-        ):
-            return error
-        error = error.__cause__ or error.__context__
-    return None
-
-
-def _load_error(what: str, name: str, error: Exception, manager: Any) -> LmEvalError:
-    """The error for task `name` (`what`: how to name it to the user) that failed to load with `error`."""
-    network = _network_error(error)
-    if network is not None:
-        named = re.search(r"'([^']+)' on the hub", str(network), re.IGNORECASE)
-        entry = manager.task_index.get(name)
-        dataset = named.group(1) if named else (entry.cfg or {}).get("dataset_path") if entry else None
-        return LmEvalError(
-            f"{what} needs the network to download its dataset{f' {dataset!r}' if dataset else ''}, and the dataset "
-            f"hub cannot be reached here (HF_DATASETS_OFFLINE=1 or no network: {network}). Download the dataset once "
-            "where the hub is reachable (lm-eval then reads it from the datasets cache), or use a local task YAML "
-            "with dataset_path: json and data_files on this machine"
-        )
-    if isinstance(error, FileNotFoundError):
-        return LmEvalError(f"{what} cannot read its data: {error}")
-    return LmEvalError(f"{what} cannot be loaded: {type(error).__name__}: {error}")
-
-
-def _top_level(loaded: dict[str, Any]) -> list[Any]:
-    """The items a TaskManager.load result was built from: its outermost groups, else its tasks."""
-    groups = loaded.get("groups") or {}
-    if not groups:
-        return list(loaded["tasks"].values())
-    children = {child for names in (loaded.get("group_map") or {}).values() for child in names}
-    return [group for name, group in groups.items() if name not in children]
-
-
-def task_code(paths: Sequence[str | Path]) -> list[str]:
-    """`file:line` of every `!function` entry (Python imported and run by lm-eval) in the task YAML files and
-    folders of `paths`."""
-    found = []
-    for path in map(Path, paths):
-        files = sorted([*path.rglob("*.yaml"), *path.rglob("*.yml")]) if path.is_dir() else [path]
-        for file in files:
-            if not file.is_file():
-                continue
-            for number, line in enumerate(file.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-                if "!function" in line.split("#", 1)[0]:
-                    found.append(f"{file}:{number}")
-    return found
-
-
-def refuse_task_code(paths: Sequence[str | Path], trust_remote_code: bool) -> None:
-    """Raise naming the task YAML lines that would run Python code, unless `trust_remote_code`."""
-    found = [] if trust_remote_code else task_code(paths)
-    if found:
-        raise LmEvalError(
-            f"task YAML runs Python code (!function) at {', '.join(found[:5])}"
-            + (f" and {len(found) - 5} more" if len(found) > 5 else "")
-            + "; it runs only with trust_remote_code (--trust_remote_code on the command line)"
-        )
-
-
-def load_tasks(
-    specs: Sequence[str], log: Log | None = None, *, trust_remote_code: bool = False
-) -> tuple[Any, list[Any]]:
-    """(TaskManager, lm-eval Task/Group objects) for task names, glob patterns (`mmlu_*`), task YAML files and
-    folders of task YAMLs (every task defined in the folder). Datasets are loaded here, so a task that cannot get
-    its data fails here, named. Local YAMLs that import Python (`!function`) load only with `trust_remote_code`.
-
-    lm-eval's own task index (about 10 s to build) is read only when a name is asked for, or when local YAMLs do not
-    load without it (a local group of installed tasks).
-    """
-    kinds, folders = _classify(specs)
-    refuse_task_code([spec for kind, spec in kinds if kind != "name"], trust_remote_code)
-    with_defaults = any(kind == "name" for kind, _ in kinds)
-    try:
-        return _load_with(_task_manager(folders, with_defaults), kinds, log)
-    except LmEvalError as e:
-        cause = e.__cause__
-        if with_defaults or cause is None or isinstance(cause, FileNotFoundError) or _network_error(cause):
-            raise
-        return _load_with(_task_manager(folders, True), kinds, log)
-
-
-def _load_with(manager: Any, kinds: list[tuple[str, str]], log: Log | None) -> tuple[Any, list[Any]]:
-    from lm_eval.api.group import Group
-
-    items: list[Any] = []
-    for kind, spec in kinds:
-        if kind == "folder":
-            names = [
-                name
-                for name in manager.all_subtasks
-                if (path := manager.task_index[name].yaml_path) is not None and Path(path).is_relative_to(spec)
-            ]
-            if not names:
-                raise LmEvalError(f"task folder {spec} defines no lm-eval task (no YAML with a `task:` key)")
-        elif kind == "name" and any(c in spec for c in "*?["):
-            names = manager.match_tasks([spec])
-            if not names:
-                raise _unknown_task(spec, manager)
-        elif kind == "name" and spec not in manager.task_index:
-            raise _unknown_task(spec, manager)
-        else:
-            names = [spec]
-        for name in names:
-            try:
-                loaded = manager.load([name])
-            except Exception as e:  # a task's own loading code can raise anything; the message names the task
-                what = f"lm-eval task file {name}" if kind == "file" else f"lm-eval task {name!r}"
-                raise _load_error(what, name, e, manager) from e
-            items.extend(_top_level(loaded))
-    seen: dict[str, str] = {}
-    for item in items:
-        source = item.name if isinstance(item, Group) else item.task_name
-        for task in item.get_all_tasks() if isinstance(item, Group) else [item]:
-            if task.task_name in seen:
-                raise LmEvalError(
-                    f"lm-eval task {task.task_name!r} is asked for twice: in {seen[task.task_name]!r} and in {source!r}"
-                )
-            seen[task.task_name] = source
-            if getattr(task, "UNSAFE_CODE", False):
-                raise LmEvalError(
-                    f"lm-eval task {task.task_name!r} runs code written by the model (marked unsafe); this evaluator "
-                    "does not run it"
-                )
-    if log is not None:
-        log(f"lm-eval tasks: {', '.join(seen)}")
-    return manager, items
-
-
-# -------------------------------------------------------------------- running
-class _LogHandler(logging.Handler):
-    def __init__(self, log: Log) -> None:
-        super().__init__(logging.WARNING)
-        self._log = log
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self._log(f"lm-eval: {record.getMessage()}")
-
-
-@contextmanager
-def _forward_lm_eval_warnings(log: Log) -> Iterator[None]:
-    logger = logging.getLogger("lm_eval")
-    handler = _LogHandler(log)
-    logger.addHandler(handler)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value)):
-        return float(value)
-    return None
-
-
-def summarize(results: dict[str, Any]) -> dict[str, dict[str, tuple[float, float | None]]]:
-    """{task or group: {metric: (value, stderr or None)}} from lm-eval's results. A metric under a filter other
-    than `none` is named `metric_filter` (gsm8k: `exact_match_strict-match`)."""
-    out: dict[str, dict[str, tuple[float, float | None]]] = {}
-    for task, values in results.get("results", {}).items():
-        metrics = {}
-        for key, value in values.items():
-            metric, _, filt = key.partition(",")
-            if not filt or metric.endswith("_stderr") or _number(value) is None:
-                continue
-            name = metric if filt == "none" else f"{metric}_{filt}"
-            metrics[name] = (_number(value), _number(values.get(f"{metric}_stderr,{filt}")))
-        out[task] = metrics
-    return out
-
-
-def _json_safe(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=handle_non_serializable))
-
-
-def run_lm_eval(
-    loaded: LoadedModel,
-    tasks: str | Sequence[str],
-    *,
-    num_fewshot: int | None = None,
-    limit: int | float | None = None,
-    batch_size: int = 8,
-    mc_num: int = 128,
-    sampler: SamplerSettings | None = None,
-    seed: int = 0,
-    apply_chat_template: bool = False,
-    log: Log | None = None,
-    progress: Progress | None = None,
-    bootstrap_iters: int = 1000,
-    max_length: int | None = None,
-    trust_remote_code: bool = False,
-) -> dict[str, Any]:
-    """Run lm-eval tasks on a loaded model.
-
-    `tasks`: task names, glob patterns, task YAML files or folders (a list, or one comma-separated string).
-    `num_fewshot`: None keeps each task's own. `limit`: documents per task (a fraction when < 1; None or 0: all).
-    `batch_size`: sequences per forward pass. `mc_num`: ELBO samples per likelihood (diffusion families).
-    `sampler`: generation settings (diffusion families; causal LMs use the task's generation settings).
-    `seed`: lm-eval's seeds (few-shot choice, ...) and the ELBO masks and sampler noise.
-    `progress(kind, done, total)`: called as requests of a kind (loglikelihood, generate_until, ...) complete.
-    `trust_remote_code`: local task YAMLs may use `!function` (Python code beside the YAML); refused otherwise.
-
-    Returns {"metrics": {task: {metric: (value, stderr)}}, "results": lm-eval's results (JSON-safe, without the
-    samples), "samples": {task: per-document records (arguments, responses, metrics)}, "generation": tokens,
-    forward passes and seconds spent generating (diffusion families)}.
-    """
-    log = log or logging.getLogger(__name__).info
-    specs = _task_specs(tasks, num_fewshot, limit)
-    from lm_eval import simple_evaluate
-
-    with _forward_lm_eval_warnings(log):
-        manager, items = load_tasks(specs, log, trust_remote_code=trust_remote_code)
-        if loaded.family.is_diffusion:
-            sampler = sampler or SamplerSettings()
-            lm = DiffusionLM(
-                loaded, mc_num=mc_num, batch_size=batch_size, sampler=sampler, seed=seed, max_length=max_length,
-                log=log, progress=progress,
-            )  # fmt: skip
-        else:
-            log(
-                f"{loaded.path} is a causal LM: lm-eval's HFLM scores it with exact log-likelihoods and generates "
-                "with the tasks' generation settings (mc_num and the sampler settings do not apply)"
-            )
-            lm = hf_lm(loaded, batch_size=batch_size, max_length=max_length)
-        results = simple_evaluate(
-            model=lm,
-            tasks=items,
-            num_fewshot=num_fewshot,
-            limit=limit or None,
-            batch_size=batch_size,
-            task_manager=manager,
-            apply_chat_template=apply_chat_template,
-            fewshot_as_multiturn=apply_chat_template,
-            random_seed=seed,
-            numpy_random_seed=seed,
-            torch_random_seed=seed,
-            fewshot_random_seed=seed,
-            bootstrap_iters=bootstrap_iters,
-            log_samples=True,
-        )
-    return _outcome(results, lm)
-
-
-def _task_specs(tasks: str | Sequence[str], num_fewshot: int | None, limit: int | float | None) -> list[str]:
-    """The task names, patterns and paths of `tasks`, once the settings that go with them are checked."""
-    specs = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t and t.strip()]
-    if not specs:
-        raise LmEvalError("no lm-eval task given: name at least one task, task YAML file or folder")
-    if num_fewshot is not None and num_fewshot < 0:
-        raise LmEvalError(f"num_fewshot must be >= 0, got {num_fewshot}")
-    if limit is not None and limit < 0:
-        raise LmEvalError(f"limit must be >= 0 (0: every document), got {limit}")
-    return specs
-
-
-def _outcome(results: dict[str, Any], lm: Any) -> dict[str, Any]:
-    """`run_lm_eval`'s answer from lm-eval's results: metrics, results, samples and generation statistics."""
-    samples = results.pop("samples", None) or {}
-    stats = dict(lm.generation_stats) if isinstance(lm, DiffusionLM) else {}
-    if stats.get("seconds"):
-        stats["tokens_per_second"] = stats["generated_tokens"] / stats["seconds"]
-    return {
-        "metrics": summarize(results),
-        "results": _json_safe(results),
-        "samples": _json_safe(samples),
-        "generation": stats,
-    }
-
-
-# -------------------------------------------------------------------- command line
-def _option_values(argv: Sequence[str], option: str) -> list[str]:
-    """The values of `--option a,b c` or `--option=a,b` in an lm-eval argument list."""
-    values: list[str] = []
-    for index, arg in enumerate(argv):
-        if arg.startswith(option + "="):
-            values.append(arg.split("=", 1)[1])
-        elif arg == option:
-            values += list(itertools.takewhile(lambda a: not a.startswith("--"), argv[index + 1 :]))
-    return [part for value in values for part in value.split(",") if part]
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """lm-eval's command line with `dlm_diffusion` registered: every argument goes to lm-eval unchanged, e.g.
-    `python -m dlm.lm_eval_cli --model dlm_diffusion --model_args pretrained=tiny-llada,mc_num=32 --tasks
-    arc_easy --batch_size 8`. Local task YAMLs that import Python are refused without `--trust_remote_code`."""
-    from lm_eval.__main__ import cli_evaluate
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    local = [t for t in _option_values(args, "--tasks") if _looks_like_path(t) or Path(t).exists()]
-    try:
-        refuse_task_code([*local, *_option_values(args, "--include_path")], "--trust_remote_code" in args)
-    except LmEvalError as e:
-        sys.exit(f"error: {e}")
-    handler = logging.StreamHandler()  # the adapter's notes (device fallback, sampler lengths) beside lm-eval's
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [dlm] %(message)s"))
-    logging.getLogger("dlm").addHandler(handler)
-    logging.getLogger("dlm").setLevel(logging.INFO)
-    sys.argv = ["lm_eval", *args]
-    cli_evaluate()
