@@ -11,19 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dlm.evaluation import (
-    GENERATION_GROUPS,
-    EvalExample,
-    EvalSettings,
-    EvaluationError,
-    check_sampler_settings,
-    evaluate,
-)
+from dlm.evaluation.checks import check_sampler_settings
+from dlm.evaluation.run import evaluate
+from dlm.evaluation.settings import GENERATION_GROUPS, EvalExample, EvalSettings
 from dlm.families import detect_family
 from dlm.families.base import Family
 from dlm.generation import SamplerSettings
 from dlm.loading import inference_device_map, locate_checkpoint
 from dlm.lora import adapter_base_model, load_model_with_adapter
+from dlm.metrics.result import EvaluationError
 from dlm.report import ModelResult, lm_eval_metrics
 
 Log = Callable[[str], None]

@@ -18,12 +18,13 @@ from transformers import AutoModelForMaskedLM
 
 import dlm  # noqa: F401  (registers LLaDA and Dream with the Auto classes)
 from dlm.eval_models import eval_settings_from
-from dlm.evaluation import EvaluationError, check_sampler_settings
+from dlm.evaluation.checks import check_sampler_settings
 from dlm.families import get_family
 from dlm.families.special_ids import SpecialIds
 from dlm.forward import logits_at_positions
 from dlm.generation import SamplerSettings, generate
 from dlm.lm_eval.model import settings_for_length
+from dlm.metrics.result import EvaluationError
 from dlm.models.cache import CanvasCache
 from dlm.samplers.common import SamplingError
 from dlm.samplers.dream import generate_dream

@@ -149,7 +149,7 @@ def _register(workspace: Path, source: Path, folder: str, **index: str) -> Path:
 
 def test_a_model_registered_by_a_trainer_is_accepted_by_name(built, tmp_path):
     from dlm.eval_models import LoadOptions, check_models, model_specs
-    from dlm.evaluation import EvalSettings
+    from dlm.evaluation.settings import EvalSettings
 
     registered = _register(tmp_path, built["tiny-llada"], "tiny-llada_diffusion_adaptor")
     assert resolve_model_path("tiny-llada_diffusion_adaptor", tmp_path) == str(registered)

@@ -44,7 +44,7 @@ def lm_eval_limit(limit: float) -> int | float | None:
 
 def run(job: Job) -> str:
     from dlm.eval_models import LmEvalOptions, LoadOptions, eval_settings_from, evaluate_models, model_specs
-    from dlm.evaluation import EvalExample, example_fields
+    from dlm.evaluation.settings import EvalExample, example_fields
     from dlm.report import comparison_text, format_value, job_score, report_warnings, score_rows, write_report
 
     p = job.params
