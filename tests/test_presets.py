@@ -148,25 +148,32 @@ def _register(workspace: Path, source: Path, folder: str, **index: str) -> Path:
 
 
 def test_a_model_registered_by_a_trainer_is_accepted_by_name(built, tmp_path):
+    """The plugins resolve a registered name to its folder (`plugin_sdk.model_index`) before dlm loads it."""
     from dlm.eval_models import LoadOptions, check_models, model_specs
     from dlm.evaluation.settings import EvalSettings
+    from plugin_sdk.model_index import model_location
 
     registered = _register(tmp_path, built["tiny-llada"], "tiny-llada_diffusion_adaptor")
-    assert resolve_model_path("tiny-llada_diffusion_adaptor", tmp_path) == str(registered)
-    assert resolve_model_path("TransformerLab/tiny-llada_diffusion_adaptor", tmp_path) == str(registered)
-    loaded = load_model_and_tokenizer("tiny-llada_diffusion_adaptor", workspace=tmp_path)
+    assert model_location("tiny-llada_diffusion_adaptor", tmp_path) == str(registered)
+    assert model_location("TransformerLab/tiny-llada_diffusion_adaptor", tmp_path) == str(registered)
+    loaded = load_model_and_tokenizer(model_location("tiny-llada_diffusion_adaptor", tmp_path), workspace=tmp_path)
     assert loaded.path == str(registered) and loaded.family.name == "llada"
     # the evaluator's check before loading (trainers load through load_model_and_tokenizer, above)
-    check_models(model_specs("tiny-llada_diffusion_adaptor"), EvalSettings(), LoadOptions(workspace=str(tmp_path)))
+    located = model_location("tiny-llada_diffusion_adaptor", tmp_path)
+    check_models(model_specs(located), EvalSettings(), LoadOptions(workspace=str(tmp_path)))
     # a name no preset and no registered model answers to is still named as such
     with pytest.raises(ModelError, match=f"unknown tiny preset 'tiny-llada_other'.*registered in {tmp_path}"):
-        resolve_model_path("tiny-llada_other", tmp_path)
-    assert resolve_model_path("my_sft", tmp_path) == "my_sft"  # not registered: a hub id
+        resolve_model_path(model_location("tiny-llada_other", tmp_path), tmp_path)
+    assert model_location("my_sft", tmp_path) == "my_sft" == resolve_model_path("my_sft", tmp_path)  # a hub id
+    assert model_location("tiny-llada", tmp_path) == "tiny-llada"  # presets are dlm's, not registered models
 
 
 def test_an_ambiguous_registered_name_lists_the_matches(built, tmp_path):
+    from plugin_sdk.errors import ParameterError
+    from plugin_sdk.model_index import model_location
+
     first = _register(tmp_path, built["tiny-llada"], "sorted_sft")
     second = _register(tmp_path, built["tiny-llada"], "sorted_sft_v2", name="sorted_sft")
-    with pytest.raises(ModelError, match=f"model name 'sorted_sft' is ambiguous: 2 models .*: {first}, {second}"):
-        load_model_and_tokenizer("sorted_sft", workspace=tmp_path)
-    assert resolve_model_path("sorted_sft_v2", tmp_path) == str(second)
+    with pytest.raises(ParameterError, match=f"model name 'sorted_sft' is ambiguous: 2 models .*: {first}, {second}"):
+        model_location("sorted_sft", tmp_path)
+    assert model_location("sorted_sft_v2", tmp_path) == str(second)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -9,6 +10,7 @@ from plugin_sdk import Job, JobStopped, run_job
 from plugin_sdk.chat import read_preferences
 from plugin_sdk.data import dataset_source, load_dataset_splits
 from plugin_sdk.errors import ParameterError
+from plugin_sdk.model_index import model_location
 from plugin_sdk.outputs import check_outputs_free, publish_outputs
 
 if TYPE_CHECKING:
@@ -56,6 +58,7 @@ def train(job: Job) -> str:
     from dlm.trainers.dpo_trainer import run_dpo
 
     config = DPOConfig.from_params(p, output_dir=str(job.checkpoint_dir), workspace=str(job.workspace.root))
+    config = dataclasses.replace(config, model_name=model_location(config.model_name, job.workspace.root))
     full_model = p.save_full_model or not p.lora
     check_outputs_free(job, lora=p.lora, full_model=full_model)
     job.report_status("loading data")

@@ -7,6 +7,7 @@ from pathlib import Path
 from plugin_sdk import Job, ParameterError, PluginError, run_job
 from plugin_sdk.data import dataset_source
 from plugin_sdk.eval_data import load_eval_examples
+from plugin_sdk.model_index import model_location
 
 HOST_KEYS = ("model_name", "model_path", "model_architecture", "model_adapter", "dataset_name", "eval_name")
 
@@ -72,7 +73,10 @@ def run(job: Job) -> str:
     model = model_path if model_path and Path(model_path).is_dir() else p.get("model_name")
     if not model:
         raise ParameterError("no model: set model_name (a local checkpoint, a hub id, or a preset such as tiny-llada)")
-    specs = model_specs(model, p.compare_with, adapter=adapter_dir(job), label=Path(p.get("model_name") or model).name)
+    located = [model_location(name, job.workspace.root) for name in (model, *p.compare_with)]
+    specs = model_specs(
+        located[0], located[1:], adapter=adapter_dir(job), label=Path(p.get("model_name") or model).name
+    )
     if p.tasks:
         from dlm.lm_eval.tasks import load_tasks
 

@@ -7,6 +7,7 @@ from plugin_sdk import Job, JobStopped, run_job
 from plugin_sdk.chat import build_messages, row_text
 from plugin_sdk.data import dataset_source, load_dataset_splits
 from plugin_sdk.errors import ParameterError
+from plugin_sdk.model_index import model_location
 from plugin_sdk.outputs import check_outputs_free, publish_outputs
 
 
@@ -47,7 +48,7 @@ def prepare_corpus(job: Job):
     p = job.params
     with distributed_state().main_process_first():
         return prepare_pretraining(
-            model_name=p.model_name,
+            model_name=model_location(p.model_name, job.workspace.root),
             corpus=p.corpus,
             workspace=job.workspace.root,
             max_length=p.max_length,
@@ -77,6 +78,7 @@ def train(job: Job) -> str:
         apply_pretrain_defaults(p, sft_defaults, job.log)
     # checked before any data or model loads
     config = SFTConfig.from_params(p, output_dir=str(job.checkpoint_dir), workspace=str(job.workspace.root))
+    config = dataclasses.replace(config, model_name=model_location(config.model_name, job.workspace.root))
     full_model = p.save_full_model or not p.lora
     check_outputs_free(job, lora=p.lora, full_model=full_model)
     job.report_status("loading data")
