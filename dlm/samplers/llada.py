@@ -258,16 +258,12 @@ class LladaSampler(DiffusionSampler):
         """Sample continuations of left-padded prompts [B, P] (see the class)."""
         steps, gen_length, block_length = self.steps, self.gen_length, self.block_length
         cache, grow_canvas = self.cache, self.grow_canvas
-        suppress_eos_in_logits, suppress_eos_in_confidence = (
-            self.suppress_eos_in_logits,
-            self.suppress_eos_in_confidence,
-        )
         if grow_canvas and eos_id is None and eot_id is None:
             raise SamplingError("grow_canvas needs eos_id or eot_id: it stops once every row holds one")
         check_model_cache(cache, model)
         offsets = check_prompt(prompt_ids, attention_mask, mask_id)
-        if (suppress_eos_in_logits and eos_id is None) or (
-            suppress_eos_in_confidence and eos_id is None and eot_id is None
+        if (self.suppress_eos_in_logits and eos_id is None) or (
+            self.suppress_eos_in_confidence and eos_id is None and eot_id is None
         ):
             raise SamplingError("suppressing EOS needs eos_id (and eot_id for the confidence option)")
         canvas_mask = padding_mask(attention_mask, gen_length)
@@ -282,8 +278,8 @@ class LladaSampler(DiffusionSampler):
             choose=_LladaChoice(
                 self.temperature,
                 self.remasking,
-                banned=(*suppress_tokens, *([eos_id] if suppress_eos_in_logits else [])),
-                last=tuple(i for i in (eos_id, eot_id) if i is not None) if suppress_eos_in_confidence else (),
+                banned=(*suppress_tokens, *([eos_id] if self.suppress_eos_in_logits else [])),
+                last=tuple(i for i in (eos_id, eot_id) if i is not None) if self.suppress_eos_in_confidence else (),
                 generator=generator,
             ),
             cfg_scale=self.cfg_scale,
