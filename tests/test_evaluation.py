@@ -4,6 +4,7 @@ hand-computed values and sacreBLEU, speed counts, one shared generation pass, an
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -565,3 +566,25 @@ def test_bad_data_is_named(presets) -> None:
         )
     with pytest.raises(EvaluationError, match="at least 2 prompts"):
         evaluate(loaded, _examples()[:1], EvalSettings(metrics=("diversity",)))
+
+
+def test_sampler_settings_are_checked_once_per_evaluation(presets, monkeypatch) -> None:
+    """`check_models`, `validate` and every generation batch share one sampler, checked when it was built."""
+    import dlm.samplers.llada as llada
+    from dlm.eval_models import check_models, model_specs
+    from dlm.generation import build_sampler
+
+    loaded = presets["tiny-llada"]
+    checks = []
+    real_check = llada.check_decoding
+    monkeypatch.setattr(llada, "check_decoding", lambda *a: checks.append(a) or real_check(*a))
+    build_sampler.cache_clear()
+    sampler = SamplerSettings(steps=4, max_new_tokens=4, block_length=4, parallel_threshold=0.9)
+    settings = EvalSettings(metrics=("generation",), batch_size=1, mc_num=2, sampler=sampler)
+    check_models(model_specs(loaded.path), settings)
+    evaluate(loaded, _examples(), settings)  # 3 batches
+    assert checks == [("none", 0.9)]
+    with pytest.raises(EvaluationError, match=r"parallel_threshold must be in \(0, 1\]"):
+        check_models(
+            model_specs(loaded.path), dataclasses.replace(settings, sampler=SamplerSettings(parallel_threshold=2.0))
+        )
