@@ -18,6 +18,7 @@ import torch
 
 from dlm.errors import DlmError
 from dlm.families import FAMILIES
+from dlm.families.base import CANVAS_CACHES
 from dlm.forward import logits_at_positions, unwrap_model
 from dlm.models import DreamModel, LLaDAModelLM
 from dlm.models.cache import CanvasCache
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from dlm.families.base import Family
     from dlm.families.special_ids import SpecialIds
 
-CACHE_MODES = ("none", "prefix", "dual")
+CACHE_MODES = CANVAS_CACHES  # every `cache` mode a sampler knows; a family lists those its models serve
 
 
 class SamplingError(DlmError, ValueError):
