@@ -74,7 +74,7 @@ def write_corpus(path: Path, tokens: int, vocab: int, seed: int) -> Path:
 
 
 def build_model(folder: Path, size: str, vocab: int) -> Path:
-    from dlm.presets import ensure_sized_preset
+    from dlm.presets.sizes import ensure_sized_preset
 
     return ensure_sized_preset(f"{size}-llada", folder, tokenizer=word_tokenizer(vocab), log=lambda _: None)
 
@@ -96,7 +96,7 @@ def run_ours(args: argparse.Namespace) -> StepClock:
     from transformers import AutoTokenizer
 
     from dlm.corpus import prepare_corpus
-    from dlm.presets import tokenizer_fingerprint
+    from dlm.presets.bpe import tokenizer_fingerprint
     from dlm.trainers.sft_config import SFTConfig
     from dlm.trainers.sft_trainer import run_sft
 

@@ -44,7 +44,8 @@ from demo.task import MAX_DIGITS, build_task, is_correct
 from dlm.generation import decode_answers, encode_prompts
 from dlm.loading import load_model_and_tokenizer
 from dlm.models import LLaDAConfig, LLaDAModelLM
-from dlm.samplers import SampleOutput, generate_llada
+from dlm.samplers.common import SampleOutput
+from dlm.samplers.llada import generate_llada
 
 MODES = {"exact": {}, "prefix": {"cache": "prefix"}, "dual": {"cache": "dual"}, "dual_parallel": {"cache": "dual"}}
 

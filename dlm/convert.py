@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dlm.checkpoints import find_checkpoint
 from dlm.errors import ModelError
-from dlm.families import CAUSAL_ARCHITECTURES, CAUSAL_MODEL_TYPES
+from dlm.families.base import CAUSAL_ARCHITECTURES, CAUSAL_MODEL_TYPES
 
 
 def convert_causal_to_diffusion(src: str | Path, dst: str | Path, *, mask_token: str = "<|mdm_mask|>") -> Path:

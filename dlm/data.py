@@ -31,7 +31,8 @@ from typing import Any
 import torch
 
 from dlm.errors import ModelError
-from dlm.families import Family, SpecialIds
+from dlm.families.base import Family
+from dlm.families.special_ids import SpecialIds
 
 IGNORE = -100
 DROP_PROMPT_TOO_LONG = "prompt alone longer than max_length"

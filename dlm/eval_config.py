@@ -6,10 +6,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from dlm.evaluation import METRIC_GROUPS, EvalSettings
+from dlm.evaluation.settings import METRIC_GROUPS, EvalSettings
 from dlm.generation import SamplerSettings
 from dlm.loading import DTYPES
 from dlm.metrics.text import ANSWER_EXTRACTIONS
+from dlm.samplers.common import CACHE_MODES
+from dlm.samplers.llada import LLADA_REMASKING
 from dlm.settings import FromParams, setting
 
 # lm-eval tasks the workbench's form suggests (a terminal run accepts any task name)
@@ -212,7 +214,7 @@ class EvaluatorConfig(FromParams):
         title="LLaDA remasking",
         group="sampler",
         help="LLaDA-style samplers: which masked positions to reveal at each step.",
-        choices=("low_confidence", "random"),
+        choices=LLADA_REMASKING,
     )
     cfg_scale: float = setting(
         0.0,
@@ -266,7 +268,7 @@ class EvaluatorConfig(FromParams):
             "block (Fast-dLLM). none: exact; prefix: the prompt and finished blocks are encoded once per block; "
             "dual: the blocks after the current one too. Dream decodes block by block (block_length) when cached."
         ),
-        choices=("none", "prefix", "dual"),
+        choices=CACHE_MODES,
     )
     grow_canvas: int = setting(
         8,

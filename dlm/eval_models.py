@@ -11,17 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dlm.evaluation import (
-    GENERATION_GROUPS,
-    EvalExample,
-    EvalSettings,
-    EvaluationError,
-    check_sampler_settings,
-    evaluate,
-)
-from dlm.families import Family, detect_family
+from dlm.evaluation.checks import check_sampler_settings
+from dlm.evaluation.run import evaluate
+from dlm.evaluation.settings import GENERATION_GROUPS, EvalExample, EvalSettings
+from dlm.families import detect_family
+from dlm.families.base import Family
 from dlm.loading import inference_device_map, locate_checkpoint
 from dlm.lora import adapter_base_model, load_model_with_adapter
+from dlm.metrics.result import EvaluationError
 from dlm.report import ModelResult, lm_eval_metrics
 
 Log = Callable[[str], None]
@@ -102,7 +99,7 @@ def check_models(specs: Sequence[ModelSpec], settings: EvalSettings, load: LoadO
         family = _family_of(spec, load.workspace)
         if generates:
             try:
-                check_sampler_settings(family.name, settings.sampler)
+                check_sampler_settings(family, settings.sampler)
             except EvaluationError as e:
                 raise EvaluationError(f"{spec.label} ({family.name} family): {e}") from None
 
@@ -159,7 +156,7 @@ def _evaluate_one(
         )
         result.metrics, result.samples = list(output.metrics), output.samples
     if lm_eval.tasks:
-        from dlm.lm_eval_adapter import run_lm_eval
+        from dlm.lm_eval.run import run_lm_eval
 
         arguments = _lm_eval_arguments(lm_eval, settings)
         result.lm_eval = run_lm_eval(

@@ -1,16 +1,22 @@
-"""Answer chat prompts with the family's own sampler: LLaDA-style for LLaDA, BERT and converted models,
-Dream-style for Dream, `generate` for causal LMs. Shared by the trainers' sample logging and the evaluator."""
+"""Answer chat prompts with the family's own sampler (`Family.sampler`: LLaDA-style for LLaDA, BERT and converted
+models, Dream-style for Dream, `generate` for causal LMs), built once from `SamplerSettings` and checked then.
+Shared by the trainers' sample logging, the evaluator and lm-eval."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import torch
 
-from dlm.families import Family, SpecialIds
-from dlm.samplers import SampleOutput, check_decoding, check_dream_blocks, check_growth, generate_dream, generate_llada
+from dlm.families.base import Family
+from dlm.families.special_ids import SpecialIds
+from dlm.samplers.causal import CausalSampler
+from dlm.samplers.common import SampleOutput
+from dlm.samplers.dream import DreamSampler
+from dlm.samplers.llada import LladaSampler
 
 
 @dataclass(frozen=True)
@@ -33,19 +39,33 @@ class SamplerSettings:
     grow_canvas: int = 0  # LLaDA-style samplers: grow the canvas this many tokens at a time, stop at the end token
 
 
-def check_decoding_settings(family_name: str, settings: SamplerSettings) -> None:
-    """`SamplingError` for cache/threshold settings the family's sampler rejects. Causal LMs ignore them (their
-    `generate` caches exactly), so one setting can serve a comparison of diffusion and causal models."""
-    if family_name == "ar":
-        return
-    check_decoding(settings.cache, settings.parallel_threshold, family_name)
-    if family_name != "dream":
-        check_growth(settings.steps, settings.max_new_tokens, settings.grow_canvas)
-    if family_name == "dream":
-        block_length = settings.block_length if settings.cache != "none" else settings.max_new_tokens
-        check_dream_blocks(
-            settings.steps, settings.max_new_tokens, block_length, settings.alg, settings.parallel_threshold
-        )
+Sampler = LladaSampler | DreamSampler | CausalSampler
+# `Family.sampler` names one of these
+SAMPLERS: dict[str, type[LladaSampler] | type[DreamSampler] | type[CausalSampler]] = {
+    "llada": LladaSampler,
+    "dream": DreamSampler,
+    "causal": CausalSampler,
+}
+
+
+@cache
+def build_sampler(family: Family, settings: SamplerSettings) -> Sampler:
+    """The family's sampler with `settings`, checked once (equal settings give the same, cached sampler):
+    `SamplingError` names a setting that cannot work and what would."""
+    return SAMPLERS[family.sampler].from_settings(settings, family)
+
+
+def check_decoding_settings(family: Family, settings: SamplerSettings) -> None:
+    """`SamplingError` for cache/threshold settings the family's sampler rejects, before the generated length is
+    known. Causal LMs ignore them (their `generate` caches exactly), so one setting can serve a comparison of
+    diffusion and causal models."""
+    SAMPLERS[family.sampler].check_decoding_settings(settings, family)
+
+
+def in_blocks(family: Family, settings: SamplerSettings) -> bool:
+    """Whether the family's sampler decodes block by block (`block_length`), so the generated length must be a
+    multiple of it: LLaDA-style samplers always, Dream with a cache."""
+    return SAMPLERS[family.sampler].blockwise or settings.cache != "none"
 
 
 def encode_prompts(
@@ -82,63 +102,8 @@ def generate(
 ) -> SampleOutput:
     """Generate continuations of left-padded prompts with the family's sampler."""
     device = next(model.parameters()).device
-    prompt_ids, attention_mask = prompt_ids.to(device), attention_mask.to(device)
-    if family.name == "ar":
-        out = model.generate(
-            input_ids=prompt_ids,
-            attention_mask=attention_mask,
-            max_new_tokens=settings.max_new_tokens,
-            do_sample=settings.temperature > 0,
-            temperature=settings.temperature or None,
-            top_p=settings.top_p,
-            top_k=settings.top_k,
-            pad_token_id=special.pad,
-            eos_token_id=[special.eos, special.eot],
-        )
-        new = out[:, prompt_ids.shape[1] :]
-        ended = (new == special.eos) | (new == special.eot)
-        after_end = ended.cumsum(dim=1) > 0
-        return SampleOutput(sequences=out, nfe=new.shape[1], generated_tokens=(~after_end).sum(dim=1).cpu())
-    mask_for_model = attention_mask if bool((attention_mask == 0).any()) else None
-    if family.name == "dream":
-        return generate_dream(
-            model,
-            prompt_ids,
-            steps=settings.steps,
-            max_new_tokens=settings.max_new_tokens,
-            mask_id=special.mask,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            top_k=settings.top_k,
-            alg=settings.alg,
-            alg_temp=settings.alg_temp,
-            block_length=settings.block_length if settings.cache != "none" else None,
-            cache=settings.cache,
-            parallel_threshold=settings.parallel_threshold,
-            attention_mask=mask_for_model,
-            eos_id=special.eos,
-            eot_id=special.eot,
-            generator=generator,
-        )
-    return generate_llada(
-        model,
-        prompt_ids,
-        steps=settings.steps,
-        gen_length=settings.max_new_tokens,
-        block_length=settings.block_length,
-        mask_id=special.mask,
-        temperature=settings.temperature,
-        remasking=settings.remasking,
-        cfg_scale=settings.cfg_scale,
-        attention_mask=mask_for_model,
-        eos_id=special.eos,
-        eot_id=special.eot,
-        suppress_eos_in_confidence=settings.suppress_eos_confidence,
-        cache=settings.cache,
-        parallel_threshold=settings.parallel_threshold,
-        grow_canvas=settings.grow_canvas,
-        generator=generator,
-    )
+    sampler = build_sampler(family, settings)
+    return sampler.answer(model, special, prompt_ids.to(device), attention_mask.to(device), generator)
 
 
 def decode_answers(tokenizer: Any, special: SpecialIds, sequences: torch.Tensor, prompt_length: int) -> list[str]:

@@ -2,7 +2,7 @@
 registered (lm-eval 0.4.13 loads no plugins). A module of its own, so that `-m` imports the adapter once, under its
 own name, and registers the model once."""
 
-from dlm.lm_eval_adapter import main
+from dlm.lm_eval.cli import main
 
 if __name__ == "__main__":
     main()

@@ -8,8 +8,10 @@ from typing import Any
 
 from dlm.checkpoints import find_checkpoint
 from dlm.errors import ModelError
-from dlm.families import Family, SpecialIds, detect_family, get_family, resolve_special_ids
-from dlm.presets import resolve_model_path
+from dlm.families import FAMILIES, detect_family, get_family
+from dlm.families.base import Family
+from dlm.families.special_ids import SpecialIds, resolve_special_ids
+from dlm.presets.resolve import resolve_model_path
 from dlm.resume import refuse_damaged
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -62,18 +64,22 @@ def _family_for(source: str, raw: dict[str, Any], family: Family | str | None) -
     if family is None:
         return detected
     chosen = get_family(family)
-    causal = {"a2d", "ar"}
-    if detected is not None and {chosen.name, detected.name} <= causal and chosen != detected:
+    if detected is not None and detected.name in (chosen.converted_from, *_converted_to(chosen)):
         raise ModelError(
             f"checkpoint {source} belongs to family {detected.name} (is_causal={raw.get('is_causal', True)}), "
             f"not {chosen.name}: "
             + (
                 "convert it with dlm.convert.convert_causal_to_diffusion to train it as diffusion"
-                if chosen.name == "a2d"
-                else "it was converted to diffusion; load it as a2d"
+                if chosen.converted_from is not None
+                else f"it was converted to diffusion; load it as {detected.name}"
             )
         )
     return chosen
+
+
+def _converted_to(family: Family) -> tuple[str, ...]:
+    """The families whose checkpoints are converted from `family`'s."""
+    return tuple(f.name for f in FAMILIES.values() if f.converted_from == family.name)
 
 
 def _torch_dtype(dtype: str) -> Any:

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from dlm.errors import ModelError
-from dlm.families import Family, get_family
+from dlm.families import get_family
+from dlm.families.base import Family
 from dlm.loading import LoadedModel, load_model_and_tokenizer
 from dlm.resume import refuse_damaged
 

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlm.families import Family, get_family
+from dlm.families import get_family
+from dlm.families.base import Family
 from dlm.forward import logits_at_positions
 from dlm.masking import cart_weights, mask_tokens, parse_loss_weight_type
 from dlm.schedules import get_schedule, sample_times

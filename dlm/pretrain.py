@@ -17,14 +17,9 @@ from typing import Any
 
 from dlm.corpus import PreparedCorpus, TokenWindows, content_key, prepare_corpus, sample_texts
 from dlm.errors import ModelError
-from dlm.presets import (
-    adapt_tokenizer,
-    ensure_sized_preset,
-    family_tokenizer,
-    parse_sized_name,
-    tokenizer_fingerprint,
-    train_family_tokenizer,
-)
+from dlm.presets.bpe import tokenizer_fingerprint
+from dlm.presets.builders import adapt_tokenizer, family_tokenizer
+from dlm.presets.sizes import ensure_sized_preset, parse_sized_name, train_family_tokenizer
 
 # The usual small-model pre-training recipe (GPT-2/nanoGPT, LLaDA): full training of every weight, a peak learning
 # rate of a few 1e-4, a short warm-up then cosine decay, weight decay 0.1, and a few checkpoints kept.
@@ -120,7 +115,7 @@ def prepare_pretraining(
     """The model folder and the corpus windows of a pre-training run (see the module docstring)."""
     from transformers import AutoTokenizer
 
-    from dlm.presets import resolve_model_path
+    from dlm.presets.resolve import resolve_model_path
 
     workspace = Path(workspace)
     sized = parse_sized_name(model_name)

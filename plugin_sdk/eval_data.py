@@ -1,5 +1,5 @@
 """Evaluation rows: which columns hold the scored text, the prompt and the reference answer, and each row as
-`{"text", "prompt", "reference"}` (the fields of `dlm.evaluation.EvalExample`).
+`{"text", "prompt", "reference"}` (the fields of `dlm.evaluation.settings.EvalExample`).
 
 Columns the user names win; otherwise they are inferred:
 - text (scored as a whole by likelihood metrics): a `text` column; without one, the contents of the prompt turns

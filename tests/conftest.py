@@ -24,7 +24,7 @@ def preset_workspace(tmp_path_factory):
 def workspace_with_presets(preset_workspace, tmp_path_factory):
     """`make(name)`: a new, empty workspace whose models/ links to every tiny preset of `preset_workspace`, built
     once per session; for tests whose jobs must not see each other's records, adapters or models."""
-    from dlm.presets import PRESETS, ensure_preset
+    from dlm.presets.tiny import PRESETS, ensure_preset
 
     built = {name: ensure_preset(name, preset_workspace) for name in PRESETS}
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dlm.errors import ConfigError
+from dlm.families import training_methods
 from dlm.losses import LOSS_NORM_TYPES, LossConfig
+from dlm.samplers.common import CACHE_MODES
 from dlm.settings import setting
 from dlm.trainers.config import TrainerConfig
 
-TRAINING_METHODS = ("auto", "bert", "dream", "llada", "a2d", "ar")
+TRAINING_METHODS = ("auto", *training_methods())
 
 
 @dataclass
@@ -158,7 +160,7 @@ class SFTConfig(TrainerConfig):
             "Sample logging with LLaDA or Dream models: approximate key/value cache refreshed at every block "
             "(Fast-dLLM); none: the exact sampler."
         ),
-        choices=("none", "prefix", "dual"),
+        choices=CACHE_MODES,
     )
     sample_parallel_threshold: float = setting(
         0.0,

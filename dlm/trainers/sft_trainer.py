@@ -36,7 +36,8 @@ from dlm.callbacks import Reporter, ReporterCallback, SampleCallback
 from dlm.corpus import TokenWindows
 from dlm.data import DiffusionCollator, encode_conversations, pack_texts
 from dlm.errors import ConfigError, ModelError
-from dlm.generation import SamplerSettings, answer, check_decoding_settings
+from dlm.families import FAMILIES
+from dlm.generation import SamplerSettings, answer, build_sampler
 from dlm.loading import LoadedModel
 from dlm.losses import LossConfig, LossOutput, ar_loss, count_items, diffusion_loss, draw_mask
 from dlm.masking import random_length
@@ -174,8 +175,8 @@ def _check_method(config: SFTConfig, loaded: LoadedModel) -> str:
     family = loaded.family.name
     if method in ("auto", family):
         return family
-    if method == "ar" and family == "a2d":
-        raise ModelError(f"{config.model_name} is a converted diffusion model; ar needs a causal checkpoint")
+    if method == loaded.family.converted_from:
+        raise ModelError(f"{config.model_name} is a converted diffusion model; {method} needs a causal checkpoint")
     raise ModelError(
         f"training_method={method} does not match the model {config.model_name}, which is a {family} model "
         f"({', '.join(loaded.family.architectures)}); use training_method=auto or {family}"
@@ -247,7 +248,7 @@ def _sample_callback(
         cache=config.sample_cache,
         parallel_threshold=config.sample_parallel_threshold or None,
     )
-    check_decoding_settings(loaded.family.name, settings)  # fail before training, not at the first sample
+    build_sampler(loaded.family, settings)  # checks the settings: fail before training, not at the first sample
 
     def sample() -> list[tuple[str, str]]:
         answers = answer(model, loaded.tokenizer, loaded.family, loaded.special_ids, prompts, settings)
@@ -301,7 +302,9 @@ def run_sft(
         )
     torch.manual_seed(config.seed)
     reporter.report_status(f"loading model {config.model_name}")
-    loaded = load_for_training(config, family="a2d" if config.training_method == "a2d" else None)
+    # a converted family is loaded as itself, so that an unconverted checkpoint is an error saying how to convert it
+    method = FAMILIES.get(config.training_method)
+    loaded = load_for_training(config, family=method.name if method is not None and method.converted_from else None)
     _check_method(config, loaded)
     model = trainable_model(config, loaded, reporter)
     reporter.report_status("encoding data")

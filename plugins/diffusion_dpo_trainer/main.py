@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from plugin_sdk import Job, run_job
 from plugin_sdk.data import dataset_source, load_dataset_splits
+from plugin_sdk.model_index import model_location
 from plugin_sdk.plugin import finish_training, plan_outputs, require_model
 from plugin_sdk.preferences import read_preferences
 
@@ -50,7 +51,12 @@ def train(job: Job) -> str:
     from dlm.trainers.dpo_trainer import run_dpo
     from dlm.trainers.outputs import save_outputs
 
-    config = DPOConfig.from_params(p, output_dir=str(job.checkpoint_dir), workspace=str(job.workspace.root))
+    config = DPOConfig.from_params(
+        p,
+        model_name=model_location(p.model_name, job.workspace.root),
+        output_dir=str(job.checkpoint_dir),
+        workspace=str(job.workspace.root),
+    )
     outputs = plan_outputs(job)
     job.report_status("loading data")
     train_pairs, validation_pairs = read_pairs(job)

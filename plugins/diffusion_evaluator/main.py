@@ -8,6 +8,7 @@ from plugin_sdk import Job, ParameterError, PluginError, run_job
 from plugin_sdk.data import dataset_source
 from plugin_sdk.eval_data import load_eval_examples
 from plugin_sdk.eval_results import job_score, score_rows
+from plugin_sdk.model_index import model_location
 from plugin_sdk.plugin import require_model
 
 HOST_KEYS = ("model_name", "model_path", "model_architecture", "model_adapter", "dataset_name", "eval_name")
@@ -81,9 +82,12 @@ def run(job: Job) -> str:
     model_path = p.get("model_path")
     model = model_path if model_path and Path(model_path).is_dir() else p.get("model_name")
     require_model(model, presets="a preset such as tiny-llada")
-    specs = model_specs(model, p.compare_with, adapter=adapter_dir(job), label=Path(p.get("model_name") or model).name)
+    located = [model_location(name, job.workspace.root) for name in (model, *p.compare_with)]
+    specs = model_specs(
+        located[0], located[1:], adapter=adapter_dir(job), label=Path(p.get("model_name") or model).name
+    )
     if p.tasks:
-        from dlm.lm_eval_adapter import load_tasks
+        from dlm.lm_eval.tasks import load_tasks
 
         # a task that is unknown or cannot get its data fails now, not after hours
         load_tasks(p.tasks, job.log, trust_remote_code=p.trust_remote_code)

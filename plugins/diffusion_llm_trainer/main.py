@@ -5,6 +5,7 @@ import dataclasses
 from plugin_sdk import Job, run_job
 from plugin_sdk.chat import build_messages, row_text
 from plugin_sdk.data import dataset_source, load_dataset_splits
+from plugin_sdk.model_index import model_location
 from plugin_sdk.plugin import finish_training, plan_outputs, require_model
 
 
@@ -45,7 +46,7 @@ def prepare_corpus(job: Job):
     p = job.params
     with distributed_state().main_process_first():
         return prepare_pretraining(
-            model_name=p.model_name,
+            model_name=model_location(p.model_name, job.workspace.root),
             corpus=p.corpus,
             workspace=job.workspace.root,
             max_length=p.max_length,
@@ -71,7 +72,12 @@ def train(job: Job) -> str:
         sft_defaults = {name: prop.get("default") for name, prop in job.manifest["parameters"].items()}
         apply_pretrain_defaults(p, sft_defaults, job.log)
     # checked before any data or model loads
-    config = SFTConfig.from_params(p, output_dir=str(job.checkpoint_dir), workspace=str(job.workspace.root))
+    config = SFTConfig.from_params(
+        p,
+        model_name=model_location(p.model_name, job.workspace.root),
+        output_dir=str(job.checkpoint_dir),
+        workspace=str(job.workspace.root),
+    )
     outputs = plan_outputs(job)
     job.report_status("loading data")
     if p.train_mode == "pretrain" and p.get("corpus"):

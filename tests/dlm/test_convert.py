@@ -11,7 +11,7 @@ from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM, Qwen3Conf
 from dlm.convert import convert_causal_to_diffusion
 from dlm.errors import ModelError
 from dlm.loading import load_model_and_tokenizer
-from dlm.presets import ensure_preset
+from dlm.presets.tiny import ensure_preset
 
 GOLDEN = Path(__file__).parents[1] / "fixtures" / "golden"
 MASK = "<|mdm_mask|>"

@@ -16,7 +16,8 @@ from dlm.corpus import (
     sample_texts,
     token_dtype,
 )
-from dlm.presets import family_tokenizer, tokenizer_fingerprint
+from dlm.presets.bpe import tokenizer_fingerprint
+from dlm.presets.builders import family_tokenizer
 
 STORY = "Once upon a time, Lily found a key.\nShe opened the old door.\n"
 OTHER = "Tom counted 12 stones by the river."

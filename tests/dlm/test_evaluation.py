@@ -4,6 +4,7 @@ hand-computed values and sacreBLEU, speed counts, one shared generation pass, an
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -11,9 +12,11 @@ import pytest
 import sacrebleu
 import torch
 
-import dlm.evaluation as evaluation
+import dlm.evaluation.answers as answers
+import dlm.evaluation.settings as evaluation_settings
 from dlm.elbo import exact_elbo, example_generators
-from dlm.evaluation import EvalExample, EvalSettings, EvaluationError, evaluate
+from dlm.evaluation.run import evaluate
+from dlm.evaluation.settings import EvalExample, EvalSettings
 from dlm.generation import SamplerSettings, encode_prompts, generate
 from dlm.loading import load_model_and_tokenizer
 from dlm.metrics.likelihood import (
@@ -26,6 +29,7 @@ from dlm.metrics.likelihood import (
     scoring_inputs,
     text_elbos,
 )
+from dlm.metrics.result import EvaluationError
 from dlm.metrics.text import distinct_n, extract_answer, is_correct, reference_answer, self_bleu, unigram_entropy
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "golden"
@@ -378,14 +382,14 @@ def test_speed_counts_non_eos_tokens_and_nfe_equals_steps(presets) -> None:
 def test_empty_answers_are_counted_not_silent(presets, monkeypatch) -> None:
     loaded = presets["tiny-llada"]
     special = loaded.special_ids
-    real_generate = evaluation.generate
+    real_generate = answers.generate
 
     def second_prompt_ends_at_once(model, family, special_ids, ids, *args):
         out = real_generate(model, family, special_ids, ids, *args)
         out.sequences[1, ids.shape[1]] = special.eos  # its first answer token ends it
         return out
 
-    monkeypatch.setattr(evaluation, "generate", second_prompt_ends_at_once)
+    monkeypatch.setattr(answers, "generate", second_prompt_ends_at_once)
     sampler = SamplerSettings(steps=4, max_new_tokens=4, block_length=4)
     settings = EvalSettings(metrics=("task_accuracy",), batch_size=3, sampler=sampler)
     out = evaluate(loaded, _examples(), settings)
@@ -406,8 +410,8 @@ def test_all_generation_metrics_share_one_pass_and_task_accuracy(presets, monkey
     # references: the model's own (greedy, deterministic) answers for two prompts, a wrong one for the third
     outputs = [s["output"] for s in first.samples]
     calls = []
-    real_generate = evaluation.generate
-    monkeypatch.setattr(evaluation, "generate", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
+    real_generate = answers.generate
+    monkeypatch.setattr(answers, "generate", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
     fractions = []
     out = evaluate(loaded, _examples([outputs[0], "certainly not this", outputs[2]]), settings, fractions.append)
     assert len(calls) == 2  # 3 prompts in batches of 2, once for all four metric groups
@@ -502,7 +506,9 @@ def test_conditional_perplexity_needs_prompts_and_references(presets) -> None:
         evaluate(loaded, no_reference, settings)
     with pytest.raises(EvaluationError, match="conditional_perplexity need a prompt in every example; example 0"):
         evaluate(loaded, [EvalExample(text="x", reference="y")], settings)
-    assert evaluation.example_fields(["conditional_perplexity"]) == {"conditional_perplexity": ("prompt", "reference")}
+    assert evaluation_settings.example_fields(["conditional_perplexity"]) == {
+        "conditional_perplexity": ("prompt", "reference")
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- bad input
@@ -535,14 +541,14 @@ def test_bad_settings_are_named(presets, changes: dict, message: str) -> None:
 
 
 def test_example_fields_per_metric_group() -> None:
-    assert evaluation.example_fields(["perplexity", "task_accuracy", "speed"]) == {
+    assert evaluation_settings.example_fields(["perplexity", "task_accuracy", "speed"]) == {
         "perplexity": ("text",),
         "task_accuracy": ("prompt", "reference"),
         "speed": ("prompt",),
     }
-    assert set(evaluation.EXAMPLE_FIELDS) == set(evaluation.METRIC_GROUPS)
+    assert set(evaluation_settings.EXAMPLE_FIELDS) == set(evaluation_settings.METRIC_GROUPS)
     with pytest.raises(EvaluationError, match="unknown metrics: bleu; choose from: perplexity"):
-        evaluation.example_fields(["bleu"])
+        evaluation_settings.example_fields(["bleu"])
 
 
 def test_bad_data_is_named(presets) -> None:
@@ -560,3 +566,25 @@ def test_bad_data_is_named(presets) -> None:
         )
     with pytest.raises(EvaluationError, match="at least 2 prompts"):
         evaluate(loaded, _examples()[:1], EvalSettings(metrics=("diversity",)))
+
+
+def test_sampler_settings_are_checked_once_per_evaluation(presets, monkeypatch) -> None:
+    """`check_models`, `validate` and every generation batch share one sampler, checked when it was built."""
+    import dlm.samplers.llada as llada
+    from dlm.eval_models import check_models, model_specs
+    from dlm.generation import build_sampler
+
+    loaded = presets["tiny-llada"]
+    checks = []
+    real_check = llada.check_decoding
+    monkeypatch.setattr(llada, "check_decoding", lambda *a: checks.append(a) or real_check(*a))
+    build_sampler.cache_clear()
+    sampler = SamplerSettings(steps=4, max_new_tokens=4, block_length=4, parallel_threshold=0.9)
+    settings = EvalSettings(metrics=("generation",), batch_size=1, mc_num=2, sampler=sampler)
+    check_models(model_specs(loaded.path), settings)
+    evaluate(loaded, _examples(), settings)  # 3 batches
+    assert checks == [("none", 0.9)]
+    with pytest.raises(EvaluationError, match=r"parallel_threshold must be in \(0, 1\]"):
+        check_models(
+            model_specs(loaded.path), dataclasses.replace(settings, sampler=SamplerSettings(parallel_threshold=2.0))
+        )

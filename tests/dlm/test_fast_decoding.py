@@ -17,13 +17,17 @@ from transformers import AutoModelForMaskedLM
 
 import dlm  # noqa: F401  (registers LLaDA and Dream with the Auto classes)
 from dlm.eval_config import EvaluatorConfig
-from dlm.evaluation import EvaluationError, check_sampler_settings
-from dlm.families import SpecialIds, get_family
+from dlm.evaluation.checks import check_sampler_settings
+from dlm.families import get_family
+from dlm.families.special_ids import SpecialIds
 from dlm.forward import logits_at_positions
 from dlm.generation import SamplerSettings, generate
-from dlm.lm_eval_adapter import settings_for_length
+from dlm.lm_eval.model import settings_for_length
+from dlm.metrics.result import EvaluationError
 from dlm.models.cache import CanvasCache
-from dlm.samplers import SamplingError, generate_dream, generate_llada, llada_transfer_counts
+from dlm.samplers.common import SamplingError
+from dlm.samplers.dream import generate_dream
+from dlm.samplers.llada import generate_llada, llada_transfer_counts
 from dlm.trainers.sft_config import SFTConfig
 from dlm.trainers.sft_trainer import run_sft
 from plugin_sdk.params import ParameterError, coerce_and_validate
@@ -262,8 +266,10 @@ def test_a_cache_needs_a_family_that_can_take_one() -> None:
     with pytest.raises(SamplingError, match="which the llada and dream families can; ModernBertForMaskedLM cannot"):
         generate_llada(bert, ids, steps=4, gen_length=4, block_length=4, mask_id=3, cache="dual")
     with pytest.raises(EvaluationError, match="which the llada and dream families can; bert cannot"):
-        check_sampler_settings("bert", SamplerSettings(cache="prefix"))
-    check_sampler_settings("ar", SamplerSettings(cache="dual", parallel_threshold=0.9))  # causal LMs ignore both
+        check_sampler_settings(get_family("bert"), SamplerSettings(cache="prefix"))
+    check_sampler_settings(
+        get_family("ar"), SamplerSettings(cache="dual", parallel_threshold=0.9)
+    )  # causal LMs ignore both
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])

@@ -23,7 +23,8 @@ import dlm  # noqa: F401  (registers LLaDA and Dream with the Auto classes)
 from dlm.elbo import elbo_terms
 from dlm.families import get_family
 from dlm.losses import LossConfig, diffusion_loss
-from dlm.samplers import generate_dream, generate_llada
+from dlm.samplers.dream import generate_dream
+from dlm.samplers.llada import generate_llada
 
 GOLDEN_ROOT = Path(os.environ.get("DLM_GOLDEN_DIR", Path(__file__).parents[1] / "fixtures" / "golden"))
 

@@ -17,12 +17,15 @@ import yaml
 from lm_eval.api.instance import Instance
 from lm_eval.api.registry import get_model
 
-import dlm.lm_eval_adapter as adapter
 from dlm.elbo import elbo, example_generators
 from dlm.generation import SamplerSettings, decode_answers, encode_prompts, generate
-from dlm.lm_eval_adapter import DiffusionLM, LmEvalError, request_key, run_lm_eval, settings_for_length
+from dlm.lm_eval import cli
+from dlm.lm_eval.errors import LmEvalError
+from dlm.lm_eval.model import DiffusionLM, available_device, request_key, settings_for_length
+from dlm.lm_eval.run import run_lm_eval
+from dlm.lm_eval.tasks import refuse_task_code, task_code
 from dlm.loading import load_model_and_tokenizer
-from dlm.presets import ensure_preset
+from dlm.presets.tiny import ensure_preset
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "lm_eval_tasks"
 SEED = 7
@@ -275,8 +278,8 @@ def test_the_cpu_stands_in_for_a_missing_gpu(llada, monkeypatch):
         f"pretrained={llada.path},mc_num=2", {"batch_size": 2, "max_batch_size": None, "device": "cuda:0"}
     )
     assert lm._device == torch.device("cpu")
-    assert adapter.available_device("cuda:0", logs.append) == "cpu" and "runs on the CPU" in logs[0]
-    assert adapter.available_device("cpu", logs.append) == "cpu" and len(logs) == 1
+    assert available_device("cuda:0", logs.append) == "cpu" and "runs on the CPU" in logs[0]
+    assert available_device("cpu", logs.append) == "cpu" and len(logs) == 1
 
 
 def test_options_the_adapter_cannot_honour_are_named(llada):
@@ -297,14 +300,14 @@ def _task_with_code(folder: Path) -> Path:
 def test_task_code_in_yaml_runs_only_under_trust_remote_code(llada, tmp_path, capsys):
     path = _task_with_code(tmp_path)
     line = len(path.read_text().splitlines())
-    assert adapter.task_code([tmp_path]) == [f"{path}:{line}"] == adapter.task_code([path])
+    assert task_code([tmp_path]) == [f"{path}:{line}"] == task_code([path])
     with pytest.raises(LmEvalError, match=rf"runs Python code \(!function\) at {path}:{line}.*trust_remote_code"):
         run_lm_eval(llada, [str(path)], log=lambda _: None)
     with pytest.raises(SystemExit, match="runs Python code"):
-        adapter.main(["--model", "dlm_diffusion", "--tasks", str(path), "--model_args", "pretrained=tiny-llada"])
+        cli.main(["--model", "dlm_diffusion", "--tasks", str(path), "--model_args", "pretrained=tiny-llada"])
     with pytest.raises(SystemExit, match="runs Python code"):
-        adapter.main(["--model=dlm_diffusion", "--tasks", "x", "--include_path", str(tmp_path)])
-    adapter.refuse_task_code([tmp_path], trust_remote_code=True)  # allowed when trusted
+        cli.main(["--model=dlm_diffusion", "--tasks", "x", "--include_path", str(tmp_path)])
+    refuse_task_code([tmp_path], trust_remote_code=True)  # allowed when trusted
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import torch
 from dlm.errors import ModelError
 from dlm.loading import load_model_and_tokenizer
 from dlm.lora import apply_lora
-from dlm.presets import PRESETS
+from dlm.presets.tiny import PRESETS
 
 GOLDEN = Path(__file__).parents[1] / "fixtures" / "golden"
 FIXTURES = {"llada-tiny": ("llada", "LLaDAModelLM"), "dream-tiny": ("dream", "DreamModel"),

@@ -19,7 +19,7 @@ from dlm.preference_data import (
     PreferenceDataError,
     encode_preferences,
 )
-from dlm.presets import ensure_preset
+from dlm.presets.tiny import ensure_preset
 from plugin_sdk.data import load_dataset_splits, load_rows
 from plugin_sdk.errors import DatasetError
 from plugin_sdk.preferences import (

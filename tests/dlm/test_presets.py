@@ -7,10 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dlm import presets
 from dlm.errors import ModelError
 from dlm.loading import load_model_and_tokenizer
-from dlm.presets import PRESETS, ensure_preset, resolve_model_path
+from dlm.presets import store
+from dlm.presets.resolve import resolve_model_path
+from dlm.presets.tiny import PRESETS, ensure_preset
 
 MESSAGES = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."}]
 PRESET_FAMILY = {"tiny-llada": "llada", "tiny-dream": "dream", "tiny-bert": "bert", "tiny-a2d": "a2d", "tiny-ar": "ar"}
@@ -89,7 +90,7 @@ def test_incomplete_or_stale_preset_is_rebuilt(tmp_path):
     assert (folder / "model.safetensors").is_file()
     (folder / "dlm_preset.json").write_text(json.dumps({"preset": "tiny-bert", "version": 0}))
     ensure_preset("tiny-bert", tmp_path)
-    assert json.loads((folder / "dlm_preset.json").read_text())["version"] == presets.PRESET_VERSION
+    assert json.loads((folder / "dlm_preset.json").read_text())["version"] == store.PRESET_VERSION
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["tiny-bert"]
 
 
@@ -124,7 +125,7 @@ def test_resolve_model_path(built, preset_workspace, monkeypatch):
     with pytest.raises(ModelError, match="unknown tiny preset 'tiny-gpt'; choose one of: tiny-llada, tiny-dream"):
         resolve_model_path("tiny-gpt", preset_workspace)
     monkeypatch.setenv("DLM_WORKSPACE", str(preset_workspace))
-    assert presets.default_workspace() == Path(preset_workspace)
+    assert store.default_workspace() == Path(preset_workspace)
     assert resolve_model_path("tiny-bert") == str(built["tiny-bert"])
 
 
@@ -136,7 +137,7 @@ def _register(workspace: Path, source: Path, folder: str, **index: str) -> Path:
     destination = workspace / "models" / folder
     destination.mkdir(parents=True)
     for file in source.iterdir():
-        if file.is_file() and file.name != presets.MARKER_FILE:
+        if file.is_file() and file.name != store.MARKER_FILE:
             (destination / file.name).write_bytes(file.read_bytes())
     backend = LocalBackend(Workspace(workspace), "1", job_type="TRAIN", experiment="e")
     backend.register_model(destination, name=folder, architecture="LLaDAModelLM", json_data={}, provenance={})
@@ -147,25 +148,32 @@ def _register(workspace: Path, source: Path, folder: str, **index: str) -> Path:
 
 
 def test_a_model_registered_by_a_trainer_is_accepted_by_name(built, tmp_path):
+    """The plugins resolve a registered name to its folder (`plugin_sdk.model_index`) before dlm loads it."""
     from dlm.eval_models import LoadOptions, check_models, model_specs
-    from dlm.evaluation import EvalSettings
+    from dlm.evaluation.settings import EvalSettings
+    from plugin_sdk.model_index import model_location
 
     registered = _register(tmp_path, built["tiny-llada"], "tiny-llada_diffusion_adaptor")
-    assert resolve_model_path("tiny-llada_diffusion_adaptor", tmp_path) == str(registered)
-    assert resolve_model_path("TransformerLab/tiny-llada_diffusion_adaptor", tmp_path) == str(registered)
-    loaded = load_model_and_tokenizer("tiny-llada_diffusion_adaptor", workspace=tmp_path)
+    assert model_location("tiny-llada_diffusion_adaptor", tmp_path) == str(registered)
+    assert model_location("TransformerLab/tiny-llada_diffusion_adaptor", tmp_path) == str(registered)
+    loaded = load_model_and_tokenizer(model_location("tiny-llada_diffusion_adaptor", tmp_path), workspace=tmp_path)
     assert loaded.path == str(registered) and loaded.family.name == "llada"
     # the evaluator's check before loading (trainers load through load_model_and_tokenizer, above)
-    check_models(model_specs("tiny-llada_diffusion_adaptor"), EvalSettings(), LoadOptions(workspace=str(tmp_path)))
+    located = model_location("tiny-llada_diffusion_adaptor", tmp_path)
+    check_models(model_specs(located), EvalSettings(), LoadOptions(workspace=str(tmp_path)))
     # a name no preset and no registered model answers to is still named as such
     with pytest.raises(ModelError, match=f"unknown tiny preset 'tiny-llada_other'.*registered in {tmp_path}"):
-        resolve_model_path("tiny-llada_other", tmp_path)
-    assert resolve_model_path("my_sft", tmp_path) == "my_sft"  # not registered: a hub id
+        resolve_model_path(model_location("tiny-llada_other", tmp_path), tmp_path)
+    assert model_location("my_sft", tmp_path) == "my_sft" == resolve_model_path("my_sft", tmp_path)  # a hub id
+    assert model_location("tiny-llada", tmp_path) == "tiny-llada"  # presets are dlm's, not registered models
 
 
 def test_an_ambiguous_registered_name_lists_the_matches(built, tmp_path):
+    from plugin_sdk.errors import ParameterError
+    from plugin_sdk.model_index import model_location
+
     first = _register(tmp_path, built["tiny-llada"], "sorted_sft")
     second = _register(tmp_path, built["tiny-llada"], "sorted_sft_v2", name="sorted_sft")
-    with pytest.raises(ModelError, match=f"model name 'sorted_sft' is ambiguous: 2 models .*: {first}, {second}"):
-        load_model_and_tokenizer("sorted_sft", workspace=tmp_path)
-    assert resolve_model_path("sorted_sft_v2", tmp_path) == str(second)
+    with pytest.raises(ParameterError, match=f"model name 'sorted_sft' is ambiguous: 2 models .*: {first}, {second}"):
+        model_location("sorted_sft", tmp_path)
+    assert model_location("sorted_sft_v2", tmp_path) == str(second)

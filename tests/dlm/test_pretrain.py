@@ -10,7 +10,8 @@ import pytest
 
 from dlm.corpus import prepare_corpus
 from dlm.loading import load_model_and_tokenizer
-from dlm.presets import ensure_preset, tokenizer_fingerprint
+from dlm.presets.bpe import tokenizer_fingerprint
+from dlm.presets.tiny import ensure_preset
 from dlm.pretrain import PRETRAIN_DEFAULTS, apply_pretrain_defaults
 from dlm.trainers.sft_config import SFTConfig
 from dlm.trainers.sft_trainer import run_sft

@@ -11,7 +11,9 @@ import torch
 from torch import nn
 
 import dlm  # noqa: F401  (registers LLaDA and Dream with the Auto classes)
-from dlm.samplers import SamplingError, generate_dream, generate_llada, llada_transfer_counts
+from dlm.samplers.common import SamplingError
+from dlm.samplers.dream import generate_dream
+from dlm.samplers.llada import generate_llada, llada_transfer_counts
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "golden"
 PAD = 2  # a token id that is neither mask (3 for LLaDA, 4 for Dream) nor used in the prompts

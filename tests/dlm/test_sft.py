@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import dlm.presets
+import dlm.presets.tiny
 import dlm.trainers.sft_trainer as sft_trainer
 from dlm.errors import ModelError
 from dlm.loading import load_model_and_tokenizer
@@ -319,7 +319,7 @@ def test_two_processes_see_different_data_and_end_with_identical_weights(workspa
 
     from plugin_sdk.launch import LaunchPlan, accelerate_command
 
-    dlm.presets.ensure_preset("tiny-llada", workspace)
+    dlm.presets.tiny.ensure_preset("tiny-llada", workspace)
     script = str(REPO / "tests" / "scripts" / "sft_rank_probe.py")
     command = accelerate_command(LaunchPlan(num_processes=2, use_cpu=True), [script, workspace, str(tmp_path)])
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(REPO)}

@@ -23,7 +23,8 @@ from dlm.data import (
     encode_conversations,
     pack_texts,
 )
-from dlm.families import SpecialIds, get_family
+from dlm.families import get_family
+from dlm.families.special_ids import SpecialIds
 from dlm.loading import LoadedModel, load_model_and_tokenizer
 
 GOLDEN = Path(__file__).parents[1] / "fixtures" / "golden"

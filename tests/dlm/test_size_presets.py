@@ -6,13 +6,13 @@ import torch
 
 from dlm.errors import ModelError
 from dlm.loading import load_model_and_tokenizer
-from dlm.presets import (
+from dlm.presets.bpe import tokenizer_fingerprint
+from dlm.presets.sizes import (
     SIZES,
     count_parameters,
     ensure_sized_preset,
     parse_sized_name,
     size_table,
-    tokenizer_fingerprint,
     train_family_tokenizer,
 )
 

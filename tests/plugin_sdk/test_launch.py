@@ -143,7 +143,7 @@ def test_two_machines_on_localhost_equal_two_processes_on_one(tmp_path):
 
     import torch
 
-    from dlm.presets import ensure_preset
+    from dlm.presets.tiny import ensure_preset
 
     repo = Path(__file__).resolve().parents[2]
     workspace = str(tmp_path / "ws")

@@ -293,7 +293,8 @@ def function_task(folder: Path) -> Path:
 
 
 def test_task_yaml_with_function_needs_trust_remote_code(tmp_path):
-    from dlm.lm_eval_adapter import LmEvalError, load_tasks
+    from dlm.lm_eval.errors import LmEvalError
+    from dlm.lm_eval.tasks import load_tasks
 
     task = function_task(tmp_path / "tasks")
     for spec in (str(task), str(task.parent)):

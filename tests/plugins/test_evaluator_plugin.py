@@ -124,7 +124,7 @@ def test_manifest_is_valid_for_the_host():
     assert {"LLaDAModelLM", "DreamModel", "ModernBertForMaskedLM", "LlamaForCausalLM"} <= set(
         manifest["model_architectures"]
     )
-    from dlm.evaluation import METRIC_GROUPS
+    from dlm.evaluation.settings import METRIC_GROUPS
 
     assert manifest["parameters"]["metrics"]["items"]["enum"] == list(METRIC_GROUPS)
 
@@ -245,8 +245,9 @@ def test_unknown_family_and_mismatched_adapter_are_named(preset_workspace, tmp_p
 
 def test_models_are_checked_from_their_configs_before_loading(preset_workspace, adapter, monkeypatch):
     import dlm.eval_models as eval_models
-    from dlm.evaluation import EvalSettings, EvaluationError
+    from dlm.evaluation.settings import EvalSettings
     from dlm.generation import SamplerSettings
+    from dlm.metrics.result import EvaluationError
 
     monkeypatch.setattr(eval_models, "load_model_with_adapter", lambda *a, **k: pytest.fail("a model was loaded"))
     load = _load(preset_workspace)
@@ -346,7 +347,7 @@ def test_job_compares_models_with_an_adapter_in_the_host_formats(preset_workspac
 
     # the plugin handed the right examples and settings over: the same numbers computed here, in process
     from dlm.eval_models import ModelSpec, evaluate_models
-    from dlm.evaluation import EvalExample, EvalSettings
+    from dlm.evaluation.settings import EvalExample, EvalSettings
     from dlm.generation import SamplerSettings
 
     _, examples = examples_of(ROWS)

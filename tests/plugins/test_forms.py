@@ -18,7 +18,7 @@ from dlm.trainers.sft_config import SFTConfig
 from plugin_sdk.__main__ import main
 from plugin_sdk.forms import FORM, form_parameters, json_type, load_form, schema, write_forms
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PLUGINS = {
     "diffusion_llm_trainer": SFTConfig,
     "diffusion_dpo_trainer": DPOConfig,
