@@ -18,7 +18,6 @@ TABLE_TITLE = "## Packages and what each may import"
 MAX_LINES = 500
 FAMILY_NAMES = frozenset({"llada", "dream", "bert", "a2d", "ar"})
 FAMILY_SCANNED = ("dlm", "plugin_sdk", "plugins", "demo", "bench")
-UNTIL_THE_MERGE = pytest.mark.xfail(strict=False, reason="until the issue-18 branches merge")
 
 
 @dataclass(frozen=True)
@@ -272,7 +271,6 @@ def test_a_function_local_import_counts(tmp_path):
     assert imported(source, "dlm.m", {"dlm.presets"}) == {"dlm.presets"}
 
 
-@UNTIL_THE_MERGE
 def test_no_module_of_the_library_or_the_host_contract_is_over_500_lines():
     lengths = {
         str(path.relative_to(REPO)): len(path.read_text(encoding="utf-8").splitlines())
@@ -353,7 +351,6 @@ if schedule == "cosine" or kind in PLAIN or "ar" < x: pass
     assert family_comparisons(tree, family_collections([tree])) == [4, 5, 6, 7, 9]
 
 
-@UNTIL_THE_MERGE
 def test_no_family_name_is_compared_outside_the_family_modules():
     paths = [
         path

@@ -48,7 +48,7 @@ def lm_eval_limit(limit: float) -> int | float | None:
 def run(job: Job) -> str:
     from dlm.eval_config import EvaluatorConfig
     from dlm.eval_models import LmEvalOptions, LoadOptions, evaluate_models, model_specs
-    from dlm.evaluation import EvalExample, example_fields
+    from dlm.evaluation.settings import EvalExample, example_fields
     from dlm.report import (
         comparison_text,
         format_value,
