@@ -82,12 +82,34 @@ def import_rules(document: str, repo: Path) -> list[Rule]:
     return rules
 
 
-def leaves(document: str) -> tuple[str, list[str]]:
-    """ "Leaves inside `dlm`: `errors`, `checkpoints` (what it is), ..." as ("dlm", ["errors", "checkpoints", ...])."""
-    line = next(line for line in document.splitlines() if line.startswith("Leaves inside "))
-    head, _, listed = re.sub(r"\([^)]*\)", "", line).partition(":")
+def listed_line(document: str, start: str) -> tuple[str, list[str]]:
+    """ "<start> `dlm`: `a`, `b` (what it is), ..." as ("dlm", ["a", "b", ...])."""
+    line = next(line for line in document.splitlines() if line.startswith(start))
+    # a listing may run over several lines: up to the blank line that ends its paragraph
+    paragraph = document[document.index(line) :].split("\n\n", 1)[0].replace("\n", " ")
+    head, _, listed = re.sub(r"\([^)]*\)", "", paragraph).partition(":")
     (package,) = backticked(head)
     return package, backticked(listed)
+
+
+def imported_only_by(document: str) -> dict[str, list[str]]:
+    """The lines "- `a.b` is imported only by `c`, `d`." as {"a.b": ["c", "d"]}."""
+    found = {}
+    for line in document.splitlines():
+        if line.startswith("- `") and " is imported only by " in line:
+            module, _, users = line.partition(" is imported only by ")
+            found[backticked(module)[0]] = backticked(users)
+    return found
+
+
+def plugin_files(document: str) -> list[str]:
+    line = next(line for line in document.splitlines() if line.startswith("Each plugin folder holds:"))
+    return backticked(line)
+
+
+def leaves(document: str) -> tuple[str, list[str]]:
+    """ "Leaves inside `dlm`: `errors`, `checkpoints` (what it is), ..." as ("dlm", ["errors", "checkpoints", ...])."""
+    return listed_line(document, "Leaves inside ")
 
 
 RULES = import_rules(DOCUMENT, REPO)
@@ -362,3 +384,46 @@ def test_no_family_name_is_compared_outside_the_family_modules():
     collections = family_collections(list(trees.values()))
     found = {str(path.relative_to(REPO)): family_comparisons(tree, collections) for path, tree in trees.items()}
     assert {path: lines for path, lines in found.items() if lines} == {}
+
+
+def test_no_module_of_the_library_imports_an_entry_point():
+    package, entry_points = listed_line(DOCUMENT, "Entry points inside ")
+    graph = import_graph(package)
+    points = [f"{package}.{name}" for name in entry_points]
+    for point in points:
+        assert any(inside(module, point) for module in graph), f"the entry point {point} is not a module of {package}"
+    offenders = {
+        module: sorted(t for t in targets if any(inside(t, p) and not inside(module, p) for p in points))
+        for module, targets in graph.items()
+    }
+    assert {module: targets for module, targets in offenders.items() if targets} == {}
+
+
+@pytest.mark.parametrize("module", sorted(imported_only_by(DOCUMENT)))
+def test_a_module_is_imported_only_where_the_document_says(module):
+    allowed = imported_only_by(DOCUMENT)[module]
+    graph = import_graph(module.split(".")[0])
+    assert any(inside(m, module) for m in graph), f"{module} is not a module"
+    users = {m for m, targets in graph.items() if not inside(m, module) and any(inside(t, module) for t in targets)}
+    assert sorted(u for u in users if not any(inside(u, a) for a in allowed)) == []
+
+
+def test_every_plugin_folder_holds_the_files_the_document_names():
+    files = plugin_files(DOCUMENT)
+    assert "main.py" in files and "settings.py" in files
+    plugins = sorted(p.parent for p in (REPO / "plugins").glob("*/index.json"))
+    assert plugins, "no plugin folders"
+    missing = {p.name: [f for f in files if not (p / f).is_file()] for p in plugins}
+    assert {name: gone for name, gone in missing.items() if gone} == {}
+
+
+def test_the_rule_lines_are_read_as_written():
+    document = """Entry points inside `a`: `x` (what it is), `y`,
+`z`.
+
+- `a.p` is imported only by `a.q`, `a.r`.
+Each plugin folder holds: `main.py`, `settings.py`.
+"""
+    assert listed_line(document, "Entry points inside ") == ("a", ["x", "y", "z"])
+    assert imported_only_by(document) == {"a.p": ["a.q", "a.r"]}
+    assert plugin_files(document) == ["main.py", "settings.py"]
