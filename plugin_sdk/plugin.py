@@ -24,7 +24,7 @@ from plugin_sdk.outputs import check_outputs_free, publish_outputs
 
 
 class TrainingResult(Protocol):
-    """What `finish_training` reads of a training run's result (`dlm.trainers.common.TrainResult`)."""
+    """What `finish_training` reads of a training run's result (`dlm.trainers.outputs.TrainResult`)."""
 
     stopped: bool
     global_step: int
@@ -32,7 +32,7 @@ class TrainingResult(Protocol):
 
 
 # save(result, adaptor_dir=..., full_model_dir=...) -> the folders written (a None folder is not written), e.g.
-# `dlm.trainers.common.save_outputs`
+# `dlm.trainers.outputs.save_outputs`
 SaveResult = Callable[..., list[Path]]
 
 

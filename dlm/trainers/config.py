@@ -15,6 +15,7 @@ from dlm.loading import DTYPES
 from dlm.settings import FromParams, setting
 
 SEED_LIMIT = 2**32  # numpy (through transformers' set_seed) takes seeds below 2**32
+LEARNING_RATE_SCHEDULES = ("constant", "linear", "cosine", "constant_with_warmup")  # transformers' scheduler names
 
 
 @dataclass
@@ -59,7 +60,7 @@ class TrainerConfig(FromParams):
         title="Learning-rate schedule",
         group="optimization",
         help="How the learning rate falls after warm-up.",
-        choices=("constant", "linear", "cosine", "constant_with_warmup"),
+        choices=LEARNING_RATE_SCHEDULES,
     )
     warmup_ratio: float = setting(
         0.03,

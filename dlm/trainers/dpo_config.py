@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from dlm.errors import DlmError
 from dlm.preference_loss import LOSS_TYPES
 from dlm.settings import setting
-from dlm.trainers.config import TrainerConfig
+from dlm.trainers.config import LEARNING_RATE_SCHEDULES, TrainerConfig
 
 REFERENCE_MODES = ("auto", "frozen_copy", "disabled_adapters", "precomputed")
 MEMORY_MODES = ("auto", "keep_graphs", "per_sample_backward")
@@ -228,7 +228,7 @@ class DPOConfig(TrainerConfig):
         title="Learning-rate schedule",
         group="optimization",
         help="How the learning rate falls after warm-up (LLaDA 1.5: cosine).",
-        choices=("constant", "linear", "cosine", "constant_with_warmup"),
+        choices=LEARNING_RATE_SCHEDULES,
     )
     seed: int = setting(
         42,
