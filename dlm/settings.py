@@ -5,7 +5,8 @@ nothing of dlm: `plugin_sdk.forms` turns such fields into a plugin's index.json 
 Keys of the dict (only those given are present): title, help (the description under the field), group (where
 `--help` lists it), type (a JSON-schema type, when the annotation does not say it), choices, minimum, maximum,
 exclusive_minimum, multiple_of, items (the JSON schema of a list's items), unique_items, and for the form's layout
-widget, choice_labels, ui_help (help shown beside the field), placeholder and ui_options.
+widget, choice_labels, ui_help (help shown beside the field), placeholder and ui_options; for the task form of today's
+Transformer Lab, task_widget (its `ui_widget`, e.g. the host's `lab_dataset_select` picker) and required.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def setting(
     ui_help: str | None = None,
     placeholder: str | None = None,
     ui_options: Mapping[str, Any] | None = None,
+    task_widget: str | None = None,
+    required: bool | None = None,
 ) -> Any:
     """A dataclass field with default `default` and its form metadata. A list or tuple default is stored as a tuple
     (a field default must not be shared mutable state)."""
@@ -56,6 +59,8 @@ def setting(
         "ui_help": ui_help,
         "placeholder": placeholder,
         "ui_options": dict(ui_options) if ui_options is not None else None,
+        "task_widget": task_widget,
+        "required": required,
     }
     metadata = {FORM: {key: value for key, value in described.items() if value is not None}}
     if isinstance(default, list | tuple):

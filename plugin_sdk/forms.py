@@ -3,10 +3,18 @@
 Each plugin declares its settings in `plugins/<id>/settings.py`: `SETTINGS`, a dataclass whose form fields carry
 their title, help, group, bounds, choices and widget as a plain dict under the field metadata key `"form"` (see
 `dlm.settings.setting`, which writes it); `ORDER`, the order of the fields in the form (fields it leaves out follow
-in the dataclass's order); and `TASK_HOST_PARAMETERS`, what a task of today's Transformer Lab carries beyond the
-form (the model the plugin-era host filled in). From these, `write_forms` writes index.json's `parameters` and
-`parameters_ui` and task.yaml's `parameters`; everything else in those files is hand-written and kept as it is.
-`python -m plugin_sdk forms [--check]` runs it; `parameter_help` is what `run <plugin> --help` prints.
+in the dataclass's order); `TASK_HOST_PARAMETERS`, a dataclass of what a task of today's Transformer Lab carries
+beyond the form (the model the plugin-era host filled in); and `TASK_FIRST`, the fields that open the task form after
+those. From these, `write_forms` writes index.json's `parameters` and `parameters_ui` and task.yaml's `parameters`
+block; everything else in those files is hand-written and kept as it is. `python -m plugin_sdk forms [--check]`
+runs it; `parameter_help` is what `run <plugin> --help` prints.
+
+task.yaml's parameters are typed the way the Queue Task modal of transformerlab-app reads them
+(`QueueTaskModal/index.tsx` `parseParameter`, `ParameterInput.tsx`): `type` int/float/bool/enum/string, `default`,
+`min`/`max`/`step`, `options`, `ui_widget` (the host's model and dataset pickers, a switch, a radio row or a select)
+and `title`; `description` holds the help (the modal shows the title only; the app's own examples carry it). A list
+is a comma-joined string: the modal edits it as text and sends it as such, and `plugin_sdk.params` reads it back as
+the list (the modal's other way, a JSON editor, appears only for a list default).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import re
 import sys
 import textwrap
 import types
@@ -32,7 +41,12 @@ _BOUNDS = (
     ("maximum", "maximum"),
     ("multiple_of", "multipleOf"),
 )
-TASK_PARAMETERS_KEY = "parameters:"
+# the parameters block of task.yaml: its key line and the indented (or blank) lines under it
+_TASK_PARAMETERS_BLOCK = re.compile(r"^parameters:.*\n(?:(?:[ \t].*|[ \t]*)(?:\n|\Z))*", re.MULTILINE)
+# task.yaml's type of each form type; a list travels as a comma-joined string
+_TASK_TYPES = {"string": "string", "integer": "int", "number": "float", "boolean": "bool", "array": "string"}
+_RADIO_AT_MOST = 3  # a choice among this many is a radio row, among more a select
+_EXAMPLES = 5  # suggestions of a free list (lm-eval tasks) named in its description
 
 
 @dataclass(frozen=True)
@@ -52,11 +66,13 @@ class Parameter:
 
 @dataclass(frozen=True)
 class PluginForm:
-    """A plugin's declared settings: the parameters in form order and the task's extra host parameters."""
+    """A plugin's declared settings: the parameters in form order, the task's extra host parameters, and the
+    parameters in the task form's order."""
 
     settings: type
     parameters: list[Parameter]
-    task_host_parameters: dict[str, Any]
+    task_host_parameters: list[Parameter]
+    task_order: list[Parameter]
 
 
 def form_parameters(settings: type, order: typing.Sequence[str] = ()) -> list[Parameter]:
@@ -140,9 +156,49 @@ def _ui_entry(p: Parameter) -> dict[str, Any]:
     return entry
 
 
-def task_parameters(form: PluginForm) -> dict[str, Any]:
-    """task.yaml's `parameters`: the task's host parameters, then every form default."""
-    return {**form.task_host_parameters, **{p.name: p.default for p in form.parameters}}
+def task_parameters(form: PluginForm) -> dict[str, dict[str, Any]]:
+    """task.yaml's `parameters`: the task's host parameters, then every form field, each typed."""
+    return {p.name: task_parameter(p) for p in [*form.task_host_parameters, *form.task_order]}
+
+
+def task_parameter(p: Parameter) -> dict[str, Any]:
+    """One parameter as the Queue Task modal reads it. A choice's options are strings (its radio row and select
+    send the option's text); a bound the modal cannot state (exclusive_minimum) is said in the description."""
+    form = p.form
+    entry: dict[str, Any] = {"title": form["title"], "type": _TASK_TYPES[p.type], "default": p.default}
+    if p.type == "array":
+        entry["title"] += " (comma-separated)"
+        entry["default"] = ",".join(map(str, p.default))
+    if "choices" in form:
+        entry["type"] = "enum"
+        entry["options"] = [str(choice) for choice in form["choices"]]
+        entry["ui_widget"] = "radio" if len(form["choices"]) <= _RADIO_AT_MOST else "select"
+    bounds = {"min": form.get("minimum"), "max": form.get("maximum"), "step": form.get("multiple_of")}
+    entry.update({key: value for key, value in bounds.items() if value is not None})
+    if p.type == "boolean":
+        entry["ui_widget"] = "switch"
+    if "task_widget" in form:
+        entry["ui_widget"] = form["task_widget"]
+    if form.get("required"):
+        entry["required"] = True
+    entry["description"] = _task_description(p)
+    return entry
+
+
+def _task_description(p: Parameter) -> str:
+    form = p.form
+    parts = [p.help]
+    if "choice_labels" in form:
+        labels = zip(form["choices"], form["choice_labels"], strict=True)
+        parts.append("Choices: " + "; ".join(f"{choice}: {label}" for choice, label in labels) + ".")
+    if "enum" in form.get("items", {}):
+        parts.append(f"Any of {', '.join(map(str, form['items']['enum']))}.")
+    suggestions = form.get("ui_options", {}).get("enumOptions")
+    if suggestions:
+        parts.append(f"For example {', '.join(suggestions[:_EXAMPLES])}.")
+    if "exclusive_minimum" in form:
+        parts.append(f"Greater than {form['exclusive_minimum']}.")
+    return " ".join(part for part in parts if part)
 
 
 def load_form(plugin_dir: str | Path) -> PluginForm:
@@ -153,10 +209,13 @@ def load_form(plugin_dir: str | Path) -> PluginForm:
     if root not in sys.path:
         sys.path.insert(0, root)
     module = importlib.import_module(f"{folder.parent.name}.{folder.name}.settings")
+    order = getattr(module, "ORDER", ())
+    host = getattr(module, "TASK_HOST_PARAMETERS", None)
     return PluginForm(
         module.SETTINGS,
-        form_parameters(module.SETTINGS, getattr(module, "ORDER", ())),
-        dict(getattr(module, "TASK_HOST_PARAMETERS", {})),
+        form_parameters(module.SETTINGS, order),
+        form_parameters(host) if host is not None else [],
+        form_parameters(module.SETTINGS, (*getattr(module, "TASK_FIRST", ()), *order)),
     )
 
 
@@ -172,11 +231,20 @@ def rendered(plugin_dir: str | Path) -> dict[Path, str]:
     files[manifest_path] = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
     task_path = folder / "task.yaml"
     if task_path.is_file():
-        text = task_path.read_text(encoding="utf-8")
-        head = text[: text.index(TASK_PARAMETERS_KEY)] if TASK_PARAMETERS_KEY in text else text
-        body = yaml.safe_dump({"parameters": task_parameters(form)}, sort_keys=False, allow_unicode=True)
-        files[task_path] = head + body
+        files[task_path] = with_task_parameters(task_path.read_text(encoding="utf-8"), task_parameters(form))
     return files
+
+
+def with_task_parameters(text: str, parameters: dict[str, Any]) -> str:
+    """task.yaml's `text` with its top-level `parameters` block replaced by `parameters` (appended when it has none):
+    the keys before and after it (envs, setup, sweeps, ...) and their comments stay as they are."""
+    block = yaml.safe_dump({"parameters": parameters}, sort_keys=False, allow_unicode=True, width=120)
+    found = _TASK_PARAMETERS_BLOCK.search(text)
+    if found is None:
+        return text + ("" if text.endswith("\n") or not text else "\n") + block
+    replaced = found.group(0)
+    spacing = replaced[len(replaced.rstrip()) :] or "\n"  # the line end and blank lines before the next key
+    return text[: found.start()] + block.rstrip("\n") + spacing + text[found.end() :]
 
 
 def write_forms(repo_root: str | Path, *, check: bool = False) -> list[str]:

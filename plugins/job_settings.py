@@ -20,6 +20,40 @@ class DatasetSettings:
             "Leave empty to use the dataset chosen on the Dataset tab. Otherwise a local file (json, jsonl, csv, "
             "parquet), a folder of them, or a workspace dataset id, which then wins over the Dataset tab."
         ),
+        task_widget="lab_dataset_select",
+    )
+
+
+@dataclass
+class TaskModel:
+    """What a task of today's Transformer Lab carries beyond the form (a plugin's `TASK_HOST_PARAMETERS`): the model,
+    which the plugin-era host's model picker filled in as `model_name`; the task form picks it with the host's."""
+
+    model_name: str = setting(
+        "",
+        title="Model",
+        group="model",
+        help=(
+            "The model to start from: a model of the workspace, a Hugging Face model id or a local folder (tick "
+            "'Enter any string' to type one)."
+        ),
+        task_widget="lab_model_select",
+        required=True,
+    )
+
+
+@dataclass
+class TaskModelAndAdapter(TaskModel):
+    """The evaluator's model: `TaskModel` and an adapter of it."""
+
+    model_adapter: str = setting(
+        "",
+        title="Adapter",
+        group="model",
+        help=(
+            "An adapter to evaluate on top of the model: its name under the workspace's adaptors/<model>/ folder, "
+            "or a folder path. Empty: the model alone."
+        ),
     )
 
 

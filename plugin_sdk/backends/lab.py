@@ -40,6 +40,26 @@ LAB_MIN_VERSION = "0.1.6"
 STOP_GRACE_S = 1.0
 
 
+# Keys that mark a task.yaml parameter as a declaration (the modal's `parseParameter` reads them so)
+_DECLARATION_KEYS = frozenset({"type", "default", "min", "max", "options", "enum"})
+# What the Queue Task modal's submit (QueueTaskModal/index.tsx handleSubmit) adds beside the parameters and
+# Tasks.tsx handleQueueSubmit does not strip: settings of the launch, which reach job_data.parameters (the sweep
+# settings are host keys the plugins accept anyway). None is a parameter of ours (a test checks it).
+MODAL_LAUNCH_KEYS = frozenset(
+    {
+        "resource_group_id",
+        "resource_group_name",
+        "resource_group_custom_override",
+        "custom_sbatch_flags",
+        "docker_image",
+        "region",
+        "use_spot",
+        "fleet_name",
+        "trackio_project_name",
+    }
+)
+
+
 def running_as_task() -> bool:
     """True when the host launched us as a task (`_TFL_JOB_ID` set; `DLM_BACKEND=lab|host|local` overrides)."""
     forced = os.environ.get("DLM_BACKEND", "").lower()
@@ -68,6 +88,20 @@ def import_lab() -> Any:
     from lab import lab
 
     return lab
+
+
+def task_values(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The values of `job_data.parameters` as the host launches a task: task.yaml's declarations updated with what
+    the Queue Task modal sent (`launch_template.py`: `{**request.parameters, **request.config}`). A declaration
+    left as it is (a launch that sent no value for it) reads as its default; the launch settings the modal adds
+    (`MODAL_LAUNCH_KEYS`) and unset values are dropped."""
+    values = {}
+    for key, value in parameters.items():
+        if isinstance(value, Mapping) and _DECLARATION_KEYS & value.keys():
+            value = value.get("default")
+        if value is not None and key not in MODAL_LAUNCH_KEYS:
+            values[key] = value
+    return values
 
 
 def score_dict(score: Any) -> dict[str, float]:
@@ -132,7 +166,7 @@ class LabBackend:
     # ---- parameters ---------------------------------------------------------------------------------------------
     def host_parameters(self) -> dict[str, Any]:
         """`job_data.parameters`, plus the checkpoint the host asked this job to resume from."""
-        values = {k: v for k, v in self.lab.get_config().items() if v is not None}
+        values = task_values(self.lab.get_config())
         resume = self.lab.get_checkpoint_to_resume()
         if resume and not values.get("resume_from_checkpoint"):
             values["resume_from_checkpoint"] = resume

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from dlm.settings import setting
 from dlm.trainers.dpo_config import DPOConfig
-from plugins.job_settings import DatasetSettings, TrainerJobSettings
+from plugins.job_settings import DatasetSettings, TaskModel, TrainerJobSettings
 
 
 @dataclass
@@ -28,8 +28,20 @@ class DPOTrainerSettings(TrainerJobSettings, DatasetSettings, DPOConfig):
 
 
 SETTINGS = DPOTrainerSettings
-# what a task of today's Transformer Lab carries beyond the form: the model the plugin-era host's picker filled in
-TASK_HOST_PARAMETERS = {"model_name": ""}
+TASK_HOST_PARAMETERS = TaskModel
+# the fields that open the task form, after the model: the preference data, the DPO objective, how long and how fast it trains, LoRA and the sequence length; the rest follow in ORDER
+TASK_FIRST = (
+    "dataset",
+    "beta",
+    "loss_type",
+    "num_train_epochs",
+    "train_steps",
+    "learning_rate",
+    "batch_size",
+    "lora",
+    "lora_r",
+    "max_length",
+)
 # the order of the form (ui:order) and of --help's groups
 ORDER = (
     "dataset",

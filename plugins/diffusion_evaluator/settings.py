@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from dlm.eval_config import EvaluatorConfig
 from dlm.settings import setting
-from plugins.job_settings import DatasetSettings
+from plugins.job_settings import DatasetSettings, TaskModelAndAdapter
 
 
 @dataclass
@@ -56,8 +56,20 @@ class EvaluatorSettings(DatasetSettings, EvaluatorConfig):
 
 
 SETTINGS = EvaluatorSettings
-# what a task of today's Transformer Lab carries beyond the form: the model the plugin-era host's picker filled in
-TASK_HOST_PARAMETERS = {"model_name": "", "model_adapter": ""}
+TASK_HOST_PARAMETERS = TaskModelAndAdapter
+# the fields that open the task form, after the model: what is measured on which data (and against which models), then the sampler settings that decide speed and quality; the rest follow in ORDER
+TASK_FIRST = (
+    "dataset",
+    "metrics",
+    "tasks",
+    "num_samples",
+    "compare_with",
+    "steps",
+    "max_new_tokens",
+    "block_length",
+    "cache",
+    "parallel_threshold",
+)
 # the order of the form (ui:order) and of --help's groups
 ORDER = (
     "dataset",

@@ -128,12 +128,19 @@ def test_task_yaml_passes_the_apps_own_schema():
 
 @pytest.mark.parametrize("plugin_id", PLUGIN_IDS)
 def test_task_parameters_are_the_plugins_defaults(plugin_id):
+    """task.yaml declares the model first, then every parameter of index.json, typed; read by the lab backend as
+    the host passes them when the modal sends nothing, they are index.json's defaults."""
     manifest = load_manifest(REPO / "plugins" / plugin_id)
     defaults = {key: prop["default"] for key, prop in manifest["parameters"].items()}
-    assert task_yaml(plugin_id)["parameters"] == {**HOST_KEYS[plugin_id], **defaults}, (
-        f"plugins/{plugin_id}/task.yaml parameters drifted from index.json: copy the defaults over"
+    declared = task_yaml(plugin_id)["parameters"]
+    assert list(declared)[: len(HOST_KEYS[plugin_id])] == list(HOST_KEYS[plugin_id])
+    assert set(declared) == {*HOST_KEYS[plugin_id], *defaults}, (
+        f"plugins/{plugin_id}/task.yaml parameters drifted from index.json: run python -m plugin_sdk forms"
     )
-    coerce_and_validate(task_yaml(plugin_id)["parameters"], manifest["parameters"])  # all valid as they stand
+    assert all({"type", "title", "default", "description"} <= set(entry) for entry in declared.values())
+    read = coerce_and_validate(lab_backend.task_values(declared), manifest["parameters"])  # all valid as they stand
+    assert {key: read[key] for key in defaults} == defaults
+    assert {key: read[key] for key in HOST_KEYS[plugin_id]} == HOST_KEYS[plugin_id]
 
 
 def test_task_setup_installs_the_project_named_by_dlm_source(tmp_path):
