@@ -16,7 +16,18 @@ from dlm.settings import setting
 from dlm.trainers.dpo_config import DPOConfig
 from dlm.trainers.sft_config import SFTConfig
 from plugin_sdk.__main__ import main
-from plugin_sdk.forms import FORM, form_parameters, json_type, load_form, schema, write_forms
+from plugin_sdk.forms import (
+    FORM,
+    Parameter,
+    form_parameters,
+    json_type,
+    load_form,
+    schema,
+    task_parameter,
+    task_parameters,
+    with_task_parameters,
+    write_forms,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGINS = {
@@ -56,7 +67,9 @@ def test_check_names_the_file_and_field_that_differ(tmp_path):
     manifest["parameters"]["beta"]["default"] = 0.5
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     task = tmp_path / "plugins" / "diffusion_evaluator" / "task.yaml"
-    task.write_text(task.read_text().replace("  steps: 128\n", "  steps: 64\n"))
+    steps = "  steps:\n    title: Denoising steps\n    type: int\n    default: 128\n"
+    assert steps in task.read_text()
+    task.write_text(task.read_text().replace(steps, steps.replace("128", "64")))
     assert write_forms(tmp_path, check=True) == [
         "plugins/diffusion_dpo_trainer/index.json: fields beta differ",
         "plugins/diffusion_evaluator/task.yaml: fields steps differ",
@@ -116,6 +129,83 @@ def test_a_dataclass_becomes_a_form():
     assert parameters["rate"]["exclusiveMinimum"] == 0 and parameters["rate"]["type"] == "number"
     assert "sizes" not in ui and "rate" not in ui
     assert FORM not in dataclasses.fields(Toy)[0].metadata
+
+
+def test_a_dataclass_becomes_task_parameters_the_modal_reads():
+    mode, flag, sizes, rate = form_parameters(Toy)
+    assert task_parameter(mode) == {
+        "title": "Mode",
+        "type": "enum",
+        "default": "a",
+        "options": ["a", "b"],
+        "ui_widget": "radio",
+        "description": "Which mode. Choices: a: A; b: B.",
+    }
+    assert task_parameter(flag) == {
+        "title": "Flag",
+        "type": "bool",
+        "default": False,
+        "ui_widget": "switch",
+        "description": "Turns it on.",
+    }
+    assert task_parameter(sizes) == {
+        "title": "Sizes (comma-separated)",
+        "type": "string",
+        "default": "0.5",
+        "description": "Sizes.",
+    }
+    assert task_parameter(rate) == {
+        "title": "Rate",
+        "type": "float",
+        "default": 0.1,
+        "max": 1,
+        "description": "Rate. Greater than 0.",
+    }
+    many = Parameter("n", "integer", 8, {"title": "N", "choices": (4, 8, 16, 32), "multiple_of": 4, "minimum": 4})
+    assert task_parameter(many) == {
+        "title": "N",
+        "type": "enum",
+        "default": 8,
+        "options": ["4", "8", "16", "32"],
+        "ui_widget": "select",
+        "min": 4,
+        "step": 4,
+        "description": "",
+    }
+
+
+def test_the_task_form_opens_with_the_model_and_the_important_fields():
+    form = load_form(REPO / "plugins" / "diffusion_evaluator")
+    declared = task_parameters(form)
+    assert list(declared)[:4] == ["model_name", "model_adapter", "dataset", "metrics"]
+    assert declared["model_name"]["ui_widget"] == "lab_model_select" and declared["model_name"]["required"]
+    assert declared["dataset"]["ui_widget"] == "lab_dataset_select"
+    # the task form's order is its own; index.json keeps ORDER; both hold every field
+    assert [p.name for p in form.task_order] != [p.name for p in form.parameters]
+    assert sorted(p.name for p in form.task_order) == sorted(p.name for p in form.parameters)
+
+
+def test_only_the_parameters_block_is_replaced():
+    text = (
+        "# a comment\nname: t\nparameters:\n  old: 1\n  gone:\n  - 2\n\n"
+        "# sweeps: written by hand\nsweeps:\n  sweep_config:\n    lr: [1, 2]\nrun: x\n"
+    )
+    assert with_task_parameters(text, {"new": {"type": "int", "default": 3}}) == (
+        "# a comment\nname: t\nparameters:\n  new:\n    type: int\n    default: 3\n\n"
+        "# sweeps: written by hand\nsweeps:\n  sweep_config:\n    lr: [1, 2]\nrun: x\n"
+    )
+    assert with_task_parameters("name: t\nparameters:\n  old: 1", {"a": 1}) == "name: t\nparameters:\n  a: 1\n"
+    assert with_task_parameters("name: t\n", {"a": 1}) == "name: t\nparameters:\n  a: 1\n"
+
+
+def test_forms_keep_a_sweeps_block_after_the_parameters(tmp_path):
+    shutil.copytree(REPO / "plugins", tmp_path / "plugins")
+    task = tmp_path / "plugins" / "diffusion_llm_trainer" / "task.yaml"
+    sweeps = "sweeps:\n  sweep_config:\n    learning_rate: [0.0001, 0.0003]\n  sweep_metric: eval/loss\n"
+    generated = task.read_text()
+    task.write_text(generated.replace("  default: 42\n", "  default: 7\n", 1) + sweeps)
+    assert write_forms(tmp_path) == ["plugins/diffusion_llm_trainer/task.yaml: fields seed differ"]
+    assert task.read_text() == generated + sweeps
 
 
 def test_an_order_naming_no_field_is_refused():
