@@ -6,7 +6,8 @@ Keys of the dict (only those given are present): title, help (the description un
 `--help` lists it), type (a JSON-schema type, when the annotation does not say it), choices, minimum, maximum,
 exclusive_minimum, multiple_of, items (the JSON schema of a list's items), unique_items, and for the form's layout
 widget, choice_labels, ui_help (help shown beside the field), placeholder and ui_options; for the task form of today's
-Transformer Lab, task_widget (its `ui_widget`, e.g. the host's `lab_dataset_select` picker) and required.
+Transformer Lab, task_widget (its `ui_widget`, e.g. the host's `lab_dataset_select` picker), task_help (its
+description where the help speaks of the plugin-era workbench) and required.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def setting(
     placeholder: str | None = None,
     ui_options: Mapping[str, Any] | None = None,
     task_widget: str | None = None,
+    task_help: str | None = None,
     required: bool | None = None,
 ) -> Any:
     """A dataclass field with default `default` and its form metadata. A list or tuple default is stored as a tuple
@@ -60,6 +62,7 @@ def setting(
         "placeholder": placeholder,
         "ui_options": dict(ui_options) if ui_options is not None else None,
         "task_widget": task_widget,
+        "task_help": task_help,
         "required": required,
     }
     metadata = {FORM: {key: value for key, value in described.items() if value is not None}}

@@ -187,7 +187,7 @@ def task_parameter(p: Parameter) -> dict[str, Any]:
 
 def _task_description(p: Parameter) -> str:
     form = p.form
-    parts = [p.help]
+    parts = [form.get("task_help") or p.help]
     if "choice_labels" in form:
         labels = zip(form["choices"], form["choice_labels"], strict=True)
         parts.append("Choices: " + "; ".join(f"{choice}: {label}" for choice, label in labels) + ".")

@@ -21,6 +21,10 @@ class DatasetSettings:
             "parquet), a folder of them, or a workspace dataset id, which then wins over the Dataset tab."
         ),
         task_widget="lab_dataset_select",
+        task_help=(
+            "A dataset of the workspace, or (tick 'Enter any string') a local file (json, jsonl, csv, parquet) or a "
+            "folder of them."
+        ),
     )
 
 

@@ -16,7 +16,7 @@ from plugin_sdk.backends import lab as lab_backend
 from plugin_sdk.errors import ParameterError
 from plugin_sdk.manifest import load_manifest
 from plugin_sdk.params import coerce_and_validate
-from tests.task_form import STRIPPED, initial_value, job_parameters, modal_submission
+from tests.task_form import STRIPPED, job_parameters, modal_submission
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = sorted((REPO / "tests" / "fixtures" / "task_form").glob("*.json"))
