@@ -6,6 +6,9 @@ rules in Python."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +131,24 @@ def test_a_launch_the_modal_sent_nothing_for_reads_the_defaults_and_drops_launch
     read = read_by_plugin(plugin_id, job_parameters(declared(plugin_id), config))
     assert read["beta"] == 0.3 and read["learning_rate"] == 5e-06
     assert "resource_group_id" not in read and "use_spot" not in read
+
+
+def test_lab_gives_a_recorded_submission_back_as_launched(tmp_path):
+    """Through the real `lab` package: the job record keeps `job_data.parameters` as launched from a recorded
+    submission, and `lab.get_config()` in the task's process returns them unchanged."""
+    from tests.integration.test_lab_backend import EXPERIMENT, create_job
+
+    home = tmp_path / "tfl"
+    (home / "workspace").mkdir(parents=True)
+    env = {**os.environ, "TFL_HOME_DIR": str(home), "TFL_WORKSPACE_DIR": str(home / "workspace")}
+    env.pop("DLM_BACKEND", None)
+    record = json.loads((REPO / "tests" / "fixtures" / "task_form" / "diffusion_evaluator-edited.json").read_text())
+    launched = job_parameters(declared("diffusion_evaluator"), record["config"])
+    job_id = create_job(env, launched)
+    script = "import json\nfrom lab import lab\nlab.init()\nprint(json.dumps(lab.get_config()))\n"
+    task_env = {**env, "_TFL_JOB_ID": job_id, "_TFL_EXPERIMENT_ID": EXPERIMENT}
+    done = subprocess.run([sys.executable, "-c", script], env=task_env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got == launched
+    assert read_by_plugin("diffusion_evaluator", got)["metrics"] == ["perplexity", "task_accuracy"]
