@@ -100,6 +100,28 @@ def evaluate(env: dict, tmp_path: Path, data: Path, model: str, compare_with: li
     return job_id
 
 
+def test_a_table_without_models_or_generated_text_shows_too(host, tmp_path):  # noqa: F811
+    """Any plugin's `job.save_eval_results(rows)` under lab: `lab.save_artifact(type="evals")` wants input, output,
+    expected_output and score columns, which a plain table (the contract probe's) lacks."""
+    source = app_router_source()
+    env, _ = host
+    job_id = create_job(env, {})
+    save = (
+        "import sys\nfrom pathlib import Path\nfrom plugin_sdk.backends.lab import LabBackend\n"
+        "from plugin_sdk.eval_results import results_table\n"
+        "backend = LabBackend()\n"
+        "rows = [{'test_case_id': i, 'metric_name': 'probe_score', 'score': i / 4} for i in range(3)]\n"
+        "backend.save_eval_results(results_table(rows), Path(sys.argv[1]), backend.job_id)\n"
+    )
+    task_env = {**env, "_TFL_JOB_ID": job_id, "_TFL_EXPERIMENT_ID": "exp"}
+    subprocess.run([sys.executable, "-c", save, str(tmp_path / "report")], env=task_env, check=True)
+    view = what_the_views_get(env, [job_id], source)[job_id]
+    assert [Path(p).name for p in view["eval_results"]] == ["eval_results.csv"]
+    (report,) = view["reports"]
+    assert report["header"] == ["metric_name", "score", "input", "output", "expected_output", "test_case_id"]
+    assert [row[:2] + row[5:] for row in report["body"]] == [["probe_score", str(i / 4), str(i)] for i in range(3)]
+
+
 def records(report: dict) -> list[dict]:
     return [dict(zip(report["header"], row, strict=True)) for row in report["body"]]
 
