@@ -102,19 +102,15 @@ class ViewTable(NamedTuple):
 
 
 def view_tables(frame: Any) -> list[ViewTable]:
-    """A results table as the files of the app's result views: one per model (the `model`
-    column, in order of appearance; the whole table when it has none), then, for several models, a comparison of
-    their metrics (its first column names metric and model; a metric's models side by side). Scores and standard
-    errors keep 6 significant digits. Every model's file has the same columns, so the same
-    evaluation of other models in other jobs can be compared in the app."""
+    """A results table as the files of the app's result views: one per model (the `model` column, in order of
+    appearance; the whole table when it has none), then, for several models, a comparison of their metrics (its
+    first column names metric and model; a metric's models side by side). Every model's file has the same columns,
+    so the same evaluation of other models in other jobs can be compared in the app."""
     frame = frame.copy()
     for column in VIEW_COLUMNS:
         if column not in frame.columns:
             frame[column] = ""
     frame = frame[[*VIEW_COLUMNS, *(c for c in frame.columns if c not in VIEW_COLUMNS)]]
-    for column in ("score", "stderr"):  # the views print the CSV's text in a narrow cell
-        if column in frame.columns:
-            frame[column] = frame[column].map(_shown)
     if "model" not in frame.columns:
         return [ViewTable("eval_results.csv", frame, {})]
     labels = list(dict.fromkeys(frame["model"]))
@@ -130,11 +126,6 @@ def view_tables(frame: Any) -> list[ViewTable]:
         # no generated text here: the metric and the model stand in for the input and output lab checks for
         tables.append(ViewTable("eval_results_comparison.csv", comparison, COMPARISON_COLUMNS))
     return tables
-
-
-def _shown(value: Any) -> Any:
-    """A float to 6 significant digits (as `%g` shows it), anything else as it is."""
-    return float(f"{value:.6g}") if isinstance(value, float) else value
 
 
 def _file_names(labels: Sequence[Any]) -> dict[Any, str]:

@@ -116,7 +116,6 @@ def test_view_tables_one_per_model_then_their_comparison():
     assert llada.groupby("metric_name", sort=False).score.mean().to_dict() == pytest.approx(
         {"perplexity": 1234.5, "task_accuracy": 1 / 3, "tokens_per_sec": math.nan, "answer_correct": 1 / 3},
         nan_ok=True,
-        rel=1e-5,
     )
     assert list(comparison.metric_and_model) == [
         "perplexity · tiny-llada",
@@ -127,7 +126,6 @@ def test_view_tables_one_per_model_then_their_comparison():
         "next_token_accuracy · tiny-ar",
     ]
     assert list(comparison.score[:2]) == [1234.5, 900.0]
-    assert list(llada.score[1:3]) == [0.333333, pytest.approx(math.nan, nan_ok=True)]  # 6 significant digits
     assert {column for column in columns.values() if column} <= set(comparison.columns)  # what lab checks for
 
 
