@@ -29,7 +29,7 @@ from typing import Any
 
 from plugin_sdk.backends.base import now
 from plugin_sdk.errors import PluginError
-from plugin_sdk.eval_results import write_plot_data
+from plugin_sdk.eval_results import view_tables, write_plot_data
 from plugin_sdk.workspace import Workspace, safe_name, write_json_atomic
 
 JOB_ENV = "_TFL_JOB_ID"
@@ -263,12 +263,16 @@ class LabBackend:
         shutil.rmtree(model_dir)
 
     def save_eval_results(self, frame: Any, eval_dir: Path, job_id: str) -> tuple[Path, Path]:
-        """The per-test-case table as the job's evaluation (`input`, `output`, `expected_output`, `score` columns,
-        which the evaluator's rows carry), and the plot data beside the report."""
-        with self._writing:
-            csv_path = self.lab.save_artifact(frame, name=f"eval_results_{job_id}.csv", type="evals")
+        """The tables the app's evaluation views show (`plugin_sdk.eval_results.view_tables`: one per model, the
+        main model's first, then their comparison) as the job's evaluation results (`job_data.eval_results`, in
+        the job's `eval_results/` folder), and the plot data beside the report; the main model's table is returned."""
+        paths = []
+        for table in view_tables(frame):
+            config = {"evals": table.columns}
+            with self._writing:
+                paths.append(Path(self.lab.save_artifact(table.frame, name=table.name, type="evals", config=config)))
         plot_path = write_plot_data(frame, Path(eval_dir) / f"plot_data_{job_id}_plotting.json")
-        return Path(csv_path), plot_path
+        return paths[0], plot_path
 
     def _publish_staged(self) -> None:
         """Adapters (moved) and the evaluation report (copied: job data points at its plot file) become the job's

@@ -7,7 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from plugin_sdk.eval_results import job_score, mean_scores, results_table, score_rows, write_plot_data
+from plugin_sdk.eval_results import (
+    VIEW_COLUMNS,
+    job_score,
+    mean_scores,
+    results_table,
+    score_rows,
+    view_tables,
+    write_plot_data,
+)
 
 SAMPLES = [
     {"input": "What is <b>2+2</b>?", "output": "4 & more", "reference": "4", "correct": True, "tokens": 3},
@@ -91,3 +99,44 @@ def test_a_results_table_needs_its_columns_and_scores_each_metric_by_its_mean(tm
     assert mean_scores(frame) == [{"type": "exact_match", "score": 0.5}, {"type": "bleu", "score": 0.5}]
     plot = json.loads(write_plot_data(frame, tmp_path / "plot.json").read_text())
     assert plot[0] == {"test_case_id": "a", "metric_name": "Exact Match", "score": 1.0}
+
+
+def test_view_tables_one_per_model_then_their_comparison():
+    frame = results_table(score_rows(models()))
+    tables = view_tables(frame)
+    assert [table.name for table in tables] == [
+        "eval_results_tiny-llada.csv",
+        "eval_results_tiny-ar.csv",
+        "eval_results_comparison.csv",
+    ]
+    (_, llada, _), (_, ar, _), (_, comparison, columns) = tables
+    # the app charts the mean score per value of the first column: per metric, and accuracy from the answers
+    assert list(llada.columns[: len(VIEW_COLUMNS)]) == list(VIEW_COLUMNS) and list(llada.columns) == list(ar.columns)
+    assert set(llada.model) == {"tiny-llada"} and len(llada) == 3 + 3
+    assert llada.groupby("metric_name", sort=False).score.mean().to_dict() == pytest.approx(
+        {"perplexity": 1234.5, "task_accuracy": 1 / 3, "tokens_per_sec": math.nan, "answer_correct": 1 / 3},
+        nan_ok=True,
+    )
+    assert list(comparison.metric_and_model) == [
+        "perplexity · tiny-llada",
+        "perplexity · tiny-ar",
+        "task_accuracy · tiny-llada",
+        "task_accuracy · tiny-ar",
+        "tokens_per_sec · tiny-llada",
+        "next_token_accuracy · tiny-ar",
+    ]
+    assert list(comparison.score[:2]) == [1234.5, 900.0]
+    assert {column for column in columns.values() if column} <= set(comparison.columns)  # what lab checks for
+
+
+def test_view_tables_of_a_table_without_models_or_sample_columns():
+    frame = results_table([{"test_case_id": i, "metric_name": "probe", "score": i / 4} for i in range(3)])
+    ((name, table, _),) = view_tables(frame)
+    assert name == "eval_results.csv"
+    assert list(table.columns) == [*VIEW_COLUMNS, "test_case_id"] and list(table.input) == ["", "", ""]
+    same = [{"test_case_id": "x", "metric_name": "m", "score": 1.0, "model": label} for label in ("a/b", "a b", "")]
+    assert [table.name for table in view_tables(results_table(same))] == [
+        "eval_results_a_b.csv",
+        "eval_results_a_b_2.csv",
+        "eval_results_model.csv",
+    ]  # no model's own metric rows: nothing to compare
