@@ -66,4 +66,3 @@ def test_generation_passes_the_hook(llada) -> None:
     seen, hook = _record()
     out = generate(llada, FAMILIES["llada"], special, prompt, torch.ones_like(prompt), settings, on_step=hook)
     assert len(seen) == 4 and torch.equal(seen[-1][0], out.sequences)
-
