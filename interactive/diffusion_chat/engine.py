@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from dlm.errors import DlmError
-from dlm.generation import SamplerSettings, build_sampler, decode_answers, encode_prompts, generate
+from dlm.generation import SamplerSettings, build_sampler, decode_answers, encode_prompts, generate, in_blocks
 from dlm.loading import LoadedModel, inference_device_map
 from dlm.lora import load_model_with_adapter
 
@@ -103,10 +103,13 @@ class ChatModel:
         return cells
 
     def stream(self, messages: Sequence[Mapping[str, str]], settings: SamplerSettings) -> Iterator[dict[str, Any]]:
-        """Events answering `messages`: {"event": "step", "step", "block", "cells"} per denoising step, then
-        {"event": "done", "text", "tokens", "seconds", "tokens_per_second", "nfe"} or {"event": "error"}."""
+        """Events answering `messages`: {"event": "step", "step", "block", "cells", "block_length"} per denoising
+        step, then {"event": "done", "text", "cells", "tokens", "seconds", "tokens_per_second", "nfe",
+        "block_length"} or {"event": "error", "message"}."""
         self.check(settings)
         loaded = self.loaded
+        # the page underlines positions block by block; Dream without a cache denoises the answer as one block
+        blocks = settings.block_length if in_blocks(loaded.family, settings) else settings.max_new_tokens
         ids, mask = encode_prompts(loaded.tokenizer, [list(messages)], loaded.special_ids.pad)
         prompt = ids.shape[1]
         events: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -133,6 +136,7 @@ class ChatModel:
                         "seconds": round(seconds, 4),
                         "tokens_per_second": round(tokens / seconds, 2) if seconds > 0 else None,
                         "nfe": out.nfe,
+                        "block_length": blocks,
                     }
                 )
             except Exception as e:  # the page shows it; the server keeps serving
@@ -145,4 +149,5 @@ class ChatModel:
             if event["event"] != "step":
                 yield event
                 return
-            yield {**{k: v for k, v in event.items() if k != "canvas"}, "cells": self.cells(event.pop("canvas"))}
+            cells = self.cells(event.pop("canvas"))
+            yield {**event, "cells": cells, "block_length": blocks}

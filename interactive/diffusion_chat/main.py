@@ -18,7 +18,9 @@ from .server import ChatServer  # noqa: E402
 
 
 def arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="diffusion_chat", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="diffusion_chat", description="A web chat that shows a diffusion LM's answer being denoised."
+    )
     parser.add_argument(
         "--model",
         default=os.environ.get("MODEL_NAME") or "tiny-llada",

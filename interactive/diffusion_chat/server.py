@@ -90,10 +90,13 @@ class ChatHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.end_headers()
-        for event in self.server.chat.stream(messages, settings):
-            self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
-            self.wfile.flush()
         self.close_connection = True
+        try:
+            for event in self.server.chat.stream(messages, settings):
+                self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the page went away; the answer finishes unseen
 
 
 class ChatServer(ThreadingHTTPServer):

@@ -92,6 +92,7 @@ def test_an_answer_streams_every_canvas_then_the_text(url):
     assert masks == [14, 12, 10, 8, 6, 4, 2, 0]  # two tokens a step, the first block before the second
     assert all(kind == "m" for kind, _ in steps[3]["cells"][8:]) and steps[3]["cells"][:8] == steps[4]["cells"][:8]
     assert done["cells"] == steps[-1]["cells"] and len(done["cells"]) == 16
+    assert {e["block_length"] for e in events} == {8}
     assert done["nfe"] == 8 and done["tokens"] <= 16 and done["tokens_per_second"] > 0
     shown = "".join(text for kind, text in done["cells"] if kind == "t")
     assert done["text"] == shown.split("\n")[0].strip() or done["text"] in shown
@@ -143,6 +144,7 @@ def test_other_families(preset_workspace, preset, steps):
     assert status == 200 and events[-1]["event"] == "done"
     assert len(events) - 1 <= steps and {e["block"] for e in events[:-1]} == {0}
     assert info["diffusion"] == (preset != "tiny-ar")
+    assert {e["block_length"] for e in events} == {16}  # without a cache Dream denoises the answer as one block
 
 
 def test_settings_from_keeps_the_defaults():
@@ -153,15 +155,21 @@ def test_settings_from_keeps_the_defaults():
 
 
 # ---- the interactive task ----------------------------------------------------------------------------------------
-def task_spec() -> type:
-    """The app's own TaskYamlSpec where TLAB_APP_DIR names a checkout, else the tests' copy of it."""
-    source = Path(os.environ.get("TLAB_APP_DIR") or "/nonexistent") / "api" / "transformerlab" / "schemas" / "task.py"
+def app_module(relative: str) -> Any:
+    """A module of the app (`schemas/task.py`, ...) where TLAB_APP_DIR names a checkout holding it, else None."""
+    source = Path(os.environ.get("TLAB_APP_DIR") or "/nonexistent") / "api" / "transformerlab" / relative
     if not source.is_file():
-        return TaskYamlSpec
-    spec = importlib.util.spec_from_file_location("tlab_task_schema", source)
+        return None
+    spec = importlib.util.spec_from_file_location("tlab_" + source.stem, source)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.TaskYamlSpec
+    return module
+
+
+def task_spec() -> type:
+    """The app's own TaskYamlSpec where TLAB_APP_DIR names a checkout, else the tests' copy of it."""
+    schemas = app_module("schemas/task.py")
+    return schemas.TaskYamlSpec if schemas else TaskYamlSpec
 
 
 def gallery_entry() -> dict[str, Any]:
@@ -186,6 +194,23 @@ def url_from_log(log: str) -> str | None:
     (pattern,) = gallery_entry()["url_patterns"]
     match = re.search(pattern["regex"], log, re.MULTILINE)
     return match.group(pattern["group"]) if match else None
+
+
+def test_the_apps_own_code_reads_the_entry():
+    """With the app's `shared/` modules (TLAB_APP_DIR): the job's URL as its tunnel parser finds it in our log
+    line, and the remote command (an ngrok tunnel to the chat's port, then the task's run)."""
+    parser, gallery = app_module("shared/tunnel_parser.py"), app_module("shared/interactive_gallery_utils.py")
+    if parser is None or gallery is None:
+        pytest.skip("TLAB_APP_DIR does not name a transformerlab-app checkout with api/transformerlab/shared")
+    entry = gallery_entry()
+    log = "loading tiny-llada\nRunning on local URL: http://127.0.0.1:7860\n"
+    info = parser.get_tunnel_info(log, entry["interactive_type"], entry["url_patterns"])
+    assert info["chat_url"] == url_from_log(log) == "http://127.0.0.1:7860" and info["is_ready"]
+    assert gallery.find_interactive_gallery_entry([entry], "diffusion_chat") is entry
+    run = yaml.safe_load((CHAT / "task.yaml").read_text())["run"]
+    command, _ = gallery.resolve_interactive_command(entry, "remote", run)
+    assert "addr: 7860" in command and command.endswith(f"; {run}")
+    assert gallery.resolve_interactive_command(entry, "local", run) == (run, None)
 
 
 @pytest.fixture
