@@ -147,6 +147,28 @@ def test_other_families(preset_workspace, preset, steps):
     assert {e["block_length"] for e in events} == {16}  # without a cache Dream denoises the answer as one block
 
 
+def test_a_trained_adapter(preset_workspace, tmp_path):
+    """An adapter folder given as the model loads its base with the adapter; `--adapter` applies one to a model."""
+    import torch
+
+    from dlm.lora import apply_lora
+
+    base = ChatModel.load("tiny-llada", workspace=str(preset_workspace))
+    adapted = apply_lora(base.loaded.model, base.loaded.family, r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():  # a trained adapter changes the answers; fresh LoRA weights would not
+        for name, weight in adapted.named_parameters():
+            if "lora_B" in name:
+                weight.copy_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
+    adapted.save_pretrained(tmp_path / "adapter")
+    by_folder = ChatModel.load(str(tmp_path / "adapter"), workspace=str(preset_workspace))
+    by_flag = ChatModel.load("tiny-llada", str(tmp_path / "adapter"), workspace=str(preset_workspace))
+    assert hasattr(by_folder.loaded.model, "peft_config") and by_flag.info()["model"] == "tiny-llada + adapter"
+    settings = settings_from(SMALL)
+    answers = [list(chat.stream(HELLO, settings))[-1]["cells"] for chat in (by_folder, by_flag)]
+    plain = ChatModel.load("tiny-llada", workspace=str(preset_workspace))
+    assert answers[0] == answers[1] != list(plain.stream(HELLO, settings))[-1]["cells"]
+
+
 def test_settings_from_keeps_the_defaults():
     settings = settings_from({"steps": "16", "parallel_threshold": ""})
     assert settings.steps == 16 and settings.parallel_threshold is None and settings.max_new_tokens == 64
