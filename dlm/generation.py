@@ -14,7 +14,7 @@ import torch
 from dlm.families.base import Family
 from dlm.families.special_ids import SpecialIds
 from dlm.samplers.causal import CausalSampler
-from dlm.samplers.common import SampleOutput
+from dlm.samplers.common import SampleOutput, StepHook
 from dlm.samplers.dream import DreamSampler
 from dlm.samplers.llada import LladaSampler
 
@@ -99,11 +99,13 @@ def generate(
     attention_mask: torch.Tensor,
     settings: SamplerSettings,
     generator: torch.Generator | None = None,
+    on_step: StepHook | None = None,
 ) -> SampleOutput:
-    """Generate continuations of left-padded prompts with the family's sampler."""
+    """Generate continuations of left-padded prompts with the family's sampler; `on_step(canvas, step, block)`
+    sees each intermediate canvas (`dlm.samplers.common.StepHook`)."""
     device = next(model.parameters()).device
     sampler = build_sampler(family, settings)
-    return sampler.answer(model, special, prompt_ids.to(device), attention_mask.to(device), generator)
+    return sampler.answer(model, special, prompt_ids.to(device), attention_mask.to(device), generator, on_step)
 
 
 def decode_answers(tokenizer: Any, special: SpecialIds, sequences: torch.Tensor, prompt_length: int) -> list[str]:

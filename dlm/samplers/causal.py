@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from dlm.samplers.common import SampleOutput, SamplingError
+from dlm.samplers.common import SampleOutput, SamplingError, StepHook
 
 if TYPE_CHECKING:
     from dlm.families.base import Family
@@ -56,8 +56,10 @@ class CausalSampler:
         prompt_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         generator: torch.Generator | None = None,
+        on_step: StepHook | None = None,
     ) -> SampleOutput:
-        """Answers to left-padded prompts; sampling draws from torch's global generator (as `generate` does)."""
+        """Answers to left-padded prompts; sampling draws from torch's global generator (as `generate` does).
+        `on_step` sees the finished sequences once (step 0 of block 0): `generate` has no canvas to show."""
         out = model.generate(
             input_ids=prompt_ids,
             attention_mask=attention_mask,
@@ -69,6 +71,8 @@ class CausalSampler:
             pad_token_id=special.pad,
             eos_token_id=[special.eos, special.eot],
         )
+        if on_step is not None:
+            on_step(out, 0, 0)
         new = out[:, prompt_ids.shape[1] :]
         ended = (new == special.eos) | (new == special.eot)
         after_end = ended.cumsum(dim=1) > 0

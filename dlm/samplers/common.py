@@ -10,7 +10,7 @@ position whose chosen token is at least that probable.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,11 @@ if TYPE_CHECKING:
     from dlm.families.special_ids import SpecialIds
 
 CACHE_MODES = CANVAS_CACHES  # every `cache` mode a sampler knows; a family lists those its models serve
+
+
+# `on_step(canvas, step, block)`: called after every denoising step with the live canvas [B, prompt + generated]
+# (copy it to keep it), the step within the block and the block's index; it must not write to the canvas.
+StepHook = Callable[[torch.Tensor, int, int], None]
 
 
 class SamplingError(DlmError, ValueError):
@@ -259,8 +264,10 @@ class DiffusionSampler:
         prompt_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         generator: torch.Generator | None = None,
+        on_step: StepHook | None = None,
     ) -> SampleOutput:
-        """Answers to left-padded prompts, ending at the checkpoint's EOS or end-of-turn token."""
+        """Answers to left-padded prompts, ending at the checkpoint's EOS or end-of-turn token; `on_step` sees the
+        canvas after every step."""
         mask_for_model = attention_mask if bool((attention_mask == 0).any()) else None
         return self.sample(
             model,
@@ -270,4 +277,5 @@ class DiffusionSampler:
             eos_id=special.eos,
             eot_id=special.eot,
             generator=generator,
+            on_step=on_step,
         )

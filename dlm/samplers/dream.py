@@ -19,6 +19,7 @@ from dlm.samplers.common import (
     DiffusionSampler,
     SampleOutput,
     SamplingError,
+    StepHook,
     check_blocks,
     check_decoding,
     check_family_cache,
@@ -153,6 +154,8 @@ class _DreamRun:
     alg_temp: float | None
     eps: float
     threshold: float | None
+    on_step: StepHook | None = None
+    blocks_done: int = 0  # the index of the block being denoised, for `on_step`
 
     def block(self, start: int, end: int, steps: int) -> int:
         """Denoise block [start, end) over times linspace(1, eps, steps + 1) (each block's first pass refreshes the
@@ -171,6 +174,9 @@ class _DreamRun:
             reveal = plan if self.choose.alg == "origin" else self.rank(confidence, masked, plan, start, end)
             reveal = parallel_reveal(reveal, masked, probability, self.threshold) & masked
             self.x[:, start:end] = torch.where(reveal, x0, self.x[:, start:end])
+            if self.on_step is not None:
+                self.on_step(self.x, step, self.blocks_done)
+        self.blocks_done += 1
         return nfe
 
     def plan(self, masked: torch.Tensor, t: torch.Tensor, s: torch.Tensor, last: bool) -> torch.Tensor | None:
@@ -286,8 +292,10 @@ class DreamSampler(DiffusionSampler):
         suppress_tokens: Sequence[int] = (),
         infill: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        on_step: StepHook | None = None,
     ) -> SampleOutput:
-        """Sample continuations of left-padded prompts [B, P] (see the class)."""
+        """Sample continuations of left-padded prompts [B, P] (see the class); `on_step(canvas, step, block)` sees
+        the canvas after every step that revealed tokens."""
         max_new_tokens, cache = self.max_new_tokens, self.cache
         block_length = self.block_length or max_new_tokens
         check_model_cache(cache, model)
@@ -302,6 +310,7 @@ class DreamSampler(DiffusionSampler):
             alg_temp=self.alg_temp,
             eps=self.eps,
             threshold=self.parallel_threshold,
+            on_step=on_step,
         )
         steps_per_block = self.steps // (max_new_tokens // block_length)
         starts = range(prompt_len, prompt_len + max_new_tokens, block_length)

@@ -19,6 +19,7 @@ from dlm.samplers.common import (
     DiffusionSampler,
     SampleOutput,
     SamplingError,
+    StepHook,
     check_blocks,
     check_decoding,
     check_family_cache,
@@ -132,6 +133,8 @@ class _LladaRun:
     cfg_scale: float
     threshold: float | None
     stochastic: bool
+    on_step: StepHook | None = None
+    blocks_done: int = 0  # the index of the block being denoised, for `on_step`
 
     def block(self, start: int, end: int, steps: int) -> int:
         """Denoise block [start, end) in at most `steps` forward passes, the first of which refreshes the cache;
@@ -148,6 +151,9 @@ class _LladaRun:
                 _stochastic_count(masked, steps - step, self.choose.generator) if self.stochastic else counts[:, step]
             )
             self.reveal(logits, masked, start, end, count)
+            if self.on_step is not None:
+                self.on_step(self.x, step, self.blocks_done)
+        self.blocks_done += 1
         return nfe
 
     def guided_logits(self, start: int, end: int, refresh: bool) -> torch.Tensor:
@@ -254,8 +260,10 @@ class LladaSampler(DiffusionSampler):
         suppress_tokens: Sequence[int] = (),
         infill: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        on_step: StepHook | None = None,
     ) -> SampleOutput:
-        """Sample continuations of left-padded prompts [B, P] (see the class)."""
+        """Sample continuations of left-padded prompts [B, P] (see the class); `on_step(canvas, step, block)` sees
+        the canvas after every step that revealed tokens."""
         steps, gen_length, block_length = self.steps, self.gen_length, self.block_length
         cache, grow_canvas = self.cache, self.grow_canvas
         if grow_canvas and eos_id is None and eot_id is None:
@@ -285,6 +293,7 @@ class LladaSampler(DiffusionSampler):
             cfg_scale=self.cfg_scale,
             threshold=self.parallel_threshold,
             stochastic=self.stochastic_transfer,
+            on_step=on_step,
         )
         if 0 < grow_canvas < gen_length:
             end_ids = tuple(i for i in (eos_id, eot_id) if i is not None)

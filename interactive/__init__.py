@@ -1,0 +1,1 @@
+"""Interactive tasks of Transformer Lab: one folder per task (`task.yaml`, `main.py`)."""

@@ -1,0 +1,5 @@
+import sys
+
+from interactive.diffusion_chat.main import main
+
+sys.exit(main())
