@@ -172,11 +172,23 @@ def rendered(plugin_dir: str | Path) -> dict[Path, str]:
     files[manifest_path] = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
     task_path = folder / "task.yaml"
     if task_path.is_file():
-        text = task_path.read_text(encoding="utf-8")
-        head = text[: text.index(TASK_PARAMETERS_KEY)] if TASK_PARAMETERS_KEY in text else text
+        head, tail = _around_parameters(task_path.read_text(encoding="utf-8"))
         body = yaml.safe_dump({"parameters": task_parameters(form)}, sort_keys=False, allow_unicode=True)
-        files[task_path] = head + body
+        files[task_path] = head + body + tail
     return files
+
+
+def _around_parameters(text: str) -> tuple[str, str]:
+    """The hand-written text of a task.yaml before its `parameters:` block and after it (top-level keys such as
+    `sweeps:` that follow, with the blank and comment lines leading to them)."""
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.startswith(TASK_PARAMETERS_KEY)), None)
+    if start is None:
+        return text, ""
+    end = next((i for i in range(start + 1, len(lines)) if lines[i][:1] not in (" ", "\n", "#")), len(lines))
+    while end > start + 1 and lines[end - 1][:1] in ("\n", "#"):
+        end -= 1
+    return "".join(lines[:start]), "".join(lines[end:])
 
 
 def write_forms(repo_root: str | Path, *, check: bool = False) -> list[str]:
