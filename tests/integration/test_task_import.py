@@ -328,3 +328,23 @@ def test_setup_without_a_source_or_with_a_bad_one_stops_saying_what_to_set(app, 
         "uv pip install git+https://github.com/your-org/dlm-plugins@v1",
         "uv pip install https://example.org/dlm.tar.gz",
     ]
+
+
+@pytest.mark.slow
+def test_the_secrets_reach_the_job_by_environment_and_none_of_its_files(host, tmp_path):
+    """HF_TOKEN and WANDB_API_KEY as the host passes them (its team secrets put in the task's envs): the job runs
+    with them (W&B logging on, offline) and no file it writes, nor its record or log, holds either value."""
+    from tests.integration.test_lab_backend import create_job as create_lab_job
+    from tests.integration.test_lab_backend import run_task, trainer_parameters
+
+    env, workspace = host
+    secrets = {"HF_TOKEN": "hf_SENTINELhftoken0123456789", "WANDB_API_KEY": "0123456789abcdefSENTINELwandbkey00"}
+    env = {**env, **secrets, "WANDB_MODE": "offline"}
+    job_id = create_lab_job(env, trainer_parameters(tmp_path, train_steps=1, log_to_wandb=True))
+    code, output = run_task(env, tmp_path, "diffusion_llm_trainer", job_id)
+    assert code == 0, output
+    assert list(tmp_path.rglob("*.wandb")), "the job logged to W&B (offline)"
+    for value in secrets.values():
+        assert value not in output
+        leaks = [p for p in tmp_path.rglob("*") if p.is_file() and value.encode() in p.read_bytes()]
+        assert not leaks, f"a secret was written to {leaks}"
