@@ -307,7 +307,9 @@ def test_an_imported_task_installs_from_its_repository_with_nothing_set(app, tmp
 
 
 @pytest.mark.parametrize("plugin_id", PLUGIN_IDS)
-def test_setup_without_a_source_or_with_a_bad_one_stops_saying_what_to_set(app, tmp_path, plugin_id):
+def test_setup_without_a_source_or_with_a_bad_one_stops_saying_what_to_set(monkeypatch, tmp_path, plugin_id):
+    (tmp_path / "workspace").mkdir()
+    monkeypatch.setenv("TFL_WORKSPACE_DIR", str(tmp_path / "workspace"))
     setup = yaml.safe_load(task_yaml_text(plugin_id))["setup"]
     bin_dir = tmp_path / "bin"
     env = stand_ins(bin_dir)
