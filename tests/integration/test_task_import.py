@@ -160,27 +160,45 @@ def test_a_task_from_a_git_directory_runs_the_folder_the_host_copies(app, git_re
     assert called(tmp_path / "bin") == [f"python {plugin_id}/main.py"]
 
 
-def test_a_task_created_from_a_git_url_keeps_no_url_unless_its_task_yaml_names_it(app):
-    """What the app's create-from-Git path stores (task_service.create_task_from_github): the task.yaml's fields
-    only, so the URL typed in the dialog is not cloned at launch unless the task.yaml names it too."""
+@pytest.mark.parametrize("plugin_id", PLUGIN_IDS)
+def test_a_task_created_from_a_git_url_keeps_the_repository_its_task_yaml_names(app, tmp_path, plugin_id):
+    """The app's create-from-Git path (task_service.create_task_from_github) stores the task.yaml's fields only, not
+    the URL typed in the dialog: ours name this repository and the plugin's folder, which the launch clones and
+    `setup` installs from (its default branch), nothing set by hand."""
 
     async def create() -> dict:
         task_id = await app.service.create_task_from_github(
             EXPERIMENT,
-            "https://github.com/your-org/dlm-plugins",
-            "plugins/diffusion_llm_trainer",
-            "main",
+            "https://github.com/someone/typed-in-the-dialog",
+            f"plugins/{plugin_id}",
+            None,
             False,
             {},
             None,
             app.nothing,
-            lambda url, directory, ref: asyncio.sleep(0, task_yaml_text("diffusion_llm_trainer")),
+            lambda url, directory, ref: asyncio.sleep(0, task_yaml_text(plugin_id)),
             app.router._parse_yaml_to_task_data,
         )
         return await app.service.task_get_by_id(task_id, experiment_id=EXPERIMENT)
 
     task = asyncio.run(create())
-    assert task["run"].startswith("exec python ") and "github_repo_url" not in task
+    url = gallery_entries()[0]["github_repo_url"]
+    assert (task["github_repo_url"], task["github_repo_dir"]) == (url, f"plugins/{plugin_id}")
+    bin_dir = tmp_path / "bin"
+    env = {**stand_ins(bin_dir), "_TFL_JOB_ID": create_job(task["id"]), "_TFL_EXPERIMENT_ID": EXPERIMENT}
+    (bin_dir / "python").unlink()  # the setup's python is the real one, with `lab`
+    env["PATH"] = f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    done = run_line(task["setup"], tmp_path, {**env, "DLM_SOURCE": ""})
+    assert done.returncode == 0, done.stderr
+    assert called(bin_dir) == [f"uv pip install git+{url}"]
+
+
+def test_the_task_files_and_the_gallery_name_one_repository():
+    """A fork changes the repository's URL in each task.yaml and the gallery file: they must agree."""
+    urls = {yaml.safe_load(task_yaml_text(p))["github_repo_url"] for p in PLUGIN_IDS}
+    assert urls == {e["github_repo_url"] for e in gallery_entries()}
+    for plugin_id in PLUGIN_IDS:
+        assert yaml.safe_load(task_yaml_text(plugin_id))["github_repo_dir"] == f"plugins/{plugin_id}"
 
 
 # ---- an uploaded folder --------------------------------------------------------------------------------------------
