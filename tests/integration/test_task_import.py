@@ -38,8 +38,8 @@ def task_yaml_text(plugin_id: str) -> str:
 
 @pytest.fixture
 def app(monkeypatch, tmp_path) -> types.SimpleNamespace:
-    """The app's task.yaml parsing, team-gallery import and task service, on a fresh `lab` workspace; GitHub's API
-    (fetching a task.yaml) reads this checkout instead."""
+    """The app's task.yaml parsing, team gallery (the workspace's team_specific_tasks.json), team-gallery import and
+    task service, on a fresh `lab` workspace; GitHub's API (fetching a task.yaml) reads this checkout instead."""
     workspace = tmp_path / "workspace"
     workspace.mkdir()
     monkeypatch.setenv("TFL_WORKSPACE_DIR", str(workspace))
@@ -58,10 +58,11 @@ def app(monkeypatch, tmp_path) -> types.SimpleNamespace:
     async def nothing(*args: Any, **kwargs: Any) -> None:
         return None
 
-    gallery: list[dict] = []
-
-    async def get_team_tasks_gallery() -> list[dict]:
-        return gallery
+    file_name = tlab_app.constant(tlab_app.GALLERIES, "TEAM_TASKS_GALLERY_FILE")
+    team_gallery = workspace / file_name
+    galleries = tlab_app.functions(
+        tlab_app.GALLERIES, ["get_team_tasks_gallery"], {"json": json, "TEAM_TASKS_GALLERY_FILE": file_name}
+    )
 
     namespace = {
         "yaml": yaml,
@@ -74,7 +75,7 @@ def app(monkeypatch, tmp_path) -> types.SimpleNamespace:
         "HTTPException": tlab_app.HTTPException,
         "secure_filename": secure_filename,
         "storage": __import__("lab.storage", fromlist=["storage"]),
-        "galleries": types.SimpleNamespace(get_team_tasks_gallery=get_team_tasks_gallery),
+        "galleries": galleries,
         "fetch_task_yaml_from_github": fetch_task_yaml_from_github,
         "_resolve_provider": nothing,
         "task_service": service,
@@ -93,7 +94,7 @@ def app(monkeypatch, tmp_path) -> types.SimpleNamespace:
         schema=schema,
         service=service,
         router=router,
-        gallery=gallery,
+        team_gallery=team_gallery,
         fetched=fetched,
         workspace=workspace,
         nothing=nothing,
@@ -273,7 +274,7 @@ def test_the_apps_team_gallery_import_accepts_each_entry(app, index):
     entry = gallery_entries()[index]
     if not (REPO / entry["github_repo_dir"] / "task.yaml").is_file():
         pytest.skip(f"{entry['github_repo_dir']} is not in this checkout")
-    app.gallery.extend(gallery_entries())
+    shutil.copy(GALLERY, app.team_gallery)  # a team installs our gallery file as its team gallery
     request = app.schema.ImportTaskFromTeamGalleryRequest(gallery_id=entry["id"], experiment_id=EXPERIMENT)
 
     async def imported() -> dict:
@@ -306,7 +307,7 @@ def test_an_imported_task_installs_from_its_repository_with_nothing_set(app, tmp
     """A gallery import records the entry's repository and branch on the task; `setup` reads them through `lab`
     (job_data.task_id → the task record) and installs the project from there: no variable to fill in."""
     entry = gallery_entries()[0]
-    app.gallery.extend(gallery_entries())
+    shutil.copy(GALLERY, app.team_gallery)  # a team installs our gallery file as its team gallery
     request = app.schema.ImportTaskFromTeamGalleryRequest(gallery_id=entry["id"], experiment_id=EXPERIMENT)
     task_id = asyncio.run(app.router.import_task_from_team_gallery(EXPERIMENT, request))["id"]
     task = asyncio.run(app.service.task_get_by_id(task_id, experiment_id=EXPERIMENT))

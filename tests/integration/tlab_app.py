@@ -25,6 +25,7 @@ ROUTER = API / "routers" / "experiment" / "task.py"
 SCHEMA = API / "schemas" / "task.py"
 TASK_SERVICE = API / "services" / "task_service.py"
 GITHUB_UTILS = API / "shared" / "github_utils.py"
+GALLERIES = API / "shared" / "galleries.py"
 LAUNCH_SWEEP = API / "services" / "compute_provider" / "launch_sweep.py"
 SWEEP_RESULTS = API / "services" / "compute_provider" / "sweep_job_service.py"
 EXAMPLES = API / "galleries" / "examples"
@@ -81,6 +82,15 @@ def functions(relative: Path, names: list[str], namespace: dict[str, Any]) -> ty
         node.decorator_list = []
     exec(compile(ast.Module(body=chosen, type_ignores=[]), str(path), "exec"), namespace)
     return types.SimpleNamespace(**{name: namespace[name] for name in names})
+
+
+def constant(relative: Path, name: str) -> Any:
+    """A module-level constant of one of the app's files (`NAME = <literal>`)."""
+    tree = ast.parse(app_file(relative).read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"{relative} no longer defines {name}")
 
 
 def statements_of(relative: Path, function: str, first: str, last: str) -> types.CodeType:
