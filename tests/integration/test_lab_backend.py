@@ -94,7 +94,7 @@ class TaskYamlSpec(BaseModel):
 @pytest.mark.parametrize("plugin_id", PLUGIN_IDS)
 def test_task_yaml_passes_the_hosts_schema(plugin_id):
     spec = TaskYamlSpec.model_validate(task_yaml(plugin_id))
-    assert spec.run == f"exec python {plugin_id}/main.py"
+    assert spec.run == f'exec python "$([ -f main.py ] || echo {plugin_id}/)main.py"'
     assert (REPO / "plugins" / plugin_id / "main.py").is_file()
 
 
@@ -214,22 +214,6 @@ def test_score_goes_to_lab_as_a_dict():
 
 
 # ---- jobs launched as the host launches a task -------------------------------------------------------------------
-@pytest.fixture
-def host(tmp_path):
-    """A temporary Transformer Lab home and workspace, and the environment a task's processes get."""
-    home = tmp_path / "tfl"
-    (home / "workspace").mkdir(parents=True)
-    env = {
-        **os.environ,
-        "TFL_HOME_DIR": str(home),
-        "TFL_WORKSPACE_DIR": str(home / "workspace"),
-        "PYTHONPATH": str(REPO),
-        "PATH": f"{WRAPPER.parent}{os.pathsep}{os.environ['PATH']}",
-    }
-    env.pop("DLM_BACKEND", None)
-    return env, home / "workspace"
-
-
 def create_job(env: dict, parameters: dict, **job_data: Any) -> str:
     """What the host does on launch: a job (UUID) in the experiment, the run-time parameters in job_data."""
     script = (
