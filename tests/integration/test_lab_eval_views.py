@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_lab_backend import create_job, host, read_job, run_task, task_yaml  # noqa: F401
+from tests.integration.test_lab_backend import create_job, read_job, run_task, task_yaml
 
 ROUTER = "api/transformerlab/routers/experiment/jobs.py"
 FUNCTIONS = ("_normalize_dir_for_compare", "_eval_results_storage_path", "get_eval_results")
@@ -100,7 +100,7 @@ def evaluate(env: dict, tmp_path: Path, data: Path, model: str, compare_with: li
     return job_id
 
 
-def test_a_table_without_models_or_generated_text_shows_too(host, tmp_path):  # noqa: F811
+def test_a_table_without_models_or_generated_text_shows_too(host, tmp_path):
     """Any plugin's `job.save_eval_results(rows)` under lab: `lab.save_artifact(type="evals")` wants input, output,
     expected_output and score columns, which a plain table (the contract probe's) lacks."""
     source = app_router_source()
@@ -127,7 +127,7 @@ def records(report: dict) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_the_apps_result_views_get_each_models_table_the_comparison_and_the_score(host, tmp_path):  # noqa: F811
+def test_the_apps_result_views_get_each_models_table_the_comparison_and_the_score(host, tmp_path):
     source = app_router_source()
     env, workspace = host
     data = tmp_path / "qa.jsonl"

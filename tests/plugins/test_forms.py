@@ -248,14 +248,3 @@ def test_run_help_without_a_plugin_shows_the_options(capsys):
     assert "plugin id from the gallery" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["run"])
-
-
-def test_what_follows_task_yamls_parameters_is_kept(tmp_path):
-    """Hand-written top-level keys after the generated block (the trainers' `sweeps`) survive a rewrite."""
-    shutil.copytree(REPO / "plugins", tmp_path / "plugins")
-    task = tmp_path / "plugins" / "diffusion_llm_trainer" / "task.yaml"
-    committed = task.read_text()
-    assert "\nsweeps:\n" in committed and committed.index("\nsweeps:") > committed.index("\nparameters:")
-    task.write_text(committed.replace("  lora_r: 16\n", "  lora_r: 4\n", 1))
-    assert write_forms(tmp_path) == ["plugins/diffusion_llm_trainer/task.yaml: fields lora_r differ"]
-    assert task.read_text() == committed
