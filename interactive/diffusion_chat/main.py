@@ -29,7 +29,11 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--adapter", default=os.environ.get("ADAPTER") or None, help="a LoRA adapter folder to apply (ADAPTER)"
     )
-    parser.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("HOST") or "127.0.0.1",
+        help="the address to serve on (HOST); 0.0.0.0 serves every interface, which anyone on the network can reach",
+    )
     parser.add_argument(
         "--port", type=int, default=int(os.environ.get("PORT") or 7860), help="0 picks a free port (PORT)"
     )
