@@ -92,3 +92,16 @@ ORDER = (
     "distributed_strategy",
     "trust_remote_code",
 )
+# the sweep task (plugins/diffusion_dpo_trainer/sweep/task.yaml, written by `python -m plugin_sdk forms`): one job per
+# combination (here 4), ranked by the reward accuracy each job reports in its score (`val/rewards/accuracies`: how
+# often the chosen answer outscores the rejected one on the validation_fraction split at the last evaluation; higher
+# is better).
+SWEEP = {
+    "sweep_config": {"learning_rate": [5.0e-06, 2.0e-05], "lora_r": [8, 32]},
+    "sweep_metric": "val/rewards/accuracies",
+    "lower_is_better": False,
+}
+SWEEP_DESCRIPTION = (
+    "Diffusion DPO Trainer, learning-rate x LoRA-rank sweep: four DPO jobs (learning rate 5e-6 and 2e-5, LoRA rank 8 "
+    "and 32), ranked by held-out reward accuracy (val/rewards/accuracies, higher is better)."
+)

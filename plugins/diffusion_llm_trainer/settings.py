@@ -244,3 +244,16 @@ ORDER = (
     "rendezvous_timeout",
     "trust_remote_code",
 )
+# the sweep task (plugins/diffusion_llm_trainer/sweep/task.yaml, written by `python -m plugin_sdk forms`): one job per
+# combination (here 4), ranked by the held-out loss each job reports in its score (`val/loss`: the last evaluation on
+# the validation_fraction split; lower is better). A single run's defaults leave validation off: the sweep turns it
+# on for its jobs (eval_strategy, a one-value dimension).
+SWEEP = {
+    "sweep_config": {"learning_rate": [0.0001, 0.0003], "lora_r": [8, 32], "eval_strategy": ["steps"]},
+    "sweep_metric": "val/loss",
+    "lower_is_better": True,
+}
+SWEEP_DESCRIPTION = (
+    "Diffusion LLM Trainer, learning-rate x LoRA-rank sweep: four fine-tuning jobs (learning rate 1e-4 and 3e-4, LoRA "
+    "rank 8 and 32), ranked by held-out loss (val/loss, lower is better)."
+)

@@ -1,5 +1,7 @@
-"""The trainers' sweeps, with the transformerlab-app's own code (TLAB_APP_DIR, see tlab_app): its task.yaml parsing
-turns our `sweeps` into the task's sweep settings, its launch expands them into one job's parameters per combination
+"""The trainers' sweeps, with the transformerlab-app's own code (TLAB_APP_DIR, see tlab_app): each sweep is a task of
+its own, `plugins/<id>/sweep/task.yaml` (generated from settings.py's SWEEP), because the app's task.yaml parsing
+turns `sweeps` into the task's sweep settings, which every launch of the task then runs (the plain task stays a
+single run); its launch expands them into one job's parameters per combination
 (launch_sweep.launch_sweep_jobs), and its sweep results rank the finished jobs by the metric each reported in its
 score (sweep_job_service.get_sweep_results); the jobs are our plugins run as the host runs a task.
 """
@@ -45,7 +47,12 @@ def parse(monkeypatch):
         "secure_filename": secure_filename,
     }
     parse_yaml = tlab_app.functions(tlab_app.ROUTER, ["_parse_yaml_to_task_data"], namespace)._parse_yaml_to_task_data
-    return lambda plugin_id: parse_yaml((REPO / "plugins" / plugin_id / "task.yaml").read_text(encoding="utf-8"))
+
+    def parse_task(plugin_id: str, variant: str = "sweep") -> dict[str, Any]:
+        """The task record of the plugin's sweep task (`variant=""`: of its plain task)."""
+        return parse_yaml((REPO / "plugins" / plugin_id / variant / "task.yaml").read_text(encoding="utf-8"))
+
+    return parse_task
 
 
 def expand(sweep_config: dict[str, list], base_parameters: dict[str, Any]) -> list[tuple[dict, dict]]:
@@ -71,6 +78,7 @@ def test_the_apps_sweep_expansion_gives_valid_jobs_of_our_plugin(parse, plugin_i
     task = parse(plugin_id)
     metric, lower_is_better = TRAINERS[plugin_id]
     assert task["run_sweeps"] is True
+    assert task["name"] == f"{plugin_id.replace('_', '-')}-sweep"
     assert (task["sweep_metric"], task["lower_is_better"]) == (metric, lower_is_better)
     assert {"learning_rate", "lora_r"} <= set(task["sweep_config"])
     jobs = expand(task["sweep_config"], defaults(task["parameters"]))
@@ -79,6 +87,17 @@ def test_the_apps_sweep_expansion_gives_valid_jobs_of_our_plugin(parse, plugin_i
     for combination, parameters in jobs:
         values = coerce_and_validate({k: v for k, v in parameters.items() if k != "model_name"}, schema)
         assert {k: values[k] for k in combination} == combination, "each job runs with its combination"
+
+
+@pytest.mark.parametrize("plugin_id", TRAINERS)
+def test_the_plain_task_is_a_single_run(parse, plugin_id):
+    """The app ORs the task's `run_sweeps` into every launch (Tasks.tsx): the plain task sets none, so a queue of
+    it with the sweep switch off is one job; the sweep task is the plain one plus its sweep settings."""
+    plain, sweep = parse(plugin_id, ""), parse(plugin_id)
+    sweep_keys = {"run_sweeps", "sweep_config", "sweep_metric", "lower_is_better"}
+    assert not sweep_keys & set(plain)
+    assert {k: v for k, v in sweep.items() if k not in sweep_keys} == {**plain, "name": f"{plain['name']}-sweep"}
+    assert sweep["github_repo_dir"] == plain["github_repo_dir"] == f"plugins/{plugin_id}"
 
 
 def sweep_results(parent: dict, children: dict[str, dict]) -> dict:

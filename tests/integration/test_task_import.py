@@ -27,6 +27,8 @@ from tests.integration import tlab_app
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN_IDS = ("diffusion_llm_trainer", "diffusion_dpo_trainer", "diffusion_evaluator")
+SWEEP_IDS = ("diffusion_llm_trainer", "diffusion_dpo_trainer")  # trainers with a sweep task, plugins/<id>/sweep
+SWEEP_KEYS = ("run_sweeps", "sweep_config", "sweep_metric", "lower_is_better")
 GALLERY = REPO / "gallery" / "team-gallery.json"
 SETUP_MESSAGE = "set DLM_SOURCE to this project: a checkout folder or a git+https:// URL"
 EXPERIMENT = "exp"
@@ -194,12 +196,58 @@ def test_a_task_created_from_a_git_url_keeps_the_repository_its_task_yaml_names(
     assert called(bin_dir) == [f"uv pip install git+{url}"]
 
 
+@pytest.mark.parametrize("plugin_id", SWEEP_IDS)
+def test_a_sweep_task_from_a_git_directory_clones_the_plugins_folder(app, git_repository, tmp_path, plugin_id):
+    """The sweep task, created from the Git URL with directory `plugins/<id>/sweep`: the app fetches that folder's
+    task.yaml but keeps its own github_repo_dir (`plugins/<id>`, not the dialog's directory), so the launch clones
+    the folder that holds main.py; the record has the sweep settings, the plain task's has none."""
+
+    async def fetch(url: str, directory: str | None, ref: str | None) -> str:
+        return await asyncio.sleep(0, (REPO / (directory or "") / "task.yaml").read_text(encoding="utf-8"))
+
+    async def create(directory: str) -> dict:
+        task_id = await app.service.create_task_from_github(
+            EXPERIMENT,
+            str(git_repository),
+            directory,
+            "main",
+            False,
+            {},
+            None,
+            app.nothing,
+            fetch,
+            app.router._parse_yaml_to_task_data,
+        )
+        return await app.service.task_get_by_id(task_id, experiment_id=EXPERIMENT)
+
+    sweep = asyncio.run(create(f"plugins/{plugin_id}/sweep"))
+    plain = asyncio.run(create(f"plugins/{plugin_id}"))
+    assert sweep["github_repo_dir"] == plain["github_repo_dir"] == f"plugins/{plugin_id}"
+    assert sweep["name"] == f"{plain['name']}-sweep" and sweep["run"] == plain["run"]
+    assert sweep["run_sweeps"] is True and sweep["sweep_config"] and sweep["sweep_metric"]
+    assert not [key for key in SWEEP_KEYS if key in plain]
+    clone = tlab_app.functions(tlab_app.GITHUB_UTILS, ["generate_github_clone_setup"], {"uuid": __import__("uuid")})
+    script = clone.generate_github_clone_setup(str(git_repository), directory=sweep["github_repo_dir"], branch="main")
+    job_folder = tmp_path / "job"
+    job_folder.mkdir()
+    done = run_line(script, job_folder, {**os.environ, "HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert (job_folder / plugin_id / "main.py").is_file()
+    env = stand_ins(tmp_path / "bin")
+    assert run_line(sweep["run"], job_folder, env).returncode == 0
+    assert called(tmp_path / "bin") == [f"python {plugin_id}/main.py"]
+
+
 def test_the_task_files_and_the_gallery_name_one_repository():
     """A fork changes the repository's URL in each task.yaml and the gallery file: they must agree."""
-    urls = {yaml.safe_load(task_yaml_text(p))["github_repo_url"] for p in PLUGIN_IDS}
+    urls = {
+        yaml.safe_load(task_yaml_text(p))["github_repo_url"] for p in (*PLUGIN_IDS, *(f"{s}/sweep" for s in SWEEP_IDS))
+    }
     assert urls == {e["github_repo_url"] for e in gallery_entries()}
     for plugin_id in PLUGIN_IDS:
         assert yaml.safe_load(task_yaml_text(plugin_id))["github_repo_dir"] == f"plugins/{plugin_id}"
+    for plugin_id in SWEEP_IDS:
+        assert yaml.safe_load(task_yaml_text(f"{plugin_id}/sweep"))["github_repo_dir"] == f"plugins/{plugin_id}"
 
 
 # ---- an uploaded folder --------------------------------------------------------------------------------------------
@@ -258,18 +306,25 @@ def gallery_entries() -> list[dict]:
     return json.loads(GALLERY.read_text(encoding="utf-8"))
 
 
-def test_the_gallery_lists_the_three_tasks_and_the_chat():
+def test_the_gallery_lists_the_three_tasks_the_two_sweeps_and_the_chat():
     entries = gallery_entries()
     assert [e["github_repo_dir"] for e in entries] == [
-        *(f"plugins/{p}" for p in PLUGIN_IDS),
+        "plugins/diffusion_llm_trainer",
+        "plugins/diffusion_llm_trainer/sweep",
+        "plugins/diffusion_dpo_trainer",
+        "plugins/diffusion_dpo_trainer/sweep",
+        "plugins/diffusion_evaluator",
         "interactive/diffusion_chat",
     ]
+    sweeps = [e for e in entries if e["github_repo_dir"].endswith("/sweep")]
+    assert all("sweep" in e["id"] and "sweep" in e["title"] for e in sweeps)
+    assert not [e["id"] for e in entries if e not in sweeps and "sweep" in e["description"].replace("the sweep is", "")]
     assert len({e["id"] for e in entries}) == len(entries) and len({e["github_repo_url"] for e in entries}) == 1
     assert all(e["title"] and e["description"] for e in entries)
     assert entries[-1]["subtype"] == "interactive"
 
 
-@pytest.mark.parametrize("index", range(4))
+@pytest.mark.parametrize("index", range(len(gallery_entries())))
 def test_the_apps_team_gallery_import_accepts_each_entry(app, index):
     entry = gallery_entries()[index]
     if not (REPO / entry["github_repo_dir"] / "task.yaml").is_file():
@@ -284,8 +339,13 @@ def test_the_apps_team_gallery_import_accepts_each_entry(app, index):
 
     task = asyncio.run(imported())
     assert app.fetched == [(entry["github_repo_url"], entry["github_repo_dir"], entry["github_repo_branch"])]
-    for key in ("github_repo_url", "github_repo_dir", "github_repo_branch"):
-        assert task[key] == entry[key], "the launch clones the entry's folder from the entry's repository"
+    for key in ("github_repo_url", "github_repo_branch"):
+        assert task[key] == entry[key], "the launch clones from the entry's repository"
+    # the app keeps task.yaml's github_repo_dir over the entry's: a sweep entry's folder (plugins/<id>/sweep) holds
+    # only its task.yaml, and the launch clones the plugin's folder, which holds main.py
+    folder = entry["github_repo_dir"].removesuffix("/sweep")
+    assert task["github_repo_dir"] == folder and (REPO / folder / "main.py").is_file()
+    assert bool(task.get("run_sweeps")) == entry["github_repo_dir"].endswith("/sweep")
     assert task.get("subtype") == entry.get("subtype")
     assert task["run"] and task["setup"]
 
