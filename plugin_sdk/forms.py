@@ -28,6 +28,7 @@ import json
 import re
 import sys
 import textwrap
+import tomllib
 import types
 import typing
 from dataclasses import dataclass
@@ -45,7 +46,6 @@ _BOUNDS = (
     ("multiple_of", "multipleOf"),
 )
 # the parameters block of task.yaml: its key line and the indented (or blank) lines under it
-_TASK_PARAMETERS_BLOCK = re.compile(r"^parameters:.*\n(?:(?:[ \t].*|[ \t]*)(?:\n|\Z))*", re.MULTILINE)
 # a hand-written sweeps block of task.yaml (with the comment lines above it), which the sweep task replaces
 _TASK_SWEEPS_BLOCK = re.compile(r"(?:^#.*\n)*^sweeps:.*(?:\n|\Z)(?:(?:[ \t].*|[ \t]*)(?:\n|\Z))*", re.MULTILINE)
 # task.yaml's type of each form type; a list travels as a comma-joined string
@@ -53,6 +53,9 @@ _TASK_TYPES = {"string": "string", "integer": "int", "number": "float", "boolean
 _RADIO_AT_MOST = 3  # a choice among this many is a radio row, among more a select
 _EXAMPLES = 5  # suggestions of a free list (lm-eval tasks) named in its description
 SWEEP_FOLDER = "sweep"  # a plugin's generated sweep task: plugins/<id>/sweep/task.yaml
+TASK_SETUP = Path(__file__).with_name("task_setup.sh")  # the `setup` of every task.yaml
+INTERACTIVE_TASKS = "interactive/*/task.yaml"  # tasks without a form: their `setup` and repository are written
+GALLERIES = ("gallery/*.json", "interactive/*-gallery.json")  # their entries name this repository
 
 
 @dataclass(frozen=True)
@@ -239,7 +242,8 @@ def rendered(plugin_dir: str | Path) -> dict[Path, str]:
     files[manifest_path] = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
     task_path = folder / "task.yaml"
     if task_path.is_file():
-        files[task_path] = with_task_parameters(task_path.read_text(encoding="utf-8"), task_parameters(form))
+        text = with_task_source(task_path.read_text(encoding="utf-8"), repository_url(folder.resolve().parent.parent))
+        files[task_path] = with_task_parameters(text, task_parameters(form))
         sweep = getattr(form.module, "SWEEP", None)
         if sweep is not None:
             variant = sweep_variant(files[task_path], sweep, form.module.SWEEP_DESCRIPTION)
@@ -274,7 +278,20 @@ def with_task_parameters(text: str, parameters: dict[str, Any]) -> str:
     """task.yaml's `text` with its top-level `parameters` block replaced by `parameters` (appended when it has none):
     the keys before and after it (envs, setup, sweeps, ...) and their comments stay as they are."""
     block = yaml.safe_dump({"parameters": parameters}, sort_keys=False, allow_unicode=True, width=120)
-    found = _TASK_PARAMETERS_BLOCK.search(text)
+    return _with_block(text, "parameters", block)
+
+
+def with_task_setup(text: str) -> str:
+    """task.yaml's `text` with its top-level `setup` replaced by this project's install script (`task_setup.sh`,
+    its comment lines left out), as a literal block."""
+    script = [line for line in TASK_SETUP.read_text(encoding="utf-8").splitlines() if not line.startswith("#")]
+    return _with_block(text, "setup", "setup: |-\n" + "".join(f"  {line}\n" if line else "\n" for line in script))
+
+
+def _with_block(text: str, key: str, block: str) -> str:
+    """`text` with its top-level `key` block (the key's line and the indented or blank lines under it) replaced by
+    `block`, or with `block` appended when `text` has no such key."""
+    found = re.compile(rf"^{key}:.*\n(?:(?:[ \t].*|[ \t]*)(?:\n|\Z))*", re.MULTILINE).search(text)
     if found is None:
         return text + ("" if text.endswith("\n") or not text else "\n") + block
     replaced = found.group(0)
@@ -283,27 +300,69 @@ def with_task_parameters(text: str, parameters: dict[str, Any]) -> str:
 
 
 def write_forms(repo_root: str | Path, *, check: bool = False) -> list[str]:
-    """Write the generated parts of every plugin's index.json and task.yaml (`check`: write nothing) and return
-    one line per file that differed, naming the fields that differ."""
-    plugins = Path(repo_root) / "plugins"
+    """Write the generated parts of every plugin's index.json and task.yaml, of the interactive tasks and of the
+    galleries (`check`: write nothing) and return one line per file that differed, naming the fields that differ."""
+    root = Path(repo_root)
+    files: dict[Path, str] = {}
+    stale = []
+    for settings_file in sorted((root / "plugins").glob("*/settings.py")):
+        plugin_files = rendered(settings_file.parent)
+        files.update(plugin_files)
+        variant = settings_file.parent / SWEEP_FOLDER / "task.yaml"
+        if variant.is_file() and variant not in plugin_files:
+            stale.append(variant)
+    repository = repository_url(root)
+    for path in sorted(root.glob(INTERACTIVE_TASKS)):
+        files[path] = with_task_source(path.read_text(encoding="utf-8"), repository)
+    for pattern in GALLERIES:
+        for path in sorted(root.glob(pattern)):
+            files[path] = gallery_with_repository(path.read_text(encoding="utf-8"), repository)
     differences = []
-    for settings_file in sorted(plugins.glob("*/settings.py")):
-        files = rendered(settings_file.parent)
-        for path, text in files.items():
-            current = path.read_text(encoding="utf-8") if path.is_file() else None
-            if current == text:
-                continue
-            where = path.relative_to(repo_root)
-            differences.append(f"{where}: {_differing_fields(path, current, text) if current else 'missing'}")
-            if not check:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(text, encoding="utf-8")
-        stale = settings_file.parent / SWEEP_FOLDER / "task.yaml"
-        if stale.is_file() and stale not in files:
-            differences.append(f"{stale.relative_to(repo_root)}: settings.py declares no SWEEP")
-            if not check:
-                stale.unlink()
+    for path, text in files.items():
+        current = path.read_text(encoding="utf-8") if path.is_file() else None
+        if current == text:
+            continue
+        differences.append(
+            f"{path.relative_to(root)}: {_differing_fields(path, current, text) if current else 'missing'}"
+        )
+        if not check:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+    for path in stale:
+        differences.append(f"{path.relative_to(root)}: settings.py declares no SWEEP")
+        if not check:
+            path.unlink()
     return differences
+
+
+def repository_url(repo_root: Path) -> str | None:
+    """This project's repository (`[project.urls] Repository` of pyproject.toml), which every task names and the
+    galleries point to; None where there is no pyproject.toml (a copied plugins folder)."""
+    pyproject = repo_root / "pyproject.toml"
+    if not pyproject.is_file():
+        return None
+    return tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["urls"]["Repository"]
+
+
+def with_task_source(text: str, repository: str | None) -> str:
+    """task.yaml's `text` with this project's install `setup` and, given `repository`, its `github_repo_url`."""
+    text = with_task_setup(text)
+    return _with_block(text, "github_repo_url", f"github_repo_url: {repository}\n") if repository else text
+
+
+def gallery_with_repository(text: str, repository: str | None) -> str:
+    """A gallery file (a JSON list of entries) with each entry's `github_repo_url`, and the suggested DLM_SOURCE of
+    an interactive entry's form, naming `repository`."""
+    if repository is None:
+        return text
+    entries = json.loads(text)
+    for entry in entries:
+        if "github_repo_url" in entry:
+            entry["github_repo_url"] = repository
+        for field in entry.get("env_parameters", ()):
+            if field.get("env_var") == "DLM_SOURCE":
+                field["placeholder"] = f"git+{repository}"
+    return json.dumps(entries, indent=2, ensure_ascii=False) + "\n"
 
 
 def _differing_fields(path: Path, current: str, wanted: str) -> str:
@@ -311,14 +370,16 @@ def _differing_fields(path: Path, current: str, wanted: str) -> str:
         old, new = (json.loads(t) if path.suffix == ".json" else yaml.safe_load(t) for t in (current, wanted))
     except (json.JSONDecodeError, yaml.YAMLError):
         return "not readable as it stands"
-    if path.suffix == ".json":
+    if isinstance(old, list):  # a gallery
+        names = ["github_repo_url"] if old != new else []
+    elif path.suffix == ".json":
         names = [
             *_changed(old.get("parameters", {}), new["parameters"]),
             *_changed(old.get("parameters_ui", {}), new["parameters_ui"]),
         ]
     else:
-        names = _changed(old.get("parameters") or {}, new["parameters"])
-        names += [key for key in ("name", "sweeps") if old.get(key) != new.get(key)]
+        names = _changed(old.get("parameters") or {}, new.get("parameters") or {})
+        names += [key for key in ("name", "github_repo_url", "setup", "sweeps") if old.get(key) != new.get(key)]
     return f"fields {', '.join(dict.fromkeys(names))} differ" if names else "layout differs (same content)"
 
 

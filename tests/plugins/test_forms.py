@@ -294,3 +294,28 @@ def test_run_help_without_a_plugin_shows_the_options(capsys):
     assert "plugin id from the gallery" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["run"])
+
+
+def test_the_repository_and_the_setup_are_written_everywhere_from_one_place(tmp_path):
+    """pyproject.toml's Repository reaches every task.yaml (sweeps and the chat included) and every gallery entry;
+    plugin_sdk/task_setup.sh is the `setup` of every task."""
+    for folder in ("plugins", "interactive", "gallery"):
+        shutil.copytree(REPO / folder, tmp_path / folder)
+    url = "https://example.org/someone/fork"
+    (tmp_path / "pyproject.toml").write_text(
+        (REPO / "pyproject.toml").read_text().replace('Repository = "', f'Repository = "{url}"  # was "', 1)
+    )
+    assert write_forms(tmp_path, check=True)  # every file names the old repository
+    write_forms(tmp_path)
+    assert write_forms(tmp_path, check=True) == []
+    tasks = sorted(tmp_path.glob("*/*/task.yaml")) + sorted(tmp_path.glob("plugins/*/sweep/task.yaml"))
+    assert len(tasks) == 6
+    script = [line for line in (REPO / "plugin_sdk" / "task_setup.sh").read_text().splitlines() if line[:1] != "#"]
+    for task in tasks:
+        document = yaml.safe_load(task.read_text())
+        assert document["github_repo_url"] == url, task
+        assert document["setup"] == "\n".join(script), task
+    entries = [e for gallery in tmp_path.glob("*/*gallery.json") for e in json.loads(gallery.read_text())]
+    assert len(entries) == 7 and {e["github_repo_url"] for e in entries} == {url}
+    chat = json.loads((tmp_path / "interactive" / "interactive-gallery.json").read_text())[0]
+    assert {f["env_var"]: f.get("placeholder") for f in chat["env_parameters"]}["DLM_SOURCE"] == f"git+{url}"
