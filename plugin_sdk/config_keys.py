@@ -90,21 +90,82 @@ COMMON_ALIASES = {
 # HF-style precision switches, read as the `dtype` they ask for.
 PRECISION_FLAGS = {"bf16": "bfloat16", "fp16": "float16", "use_mixed_precision": "bfloat16"}
 
-_SECRET_WORDS = {"key", "apikey", "token", "secret", "password", "passwd", "credentials", "auth"}
+# A name is a credential when one of its words holds one of these (glued forms too: hubpassphrase, dbpassword) ...
+_SECRET_PARTS = ("secret", "password", "passwd", "passphrase", "credential")
+# ... or ends with one of these (hftoken, wandbkey, apikey, authtoken) ...
+_SECRET_ENDINGS = ("token", "key", "auth")
+# ... unless it is one of these ordinary words, or a bare token/key is followed by what describes it rather than
+# holding it (token_dtype, pad_token_id, key_length): unknown glued names count as credentials (fail closed).
+_ORDINARY_WORDS = {"monkey", "donkey", "turkey", "hockey", "jockey", "whiskey", "lackey", "hotkey"}
+_DESCRIBING_WORDS = {"dtype", "type", "id", "ids", "index", "count", "length", "len", "size", "limit", "budget"}
+# Values in the formats of well-known credentials are secrets whatever their parameter is called.
+_CREDENTIAL_VALUE = re.compile(
+    r"^(hf_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,}"
+    r"|xox[abprs]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16})$"
+)
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
-def is_secret(name: str) -> bool:
-    """Whether a parameter name is a credential (hf_token, wandb_api_key, hfToken, HF-TOKEN, apiKey, ...).
+def _words(name: str) -> list[str]:
+    return [w for w in re.split(r"[^a-z0-9]+", _CAMEL_BOUNDARY.sub("_", str(name)).lower()) if w]
 
-    Whole words in any case style, so that max_new_tokens is not one."""
-    words = re.split(r"[^a-z0-9]+", _CAMEL_BOUNDARY.sub("_", str(name)).lower())
-    return any(word in _SECRET_WORDS for word in words) or "apikey" in "".join(words)
+
+def is_secret(name: str) -> bool:
+    """Whether a parameter name is a credential: hf_token, wandb_api_key, hfToken, HF-TOKEN, apiKey, hftoken,
+    wandbkey, hub_passphrase, db-password, ... (any name with token, key, secret, password or passphrase in it).
+
+    Words in any case style, so that max_new_tokens, tokenizer_name, keyword and token_dtype are not ones."""
+    words = _words(name)
+    for index, word in enumerate(words):
+        if any(part in word for part in _SECRET_PARTS):
+            return True
+        if word.endswith(_SECRET_ENDINGS) and word not in _ORDINARY_WORDS:
+            described = word in _SECRET_ENDINGS and index + 1 < len(words) and words[index + 1] in _DESCRIBING_WORDS
+            if not described:
+                return True
+    return False
+
+
+def looks_like_credential(value: Any) -> bool:
+    """Whether a value has the form of a well-known access token (Hugging Face, OpenAI, GitHub, Slack, AWS)."""
+    return isinstance(value, str) and bool(_CREDENTIAL_VALUE.match(value.strip()))
+
+
+def is_secret_value(name: str, value: Any) -> bool:
+    """Whether a parameter must stay out of files and command lines: by its name, or by the form of its value."""
+    return is_secret(name) or looks_like_credential(value)
 
 
 def redact(values: Mapping[str, Any]) -> dict[str, Any]:
-    """`values` without its credentials, for anything written to a file."""
-    return {k: v for k, v in values.items() if not is_secret(k)}
+    """`values` without its credentials, for anything written to a file or a command line."""
+    return {k: v for k, v in values.items() if not is_secret_value(k, v)}
+
+
+def without_secret_arguments(argv: list[str]) -> list[str]:
+    """A command line's arguments less every credential (`--hftoken VALUE`, `--hftoken=VALUE`, or a value in the
+    form of a token), so that a child's command line, readable by every user, never holds one; the credentials
+    travel in its environment (`secret_environment`)."""
+    kept: list[str] = []
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        name, has_value, value = arg.partition("=")
+        name = name.lstrip("-")
+        if arg.startswith("--") and has_value:
+            index += 1
+            if not is_secret_value(name, value):
+                kept.append(arg)
+            continue
+        following = argv[index + 1] if index + 1 < len(argv) and not argv[index + 1].startswith("--") else None
+        if arg.startswith("--") and following is not None:
+            index += 2
+            if not is_secret_value(name, following):
+                kept += [arg, following]
+            continue
+        index += 1
+        if not looks_like_credential(arg) and not (arg.startswith("--") and is_secret(name)):
+            kept.append(arg)
+    return kept
 
 
 SECRETS_ENV = "DLM_SECRET_PARAMETERS"  # how the runner hands credentials to the plugin process
@@ -112,7 +173,7 @@ SECRETS_ENV = "DLM_SECRET_PARAMETERS"  # how the runner hands credentials to the
 
 def secret_environment(values: Mapping[str, Any]) -> dict[str, str]:
     """Environment variables that carry the credentials among `values` to a child process (JSON, one variable)."""
-    secrets = {k: str(v) for k, v in values.items() if is_secret(k) and v not in (None, "")}
+    secrets = {k: str(v) for k, v in values.items() if is_secret_value(k, v) and v not in (None, "")}
     return {SECRETS_ENV: json.dumps(secrets)} if secrets else {}
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from plugin_sdk.config_keys import without_secret_arguments
 from plugin_sdk.errors import ParameterError
 
 CHILD_ENV = "DLM_CHILD_RUN"
@@ -227,7 +228,8 @@ def relaunch(
     """Run this same command again on several processes (`env`: variables to add, such as the credentials);
     returns the children's exit code (never hides one)."""
     wait_for_main_process(plan)
-    script = [sys.argv[0]] + (sys.argv[1:] if argv is None else argv)
+    # Credentials the host put in the arguments reach the workers through `env` only (see secret_environment).
+    script = [sys.argv[0]] + without_secret_arguments(sys.argv[1:] if argv is None else argv)
     env = {
         **os.environ,
         **(env or {}),

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -28,7 +29,7 @@ from plugin_sdk.errors import PluginError
 from plugin_sdk.job import MESSAGES_ONLY_ON_STDOUT
 from plugin_sdk.manifest import load_manifest
 from plugin_sdk.progress import TerminalView
-from plugin_sdk.workspace import Workspace, write_json_atomic
+from plugin_sdk.workspace import Workspace
 
 LIVE_POLL_SECONDS = 0.5
 STDERR_TAIL = 20  # lines of the child's stderr shown when it died without reporting why
@@ -47,8 +48,22 @@ def plugin_command(
         eval_name = str(values.get("eval_name") or manifest["uniqueId"])
         return cmd + ["--experiment_name", experiment, "--eval_name", eval_name, "--job_id", job_id]
     input_file = workspace.input_file(job_id)
-    write_json_atomic(input_file, {"experiment": {"name": experiment}, "config": {**values, "job_id": job_id}})
+    write_private_json(input_file, {"experiment": {"name": experiment}, "config": {**values, "job_id": job_id}})
     return cmd + ["--input_file", str(input_file), "--experiment_name", experiment]
+
+
+def write_private_json(path: Path, data: Any) -> None:
+    """Write a file of a job's parameters readable by its owner only (0600 from its creation: mkstemp's mode, kept
+    through the rename), whole or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def run_plugin(
@@ -71,6 +86,27 @@ def run_plugin(
     record = JobRecord(workspace, job_id)
     record.create(job_type="EVAL" if manifest.get("type") == "evaluator" else "TRAIN", experiment=experiment)
     cmd = plugin_command(plugin_dir, manifest, values, workspace, job_id, experiment)
+    view = TerminalView(live=sys.stderr.isatty() if show_progress is None else show_progress)
+    view.line(f"Job {job_id} ({manifest['uniqueId']}), log: {record.dir / f'output_{job_id}.txt'}")
+    try:
+        code, final, stderr_tail = _run_child(cmd, values, workspace, record, view)
+    finally:
+        # A refused or failed job leaves no file of its parameters behind (a completed one keeps it, as the host's)
+        if record.read().get("status") not in ("COMPLETE", "STOPPED"):
+            workspace.input_file(job_id).unlink(missing_ok=True)
+    details = final["job_data"].get("completion_details", "")
+    if code != 0 and details.startswith(UNREPORTED_EXIT) and stderr_tail:
+        view.line("".join(stderr_tail))
+    view.line(f"Job {job_id}: {final['status']} - {details}")
+    return code, job_id
+
+
+def _run_child(
+    cmd: list[str], values: dict[str, Any], workspace: Workspace, record: JobRecord, view: TerminalView
+) -> tuple[int, dict[str, Any], deque[str]]:
+    """Start the plugin's process, keep its output in the job log and show it; returns (exit code, settled
+    record, the end of its stderr)."""
+    job_id = record.job_id
     log_path = record.dir / f"output_{job_id}.txt"
     env = {
         **os.environ,
@@ -81,8 +117,6 @@ def run_plugin(
         "PYTHONUNBUFFERED": "1",
         MESSAGES_ONLY_ON_STDOUT: "1",
     }
-    view = TerminalView(live=sys.stderr.isatty() if show_progress is None else show_progress)
-    view.line(f"Job {job_id} ({manifest['uniqueId']}), log: {log_path}")
     with open(log_path, "a", encoding="utf-8") as log:
         # Its own session: a Ctrl-C in the terminal reaches the runner only, which forwards one clean stop.
         process = subprocess.Popen(
@@ -107,12 +141,7 @@ def run_plugin(
             for thread in threads:
                 thread.join(timeout=5)
             view.close()
-    final = settle(record, code)
-    details = final["job_data"].get("completion_details", "")
-    if code != 0 and details.startswith(UNREPORTED_EXIT) and stderr_tail:
-        view.line("".join(stderr_tail))
-    view.line(f"Job {job_id}: {final['status']} - {details}")
-    return code, job_id
+    return code, settle(record, code), stderr_tail
 
 
 def _locked_writer(log: TextIO) -> Callable[[str], None]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from dlm.callbacks import Reporter
 from dlm.errors import ModelError
-from dlm.resume import check_checkpoint, disk_full_named, latest_checkpoint, write_owner
+from dlm.resume import check_checkpoint, check_tensors, disk_full_named, latest_checkpoint, write_owner
 from dlm.trainers.config import TrainerConfig
 
 
@@ -30,7 +30,7 @@ def resume_path(config: TrainerConfig, checkpoint_dir: Path, log: Callable[[str]
         if not (found / "trainer_state.json").is_file():
             raise ModelError(f"resume_from_checkpoint={wanted!r} is not a checkpoint folder (no trainer_state.json)")
     if found is not None:
-        check_checkpoint(found, **owner)
+        check_checkpoint(found, **owner, log=log)
     write_owner(checkpoint_dir, **owner)
     return str(found) if found is not None else None
 
@@ -40,6 +40,7 @@ def train_or_resume(trainer: Any, config: TrainerConfig, reporter: Reporter) -> 
     checkpoint_dir = Path(config.output_dir)
     resume = resume_path(config, checkpoint_dir, reporter.log)
     if resume:
+        check_tensors(Path(resume), trainer.model)
         reporter.log(f"resuming from {resume}")
     with disk_full_named(checkpoint_dir):
         trainer.train(resume_from_checkpoint=resume)
