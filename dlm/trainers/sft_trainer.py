@@ -17,6 +17,9 @@ What it adds to the stock Trainer:
   models), with the end-of-text padding's accuracy and share of the masked tokens apart; the perplexity bound
   exp(NLL bound per token), mask ratio,
   tokens per second and memory;
+- a batch with no token to score (nothing masked) has no loss: the logged train/loss is the mean over the logged
+  optimizer steps that scored a token, perplexity and accuracy are over the micro-batches that did, eval/loss over
+  the validation batches that did, and a logging window without any scored token logs neither (never 0 and 1.0);
 - a NaN or infinite loss stops training with the step named, before any checkpoint of the bad state is written.
 """
 
@@ -63,6 +66,10 @@ class DiffusionTrainer(FixedEvalMasks, Trainer):
         self._sums: dict[str, dict[str, float]] = {"train": defaultdict(float), "eval": defaultdict(float)}
         self._log_clock = time.perf_counter()
         self.skipped_empty_batches = 0
+        # Optimizer steps since the last logged train/loss, and those of them that scored a token (see `_scored_loss`)
+        self._window_steps: set[int] = set()
+        self._scored_steps: set[int] = set()
+        self._last_batch_empty = False
 
     # ---- loss ----------------------------------------------------------------------------------------------
     @property
@@ -114,13 +121,20 @@ class DiffusionTrainer(FixedEvalMasks, Trainer):
                 "good checkpoint was kept (try a lower learning_rate, float32, or gradient clipping)"
             )
         self._accumulate(mode, out, inputs)
+        if mode == "train":
+            self._window_steps.add(self.state.global_step)
+            if not out.empty:
+                self._scored_steps.add(self.state.global_step)
         return (loss, None) if return_outputs else loss
 
     def _accumulate(self, mode: str, out: LossOutput, inputs: dict[str, torch.Tensor]) -> None:
         sums = self._sums[mode]
-        if out.empty:
+        self._last_batch_empty = out.empty
+        sums["all_maskable"] += float(out.num_maskable)  # the mask ratio's denominator: every batch
+        if out.empty:  # nothing scored: no NLL, no accuracy (its 0 would read as a perfect perplexity of 1.0)
             self.skipped_empty_batches += 1
             sums["empty_batches"] += 1
+            return
         for name in ("num_maskable", "num_masked", "num_correct", "nll_sum"):
             sums[name] += float(getattr(out, name))
         sums["tokens"] += float(inputs["input_ids"].numel())
@@ -134,17 +148,24 @@ class DiffusionTrainer(FixedEvalMasks, Trainer):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
             loss = self.compute_loss(model, inputs)
+        if self._last_batch_empty:  # no token to score: NaN, which the Trainer leaves out of eval_loss's mean
+            return torch.full_like(loss.detach(), float("nan")), None, None
         return loss.detach(), None, None
 
     # ---- logging -------------------------------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
         sums = self._sums[mode]
-        if sums.get("num_maskable"):
+        if "loss" in logs:
+            self._scored_loss(logs)
+        if not math.isfinite(logs.get("eval_loss", 0.0)):
+            del logs["eval_loss"]  # every validation batch was empty: no value rather than a NaN
+        if sums.get("all_maskable"):
             prefix = "eval_" if mode == "eval" else ""
-            logs.update(_accuracies(sums, prefix))
-            logs[f"{prefix}perplexity"] = math.exp(min(sums["nll_sum"] / sums["num_maskable"], 50.0))
-            logs[f"{prefix}mask_ratio"] = sums["num_masked"] / sums["num_maskable"]
+            if sums.get("num_masked"):
+                logs.update(_accuracies(sums, prefix))
+                logs[f"{prefix}perplexity"] = math.exp(min(sums["nll_sum"] / sums["num_maskable"], 50.0))
+            logs[f"{prefix}mask_ratio"] = sums.get("num_masked", 0.0) / sums["all_maskable"]
             if mode == "train":
                 now = time.perf_counter()
                 logs["tokens_per_sec"] = sums["tokens"] / max(now - self._log_clock, 1e-9)
@@ -154,6 +175,22 @@ class DiffusionTrainer(FixedEvalMasks, Trainer):
                     logs["skipped_empty_batches"] = sums["empty_batches"]
         self._sums[mode] = defaultdict(float)
         super().log(logs, start_time)
+
+    def _scored_loss(self, logs: dict[str, float]) -> None:
+        """The Trainer's `loss` is the sum of the window's step losses over all its steps; a step that scored no
+        token (on any process) added exactly 0, so the mean over the scored steps is that sum over their number.
+        No scored step: no `loss` at all."""
+        steps = sorted(self._window_steps)
+        flags = torch.tensor([step in self._scored_steps for step in steps], dtype=torch.float32)
+        if self.args.world_size > 1:
+            gathered = self.accelerator.gather(flags.to(self.args.device))
+            flags = gathered.reshape(self.args.world_size, -1).amax(dim=0).cpu()
+        scored = int(flags.sum())
+        self._window_steps, self._scored_steps = set(), set()
+        if scored == 0:
+            del logs["loss"]
+        elif scored < len(steps):
+            logs["loss"] = logs["loss"] * len(steps) / scored
 
 
 def _accuracies(sums: dict[str, float], prefix: str) -> dict[str, float]:

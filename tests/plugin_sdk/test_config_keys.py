@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from plugin_sdk.config_keys import HOST_KEYS, is_secret, redact
+from plugin_sdk.config_keys import HOST_KEYS, is_secret, looks_like_credential, redact, without_secret_arguments
 from plugin_sdk.errors import ParameterError
 from plugin_sdk.manifest import load_manifest
 from plugin_sdk.params import coerce_and_validate, read_raw_parameters
@@ -155,15 +155,36 @@ def test_yaml_true_false_stay_booleans(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["hf_token", "wandb_api_key", "hfToken", "HF_TOKEN", "wandbApiKey", "apikey", "db-password", "secret"]
+    "name",
+    ["hf_token", "wandb_api_key", "hfToken", "HF_TOKEN", "wandbApiKey", "apikey", "db-password", "secret"]
+    + ["hftoken", "wandbkey", "hub_passphrase", "HubPassphrase", "dbpassword", "authtoken", "client_secrets", "auth"],
 )
 def test_secret_names_in_any_case_style(name):
     assert is_secret(name)
 
 
-@pytest.mark.parametrize("name", ["max_new_tokens", "num_tokens", "keyword", "tokenizer_name", "monkey"])
+@pytest.mark.parametrize(
+    "name",
+    ["max_new_tokens", "num_tokens", "keyword", "tokenizer_name", "monkey", "token_dtype", "pad_token_id", "keys"],
+)
 def test_ordinary_names_are_not_secrets(name):
     assert not is_secret(name)
+
+
+@pytest.mark.parametrize("value", ["hf_" + "a1" * 17, "sk-" + "x" * 40, "ghp_" + "Z" * 36, "AKIAABCDEFGHIJKLMNOP"])
+def test_a_value_in_a_tokens_form_is_a_secret_under_any_name(value):
+    assert looks_like_credential(value)
+    assert redact({"note": value, "seed": 1}) == {"seed": 1}
+
+
+@pytest.mark.parametrize("value", ["hf_short", "tiny-llada", "sk-", 12, None, "hf_internal_testing/tiny-model"])
+def test_ordinary_values_are_not_secrets(value):
+    assert not looks_like_credential(value)
+
+
+def test_secret_arguments_are_dropped_from_a_command_line():
+    argv = ["--seed", "1", "--hftoken", "v1", "--hub_passphrase=v2", "--flag", "--note", "hf_" + "b" * 34, "--x=1"]
+    assert without_secret_arguments(argv) == ["--seed", "1", "--flag", "--x=1"]
 
 
 def test_redact_drops_secrets_only():
