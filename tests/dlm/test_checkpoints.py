@@ -137,3 +137,74 @@ def test_a_truncated_model_or_adapter_is_named_when_loading(workspace, tmp_path)
     adapter_weights.write_bytes(adapter_weights.read_bytes()[:-10])
     with pytest.raises(CheckpointError, match=rf"{adapter_weights} is damaged"):
         load_model_with_adapter("tiny-llada", adapter, workspace=workspace)
+
+
+# ------------------------------------------------------------------------------------------------ ownership
+
+
+@pytest.mark.parametrize("owner_text", [None, "", "{}", '{"trainer": "SFTConfig"}', "[1]", "not json"])
+def test_latest_never_takes_a_checkpoint_of_unknown_owner(tmp_path, owner_text):
+    copied, new = tmp_path / "copied_from_elsewhere", tmp_path / "checkpoints_job_2"
+    fake_checkpoint(copied, 5)
+    if owner_text is not None:
+        (copied / "owner.json").write_text(owner_text)
+    with pytest.raises(
+        CheckpointError, match=r"copied_from_elsewhere \(unknown: no valid owner.json\).*named explicitly"
+    ):
+        latest_checkpoint(new, **OWNER, log=print)
+
+
+def test_an_explicit_checkpoint_of_unknown_owner_is_logged_and_left_to_the_tensor_check(tmp_path):
+    checkpoint = fake_checkpoint(tmp_path / "copied", 5)
+    lines = []
+    check_checkpoint(checkpoint, **OWNER, log=lines.append)
+    assert lines and "no valid owner.json" in lines[0] and "only if its tensors match" in lines[0]
+
+
+def test_owner_json_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    import os
+
+    run = tmp_path / "run"
+    write_owner(run, **OWNER)
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk gone")))
+    with pytest.raises(OSError, match="disk gone"):
+        write_owner(run, trainer="DPOConfig", model_name="tiny-dream")
+    assert json.loads((run / "owner.json").read_text()) == OWNER  # the old one, whole
+    assert [p.name for p in run.iterdir()] == ["owner.json"]  # no temporary file left
+
+
+def test_a_full_model_checkpoint_must_match_the_models_tensors(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from dlm.resume import check_tensors
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    checkpoint = tmp_path / "checkpoint-1"
+    checkpoint.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(checkpoint / "model.safetensors"))
+    check_tensors(checkpoint, model)
+    other = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Linear(5, 2), torch.nn.Linear(2, 2))
+    with pytest.raises(CheckpointError) as refused:
+        check_tensors(checkpoint, other)
+    message = str(refused.value)
+    assert "shapes differ: 0.weight [3, 4] in the checkpoint, [5, 4] in the model" in message
+    assert "missing from the checkpoint: 2.weight, 2.bias (2)" in message
+
+
+def test_a_copied_checkpoint_of_another_adapter_is_refused_naming_its_tensors(workspace, tmp_path):
+    out = tmp_path / "run"
+    run_sft(config(workspace, out), doubling_conversations(8), None, Reporter(stop_at=2))
+    copied = tmp_path / "copied" / "checkpoint-2"
+    shutil.copytree(out / "checkpoint-2", copied)  # without owner.json: of unknown owner
+    resumed = config(workspace, tmp_path / "again", lora_r=4, resume_from_checkpoint=str(copied))
+    with pytest.raises(CheckpointError, match=r"checkpoint-2 does not fit this model \(shapes differ: .*lora_A"):
+        run_sft(resumed, doubling_conversations(8), None, Reporter())
+    with pytest.raises(CheckpointError, match="this run trains the full model"):
+        run_sft(
+            config(workspace, tmp_path / "full", lora=False, resume_from_checkpoint=str(copied)), [], None, Reporter()
+        )
+    reporter = Reporter()  # named explicitly and of the same tensors: resumed, with the unknown owner logged
+    matching = config(workspace, tmp_path / "third", resume_from_checkpoint=str(copied))
+    assert run_sft(matching, doubling_conversations(8), None, reporter).global_step == 3
+    assert any("no valid owner.json" in message for message in reporter.messages)
