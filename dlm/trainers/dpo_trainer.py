@@ -312,7 +312,8 @@ class DiffusionDPOTrainer(FixedEvalMasks, Trainer):
         """Sums over pairs of the logged metrics, in one tensor (so that processes can add theirs up)."""
         chosen, rejected = out.chosen_rewards, out.rejected_rewards
         half = len(chosen)
-        sft_sum = sft.loss.detach().double() * normaliser if sft is not None else torch.zeros_like(chosen.sum())
+        scored = sft is not None and not sft.empty  # an SFT batch with nothing masked has no loss to average in
+        sft_sum = sft.loss.detach().double() * normaliser if scored else torch.zeros_like(chosen.sum())
         values = torch.stack(
             [
                 torch.full_like(chosen.sum(), half),
@@ -323,6 +324,7 @@ class DiffusionDPOTrainer(FixedEvalMasks, Trainer):
                 out.policy_logps[:half].sum(),
                 out.policy_logps[half:].sum(),
                 sft_sum.reshape(()),
+                torch.full_like(chosen.sum(), half if scored else 0),
             ]
         )
         self._sums[mode] = self._sums[mode] + values if mode in self._sums else values
@@ -345,8 +347,8 @@ class DiffusionDPOTrainer(FixedEvalMasks, Trainer):
             count = max(float(sums[0]), 1.0)
             for name, total in zip(METRICS, sums[1:7].tolist(), strict=True):
                 logs[prefix + name] = total / count
-            if self.config.sft_weight > 0:
-                logs[prefix + "sft_loss"] = float(sums[7]) / count
+            if self.config.sft_weight > 0 and float(sums[8]) > 0:  # over the pairs whose SFT batch scored a token
+                logs[prefix + "sft_loss"] = float(sums[7]) / float(sums[8])
             if mode == "train":
                 logs["memory_gb"] = memory_in_use_gb()
         super().log(logs, start_time)

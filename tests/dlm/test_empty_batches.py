@@ -72,3 +72,32 @@ def test_only_empty_batches_log_no_loss_at_all(workspace, tmp_path, monkeypatch)
     reporter, _, result = train_with_empty_steps(workspace, tmp_path / "run", monkeypatch, empty={1, 2, 3})
     assert not [m for _, m in reporter.metrics if "train/loss" in m or "train/perplexity" in m]
     assert "final train/loss n/a" in result.summary
+
+
+def test_dpo_sft_loss_is_averaged_over_scored_batches_only(workspace, tmp_path, monkeypatch):
+    import dlm.trainers.dpo_trainer as dpo_trainer
+    from dlm.trainers.dpo_config import DPOConfig
+    from dlm.trainers.dpo_trainer import run_dpo
+    from tests.dlm.test_dpo import pairs
+
+    draws, outputs = [], []
+    real_draw, real_loss = dpo_trainer.draw_mask, dpo_trainer.diffusion_loss
+
+    def draw(batch, config, generator=None):
+        t, masked = real_draw(batch, config, generator)
+        draws.append(masked)
+        return (t, torch.zeros_like(masked)) if len(draws) == 2 else (t, masked)
+
+    def loss(*args, **kwargs):
+        outputs.append(real_loss(*args, **kwargs))
+        return outputs[-1]
+
+    monkeypatch.setattr(dpo_trainer, "draw_mask", draw)
+    monkeypatch.setattr(dpo_trainer, "diffusion_loss", loss)
+    values = {**tiny_run(workspace, tmp_path / "run"), "batch_size": 2, "train_steps": 2, "warmup_steps": 0}
+    values |= {"mc_samples": 2, "sft_weight": 0.5, "logging_steps": 2}
+    reporter = Reporter()
+    run_dpo(DPOConfig(**values), pairs(4), None, reporter)
+    assert [bool(o.empty) for o in outputs] == [False, True]
+    [logged] = [m for _, m in reporter.metrics if "train/sft_loss" in m]
+    assert logged["train/sft_loss"] == pytest.approx(float(outputs[0].loss.detach()), rel=1e-5)  # not halved by 0
