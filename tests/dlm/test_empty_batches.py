@@ -101,3 +101,31 @@ def test_dpo_sft_loss_is_averaged_over_scored_batches_only(workspace, tmp_path, 
     assert [bool(o.empty) for o in outputs] == [False, True]
     [logged] = [m for _, m in reporter.metrics if "train/sft_loss" in m]
     assert logged["train/sft_loss"] == pytest.approx(float(outputs[0].loss.detach()), rel=1e-5)  # not halved by 0
+
+
+def test_an_empty_validation_batch_is_left_out_of_val_loss(workspace, tmp_path, monkeypatch):
+    eval_outputs = []
+    real_draw, real_loss = sft_trainer.draw_mask, sft_trainer.diffusion_loss
+
+    def draw(batch, config, generator=None):
+        t, masked = real_draw(batch, config, generator)
+        first_eval_batch = generator is not None and not eval_outputs
+        return (t, torch.zeros_like(masked)) if first_eval_batch else (t, masked)
+
+    def loss(model, batch, **kwargs):
+        out = real_loss(model, batch, **kwargs)
+        if not model.training:
+            eval_outputs.append(out)
+        return out
+
+    monkeypatch.setattr(sft_trainer, "draw_mask", draw)
+    monkeypatch.setattr(sft_trainer, "diffusion_loss", loss)
+    values = {**tiny_run(workspace, tmp_path / "run"), "batch_size": 2, "train_steps": 1, "warmup_ratio": 0.0}
+    values |= {"eval_strategy": "steps", "eval_steps": 1}
+    reporter = Reporter()
+    run_sft(SFTConfig(**values), doubling_conversations(4), doubling_conversations(4), reporter)
+    assert [bool(o.empty) for o in eval_outputs] == [True, False]
+    [logged] = [m for _, m in reporter.metrics if "val/loss" in m]
+    assert logged["val/loss"] == pytest.approx(float(eval_outputs[1].loss), rel=1e-5)  # not halved by the empty one
+    scored = eval_outputs[1]
+    assert logged["val/perplexity"] == pytest.approx(math.exp(float(scored.nll_sum / scored.num_maskable)), rel=1e-5)
