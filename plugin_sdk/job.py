@@ -29,7 +29,7 @@ from plugin_sdk import launch
 from plugin_sdk.backends.base import EXIT_FAILED, EXIT_STOPPED, Backend, now
 from plugin_sdk.backends.host import HostBackend, running_under_host
 from plugin_sdk.backends.lab import LabBackend, running_as_task
-from plugin_sdk.backends.local import LocalBackend
+from plugin_sdk.backends.local import LocalBackend, joins_other_machine
 from plugin_sdk.config_keys import export_library_secrets, redact, secret_environment, take_secret_parameters
 from plugin_sdk.errors import JobStopped, ParameterError, PluginError, is_user_error
 from plugin_sdk.eval_results import mean_scores, results_table
@@ -238,7 +238,9 @@ def _make_backend(raw_values: dict[str, Any], plugin_type: str) -> tuple[Backend
     job_id = str(raw_values.get("job_id") or os.environ.get("DLM_JOB_ID") or workspace.next_job_id())
     values = {**raw_values, "job_id": job_id, "workspace": str(workspace.root)}
     experiment = values.get("experiment_name") or "default"
-    backend = LocalBackend(workspace, job_id, job_type=_job_type(plugin_type), experiment=experiment)
+    # the runner (or the launcher of several processes) claimed the job it started us for: we run that job
+    joining = os.environ.get("DLM_JOB_ID") == job_id or joins_other_machine(values)
+    backend = LocalBackend(workspace, job_id, job_type=_job_type(plugin_type), experiment=experiment, joining=joining)
     return backend, values
 
 

@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from plugin_sdk.backends.base import now
-from plugin_sdk.backends.local import ACTIVE, JobRecord
+from plugin_sdk.backends.local import ACTIVE, JobRecord, joins_other_machine
 from plugin_sdk.config_keys import redact, secret_environment
 from plugin_sdk.errors import PluginError
 from plugin_sdk.job import MESSAGES_ONLY_ON_STDOUT
 from plugin_sdk.manifest import load_manifest
 from plugin_sdk.progress import TerminalView
-from plugin_sdk.workspace import Workspace, write_json_atomic
+from plugin_sdk.safe_files import open_no_follow, write_json_atomic
+from plugin_sdk.workspace import Workspace
 
 LIVE_POLL_SECONDS = 0.5
 STDERR_TAIL = 20  # lines of the child's stderr shown when it died without reporting why
@@ -47,7 +48,8 @@ def plugin_command(
         eval_name = str(values.get("eval_name") or manifest["uniqueId"])
         return cmd + ["--experiment_name", experiment, "--eval_name", eval_name, "--job_id", job_id]
     input_file = workspace.input_file(job_id)
-    write_json_atomic(input_file, {"experiment": {"name": experiment}, "config": {**values, "job_id": job_id}})
+    config = {"experiment": {"name": experiment}, "config": {**values, "job_id": job_id}}
+    write_json_atomic(input_file, config, workspace.root)
     return cmd + ["--input_file", str(input_file), "--experiment_name", experiment]
 
 
@@ -69,7 +71,9 @@ def run_plugin(
     manifest = load_manifest(plugin_dir)
     job_id = str(values.pop("job_id", None) or workspace.next_job_id())
     record = JobRecord(workspace, job_id)
-    record.create(job_type="EVAL" if manifest.get("type") == "evaluator" else "TRAIN", experiment=experiment)
+    job_type = "EVAL" if manifest.get("type") == "evaluator" else "TRAIN"
+    joining = joins_other_machine(values)
+    record.claim(job_type=job_type, experiment=experiment, joining=joining)
     cmd = plugin_command(plugin_dir, manifest, values, workspace, job_id, experiment)
     log_path = record.dir / f"output_{job_id}.txt"
     env = {
@@ -83,7 +87,7 @@ def run_plugin(
     }
     view = TerminalView(live=sys.stderr.isatty() if show_progress is None else show_progress)
     view.line(f"Job {job_id} ({manifest['uniqueId']}), log: {log_path}")
-    with open(log_path, "a", encoding="utf-8") as log:
+    with open_no_follow(log_path, "a", workspace.root, encoding="utf-8") as log:
         # Its own session: a Ctrl-C in the terminal reaches the runner only, which forwards one clean stop.
         process = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
@@ -107,7 +111,8 @@ def run_plugin(
             for thread in threads:
                 thread.join(timeout=5)
             view.close()
-    final = settle(record, code)
+    # a machine joining a multi-machine run leaves the record to the rank-0 machine, which owns the job
+    final = record.read() if joining else settle(record, code)
     details = final["job_data"].get("completion_details", "")
     if code != 0 and details.startswith(UNREPORTED_EXIT) and stderr_tail:
         view.line("".join(stderr_tail))

@@ -12,12 +12,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from plugin_sdk.errors import ParameterError, PluginError
 
@@ -56,20 +54,6 @@ def check_job_id(job_id: str) -> str:
             f"job_id={job_id!r} is not a plain name: use letters, digits, '_' and '-' (starting with a letter or digit)"
         )
     return str(job_id)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, default=str)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a result file is for everyone who may read the folder
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Workspace:

@@ -30,7 +30,8 @@ from typing import Any
 from plugin_sdk.backends.base import now
 from plugin_sdk.errors import PluginError
 from plugin_sdk.eval_results import view_tables, write_plot_data
-from plugin_sdk.workspace import Workspace, safe_name, write_json_atomic
+from plugin_sdk.safe_files import write_json_atomic
+from plugin_sdk.workspace import Workspace, safe_name
 
 JOB_ENV = "_TFL_JOB_ID"
 LAB_PACKAGE = "transformerlab"
@@ -257,7 +258,11 @@ class LabBackend:
         self, model_dir: Path, *, name: str, architecture: str, json_data: dict, provenance: dict
     ) -> None:
         """Hand a full model saved in the staging folder to `lab.save_model` (the job's models)."""
-        write_json_atomic(Path(model_dir) / "_tlab_provenance.json", {**provenance, "model_architecture": architecture})
+        write_json_atomic(
+            Path(model_dir) / "_tlab_provenance.json",
+            {**provenance, "model_architecture": architecture},
+            self.workspace.staging,
+        )
         with self._writing:
             self.lab.save_model(str(model_dir), name=name, architecture=architecture, pipeline_tag="text-generation")
         shutil.rmtree(model_dir)
@@ -271,7 +276,7 @@ class LabBackend:
             config = {"evals": table.columns}
             with self._writing:
                 paths.append(Path(self.lab.save_artifact(table.frame, name=table.name, type="evals", config=config)))
-        plot_path = write_plot_data(frame, Path(eval_dir) / f"plot_data_{job_id}_plotting.json")
+        plot_path = write_plot_data(frame, Path(eval_dir) / f"plot_data_{job_id}_plotting.json", self.workspace.staging)
         return paths[0], plot_path
 
     def _publish_staged(self) -> None:
