@@ -36,6 +36,7 @@ from plugin_sdk.eval_results import mean_scores, results_table
 from plugin_sdk.manifest import load_manifest
 from plugin_sdk.params import Params, coerce_and_validate, read_raw_parameters
 from plugin_sdk.progress import step_line
+from plugin_sdk.safe_files import check_no_links
 from plugin_sdk.tracking import Tracker, public_config, run_settings
 from plugin_sdk.workspace import Workspace
 
@@ -104,6 +105,20 @@ class Job:
 
     def model_dir(self, name: str) -> Path:
         return self.workspace.model_dir(name)
+
+    def check_folders(self) -> None:
+        """Before anything is written: the folders the library writes into (metrics, checkpoints, an evaluation's
+        report) pass through no link in the workspace (`plugin_sdk.safe_files`), and an `output_dir` outside the
+        workspace is said, not taken silently."""
+        root = self.workspace.root
+        for folder in (self.output_dir, self.checkpoint_dir):
+            check_no_links(folder, root)
+        given = self.params.get("output_dir")
+        if given and root not in Path(os.path.abspath(given)).parents:
+            self.log(
+                f"WARNING: output_dir={given} is outside the workspace {root}: this job's metrics, TensorBoard logs "
+                "and checkpoints are written there"
+            )
 
     # ---- reporting ---------------------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -381,6 +396,7 @@ def _run_work(job: Job, work: Callable[[Job], str | None], fail: Callable[[str],
     failed = True
     try:
         if job.is_main_process:
+            job.check_folders()
             job.tracker = Tracker(
                 job.output_dir,
                 log_to_wandb=bool(params.get("log_to_wandb")),

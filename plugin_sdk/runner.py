@@ -28,7 +28,7 @@ from plugin_sdk.errors import PluginError
 from plugin_sdk.job import MESSAGES_ONLY_ON_STDOUT
 from plugin_sdk.manifest import load_manifest
 from plugin_sdk.progress import TerminalView
-from plugin_sdk.safe_files import open_no_follow, write_json_atomic
+from plugin_sdk.safe_files import check_no_links, open_no_follow, write_json_atomic
 from plugin_sdk.workspace import Workspace
 
 LIVE_POLL_SECONDS = 0.5
@@ -71,11 +71,11 @@ def run_plugin(
     manifest = load_manifest(plugin_dir)
     job_id = str(values.pop("job_id", None) or workspace.next_job_id())
     record = JobRecord(workspace, job_id)
+    log_path = check_no_links(record.dir / f"output_{job_id}.txt", workspace.root)  # before the job is made
     job_type = "EVAL" if manifest.get("type") == "evaluator" else "TRAIN"
     joining = joins_other_machine(values)
     record.claim(job_type=job_type, experiment=experiment, joining=joining)
     cmd = plugin_command(plugin_dir, manifest, values, workspace, job_id, experiment)
-    log_path = record.dir / f"output_{job_id}.txt"
     env = {
         **os.environ,
         **secret_environment(values),

@@ -40,10 +40,10 @@ def safe_name(name: str, *, field: str) -> str:
 
 def child_path(parent: Path, name: str, *, field: str) -> Path:
     """`parent/name` with `name` made safe, guaranteed to stay inside `parent`."""
-    path = (parent / safe_name(name, field=field)).resolve()
-    if parent.resolve() not in path.parents:
+    path = parent / safe_name(name, field=field)
+    if parent.resolve() not in path.resolve().parents:
         raise PluginError(f"{field}={name!r} would leave {parent}.")
-    return path
+    return path  # as named, not resolved: a link on the way stays visible to `plugin_sdk.safe_files`
 
 
 def check_job_id(job_id: str) -> str:
@@ -60,6 +60,11 @@ class Workspace:
     """Paths of one local workspace; creates folders on demand and checks that it is writable."""
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        if root is not None and not str(root).strip():
+            raise PluginError(
+                f"the workspace {str(root)!r} names no folder: give a folder, or leave the workspace out for "
+                f"${WORKSPACE_ENV} or ./workspace"
+            )
         self.root = Path(root).expanduser().resolve() if root else default_workspace()
         try:
             self.root.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,14 @@ from typing import Any
 from plugin_sdk.backends.base import EXIT_STOPPED, now
 from plugin_sdk.errors import PluginError
 from plugin_sdk.eval_results import write_plot_data
-from plugin_sdk.safe_files import make_dirs, open_no_follow, write_json_atomic, write_text_atomic
+from plugin_sdk.safe_files import (
+    LinkRefused,
+    check_no_links,
+    make_dirs,
+    open_no_follow,
+    write_json_atomic,
+    write_text_atomic,
+)
 from plugin_sdk.workspace import Workspace
 
 
@@ -73,6 +80,7 @@ class JobRecord:
             self._write_new(job_type=job_type, experiment=experiment)
 
     def read(self) -> dict[str, Any]:
+        check_no_links(self.path, self.root)  # a record is this workspace's own file, never another through a link
         try:
             return json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -166,8 +174,11 @@ def settle_stale_jobs(workspace: Workspace) -> list[str]:
             record = JobRecord(workspace, index.parent.name)
         except PluginError:
             continue  # not a folder this SDK made
-        if record.fail_if_gone():
-            settled.append(record.job_id)
+        try:
+            if record.fail_if_gone():
+                settled.append(record.job_id)
+        except LinkRefused:
+            continue  # a link planted among the jobs is no job of this workspace; a command naming it says so
     return settled
 
 
