@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from plugin_sdk.errors import ParameterError, PluginError
+from plugin_sdk.safe_files import make_dirs
 
 WORKSPACE_ENV = "DLM_WORKSPACE"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -104,8 +105,7 @@ class Workspace:
 
     def next_job_id(self) -> str:
         """The next free numeric job id (the host numbers jobs too)."""
-        jobs = self.root / "jobs"
-        jobs.mkdir(parents=True, exist_ok=True)
+        jobs = make_dirs(self.root / "jobs", self.root)
         taken = [int(p.name) for p in jobs.iterdir() if p.name.isdigit()]
         job_id = max(taken, default=0) + 1
         while True:

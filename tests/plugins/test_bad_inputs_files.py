@@ -148,6 +148,7 @@ def _live_file(ws: Workspace, outside: Path) -> Path:
 WRITERS: list[tuple[str, Callable, Callable]] = [
     ("job lock", _lock, lambda ws: JobRecord(ws, "3").update(progress=1)),
     ("job record", _record_file, lambda ws: JobRecord(ws, "3").update(status="RUNNING")),
+    ("jobs folder, for a new id", lambda ws, o: plant(ws.root / "jobs", o), lambda ws: ws.next_job_id()),
     ("job folder", _jobs_folder_link, lambda ws: JobRecord(ws, "3").create(job_type="TRAIN", experiment="e")),
     (
         "live status",
