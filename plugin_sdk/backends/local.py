@@ -51,14 +51,16 @@ class JobRecord:
         with self._locked():
             self._write_new(job_type=job_type, experiment=experiment, config=config)
 
-    def _write_new(self, *, job_type: str, experiment: str, config: dict[str, Any] | None = None) -> None:
+    def _write_new(
+        self, *, job_type: str, experiment: str, config: dict[str, Any] | None = None, joined: bool = False
+    ) -> None:
         record = {
             "id": self.job_id,
             "experiment_id": experiment,
             "status": "QUEUED",
             "type": job_type,
             "progress": 0,
-            "job_data": {"config": config or {}, "pid": os.getpid()},
+            "job_data": {"config": config or {}, "pid": os.getpid(), **({"joined": True} if joined else {})},
         }
         write_json_atomic(self.path, record, self.root)
 
@@ -66,18 +68,25 @@ class JobRecord:
         """Make the job this process's: a new QUEUED record, refusing an id whose job exists (running or finished:
         two jobs would share one record, log and checkpoint folder). `joining`: this process runs that same job
         (started for it by the runner or the launcher, or a machine of a multi-machine run joining the record its
-        rank-0 machine created), which may join a queued or running record, and creates it where none is yet."""
+        rank-0 machine created), which may join a queued or running record, and creates it where none is yet,
+        marked `joined`: the machines start together, and the main one takes over a record another made first."""
         with self._locked():
             if self.path.exists():
-                status = self.read().get("status")
-                if not (joining and status in ACTIVE):
-                    raise JobIdTaken(
-                        f"job_id={self.job_id!r} is taken: job {self.job_id} in {self.dir.parent} is {status}. "
-                        "Choose another job_id, or leave it out for the next free one (only a machine with "
-                        "machine_rank > 0 of a num_machines > 1 run joins the running job of its rank-0 machine)."
-                    )
-                return
-            self._write_new(job_type=job_type, experiment=experiment)
+                record = self.read()
+                status = record.get("status")
+                joined_first = record.get("job_data", {}).get("joined")  # made by a joining machine, not its owner
+                if status in ACTIVE and joining:
+                    return
+                if status in ACTIVE and joined_first:
+                    # the machines of a run start together: the main one takes over what another made first
+                    self._write_new(job_type=job_type, experiment=experiment)
+                    return
+                raise JobIdTaken(
+                    f"job_id={self.job_id!r} is taken: job {self.job_id} in {self.dir.parent} is {status}. "
+                    "Choose another job_id, or leave it out for the next free one (only a machine with "
+                    "machine_rank > 0 of a num_machines > 1 run joins the running job of its rank-0 machine)."
+                )
+            self._write_new(job_type=job_type, experiment=experiment, joined=joining)
 
     def read(self) -> dict[str, Any]:
         check_no_links(self.path, self.root)  # a record is this workspace's own file, never another through a link

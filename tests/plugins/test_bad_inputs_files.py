@@ -305,6 +305,18 @@ def test_another_machine_of_a_multi_machine_run_joins_the_record_of_the_main_one
         _make_backend(machine, "trainer")
 
 
+def test_the_main_machine_takes_over_a_record_another_machine_made_first(tmp_path):
+    """srun starts every machine at once: machine 1 may make the record before machine 0 claims the job."""
+    ws = Workspace(tmp_path / "ws")
+    machine = {"workspace": str(ws.root), "job_id": "9", "num_machines": "2", "main_process_ip": "h"}
+    first, _ = _make_backend({**machine, "machine_rank": "1"}, "trainer")
+    assert first.record.read()["job_data"]["joined"] is True
+    main, _ = _make_backend({**machine, "machine_rank": "0"}, "trainer")
+    assert "joined" not in main.record.read()["job_data"]
+    with pytest.raises(JobIdTaken, match="is QUEUED"):  # now it is the main machine's: a second main is refused
+        _make_backend({**machine, "machine_rank": "0"}, "trainer")
+
+
 @pytest.mark.parametrize(
     "values, joins",
     [
