@@ -31,7 +31,8 @@ from plugin_sdk.backends.local import JobRecord
 from plugin_sdk.errors import PluginError
 from plugin_sdk.manifest import find_plugin
 from plugin_sdk.runner import run_plugin
-from plugin_sdk.workspace import Workspace, write_json_atomic
+from plugin_sdk.safe_files import write_json_atomic
+from plugin_sdk.workspace import Workspace
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = "demo"

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from plugin_sdk.safe_files import write_text_atomic
+
 
 def score_rows(models: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Rows for the host's results CSV (`test_case_id`, `metric_name`, `score` and context columns): one per model
@@ -140,12 +142,12 @@ def _file_names(labels: Sequence[Any]) -> dict[Any, str]:
     return names
 
 
-def write_plot_data(frame: Any, path: Path) -> Path:
-    """The host's plot JSON of an evaluation: one record per test case and metric, metric names in title case."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_plot_data(frame: Any, path: Path, root: Path | None = None) -> Path:
+    """The host's plot JSON of an evaluation: one record per test case and metric, metric names in title case;
+    written without following a link below `root` (`plugin_sdk.safe_files`)."""
     plot = frame[["test_case_id", "metric_name", "score"]].copy()
     plot["metric_name"] = plot["metric_name"].map(lambda name: name.replace("_", " ").title())
-    path.write_text(plot.to_json(orient="records", lines=False), encoding="utf-8")
+    write_text_atomic(path, plot.to_json(orient="records", lines=False), root)
     return path
 
 

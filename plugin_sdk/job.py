@@ -29,13 +29,14 @@ from plugin_sdk import launch
 from plugin_sdk.backends.base import EXIT_FAILED, EXIT_STOPPED, Backend, now
 from plugin_sdk.backends.host import HostBackend, running_under_host
 from plugin_sdk.backends.lab import LabBackend, running_as_task
-from plugin_sdk.backends.local import LocalBackend
+from plugin_sdk.backends.local import LocalBackend, joins_other_machine
 from plugin_sdk.config_keys import export_library_secrets, redact, secret_environment, take_secret_parameters
 from plugin_sdk.errors import JobStopped, ParameterError, PluginError, is_user_error
 from plugin_sdk.eval_results import mean_scores, results_table
 from plugin_sdk.manifest import load_manifest
 from plugin_sdk.params import Params, coerce_and_validate, read_raw_parameters
 from plugin_sdk.progress import step_line
+from plugin_sdk.safe_files import check_no_links
 from plugin_sdk.tracking import Tracker, public_config, run_settings
 from plugin_sdk.workspace import Workspace
 
@@ -104,6 +105,20 @@ class Job:
 
     def model_dir(self, name: str) -> Path:
         return self.workspace.model_dir(name)
+
+    def check_folders(self) -> None:
+        """Before anything is written: the folders the library writes into (metrics, checkpoints, an evaluation's
+        report) pass through no link in the workspace (`plugin_sdk.safe_files`), and an `output_dir` outside the
+        workspace is said, not taken silently."""
+        root = self.workspace.root
+        for folder in (self.output_dir, self.checkpoint_dir):
+            check_no_links(folder, root)
+        given = self.params.get("output_dir")
+        if given and root not in Path(os.path.abspath(given)).parents:
+            self.log(
+                f"WARNING: output_dir={given} is outside the workspace {root}: this job's metrics, TensorBoard logs "
+                "and checkpoints are written there"
+            )
 
     # ---- reporting ---------------------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -238,7 +253,9 @@ def _make_backend(raw_values: dict[str, Any], plugin_type: str) -> tuple[Backend
     job_id = str(raw_values.get("job_id") or os.environ.get("DLM_JOB_ID") or workspace.next_job_id())
     values = {**raw_values, "job_id": job_id, "workspace": str(workspace.root)}
     experiment = values.get("experiment_name") or "default"
-    backend = LocalBackend(workspace, job_id, job_type=_job_type(plugin_type), experiment=experiment)
+    # the runner (or the launcher of several processes) claimed the job it started us for: we run that job
+    joining = os.environ.get("DLM_JOB_ID") == job_id or joins_other_machine(values)
+    backend = LocalBackend(workspace, job_id, job_type=_job_type(plugin_type), experiment=experiment, joining=joining)
     return backend, values
 
 
@@ -379,6 +396,7 @@ def _run_work(job: Job, work: Callable[[Job], str | None], fail: Callable[[str],
     failed = True
     try:
         if job.is_main_process:
+            job.check_folders()
             job.tracker = Tracker(
                 job.output_dir,
                 log_to_wandb=bool(params.get("log_to_wandb")),

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from plugin_sdk.errors import PluginError
 from plugin_sdk.job import Job
+from plugin_sdk.safe_files import check_no_links
 
 # save(adaptor_dir=..., full_model_dir=...) -> the folders written; a None folder is not written.
 SaveOutputs = Callable[..., list[Path]]
@@ -31,6 +32,7 @@ def output_dirs(job: Job, *, lora: bool, full_model: bool) -> list[Path]:
 def check_outputs_free(job: Job, *, lora: bool, full_model: bool) -> None:
     """Refuse, before training, to write a result where an earlier job's result is: no job replaces another's."""
     for path in output_dirs(job, lora=lora, full_model=full_model):
+        check_no_links(path, job.workspace.root)  # the library saves there: never through a link
         if path.exists() and any(path.iterdir()):
             raise OutputTaken(
                 f"{path} already holds a result of an earlier job; choose another adaptor_name (or delete that "
@@ -46,6 +48,8 @@ def publish_outputs(job: Job, save: SaveOutputs, *, lora: bool, full_model: bool
         return []
     job.report_status("saving outputs")
     dirs = output_dirs(job, lora=lora, full_model=full_model)
+    for path in dirs:
+        check_no_links(path, job.workspace.root)  # again: a link may have been planted while it trained
     full_dir = dirs[-1] if full_model else None
     written = save(adaptor_dir=dirs[0] if lora else None, full_model_dir=full_dir)
     for path in written:

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
@@ -23,12 +22,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from plugin_sdk.backends.base import now
-from plugin_sdk.backends.local import ACTIVE, JobRecord
+from plugin_sdk.backends.local import ACTIVE, JobRecord, joins_other_machine
 from plugin_sdk.config_keys import redact, secret_environment
 from plugin_sdk.errors import PluginError
 from plugin_sdk.job import MESSAGES_ONLY_ON_STDOUT
 from plugin_sdk.manifest import load_manifest
 from plugin_sdk.progress import TerminalView
+from plugin_sdk.safe_files import check_no_links, open_no_follow, write_json_atomic
 from plugin_sdk.workspace import Workspace
 
 LIVE_POLL_SECONDS = 0.5
@@ -48,22 +48,9 @@ def plugin_command(
         eval_name = str(values.get("eval_name") or manifest["uniqueId"])
         return cmd + ["--experiment_name", experiment, "--eval_name", eval_name, "--job_id", job_id]
     input_file = workspace.input_file(job_id)
-    write_private_json(input_file, {"experiment": {"name": experiment}, "config": {**values, "job_id": job_id}})
+    config = {"experiment": {"name": experiment}, "config": {**values, "job_id": job_id}}
+    write_json_atomic(input_file, config, workspace.root, mode=0o600)  # parameters: for the job's owner only
     return cmd + ["--input_file", str(input_file), "--experiment_name", experiment]
-
-
-def write_private_json(path: Path, data: Any) -> None:
-    """Write a file of a job's parameters readable by its owner only (0600 from its creation: mkstemp's mode, kept
-    through the rename), whole or not at all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def run_plugin(
@@ -84,12 +71,15 @@ def run_plugin(
     manifest = load_manifest(plugin_dir)
     job_id = str(values.pop("job_id", None) or workspace.next_job_id())
     record = JobRecord(workspace, job_id)
-    record.create(job_type="EVAL" if manifest.get("type") == "evaluator" else "TRAIN", experiment=experiment)
+    log_path = check_no_links(record.dir / f"output_{job_id}.txt", workspace.root)  # before the job is made
+    job_type = "EVAL" if manifest.get("type") == "evaluator" else "TRAIN"
+    joining = joins_other_machine(values)
+    record.claim(job_type=job_type, experiment=experiment, joining=joining)
     cmd = plugin_command(plugin_dir, manifest, values, workspace, job_id, experiment)
     view = TerminalView(live=sys.stderr.isatty() if show_progress is None else show_progress)
-    view.line(f"Job {job_id} ({manifest['uniqueId']}), log: {record.dir / f'output_{job_id}.txt'}")
+    view.line(f"Job {job_id} ({manifest['uniqueId']}), log: {log_path}")
     try:
-        code, final, stderr_tail = _run_child(cmd, values, workspace, record, view)
+        code, final, stderr_tail = _run_child(cmd, values, workspace, record, view, log_path, joining)
     finally:
         # A refused or failed job leaves no file of its parameters behind (a completed one keeps it, as the host's)
         if record.read().get("status") not in ("COMPLETE", "STOPPED"):
@@ -102,12 +92,17 @@ def run_plugin(
 
 
 def _run_child(
-    cmd: list[str], values: dict[str, Any], workspace: Workspace, record: JobRecord, view: TerminalView
+    cmd: list[str],
+    values: dict[str, Any],
+    workspace: Workspace,
+    record: JobRecord,
+    view: TerminalView,
+    log_path: Path,
+    joining: bool,
 ) -> tuple[int, dict[str, Any], deque[str]]:
     """Start the plugin's process, keep its output in the job log and show it; returns (exit code, settled
     record, the end of its stderr)."""
     job_id = record.job_id
-    log_path = record.dir / f"output_{job_id}.txt"
     env = {
         **os.environ,
         **secret_environment(values),
@@ -117,7 +112,7 @@ def _run_child(
         "PYTHONUNBUFFERED": "1",
         MESSAGES_ONLY_ON_STDOUT: "1",
     }
-    with open(log_path, "a", encoding="utf-8") as log:
+    with open_no_follow(log_path, "a", workspace.root, encoding="utf-8") as log:
         # Its own session: a Ctrl-C in the terminal reaches the runner only, which forwards one clean stop.
         process = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
@@ -141,7 +136,8 @@ def _run_child(
             for thread in threads:
                 thread.join(timeout=5)
             view.close()
-    return code, settle(record, code), stderr_tail
+    # a machine joining a multi-machine run leaves the record to the rank-0 machine, which owns the job
+    return code, record.read() if joining else settle(record, code), stderr_tail
 
 
 def _locked_writer(log: TextIO) -> Callable[[str], None]:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from plugin_sdk.config_keys import redact
-from plugin_sdk.workspace import write_json_atomic
+from plugin_sdk.safe_files import make_dirs, open_no_follow, write_json_atomic
 
 DEFAULT_PROJECT = "dlm-plugins"
 RUN_STATE_FILE = "run.json"
@@ -147,7 +147,8 @@ class Tracker:
         self.output_dir = Path(output_dir)
         self.run = run
         self.tensorboard_dir = self.output_dir / run.name
-        self.tensorboard_dir.mkdir(parents=True, exist_ok=True)
+        # the folder the job was given is trusted; nothing below it is written through a link
+        make_dirs(self.tensorboard_dir, self.output_dir)
         self._writer = SummaryWriter(str(self.tensorboard_dir))
         self._metrics_path = self.output_dir / "metrics.json"
         self.csv_path = self.tensorboard_dir / csv_name
@@ -164,9 +165,10 @@ class Tracker:
         if log_to_wandb:
             self._start_wandb(config, set_job_data, log)
         if state_dir is not None:
-            Path(state_dir).mkdir(parents=True, exist_ok=True)
             write_json_atomic(
-                Path(state_dir) / RUN_STATE_FILE, {**asdict(run), "tensorboard_dir": str(self.tensorboard_dir)}
+                Path(state_dir) / RUN_STATE_FILE,
+                {**asdict(run), "tensorboard_dir": str(self.tensorboard_dir)},
+                self.output_dir,
             )
 
     def _start_wandb(
@@ -205,15 +207,15 @@ class Tracker:
         if self._wandb_run is not None:
             self._wandb_run.log(finite, step=step)
         self.latest.update({k: v for k, v in finite.items() if math.isfinite(v)})
-        write_json_atomic(self._metrics_path, self.latest)
-        write_json_atomic(self.job_metrics_path, self.latest)
+        write_json_atomic(self._metrics_path, self.latest, self.output_dir)
+        write_json_atomic(self.job_metrics_path, self.latest, self.output_dir)
         self._append_csv(finite, step)
         self._writer.flush()
 
     def _append_csv(self, metrics: Mapping[str, float], step: int) -> None:
         """One row per value (`step,metric,value`), so metrics that appear later (validation) need no new column."""
         new = not self.csv_path.exists()
-        with open(self.csv_path, "a", newline="") as handle:
+        with open_no_follow(self.csv_path, "a", self.output_dir, newline="") as handle:
             writer = csv.writer(handle)
             if new:
                 writer.writerow(["step", "metric", "value"])

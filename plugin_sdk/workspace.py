@@ -12,14 +12,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from plugin_sdk.errors import ParameterError, PluginError
+from plugin_sdk.safe_files import make_dirs
 
 WORKSPACE_ENV = "DLM_WORKSPACE"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -42,10 +41,10 @@ def safe_name(name: str, *, field: str) -> str:
 
 def child_path(parent: Path, name: str, *, field: str) -> Path:
     """`parent/name` with `name` made safe, guaranteed to stay inside `parent`."""
-    path = (parent / safe_name(name, field=field)).resolve()
-    if parent.resolve() not in path.parents:
+    path = parent / safe_name(name, field=field)
+    if parent.resolve() not in path.resolve().parents:
         raise PluginError(f"{field}={name!r} would leave {parent}.")
-    return path
+    return path  # as named, not resolved: a link on the way stays visible to `plugin_sdk.safe_files`
 
 
 def check_job_id(job_id: str) -> str:
@@ -58,24 +57,15 @@ def check_job_id(job_id: str) -> str:
     return str(job_id)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, default=str)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a result file is for everyone who may read the folder
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class Workspace:
     """Paths of one local workspace; creates folders on demand and checks that it is writable."""
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        if root is not None and not str(root).strip():
+            raise PluginError(
+                f"the workspace {str(root)!r} names no folder: give a folder, or leave the workspace out for "
+                f"${WORKSPACE_ENV} or ./workspace"
+            )
         self.root = Path(root).expanduser().resolve() if root else default_workspace()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -115,8 +105,7 @@ class Workspace:
 
     def next_job_id(self) -> str:
         """The next free numeric job id (the host numbers jobs too)."""
-        jobs = self.root / "jobs"
-        jobs.mkdir(parents=True, exist_ok=True)
+        jobs = make_dirs(self.root / "jobs", self.root)
         taken = [int(p.name) for p in jobs.iterdir() if p.name.isdigit()]
         job_id = max(taken, default=0) + 1
         while True:

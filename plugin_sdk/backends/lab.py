@@ -30,7 +30,8 @@ from typing import Any
 from plugin_sdk.backends.base import now
 from plugin_sdk.errors import PluginError
 from plugin_sdk.eval_results import view_tables, write_plot_data
-from plugin_sdk.workspace import Workspace, safe_name, write_json_atomic
+from plugin_sdk.safe_files import write_json_atomic
+from plugin_sdk.workspace import Workspace, safe_name
 
 JOB_ENV = "_TFL_JOB_ID"
 LAB_PACKAGE = "transformerlab"
@@ -144,15 +145,21 @@ class LabBackend:
     records_pid = False
 
     def __init__(self, lab: Any = None) -> None:
-        self.lab = lab or import_lab()
-        self.lab.init()  # attaches to the host's job and marks it RUNNING
-        self.job_id = str(self.lab.job.id)
-        self.experiment = str(self.lab.experiment.id)
-        self.checkpoint_dir = Path(self.lab.get_checkpoints_dir())
-        self.job_dir = self.checkpoint_dir.parent
-        from lab import dirs
+        if lab is None:
+            lab = import_lab()
+            _require_host_job()
+        self.lab = lab
+        try:
+            self.lab.init()  # attaches to the host's job and marks it RUNNING
+            self.job_id = str(self.lab.job.id)
+            self.experiment = str(self.lab.experiment.id)
+            self.checkpoint_dir = Path(self.lab.get_checkpoints_dir())
+            self.job_dir = self.checkpoint_dir.parent
+            from lab import dirs
 
-        self.workspace = LabWorkspace(_run(dirs.get_workspace_dir()), self.job_dir / "staging")
+            self.workspace = LabWorkspace(_run(dirs.get_workspace_dir()), self.job_dir / "staging")
+        except OSError as exc:  # the lab home cannot be written (or read): no job to record it in
+            raise _home_unusable(exc) from None
         # lab rewrites the job record in place, read-modify-write: this process's writes take turns, so the stop
         # timer's ending is never undone by a progress write of the main thread
         self._writing = threading.RLock()
@@ -257,7 +264,11 @@ class LabBackend:
         self, model_dir: Path, *, name: str, architecture: str, json_data: dict, provenance: dict
     ) -> None:
         """Hand a full model saved in the staging folder to `lab.save_model` (the job's models)."""
-        write_json_atomic(Path(model_dir) / "_tlab_provenance.json", {**provenance, "model_architecture": architecture})
+        write_json_atomic(
+            Path(model_dir) / "_tlab_provenance.json",
+            {**provenance, "model_architecture": architecture},
+            self.workspace.staging,
+        )
         with self._writing:
             self.lab.save_model(str(model_dir), name=name, architecture=architecture, pipeline_tag="text-generation")
         shutil.rmtree(model_dir)
@@ -271,7 +282,7 @@ class LabBackend:
             config = {"evals": table.columns}
             with self._writing:
                 paths.append(Path(self.lab.save_artifact(table.frame, name=table.name, type="evals", config=config)))
-        plot_path = write_plot_data(frame, Path(eval_dir) / f"plot_data_{job_id}_plotting.json")
+        plot_path = write_plot_data(frame, Path(eval_dir) / f"plot_data_{job_id}_plotting.json", self.workspace.staging)
         return paths[0], plot_path
 
     def _publish_staged(self) -> None:
@@ -295,6 +306,37 @@ class LabBackend:
         if complete:
             fields = {"checkpoints": [str(p) for p in complete], "latest_checkpoint": str(complete[-1])}
             _run(self.lab.job.update_job_data_fields(fields))
+
+
+def _home_unusable(exc: OSError) -> PluginError:
+    where = f": {exc.filename}" if exc.filename else ""
+    return PluginError(
+        f"the Transformer Lab home cannot be used ({exc.strerror or exc}{where}); check that TFL_HOME_DIR and "
+        "TFL_WORKSPACE_DIR name folders this user can write"
+    )
+
+
+def _require_host_job() -> None:
+    """Refuse a `_TFL_JOB_ID` that names no job the host created: `lab.init` would make a record for it (a phantom
+    job nobody launched) or fail with a traceback."""
+    from lab import dirs, storage
+
+    job_id = os.environ.get(JOB_ENV, "")
+    experiment = os.environ.get("_TFL_EXPERIMENT_ID") or "alpha"  # as lab.init picks it
+
+    async def record_exists() -> bool:
+        return await storage.exists(storage.join(await dirs.get_job_dir(job_id, experiment), "index.json"))
+
+    try:
+        exists = _run(record_exists())
+    except OSError as exc:
+        raise _home_unusable(exc) from None
+    if not exists:
+        raise PluginError(
+            f"{JOB_ENV}={job_id!r} names no job of experiment {experiment!r} in the Transformer Lab workspace: "
+            "a task runs as the job the host created for it; launch it from Transformer Lab (or unset "
+            f"{JOB_ENV} to run it as a local job)"
+        )
 
 
 def _run(coroutine: Any) -> Any:

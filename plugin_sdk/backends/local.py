@@ -16,21 +16,30 @@ from typing import Any
 from plugin_sdk.backends.base import EXIT_STOPPED, now
 from plugin_sdk.errors import PluginError
 from plugin_sdk.eval_results import write_plot_data
-from plugin_sdk.workspace import Workspace, write_json_atomic
+from plugin_sdk.safe_files import (
+    LinkRefused,
+    check_no_links,
+    make_dirs,
+    open_no_follow,
+    write_json_atomic,
+    write_text_atomic,
+)
+from plugin_sdk.workspace import Workspace
 
 
 class JobRecord:
     """`<workspace>/jobs/<id>/index.json`, read and written under a file lock (the CLI may set `stop` meanwhile)."""
 
     def __init__(self, workspace: Workspace, job_id: str) -> None:
+        self.root = workspace.root
         self.dir = workspace.job_dir(job_id)
         self.path = self.dir / "index.json"
         self.job_id = job_id
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / ".lock", "w") as lock:
+        # opened for appending, never truncated, never through a link: a planted `.lock` link changes nothing
+        with open_no_follow(self.dir / ".lock", "a", self.root) as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
@@ -39,18 +48,48 @@ class JobRecord:
 
     def create(self, *, job_type: str, experiment: str, config: dict[str, Any] | None = None) -> None:
         """A new QUEUED record owned by this process (its pid tells later readers whether the job still runs)."""
+        with self._locked():
+            self._write_new(job_type=job_type, experiment=experiment, config=config)
+
+    def _write_new(
+        self, *, job_type: str, experiment: str, config: dict[str, Any] | None = None, joined: bool = False
+    ) -> None:
         record = {
             "id": self.job_id,
             "experiment_id": experiment,
             "status": "QUEUED",
             "type": job_type,
             "progress": 0,
-            "job_data": {"config": config or {}, "pid": os.getpid()},
+            "job_data": {"config": config or {}, "pid": os.getpid(), **({"joined": True} if joined else {})},
         }
+        write_json_atomic(self.path, record, self.root)
+
+    def claim(self, *, job_type: str, experiment: str, joining: bool = False) -> None:
+        """Make the job this process's: a new QUEUED record, refusing an id whose job exists (running or finished:
+        two jobs would share one record, log and checkpoint folder). `joining`: this process runs that same job
+        (started for it by the runner or the launcher, or a machine of a multi-machine run joining the record its
+        rank-0 machine created), which may join a queued or running record, and creates it where none is yet,
+        marked `joined`: the machines start together, and the main one takes over a record another made first."""
         with self._locked():
-            write_json_atomic(self.path, record)
+            if self.path.exists():
+                record = self.read()
+                status = record.get("status")
+                joined_first = record.get("job_data", {}).get("joined")  # made by a joining machine, not its owner
+                if status in ACTIVE and joining:
+                    return
+                if status in ACTIVE and joined_first:
+                    # the machines of a run start together: the main one takes over what another made first
+                    self._write_new(job_type=job_type, experiment=experiment)
+                    return
+                raise JobIdTaken(
+                    f"job_id={self.job_id!r} is taken: job {self.job_id} in {self.dir.parent} is {status}. "
+                    "Choose another job_id, or leave it out for the next free one (only a machine with "
+                    "machine_rank > 0 of a num_machines > 1 run joins the running job of its rank-0 machine)."
+                )
+            self._write_new(job_type=job_type, experiment=experiment, joined=joining)
 
     def read(self) -> dict[str, Any]:
+        check_no_links(self.path, self.root)  # a record is this workspace's own file, never another through a link
         try:
             return json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -79,7 +118,7 @@ class JobRecord:
                 end_time=now(),
                 completion_details=f"the process ended without reporting: {_last_log_line(self)}",
             )
-            write_json_atomic(self.path, record)
+            write_json_atomic(self.path, record, self.root)
             return True
 
     def update(self, *, status: str | None = None, progress: int | None = None, **job_data: Any) -> dict[str, Any]:
@@ -90,11 +129,24 @@ class JobRecord:
             if progress is not None:
                 record["progress"] = progress
             record.setdefault("job_data", {}).update(job_data)
-            write_json_atomic(self.path, record)
+            write_json_atomic(self.path, record, self.root)
             return record
 
 
 ACTIVE = ("QUEUED", "RUNNING")
+
+
+class JobIdTaken(PluginError):
+    """A job id that names an existing job of another run."""
+
+
+def joins_other_machine(values: Mapping[str, Any]) -> bool:
+    """Whether `values` start a machine other than the main one (`machine_rank` > 0) of a multi-machine run: the
+    same job as the rank-0 machine's, in the record that machine created (a workspace the machines share)."""
+    try:
+        return int(values.get("num_machines") or 1) > 1 and int(values.get("machine_rank") or 0) > 0
+    except (TypeError, ValueError):
+        return False  # the parameter check says what is wrong with them
 
 
 def _process_gone(pid: Any) -> bool:
@@ -131,8 +183,11 @@ def settle_stale_jobs(workspace: Workspace) -> list[str]:
             record = JobRecord(workspace, index.parent.name)
         except PluginError:
             continue  # not a folder this SDK made
-        if record.fail_if_gone():
-            settled.append(record.job_id)
+        try:
+            if record.fail_if_gone():
+                settled.append(record.job_id)
+        except LinkRefused:
+            continue  # a link planted among the jobs is no job of this workspace; a command naming it says so
     return settled
 
 
@@ -145,11 +200,14 @@ class LocalBackend:
     sigterm_is_host_stop = False
     records_pid = True  # settle_stale_jobs turns a job whose process is gone unreported into FAILED
 
-    def __init__(self, workspace: Workspace, job_id: str, *, job_type: str, experiment: str) -> None:
+    def __init__(
+        self, workspace: Workspace, job_id: str, *, job_type: str, experiment: str, joining: bool = False
+    ) -> None:
+        """The job `job_id`, claimed (`JobRecord.claim`): `joining` where this process runs a job already started
+        for it."""
         self.workspace = workspace
         self.record = JobRecord(workspace, job_id)
-        if not self.record.path.exists():
-            self.record.create(job_type=job_type, experiment=experiment)
+        self.record.claim(job_type=job_type, experiment=experiment, joining=joining)
 
     def set_status(self, status: str) -> None:
         self.record.update(status=status)
@@ -161,7 +219,7 @@ class LocalBackend:
         return bool(self.record.read().get("job_data", {}).get("stop"))
 
     def set_live(self, status: dict[str, Any]) -> None:
-        write_json_atomic(self.record.live_path, status)
+        write_json_atomic(self.record.live_path, status, self.workspace.root)
 
     def set_data(self, key: str, value: Any) -> None:
         self.record.update(**{key: value})
@@ -195,7 +253,7 @@ class LocalBackend:
                 **json_data,
             },
         }
-        write_json_atomic(model_dir / "index.json", description)
+        write_json_atomic(model_dir / "index.json", description, self.workspace.root)
         checksums = [
             {"file_path": str(path), "md5_hash": _md5(path)}
             for path in sorted(model_dir.rglob("*"))
@@ -210,13 +268,14 @@ class LocalBackend:
                 "end_time": now(),
                 "md5_checksums": checksums,
             },
+            self.workspace.root,
         )
 
     def save_eval_results(self, frame: Any, eval_dir: Path, job_id: str) -> tuple[Path, Path]:
-        eval_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(eval_dir, self.workspace.root)
         csv_path = eval_dir / f"output_{job_id}.csv"
-        frame.to_csv(csv_path, index=False)
-        return csv_path, write_plot_data(frame, eval_dir / f"plot_data_{job_id}_plotting.json")
+        write_text_atomic(csv_path, frame.to_csv(index=False), self.workspace.root, newline="")
+        return csv_path, write_plot_data(frame, eval_dir / f"plot_data_{job_id}_plotting.json", self.workspace.root)
 
 
 def _md5(path: Path) -> str:

@@ -139,7 +139,8 @@ def _register(workspace: Path, source: Path, folder: str, **index: str) -> Path:
     for file in source.iterdir():
         if file.is_file() and file.name != store.MARKER_FILE:
             (destination / file.name).write_bytes(file.read_bytes())
-    backend = LocalBackend(Workspace(workspace), "1", job_type="TRAIN", experiment="e")
+    ws = Workspace(workspace)
+    backend = LocalBackend(ws, ws.next_job_id(), job_type="TRAIN", experiment="e")  # each model, its own job
     backend.register_model(destination, name=folder, architecture="LLaDAModelLM", json_data={}, provenance={})
     if index:
         data = json.loads((destination / "index.json").read_text())

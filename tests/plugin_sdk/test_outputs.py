@@ -16,6 +16,7 @@ class RecordingJob:
         self.params = SimpleNamespace(model_name="org/tiny-llada", adaptor_name="sft")
         self.adaptor_dir = root / "adaptors" / "org_tiny-llada" / "sft"
         self.root = root
+        self.workspace = SimpleNamespace(root=root)  # the outputs are checked for links below it
         self.messages: list[str] = []
         self.phases: list[str] = []
         self.registered: list[tuple[Path, str]] = []

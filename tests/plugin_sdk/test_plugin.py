@@ -22,6 +22,7 @@ class RecordingJob:
         )
         self.adaptor_dir = root / "adaptors" / "org_tiny-llada" / "sft"
         self.root = root
+        self.workspace = SimpleNamespace(root=root)  # the outputs are checked for links below it
         self.progress_reported: list[float] = []
         self.registered: list[tuple[Path, str]] = []
 

@@ -6,8 +6,8 @@ import stat
 
 import pytest
 
+from plugin_sdk.safe_files import write_json_atomic
 from plugin_sdk.tracking import RunSettings, Tracker, default_run_name, public_config, run_settings
-from plugin_sdk.workspace import write_json_atomic
 
 
 def test_credentials_are_dropped_and_ordinary_names_kept():
