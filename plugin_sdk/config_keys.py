@@ -274,7 +274,7 @@ def load_yaml(text: str, path: str) -> Any:
             return None
         if _expanded_size(node, {}) > MAX_CONFIG_BYTES:
             raise ParameterError(
-                f"{path}: its aliases (*name) expand to more than {MAX_CONFIG_BYTES // 2**20} MiB; write the values "
+                f"{path}: its aliases (*name) expand to more than {MAX_CONFIG_BYTES // 1024} KiB; write the values "
                 "out instead of repeating anchors"
             )
         return loader.construct_document(node)
@@ -298,7 +298,7 @@ def refuse_large_config(size: int, path: str) -> None:
     """ParameterError when a parameter file of `size` bytes is over MAX_CONFIG_BYTES."""
     if size > MAX_CONFIG_BYTES:
         raise ParameterError(
-            f"{path}: {size} bytes is over the {MAX_CONFIG_BYTES // 2**20} MiB a parameter file may have; "
+            f"{path}: {size} bytes is over the {MAX_CONFIG_BYTES // 1024} KiB a parameter file may have; "
             "give data as a dataset, not inside the parameters"
         )
 
