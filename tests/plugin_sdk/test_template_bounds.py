@@ -49,7 +49,7 @@ def test_loops_stop_at_the_time_budget(monkeypatch, source) -> None:
         "{{ '%.999999999f' | format(1.5) }}",
         "{{ '{:>999999999}'.format(instruction) }}",
         "{{ (instruction * 200000).join(range(1000) | map('string') | list) }}",
-        "{{ range(100000) | map('string') | list | join(instruction * 100000) }}",
+        "{{ range(1000) | map('string') | list | join(instruction * 100000) }}",
         "{{ [1] | batch(10**9, 'x') | list }}",
         "{{ 10 ** (10 ** 9) }}",
         "{% set ns = namespace(s=instruction) %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
