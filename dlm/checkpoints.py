@@ -68,3 +68,35 @@ def find_checkpoint(source: str | Path) -> tuple[str, dict[str, Any]]:
     if config_file is None:
         raise ModelError(f"{source!r} has no config.json")
     return source, _read_config(config_file)
+
+
+# A safetensors header is JSON of a few hundred bytes per tensor; a larger one is not a weights file.
+_MAX_HEADER_BYTES = 100 * 2**20
+
+
+def weight_shapes(folder: str | Path) -> dict[str, tuple[str, tuple[int, ...]]] | None:
+    """`{tensor name: (dtype, shape)}` of a local checkpoint's safetensors weights, read from their headers only
+    (a few KiB, whatever the weights' size), or None where the folder holds no safetensors weights."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(_read_config(index).get("weight_map", {}).values()))
+    elif (folder / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        return None
+    shapes: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for name in files:
+        path = folder / name
+        try:
+            with path.open("rb") as file:
+                size = int.from_bytes(file.read(8), "little")
+                if not 0 < size <= _MAX_HEADER_BYTES:
+                    raise ModelError(f"{path} is not a safetensors file (header of {size} bytes)")
+                header = json.loads(file.read(size))
+        except (OSError, ValueError) as e:
+            raise ModelError(f"cannot read the weights {path}: {e}") from e
+        for tensor, entry in header.items():
+            if tensor != "__metadata__" and isinstance(entry, dict):
+                shapes[tensor] = (str(entry.get("dtype")), tuple(int(n) for n in entry.get("shape", ())))
+    return shapes

@@ -42,6 +42,11 @@ PAD_TO = ("random", "batch", "max_length")
 # With `random`, the share of batches padded past their longest row: every batch would dilute the answer tokens'
 # share of the loss with easy EOS pads and slow learning several-fold (measured on the demo task).
 LONGER_SHARE = 0.25
+# Characters of a message tokenized per token of max_length: far above any tokenizer's characters per token, so that
+# the cut never changes the ids that are kept (a longer one doubles, see _bounded_ids).
+CHARS_PER_TOKEN = 32
+# Tokens a cut text must hold past max_length: the cut word and the template's end-of-turn tokens come after it.
+CUT_SLACK = 16
 
 
 def _ids(tokenizer: Any, messages: Sequence[Mapping[str, str]], *, generation_prompt: bool) -> list[int]:
@@ -49,6 +54,37 @@ def _ids(tokenizer: Any, messages: Sequence[Mapping[str, str]], *, generation_pr
         list(messages), tokenize=True, add_generation_prompt=generation_prompt, return_dict=False
     )
     return list(ids)
+
+
+def _cut_messages(messages: Sequence[Mapping[str, str]], budget: int) -> tuple[list[Mapping[str, str]], bool, bool]:
+    """`messages` with every content cut to `budget` characters, and whether a prompt / the answer was cut."""
+    cut = [
+        {**m, "content": m["content"][:budget]}
+        if isinstance(m.get("content"), str) and len(m["content"]) > budget
+        else m
+        for m in messages
+    ]
+    changed = [a is not b for a, b in zip(cut, messages, strict=True)]
+    return cut, any(changed[:-1]), changed[-1]
+
+
+def _bounded_ids(messages: Sequence[Mapping[str, str]], tokenizer: Any, max_length: int) -> tuple[list[int], list[int]]:
+    """The ids of the conversation and of its prompt, tokenizing no more text than `max_length` can keep.
+
+    A message is first cut to CHARS_PER_TOKEN characters per token of `max_length` (one 20 MB row tokenized whole
+    peaked at 4.3 GB); the cut is exact as soon as the cut text still holds more than `max_length` tokens (a
+    prompt that is cut must itself reach `max_length`, as it is then dropped), with CUT_SLACK tokens to spare for the
+    word cut in two and the end-of-turn tokens; else the budget doubles."""
+    budget = max_length * CHARS_PER_TOKEN
+    while True:
+        cut, prompt_cut, answer_cut = _cut_messages(messages, budget)
+        ids = _ids(tokenizer, cut, generation_prompt=False)
+        prompt = _ids(tokenizer, cut[:-1], generation_prompt=True)
+        if prompt_cut and len(prompt) >= max_length + CUT_SLACK:
+            return ids, prompt
+        if not prompt_cut and (not answer_cut or len(ids) > max_length + CUT_SLACK):
+            return ids, prompt
+        budget *= 2
 
 
 def encode_conversation(
@@ -63,8 +99,7 @@ def encode_conversation(
     it is dropped (one of the DROP_* strings)."""
     if not messages or messages[-1].get("role") != "assistant":
         return DROP_NO_RESPONSE
-    ids = _ids(tokenizer, messages, generation_prompt=False)
-    prompt = _ids(tokenizer, messages[:-1], generation_prompt=True)
+    ids, prompt = _bounded_ids(messages, tokenizer, max_length)
     if ids[: len(prompt)] != prompt:
         raise ModelError(
             "the chat template renders the conversation without its generation prompt as a prefix, so the prompt "

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dlm.checkpoints import find_checkpoint
+from dlm.checkpoints import find_checkpoint, weight_shapes
 from dlm.errors import ModelError
 from dlm.families import FAMILIES, detect_family, get_family
 from dlm.families.base import Family
@@ -130,6 +130,77 @@ def _auto_class(family: Family, raw: dict[str, Any], remote: bool) -> Any:
     return getattr(transformers, name)
 
 
+# Integer and byte tensors in the weights are packed quantized values, not one number per parameter.
+_PACKED_DTYPES = {"U8", "I8", "U4", "I4", "F8_E4M3", "F8_E5M2"}
+# How far the model's parameters may exceed the weights' numbers before its config is refused: a head or norm
+# initialized on purpose is small next to the model; a config describing another model is not.
+_SIZE_SLACK = 1.05
+
+
+def refuse_oversized_config(source: str, auto_class: Any, config: Any, remote: bool) -> None:
+    """ModelError when `config` describes a model with more parameters than the weights in `source` hold, found
+    from the safetensors headers and the model built on the meta device, before any memory is allocated (a config
+    declaring a 25M vocabulary over small weights allocated 8 GB before the mismatch was noticed)."""
+    import torch
+
+    shapes = weight_shapes(source)
+    if (
+        not shapes
+        or getattr(config, "quantization_config", None)
+        or any(d in _PACKED_DTYPES for d, _ in shapes.values())
+    ):
+        return
+    held = sum(_numel(shape) for _, shape in shapes.values())
+    try:
+        with torch.device("meta"):
+            skeleton = auto_class.from_config(config, trust_remote_code=remote)
+    except Exception:  # a model that cannot be built on the meta device is checked after loading instead
+        return
+    needed = sum(p.numel() for p in skeleton.parameters())
+    if needed > held * _SIZE_SLACK:
+        sizes = ", ".join(
+            f"{key}={getattr(config, key)}"
+            for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "n_layers")
+            if isinstance(getattr(config, key, None), int)
+        )
+        raise ModelError(
+            f"checkpoint {source}: its config.json describes a model of {needed:,} parameters ({sizes}), but its "
+            f"weights hold {held:,}; make config.json match the weights it was saved with"
+        )
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for size in shape:
+        n *= size
+    return n
+
+
+def refuse_unloaded_weights(source: str, info: dict[str, Any], shown: int = 5) -> None:
+    """ModelError when loading `source` left parameters missing from the weights or of another shape (they would
+    train from random values and the job end COMPLETE); `info` is from_pretrained's `output_loading_info`."""
+    missing = sorted(info.get("missing_keys") or ())
+    mismatched = [f"{name} {tuple(a)} in the weights, {tuple(b)} in the model" for name, a, b in _mismatched(info)]
+    if not missing and not mismatched:
+        return
+    parts = []
+    if missing:
+        more = f" and {len(missing) - shown} more" if len(missing) > shown else ""
+        parts.append(f"{len(missing)} missing from its weights ({', '.join(missing[:shown])}{more})")
+    if mismatched:
+        more = f" and {len(mismatched) - shown} more" if len(mismatched) > shown else ""
+        parts.append(f"{len(mismatched)} of another shape ({'; '.join(mismatched[:shown])}{more})")
+    raise ModelError(
+        f"checkpoint {source} does not match its config.json: of the model's parameters, {' and '.join(parts)}; "
+        "they would start from random values. Use the config.json the weights were saved with"
+    )
+
+
+def _mismatched(info: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    entries = info.get("mismatched_keys") or ()
+    return sorted(tuple(e) for e in entries if isinstance(e, tuple | list) and len(e) == 3)
+
+
 def inference_device_map() -> dict[str, int] | None:
     """`device_map` for inference: the whole model on the current CUDA device, or None (the CPU) without CUDA."""
     import torch
@@ -184,9 +255,13 @@ def load_model_and_tokenizer(
         kwargs["attn_implementation"] = attn_implementation
     if load_in_4bit or load_in_8bit:
         kwargs["quantization_config"] = _quantization_config(fam, torch_dtype, load_in_4bit)
+    auto_class = _auto_class(fam, raw, remote)
     if Path(str(source)).is_dir():
         refuse_damaged(Path(str(source)), advice="save or download the model again")
-    model = _auto_class(fam, raw, remote).from_pretrained(source, **kwargs)
+        refuse_oversized_config(source, auto_class, config, remote)
+    # mismatched shapes are reported in `info` (and refused below, by name) rather than as a bare RuntimeError
+    model, info = auto_class.from_pretrained(source, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
+    refuse_unloaded_weights(source, info)
     if gradient_checkpointing:
         if not model.supports_gradient_checkpointing:
             raise ModelError(f"{type(model).__name__} does not support gradient checkpointing; turn it off")

@@ -322,11 +322,25 @@ _StrictLoader.add_implicit_resolver(
 
 
 def load_yaml(text: str, path: str) -> Any:
-    """Parse a YAML parameter file (see the module docstring); syntax errors name the line."""
+    """Parse a YAML parameter file (see the module docstring); syntax errors name the line.
+
+    A document whose aliases expand past MAX_CONFIG_BYTES is refused before it is built: a "billion laughs" file of
+    a few lines expanded to 8.6 GB when the job's parameters were written out."""
+    refuse_large_config(len(text.encode("utf-8", "surrogatepass")), path)
     loader = _StrictLoader(text)
     loader.name = path
     try:
-        return loader.get_single_data()
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_CONFIG_BYTES:
+            raise ParameterError(
+                f"{path}: its aliases (*name) expand to more than {MAX_CONFIG_BYTES // 1024} KiB; write the values "
+                "out instead of repeating anchors"
+            )
+        return loader.construct_document(node)
+    except RecursionError:
+        raise ParameterError(f"{path}: nested too deeply to read; flatten its blocks") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -334,3 +348,32 @@ def load_yaml(text: str, path: str) -> Any:
         raise ParameterError(f"{path}: invalid YAML{where}: {problem}") from None
     finally:
         loader.dispose()
+
+
+# A parameter file (and what its aliases expand to) is read whole and its values written into the job's input
+# file, so both are bounded; real ones are a few KiB.
+MAX_CONFIG_BYTES = 4 * 2**20
+
+
+def refuse_large_config(size: int, path: str) -> None:
+    """ParameterError when a parameter file of `size` bytes is over MAX_CONFIG_BYTES."""
+    if size > MAX_CONFIG_BYTES:
+        raise ParameterError(
+            f"{path}: {size} bytes is over the {MAX_CONFIG_BYTES // 1024} KiB a parameter file may have; "
+            "give data as a dataset, not inside the parameters"
+        )
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """Characters of `node` with every alias written out (each shared node counted once per use, computed once)."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    if isinstance(node, yaml.ScalarNode):
+        size = len(node.value) + 1
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    else:
+        size = 1 + sum(_expanded_size(item, sizes) for item in node.value)
+    sizes[id(node)] = size
+    return size

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from plugin_sdk.config_keys import accepted_names, flatten_blocks, load_yaml
+from plugin_sdk.config_keys import accepted_names, flatten_blocks, load_yaml, refuse_large_config
 from plugin_sdk.errors import ParameterError
 
 Origin = Literal["input_file", "arguments", "config"]
@@ -203,6 +203,7 @@ def _read_parameter_file(path: str, *, default_format: str | None) -> Any:
     if not file.is_file():
         raise ParameterError(f"parameter file {path} is not a file")
     try:
+        refuse_large_config(file.stat().st_size, path)
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise ParameterError(f"cannot read parameter file {path}: {err}") from None
@@ -211,6 +212,8 @@ def _read_parameter_file(path: str, *, default_format: str | None) -> Any:
             return json.loads(text)
         except json.JSONDecodeError as err:
             raise ParameterError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+        except RecursionError:
+            raise ParameterError(f"{path}: nested too deeply to read; flatten its blocks") from None
     return load_yaml(text, path)
 
 
