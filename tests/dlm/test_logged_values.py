@@ -122,7 +122,7 @@ def test_a_tie_is_not_a_correct_preference(dpo_steps):
         ("train/logps/chosen", lambda out: out.policy_logps[: len(out.chosen_rewards)].double().mean()),
         ("train/logps/rejected", lambda out: out.policy_logps[len(out.chosen_rewards) :].double().mean()),
     ],
-    ids=lambda v: v if isinstance(v, str) else None,
+    ids=lambda v: v.removeprefix("train/") if isinstance(v, str) else "",
 )
 def test_dpo_metrics_are_the_means_over_the_steps_pairs(dpo_steps, name, compute):
     outputs, reporter = dpo_steps

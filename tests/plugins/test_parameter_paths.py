@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 import dlm.trainers.dpo_trainer as dpo_trainer
+import dlm.trainers.sft_trainer as sft_trainer
 from dlm.resume import write_owner
 from dlm.trainers.dpo_config import DPOConfig
 from dlm.trainers.dpo_trainer import run_dpo
@@ -74,39 +76,57 @@ SFT_EDITS = {
     "lora_alpha": "12",
     "lora_dropout": "0.25",
     "learning_rate": "0.002",
+    "weight_decay": "0.1",
+    "max_grad_norm": "0.5",
+    "seed": "7",
 }
 DPO_FORM = {"train_steps": "1", "batch_size": "4", "warmup_steps": "0", "mc_samples": "2", "sft_weight": "0"}
 DPO_EDITS = {"lora_target_modules": "q_proj,k_proj", "lora_r": "8", "lora_alpha": "24", "beta": "0.5"}
+
+
+@dataclass
+class Run:
+    """A tiny training run and what it passed on: the logged values, the Trainer's arguments, the DPO settings."""
+
+    reporter: Reporter
+    result: Any = None
+    arguments: list[Any] = field(default_factory=list)
+    settings: list[Any] = field(default_factory=list)
 
 
 @pytest.fixture(scope="module")
 def sft_run(workspace: str, tmp_path_factory: pytest.TempPathFactory):
     params = form_params("diffusion_llm_trainer", SFT_EDITS)
     config = SFTConfig.from_params(params, **host_keys(workspace, tmp_path_factory.mktemp("sft_paths")))
-    reporter = Reporter()
-    result = run_sft(config, doubling_conversations(4), None, reporter)
-    return result, reporter
+    run = Run(reporter=Reporter())
+    real = sft_trainer.TrainingArguments
+    with pytest.MonkeyPatch.context() as patch:  # the arguments the Hugging Face Trainer gets, recorded
+        patch.setattr(
+            sft_trainer, "TrainingArguments", lambda **k: run.arguments.append(real(**k)) or run.arguments[-1]
+        )
+        run.result = run_sft(config, doubling_conversations(4), None, run.reporter)
+    return run
 
 
-def adapted_suffixes(result, reporter) -> set[str]:
-    return {name.rsplit(".", 1)[-1] for name in lora_layers(result.model)}
+def adapted_suffixes(run: Run) -> set[str]:
+    return {name.rsplit(".", 1)[-1] for name in lora_layers(run.result.model)}
 
 
-def adapted_count(result, reporter) -> int:
-    return len(lora_layers(result.model))
+def adapted_count(run: Run) -> int:
+    return len(lora_layers(run.result.model))
 
 
-def ranks(result, reporter) -> set[int]:
-    return {layer.lora_A["default"].out_features for layer in lora_layers(result.model).values()}
+def ranks(run: Run) -> set[int]:
+    return {layer.lora_A["default"].out_features for layer in lora_layers(run.result.model).values()}
 
 
-def scalings(result, reporter) -> set[float]:
-    return {layer.scaling["default"] for layer in lora_layers(result.model).values()}
+def scalings(run: Run) -> set[float]:
+    return {layer.scaling["default"] for layer in lora_layers(run.result.model).values()}
 
 
-def adapter_outputs_over_base(result, reporter) -> float:
+def adapter_outputs_over_base(run: Run) -> float:
     """(layer(x) - base(x)) / (B A x) of one adapted layer: the scale the adapter is applied with."""
-    layer = next(iter(lora_layers(result.model).values()))
+    layer = next(iter(lora_layers(run.result.model).values()))
     x = torch.randn(3, layer.in_features, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
@@ -114,16 +134,24 @@ def adapter_outputs_over_base(result, reporter) -> float:
         return float(((layer(x) - layer.base_layer(x)) * delta).sum() / (delta * delta).sum())
 
 
-def dropouts(result, reporter) -> set[float]:
-    return {layer.lora_dropout["default"].p for layer in lora_layers(result.model).values()}
+def dropouts(run: Run) -> set[float]:
+    return {layer.lora_dropout["default"].p for layer in lora_layers(run.result.model).values()}
 
 
-def logged_learning_rates(result, reporter) -> set[float]:
-    return {metrics["train/lr"] for _, metrics in reporter.metrics if "train/lr" in metrics}
+def logged_learning_rates(run: Run) -> set[float]:
+    return {metrics["train/lr"] for _, metrics in run.reporter.metrics if "train/lr" in metrics}
 
 
-def trained_steps(result, reporter) -> int:
-    return max(step for step, metrics in reporter.metrics if "train/loss" in metrics)
+def trainer_arguments(name: str):
+    def observable(run: Run) -> Any:
+        return getattr(run.arguments[-1], name)
+
+    observable.__name__ = f"trainer_{name}"
+    return observable
+
+
+def trained_steps(run: Run) -> int:
+    return max(step for step, metrics in run.reporter.metrics if "train/loss" in metrics)
 
 
 @pytest.mark.parametrize(
@@ -137,14 +165,17 @@ def trained_steps(result, reporter) -> int:
         ("lora_dropout", dropouts, {0.25}),
         ("learning_rate", logged_learning_rates, {0.002}),
         ("train_steps", trained_steps, 2),
+        ("weight_decay", trainer_arguments("weight_decay"), 0.1),
+        ("max_grad_norm", trainer_arguments("max_grad_norm"), 0.5),
+        ("seed", trainer_arguments("seed"), 7),
+        ("batch_size", trainer_arguments("per_device_train_batch_size"), 2),
     ],
     ids=lambda v: getattr(v, "__name__", None) if callable(v) else None,
 )
 def test_every_sft_parameter_reaches_its_effect(sft_run, parameter, observable, expected):
-    result, reporter = sft_run
     if expected == "2 per block":
-        expected = 2 * block_count(result.model)
-    assert observable(result, reporter) == expected
+        expected = 2 * block_count(sft_run.result.model)
+    assert observable(sft_run) == expected
 
 
 @pytest.mark.parametrize(
@@ -182,26 +213,26 @@ def test_the_default_target_modules_are_the_familys(workspace, tmp_path):
 def dpo_run(workspace: str, tmp_path_factory: pytest.TempPathFactory):
     params = form_params("diffusion_dpo_trainer", {**DPO_FORM, **DPO_EDITS})
     config = DPOConfig.from_params(params, **host_keys(workspace, tmp_path_factory.mktemp("dpo_paths")))
-    seen = []
+    run = Run(reporter=Reporter())
     real = dpo_trainer.elbo_dpo_loss
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(dpo_trainer, "elbo_dpo_loss", lambda *a, **k: seen.append(a[4]) or real(*a, **k))
-        result = run_dpo(config, pairs(4), None, Reporter())
-    return result, seen
+    with pytest.MonkeyPatch.context() as patch:  # the settings the loss gets, recorded
+        patch.setattr(dpo_trainer, "elbo_dpo_loss", lambda *a, **k: run.settings.append(a[4]) or real(*a, **k))
+        run.result = run_dpo(config, pairs(4), None, run.reporter)
+    return run
 
 
 @pytest.mark.parametrize(
     ("parameter", "observable", "expected"),
     [
-        ("lora_target_modules", lambda result, seen: adapted_suffixes(result, None), {"q_proj", "k_proj"}),
-        ("lora_r", lambda result, seen: ranks(result, None), {8}),
-        ("lora_alpha", lambda result, seen: scalings(result, None), {24 / 8}),
-        ("beta", lambda result, seen: {settings.beta for settings in seen}, {0.5}),
+        ("lora_target_modules", adapted_suffixes, {"q_proj", "k_proj"}),
+        ("lora_r", ranks, {8}),
+        ("lora_alpha", scalings, {24 / 8}),
+        ("beta", lambda run: {settings.beta for settings in run.settings}, {0.5}),
     ],
     ids=["lora_target_modules", "lora_r", "lora_alpha", "beta"],
 )
 def test_every_dpo_parameter_reaches_its_effect(dpo_run, parameter, observable, expected):
-    assert observable(*dpo_run) == expected
+    assert observable(dpo_run) == expected
 
 
 # ---- resume_from_checkpoint=latest, from the form to the checkpoint resumed --------------------------------------
