@@ -79,6 +79,10 @@ SFT_EDITS = {
     "weight_decay": "0.1",
     "max_grad_norm": "0.5",
     "seed": "7",
+    "noise_schedule": "cosine",
+    "time_epsilon": "0.01",
+    "loss_weight_type": "uniform",
+    "loss_norm_type": "sequence",
 }
 DPO_FORM = {"train_steps": "1", "batch_size": "4", "warmup_steps": "0", "mc_samples": "2", "sft_weight": "0"}
 DPO_EDITS = {"lora_target_modules": "q_proj,k_proj", "lora_r": "8", "lora_alpha": "24", "beta": "0.5"}
@@ -86,7 +90,8 @@ DPO_EDITS = {"lora_target_modules": "q_proj,k_proj", "lora_r": "8", "lora_alpha"
 
 @dataclass
 class Run:
-    """A tiny training run and what it passed on: the logged values, the Trainer's arguments, the DPO settings."""
+    """A tiny training run and what it passed on: the logged values, the Trainer's arguments, the settings each
+    loss was computed with."""
 
     reporter: Reporter
     result: Any = None
@@ -99,11 +104,12 @@ def sft_run(workspace: str, tmp_path_factory: pytest.TempPathFactory):
     params = form_params("diffusion_llm_trainer", SFT_EDITS)
     config = SFTConfig.from_params(params, **host_keys(workspace, tmp_path_factory.mktemp("sft_paths")))
     run = Run(reporter=Reporter())
-    real = sft_trainer.TrainingArguments
-    with pytest.MonkeyPatch.context() as patch:  # the arguments the Hugging Face Trainer gets, recorded
+    arguments, loss = sft_trainer.TrainingArguments, sft_trainer.diffusion_loss
+    with pytest.MonkeyPatch.context() as patch:  # what the Hugging Face Trainer and the loss get, recorded
         patch.setattr(
-            sft_trainer, "TrainingArguments", lambda **k: run.arguments.append(real(**k)) or run.arguments[-1]
+            sft_trainer, "TrainingArguments", lambda **k: run.arguments.append(arguments(**k)) or run.arguments[-1]
         )
+        patch.setattr(sft_trainer, "diffusion_loss", lambda *a, **k: run.settings.append(k["config"]) or loss(*a, **k))
         run.result = run_sft(config, doubling_conversations(4), None, run.reporter)
     return run
 
@@ -150,6 +156,14 @@ def trainer_arguments(name: str):
     return observable
 
 
+def loss_settings(name: str):
+    def observable(run: Run) -> set[Any]:
+        return {getattr(settings, name) for settings in run.settings}
+
+    observable.__name__ = f"loss_{name}"
+    return observable
+
+
 def trained_steps(run: Run) -> int:
     return max(step for step, metrics in run.reporter.metrics if "train/loss" in metrics)
 
@@ -169,6 +183,10 @@ def trained_steps(run: Run) -> int:
         ("max_grad_norm", trainer_arguments("max_grad_norm"), 0.5),
         ("seed", trainer_arguments("seed"), 7),
         ("batch_size", trainer_arguments("per_device_train_batch_size"), 2),
+        ("noise_schedule", loss_settings("noise_schedule"), {"cosine"}),
+        ("time_epsilon", loss_settings("time_epsilon"), {0.01}),
+        ("loss_weight_type", loss_settings("loss_weight_type"), {"uniform"}),
+        ("loss_norm_type", loss_settings("loss_norm_type"), {"sequence"}),
     ],
     ids=lambda v: getattr(v, "__name__", None) if callable(v) else None,
 )
@@ -227,7 +245,7 @@ def dpo_run(workspace: str, tmp_path_factory: pytest.TempPathFactory):
         ("lora_target_modules", adapted_suffixes, {"q_proj", "k_proj"}),
         ("lora_r", ranks, {8}),
         ("lora_alpha", scalings, {24 / 8}),
-        ("beta", lambda run: {settings.beta for settings in run.settings}, {0.5}),
+        ("beta", loss_settings("beta"), {0.5}),
     ],
     ids=["lora_target_modules", "lora_r", "lora_alpha", "beta"],
 )
