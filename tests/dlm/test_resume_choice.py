@@ -55,4 +55,4 @@ def test_a_damaged_checkpoint_says_what_to_do(tmp_path):
     checkpoint = fake_checkpoint(tmp_path / "run", 3)
     (checkpoint / "trainer_state.json").write_text('{"global_step": ')
     with pytest.raises(CheckpointError, match=r"is damaged \(JSONDecodeError: .*\); resume from another checkpoint$"):
-        check_checkpoint(checkpoint, **OWNER)
+        check_checkpoint(checkpoint, **OWNER, log=print)
