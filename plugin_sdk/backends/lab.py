@@ -39,6 +39,9 @@ LAB_MIN_VERSION = "0.1.6"
 # The host SIGKILLs the process tree 3 s after its SIGTERM; a job that has not ended cooperatively by this many
 # seconds after the first SIGTERM (mid-step, still loading the model) is ended STOPPED at once.
 STOP_GRACE_S = 1.0
+# The host's stop writes `job_data.stop`, then the status STOPPING, each a read-modify-write of the whole record: a
+# job that ended between the two would have its end overwritten (STOPPING, its completion details gone).
+HOST_STOP_WRITE_WAIT_S = 2.0
 
 
 # Keys that mark a task.yaml parameter as a declaration (the modal's `parseParameter` reads them so)
@@ -165,6 +168,7 @@ class LabBackend:
         self._writing = threading.RLock()
         self._ended = False  # the end is being recorded (kept locked from then on: the process ends after it)
         self._stop_timer: threading.Timer | None = None
+        self._stop_seen = False
         self._progress = 0
         self._metrics: dict[str, float] = {}
         self._details = ""
@@ -244,8 +248,17 @@ class LabBackend:
         return _run(self.lab.job.get_json_data(uncached=True))
 
     def stop_requested(self) -> bool:
-        data = self.lab.get_job_data()
-        return bool(data.get("stop"))
+        """The host's stop flag, once the host has also written STOPPING (waited for, briefly), so that this job's
+        end is written after the host's last write."""
+        if self._stop_seen:
+            return True
+        if not self.lab.get_job_data().get("stop"):
+            return False
+        self._stop_seen = True
+        deadline = time.monotonic() + HOST_STOP_WRITE_WAIT_S
+        while self.job_record().get("status") != "STOPPING" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return True
 
     def set_data(self, key: str, value: Any) -> None:
         if key == "completion_details":

@@ -267,12 +267,14 @@ def run_task(env: dict, tmp_path: Path, plugin_id: str, job_id: str) -> tuple[in
 
 def stop_like_the_host(env: dict, job_id: str, process: subprocess.Popen) -> None:
     """transformerlab-app: job_service.job_stop sets job_data.stop and status STOPPING; the local provider then
-    SIGTERMs the process tree and SIGKILLs what is left 3 s later (process_registry._terminate_process_tree)."""
+    SIGTERMs the process tree and SIGKILLs what is left 3 s later (process_registry._terminate_process_tree).
+    The two writes are half a second apart here (a slow host): a job that ended between them would lose its end."""
     script = (
-        "import asyncio, sys\nfrom lab import Job\n"
+        "import asyncio, sys, time\nfrom lab import Job\n"
         "async def main():\n"
         "    job = await Job.get(sys.argv[1], sys.argv[2])\n"
         "    await job.update_job_data_field('stop', True)\n"
+        "    time.sleep(0.5)\n"
         "    await job.update_status('STOPPING')\n"
         "asyncio.run(main())\n"
     )
