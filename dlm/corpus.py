@@ -114,11 +114,13 @@ def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CorpusError(f"{path} line {number} is not JSON: {exc.msg}") from None
+        except ValueError as exc:  # invalid JSON, or an integer of more digits than Python reads
+            raise CorpusError(f"{path} line {number} is not JSON: {getattr(exc, 'msg', exc)}") from None
         text = row.get(text_field) if isinstance(row, dict) else None
         if not isinstance(text, str):
             raise CorpusError(f"{path} line {number} has no {text_field!r} text field")
+        if not text.isascii() and not _is_utf8(text):
+            raise CorpusError(f"{path} line {number}: its {text_field!r} text holds a lone surrogate escape (\\udXXX)")
         if text:
             yield text
 
@@ -352,3 +354,12 @@ def _read_meta(folder: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return meta if meta.get("format") == FORMAT_VERSION else None
+
+
+def _is_utf8(text: str) -> bool:
+    """False for text holding a lone surrogate (a JSON `\\ud800` escape), which no tokenizer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -10,12 +10,12 @@ Preference rows (chosen/rejected) are read by `plugin_sdk.preferences`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from plugin_sdk.errors import DatasetError, TemplateError
 from plugin_sdk.templates import listing, render_template
+from plugin_sdk.text_checks import load_json, lone_surrogate
 
 CHAT_COLUMNS = ("messages", "conversations")
 # Which columns make up each format, in the order formats are tried.
@@ -185,9 +185,12 @@ def _normalize_chat(value: Any, column: str) -> Messages:
     if isinstance(value, str):
         # CSV files store the message list as a JSON string.
         try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
+            value = load_json(value)
+        except ValueError:  # invalid JSON, or a number too long to read
             raise DatasetError(f"column {column!r} holds text that is not a JSON list of messages") from None
+        found = lone_surrogate(value)
+        if found:
+            raise DatasetError(f"column {column!r}: {found} is a lone surrogate escape, not a character")
     if not isinstance(value, list) or not value:
         raise DatasetError(f"column {column!r} must hold a non-empty list of messages, got {value!r:.80}")
     return [chat_message(turn, f"column {column!r}: message {i}") for i, turn in enumerate(value)]

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from plugin_sdk.errors import ParameterError
+from plugin_sdk.text_checks import MAX_INT_DIGITS, NumberTooLong
 
 # Names a host puts into a job's parameters besides the form values, from the hosts' own sources.
 # Plugin era (transformerlab-app 87087118f1e8): api/transformerlab/shared/shared.py writes job_id, output_dir,
@@ -310,6 +311,15 @@ class _StrictLoader(yaml.SafeLoader):
                 raise ParameterError(f"{self.name}: {key} is given twice, at lines {seen[key]} and {line}")
             seen[key] = line
         return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        digits = len(str(node.value).lstrip("+-").replace("_", ""))
+        if digits > MAX_INT_DIGITS:
+            raise ParameterError(f"{self.name}, line {node.start_mark.line + 1}: {NumberTooLong(digits)}")
+        return super().construct_yaml_int(node)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
 
 
 _StrictLoader.yaml_implicit_resolvers = {

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from plugin_sdk.errors import DatasetError, ParameterError, PluginError
+from plugin_sdk.text_checks import NumberTooLong, load_json, lone_surrogate, may_hold_surrogates
 from plugin_sdk.workspace import safe_name
 
 if TYPE_CHECKING:
@@ -316,27 +317,46 @@ def _checked(rows: datasets.Dataset, description: str) -> datasets.Dataset:
 
 def _json_lines(path: Path, text: str) -> list[dict]:
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # JSON lines end at "\n" only: str.splitlines would also split inside a string at U+2028, U+0085, ...
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
+        where = f"{path}, line {number}"
         try:
-            row = json.loads(line)
+            row = load_json(line)
         except json.JSONDecodeError as err:
-            raise DatasetError(f"{path}, line {number}: invalid JSON ({err.msg} at column {err.colno})") from None
+            raise DatasetError(f"{where}: invalid JSON ({err.msg} at column {err.colno}){_list_hint(text)}") from None
+        except NumberTooLong as err:
+            raise DatasetError(f"{where}: {err}") from None
         if not isinstance(row, dict):
-            raise DatasetError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
+            raise DatasetError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        _refuse_surrogates(row, line, where)
         rows.append(row)
     return rows
+
+
+def _list_hint(text: str) -> str:
+    if text.lstrip().startswith("["):
+        return "; the file holds a JSON list, not one object per line: name it .json"
+    return ""
+
+
+def _refuse_surrogates(value: Any, text: str, where: str) -> None:
+    found = lone_surrogate(value) if may_hold_surrogates(text) else None
+    if found:
+        raise DatasetError(f"{where}: {found} is a lone surrogate escape, not a character; remove or fix it")
 
 
 def _json_document(path: Path) -> list[dict]:
     text = path.read_text(encoding="utf-8")
     try:
-        document = json.loads(text)
+        document = load_json(text)
     except json.JSONDecodeError as err:
         if err.msg == "Extra data" and text.lstrip().startswith("{"):
             return _json_lines(path, text)  # JSON lines saved with a .json name
         raise DatasetError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+    except NumberTooLong as err:
+        raise DatasetError(f"{path}: {err}") from None
     if isinstance(document, dict):
         lists = [key for key, value in document.items() if isinstance(value, list)]
         if len(lists) != 1:
@@ -350,6 +370,7 @@ def _json_document(path: Path) -> list[dict]:
     for i, row in enumerate(document):
         if not isinstance(row, dict):
             raise DatasetError(f"{path}: row {i} must be a JSON object, got {type(row).__name__}")
+        _refuse_surrogates(row, text, f"{path}, row {i}")
     return document
 
 

@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 from plugin_sdk.config_keys import accepted_names, flatten_blocks, load_yaml, refuse_large_config
 from plugin_sdk.errors import ParameterError
+from plugin_sdk.text_checks import NumberTooLong, load_json, lone_surrogate, read_int
 
 Origin = Literal["input_file", "arguments", "config"]
 
@@ -209,9 +210,11 @@ def _read_parameter_file(path: str, *, default_format: str | None) -> Any:
         raise ParameterError(f"cannot read parameter file {path}: {err}") from None
     if kind == "json":
         try:
-            return json.loads(text)
+            return load_json(text)
         except json.JSONDecodeError as err:
             raise ParameterError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+        except NumberTooLong as err:
+            raise ParameterError(f"{path}: {err}") from None
         except RecursionError:
             raise ParameterError(f"{path}: nested too deeply to read; flatten its blocks") from None
     return load_yaml(text, path)
@@ -246,10 +249,10 @@ def coerce_and_validate(
     for key, prop in schema.items():
         label = _label(key, prop)
         value = given.get(key, _ABSENT)
-        shown = "got {!r}"
+        shown = "got {}"
         if value is _ABSENT or _is_unset(value, prop):
             value = prop.get("default", _ABSENT)
-            shown = "the default in index.json is {!r}"
+            shown = "the default in index.json is {}"
         if value is _ABSENT or _is_unset(value, prop):
             if prop.get("required") is True:
                 problems.append(f"{label}: is required but was not given")
@@ -258,7 +261,7 @@ def coerce_and_validate(
         coerced, broken = check_value(value, prop)
         if prop.get("required") is True and not broken and coerced in ("", []):
             broken = ["is required but is empty"]
-        problems.extend(f"{label}: {rule} ({shown.format(value)})" for rule in broken)
+        problems.extend(f"{label}: {rule} ({shown.format(_brief(value))})" for rule in broken)
         result[key] = coerced
     if problems:
         count = f"{len(problems)} problems" if len(problems) > 1 else "1 problem"
@@ -276,6 +279,9 @@ def check_value(value: Any, prop: Mapping[str, Any]) -> tuple[Any, list[str]]:
     except _Invalid as err:
         return value, [str(err)]
     broken = []
+    surrogate = lone_surrogate(coerced)
+    if surrogate:
+        return value, [f"holds {surrogate}, a lone surrogate escape that is not a character"]
     if isinstance(coerced, list) and isinstance(prop.get("items"), Mapping):
         for i, item in enumerate(coerced):
             coerced[i], item_broken = check_value(item, prop["items"])
@@ -336,6 +342,12 @@ def _resolve_aliases(
     return resolved
 
 
+def _brief(value: Any) -> str:
+    """The value as an error shows it: its repr, cut when long (a pasted file, a 5000-digit number)."""
+    text = repr(value)
+    return text if len(text) <= 120 else f"{text[:100]}... ({len(text)} characters)"
+
+
 def _label(key: str, prop: Mapping[str, Any]) -> str:
     title = prop.get("title")
     return f"{key} ({title})" if isinstance(title, str) and title and title != key else key
@@ -361,7 +373,10 @@ def _to_integer(value: Any, prop: Mapping[str, Any]) -> int:
     if isinstance(value, str):
         text = value.strip()
         if _INT_PATTERN.fullmatch(text):
-            return int(text)
+            try:
+                return read_int(text)
+            except NumberTooLong as err:
+                raise _Invalid(f"expected an integer, got {err}") from None
         try:
             value = float(text)
         except ValueError:
@@ -420,9 +435,11 @@ def _to_array(value: Any, prop: Mapping[str, Any]) -> list:
     text = value.strip()
     if text.startswith("["):
         try:
-            parsed = json.loads(text)
+            parsed = load_json(text)
         except json.JSONDecodeError as err:
             raise _Invalid(f"is not a valid JSON list ({err.msg} at column {err.colno})") from None
+        except NumberTooLong as err:
+            raise _Invalid(f"holds {err}") from None
         if not isinstance(parsed, list):
             raise _Invalid("expected a list")
         return parsed

@@ -16,7 +16,6 @@ CSV files hold message lists as JSON text; those are read as lists. Single messa
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -26,6 +25,7 @@ from typing import Any
 from plugin_sdk.chat import Messages, chat_message
 from plugin_sdk.errors import DatasetError
 from plugin_sdk.templates import listing
+from plugin_sdk.text_checks import load_json, lone_surrogate
 
 ACCEPTED_FORMATS = (
     "prompt/chosen/rejected (text or message lists); conversations (or messages)/chosen/rejected (Transformer "
@@ -111,7 +111,8 @@ def _reader(columns: list[str], source: str) -> Any:
 
 
 def _implicit_prompt(row: Mapping[str, Any], where: str) -> tuple[Messages, str, str] | str:
-    chosen, rejected = _json_messages(_field(row, "chosen", where)), _json_messages(_field(row, "rejected", where))
+    chosen = _json_messages(_field(row, "chosen", where), "chosen", where)
+    rejected = _json_messages(_field(row, "rejected", where), "rejected", where)
     if isinstance(chosen, list) and isinstance(rejected, list):
         return _conversational(chosen, rejected, where)
     if isinstance(chosen, str) and isinstance(rejected, str):
@@ -179,15 +180,18 @@ def _field(row: Mapping[str, Any], name: str, where: str) -> Any:
     return value
 
 
-def _json_messages(value: Any) -> Any:
+def _json_messages(value: Any, name: str, where: str) -> Any:
     """A message or message list stored as JSON text (CSV files) as such; anything else, such as an answer that is
     itself JSON, unchanged."""
     if not (isinstance(value, str) and value.lstrip().startswith(("[", "{"))):
         return value
     try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError:
+        parsed = load_json(value)
+    except ValueError:  # not JSON (or a number too long to read): plain text
         return value
+    found = lone_surrogate(parsed)
+    if found:
+        raise DatasetError(f"{where}: {name!r} holds {found}, a lone surrogate escape that is not a character")
     items = parsed if isinstance(parsed, list) else [parsed]
     if items and all(isinstance(item, Mapping) and ("role" in item or "from" in item) for item in items):
         return parsed
@@ -195,7 +199,7 @@ def _json_messages(value: Any) -> Any:
 
 
 def _prompt_messages(value: Any, name: str, where: str) -> Messages:
-    value = _json_messages(value)
+    value = _json_messages(value, name, where)
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
     messages = _messages(value, name, where)
@@ -208,7 +212,7 @@ def _prompt_messages(value: Any, name: str, where: str) -> Messages:
 
 def _answer(value: Any, name: str, where: str) -> str:
     """A response given as text, as one message, or as a conversation ending with the answer."""
-    value = _json_messages(value)
+    value = _json_messages(value, name, where)
     if isinstance(value, str):
         return value
     message = (

@@ -111,6 +111,12 @@ def test_a_binary_file_is_named_with_its_byte_offset(tmp_path):
     jsonl.write_text('{"text": "ok"}\n{"body": "no text"}\n')
     with pytest.raises(CorpusError, match=r"rows.jsonl line 2 has no 'text' text field"):
         list(iter_documents(jsonl))
+    jsonl.write_text('{"text": "ok"}\n{"text": "lone \\udc80"}\n')
+    with pytest.raises(CorpusError, match=r"rows.jsonl line 2: its 'text' text holds a lone surrogate escape"):
+        list(iter_documents(jsonl))
+    jsonl.write_text('{"text": "ok", "n": ' + "9" * 5000 + "}\n")
+    with pytest.raises(CorpusError, match=r"rows.jsonl line 1 is not JSON: .*5000 digits"):
+        list(iter_documents(jsonl))
 
 
 def test_token_dtype_follows_the_vocabulary():

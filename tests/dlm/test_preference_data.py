@@ -201,6 +201,10 @@ def test_rows_keep_their_numbers_in_the_file_through_sampling_and_carving(tmp_pa
         ([{"chosen": CHAT_A, "rejected": A}], "must both be transcripts (text) or both message lists"),
         ([{"chosen": CHAT_A[1:], "rejected": CHAT_B[1:]}], "row 1: 'chosen' and 'rejected' have no user turn"),
         ([{"prompt": Q, "chosen": A, "rejected": A}], "none of its 1 rows is a usable preference pair (skipped: 1"),
+        (
+            [{"prompt": Q, "chosen": json.dumps([{"role": "assistant", "content": "x\ud800"}]), "rejected": B}],
+            "row 1: 'chosen' holds item 0.content: \\ud800, a lone surrogate escape",
+        ),
     ],
 )
 def test_bad_rows_raise_naming_the_row(rows, message):

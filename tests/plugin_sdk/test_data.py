@@ -47,6 +47,40 @@ def test_jsonl_line_must_be_object(tmp_path):
         load_rows(str(file), workspace=None)
 
 
+def test_jsonl_lines_end_at_newlines_only(tmp_path):
+    """U+2028, U+0085 and form feeds are characters inside a string (str.splitlines would cut there); CRLF works."""
+    text = "a\u2028b\u0085c\x0cd\u2029e"
+    file = tmp_path / "d.jsonl"
+    file.write_bytes((json.dumps({"t": text}, ensure_ascii=False) + "\r\n" + '{"t": "x"}\r\n').encode("utf-8"))
+    assert list(load_rows(str(file), workspace=None)["t"]) == [text, "x"]
+
+
+def test_a_json_list_saved_as_jsonl_says_to_rename_it(tmp_path):
+    file = tmp_path / "d.jsonl"
+    file.write_text(json.dumps(ROWS[:2], indent=1), encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"d\.jsonl, line 1: invalid JSON .*holds a JSON list.*name it \.json"):
+        load_rows(str(file), workspace=None)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_lone_surrogates_and_overlong_numbers_name_the_file_and_row(tmp_path, suffix):
+    file = tmp_path / f"d{suffix}"
+    where = "line 2" if suffix == ".jsonl" else "row 1"
+    good = '{"a": "x", "b": [1]}'
+    for bad, message in [
+        ('{"a": "x", "b": ["ok", "\\ud83d"]}', rf"{where}: field 'b'\[1\]: \\ud83d is a lone surrogate"),
+        ('{"a": "x\\udfff y", "b": []}', rf"{where}: field 'a': \\udfff is a lone surrogate"),
+        ('{"a": "x", "b": [' + "1" * 4400 + "]}", "a number of 4400 digits"),
+    ]:
+        rows = f"{good}\n{bad}\n" if suffix == ".jsonl" else f"[{good},\n{bad}]"
+        file.write_text(rows, encoding="utf-8")
+        with pytest.raises(DatasetError, match=message):
+            load_rows(str(file), workspace=None)
+    emoji = '{"a": "\\ud83d\\ude00 paired is fine", "b": []}'  # an escaped emoji: a surrogate pair, no error
+    file.write_text(f"{emoji}\n" if suffix == ".jsonl" else f"[{emoji}]", encoding="utf-8")
+    assert load_rows(str(file), workspace=None)["a"] == ["\U0001f600 paired is fine"]
+
+
 def test_mixed_kinds_in_a_column_name_it(tmp_path):
     file = write_jsonl(tmp_path / "d.jsonl", [{"a": 1, "b": "x"}, {"a": 2, "b": {"k": 1}}])
     with pytest.raises(DatasetError, match="column 'b' mixes kinds of values across rows"):

@@ -153,6 +153,8 @@ def test_explicit_chat_column():
     [
         ([], "must hold a non-empty list of messages"),
         ("not json", "holds text that is not a JSON list of messages"),
+        ('[{"role": "user", "content": "x\\ud800"}]', r"column 'messages': .*\\ud800 is a lone surrogate escape"),
+        ('[{"role": "user", "content": "x", "n": ' + "1" * 4400 + "}]", "holds text that is not a JSON list"),
         (["hi"], "message 0 must be an object"),
         ([{"speaker": "user", "text": "hi"}], "message 0 needs 'role' and 'content'.*it has speaker, text"),
         ([{"role": "narrator", "content": "x"}], "message 0 has unknown role 'narrator'; expected one of system"),

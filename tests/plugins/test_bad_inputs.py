@@ -76,6 +76,12 @@ JOB_CASES = [
     (SFT, [*MODEL, "--max_steps", "5"], ["train_steps=5", "num_train_epochs"]),
     (SFT, [*MODEL, "--seed", str(2**64)], ["seed=18446744073709551616"]),
     (SFT, [*MODEL, "--seed", "-1"], ["seed", "at least 0"]),
+    (
+        SFT,
+        [*MODEL, "--seed", "9" * 5000],
+        ["seed", "a number of 5000 digits (at most 4300 can be read)", "characters)"],
+    ),
+    (SFT, [*MODEL, "--adaptor_name", "run\udc80"], ["adaptor_name", "\\udc80, a lone surrogate escape"]),
     (SFT, [*MODEL, "--loss_weight_type", "bogus"], ["loss_weight_type"]),
     (SFT, [*MODEL, "--training_method", "gpt"], ["training_method", "must be one of"]),
     (SFT, [*MODEL, "--train_mode", "pretrain", "--sample_every_steps", "5"], ["sample_every_steps=5"]),
@@ -140,6 +146,22 @@ def test_sampling_without_validation_data_is_refused(tmp_path):
     assert "sample_every_steps=2" in record["job_data"]["completion_details"]
 
 
+DATA_CASES = [
+    ('{"instruction": "q \\ud800", "output": "a"}\n', ["rows.jsonl, line 2", "field 'instruction': \\ud800"]),
+    ('{"instruction": "q", "output": "a", "n": ' + "9" * 5000 + "}\n", ["rows.jsonl, line 2: a number of 5000"]),
+]
+
+
+@pytest.mark.parametrize(("bad_row", "fragments"), DATA_CASES, ids=["lone-surrogate", "long-number"])
+def test_unreadable_value_in_a_data_row_fails_naming_file_line_and_field(tmp_path, bad_row, fragments):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"instruction": "q", "output": "a"}) + "\n" + bad_row, encoding="utf-8")
+    code, record, _ = run_plugin_job(SFT, [*MODEL, "--dataset", str(rows)], tmp_path / "ws")
+    details = record["job_data"]["completion_details"]
+    assert code == EXIT_FAILED and all(fragment in details for fragment in fragments), details
+    assert leftovers(tmp_path / "ws") == []
+
+
 @pytest.mark.parametrize("job_id", ["../../x", "a/b", ".", "..", "-x", "x y", "ü"])
 def test_job_id_that_is_not_a_plain_name_leaves_no_record(tmp_path, capsys, job_id):
     workspace = tmp_path / "ws"
@@ -159,6 +181,8 @@ CONFIG_CASES = [
     ("broken.json", '{"seed": 1,}', ["broken.json: invalid JSON at line 1"]),
     ("notes.txt", "seed: 1\n", ["must end with .yaml, .yml or .json"]),
     ("list.yaml", "- seed\n", ["list.yaml: expected a mapping"]),
+    ("long.yaml", "batch_size: 2\nseed: " + "9" * 5000 + "\n", ["long.yaml, line 2: a number of 5000 digits"]),
+    ("long.json", '{"seed": ' + "9" * 5000 + "}", ["long.json: a number of 5000 digits"]),
 ]
 
 
