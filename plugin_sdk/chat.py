@@ -10,7 +10,7 @@ Preference rows (chosen/rejected) are read by `plugin_sdk.preferences`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from plugin_sdk.errors import DatasetError, TemplateError
@@ -201,3 +201,16 @@ def _text(row: Mapping[str, Any], column: str) -> str:
         raise DatasetError(f"the dataset has no {column!r} column; available columns: {listing(row)}")
     value = row[column]
     return "" if value is None else str(value)
+
+
+def check_answers(conversations: Sequence[Messages], what: str, log: Callable[[str], None]) -> None:
+    """Refuse a set whose every answer (the closing assistant message) is empty: it would train on end-of-text
+    tokens alone, silently. Some empty answers are logged, as they teach the model to answer nothing."""
+    empty = sum(1 for c in conversations if c and c[-1]["role"] == "assistant" and not c[-1]["content"].strip())
+    if conversations and empty == len(conversations):
+        raise DatasetError(
+            f"every one of the {len(conversations)} {what} examples has an empty answer: check which column holds "
+            "the answers (output, completion, response, chosen) or the output_template"
+        )
+    if empty:
+        log(f"{empty} of {len(conversations)} {what} examples have an empty answer")

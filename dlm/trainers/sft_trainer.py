@@ -37,7 +37,15 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 
 from dlm.callbacks import Reporter, ReporterCallback, SampleCallback
 from dlm.corpus import TokenWindows
-from dlm.data import DiffusionCollator, encode_conversations, pack_texts
+from dlm.data import (
+    DROP_NO_RESPONSE,
+    DROP_PROMPT_TOO_LONG,
+    DROP_TOO_LONG,
+    DiffusionCollator,
+    EncodedData,
+    encode_conversations,
+    pack_texts,
+)
 from dlm.errors import ConfigError, ModelError
 from dlm.families import FAMILIES
 from dlm.generation import SamplerSettings, answer, build_sampler
@@ -256,11 +264,18 @@ def _encode(config: SFTConfig, loaded: LoadedModel, rows: Sequence[Any], what: s
     )
     reporter.log(f"{what}: {data.summary()}")
     if rows and not data.rows:
-        raise ModelError(
-            f"all {len(rows)} {what} examples were dropped ({data.summary()}); raise max_length "
-            f"(now {config.max_length}) or use truncation=right"
-        )
+        raise ModelError(f"all {len(rows)} {what} examples were dropped ({data.summary()}); {_advice(config, data)}")
     return data.rows
+
+
+def _advice(config: SFTConfig, data: EncodedData) -> str:
+    """What would keep the examples, for each reason they were dropped."""
+    advice = {
+        DROP_PROMPT_TOO_LONG: f"raise max_length (now {config.max_length}) above the prompts' length",
+        DROP_TOO_LONG: f"raise max_length (now {config.max_length}) or use truncation=right to clip them",
+        DROP_NO_RESPONSE: "give each row an answer: its last message must be the assistant's",
+    }
+    return "; ".join(advice[why] for why in data.dropped if why in advice)
 
 
 def training_arguments(config: SFTConfig, checkpoint_dir: Path, has_validation: bool) -> TrainingArguments:

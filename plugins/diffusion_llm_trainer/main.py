@@ -3,7 +3,7 @@
 import dataclasses
 
 from plugin_sdk import Job, run_job
-from plugin_sdk.chat import build_messages, row_text
+from plugin_sdk.chat import build_messages, check_answers, row_text
 from plugin_sdk.data import dataset_source, load_dataset_splits
 from plugin_sdk.model_index import model_location
 from plugin_sdk.plugin import finish_training, plan_outputs, require_model
@@ -34,7 +34,10 @@ def read_rows(job: Job) -> tuple[list, list | None]:
             )
 
     validation = [convert(r) for r in splits.validation] if splits.validation is not None else None
-    return [convert(r) for r in splits.train], validation
+    train = [convert(r) for r in splits.train]
+    if p.train_mode != "pretrain":
+        check_answers(train, "training", job.log)
+    return train, validation
 
 
 def prepare_corpus(job: Job):

@@ -189,9 +189,15 @@ def test_pretraining_on_text(workspace, tmp_path):
 
 
 # ---- bad input ---------------------------------------------------------------------------------------------------
-def test_all_examples_filtered_out(workspace, tmp_path):
-    with pytest.raises(ModelError, match=r"all 4 training data examples were dropped .*max_length \(now 12\)"):
-        run_sft(config(workspace, tmp_path, max_length=12, truncation="filter"), conversations(4), None, Reporter())
+def test_all_examples_filtered_out_says_what_would_keep_them(workspace, tmp_path):
+    # prompts of 25-27 tokens, answers of a few more
+    with pytest.raises(ModelError, match=r"all 4 training data examples were dropped .*max_length \(now 28\)") as err:
+        run_sft(config(workspace, tmp_path, max_length=28, truncation="filter"), conversations(4), None, Reporter())
+    assert str(err.value).endswith("raise max_length (now 28) or use truncation=right to clip them")
+    # prompts alone too long: clipping is of no help, so it is not advised
+    with pytest.raises(ModelError, match=r"dropped 4 \(prompt alone longer than max_length\)") as err:
+        run_sft(config(workspace, tmp_path, max_length=12), conversations(4), None, Reporter())
+    assert str(err.value).endswith("raise max_length (now 12) above the prompts' length")
 
 
 def test_eval_without_validation_data(workspace, tmp_path):

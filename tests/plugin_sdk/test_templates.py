@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from plugin_sdk.chat import build_messages, infer_format, row_text
+from plugin_sdk.chat import build_messages, check_answers, infer_format, row_text
 from plugin_sdk.errors import DatasetError, TemplateError
 from plugin_sdk.templates import render_template, template_environment
 
@@ -238,3 +238,16 @@ def test_row_text_errors():
 def test_unknown_row_format_lists_columns():
     with pytest.raises(DatasetError, match=r"\(question, answer\)"):
         build_messages({"question": "q", "answer": "a"})
+
+
+def test_empty_answers_are_counted_and_a_set_of_only_empty_ones_refused():
+    def chat(answer):
+        return [{"role": "user", "content": "q"}, {"role": "assistant", "content": answer}]
+
+    logged = []
+    check_answers([chat("a"), chat(" \n"), chat("")], "training", logged.append)
+    assert logged == ["2 of 3 training examples have an empty answer"]
+    with pytest.raises(DatasetError, match="every one of the 2 validation examples has an empty answer"):
+        check_answers([chat(""), chat("\t")], "validation", logged.append)
+    check_answers([chat("a")], "training", logged.append)
+    assert len(logged) == 1

@@ -162,6 +162,15 @@ def test_unreadable_value_in_a_data_row_fails_naming_file_line_and_field(tmp_pat
     assert leftovers(tmp_path / "ws") == []
 
 
+def test_a_set_whose_every_answer_is_empty_is_refused_before_loading(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"instruction": f"q{i}", "output": " " * i}) + "\n" for i in range(3)))
+    code, record, _ = run_plugin_job(SFT, [*MODEL, "--dataset", str(rows)], tmp_path / "ws")
+    details = record["job_data"]["completion_details"]
+    assert code == EXIT_FAILED and "every one of the 3 training examples has an empty answer" in details, details
+    assert not (tmp_path / "ws" / "models").exists(), "refused before the model was built"
+
+
 @pytest.mark.parametrize("job_id", ["../../x", "a/b", ".", "..", "-x", "x y", "ü"])
 def test_job_id_that_is_not_a_plain_name_leaves_no_record(tmp_path, capsys, job_id):
     workspace = tmp_path / "ws"
