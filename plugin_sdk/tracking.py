@@ -27,6 +27,7 @@ from typing import Any
 
 from plugin_sdk.config_keys import redact
 from plugin_sdk.safe_files import make_dirs, open_no_follow, write_json_atomic
+from plugin_sdk.workspace import check_name_length
 
 DEFAULT_PROJECT = "dlm-plugins"
 RUN_STATE_FILE = "run.json"
@@ -124,7 +125,8 @@ def run_settings(params: Mapping[str, Any], output_dir: Path) -> RunSettings:
 
 
 def _slug_name(name: str) -> str:
-    return re.sub(r"[/\\]+", "_", str(name)).strip() or "run"
+    slug = re.sub(r"[/\\]+", "_", str(name)).strip() or "run"
+    return check_name_length(slug, field="wandb_run_name (the run's name, a TensorBoard folder)")
 
 
 class Tracker:

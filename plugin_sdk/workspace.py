@@ -30,13 +30,29 @@ def default_workspace() -> Path:
     return Path(os.environ.get(WORKSPACE_ENV) or Path.cwd() / "workspace").expanduser().resolve()
 
 
+# a path component holds 255 bytes; saving adds suffixes (".partial-xxxxxxxx", "-v12", "_2")
+MAX_NAME_BYTES = 200
+
+
 def safe_name(name: str, *, field: str) -> str:
     """A name that becomes one path component: `/` becomes `_` (as the host does for model ids); anything that
     could leave its folder (`..`, absolute paths, empty names) is refused."""
     cleaned = _UNSAFE.sub("_", str(name).strip().replace("/", "_"))
     if not cleaned or set(cleaned) <= {".", "_"}:
         raise PluginError(f"{field}={name!r} cannot be used as a folder name; use letters, digits, '.', '_' or '-'.")
-    return cleaned
+    return check_name_length(cleaned, field=field)
+
+
+def check_name_length(name: str, *, field: str) -> str:
+    """`name`, refused when too long to be a folder name once saving adds its suffixes (a file system holds 255
+    bytes per name), now rather than when the result is saved."""
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if size > MAX_NAME_BYTES:
+        raise PluginError(
+            f"{field} is {size} bytes long ({name[:40]!r}...): a name that becomes a folder holds at most "
+            f"{MAX_NAME_BYTES} bytes; choose a shorter one"
+        )
+    return name
 
 
 def child_path(parent: Path, name: str, *, field: str) -> Path:
