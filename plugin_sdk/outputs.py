@@ -5,6 +5,7 @@ bound to its result); this module decides where, logs what was written and regis
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,11 +34,24 @@ def check_outputs_free(job: Job, *, lora: bool, full_model: bool) -> None:
     """Refuse, before training, to write a result where an earlier job's result is: no job replaces another's."""
     for path in output_dirs(job, lora=lora, full_model=full_model):
         check_no_links(path, job.workspace.root)  # the library saves there: never through a link
+        _check_can_make(path)
         if path.exists() and any(path.iterdir()):
             raise OutputTaken(
                 f"{path} already holds a result of an earlier job; choose another adaptor_name (or delete that "
                 "folder to replace it)"
             )
+
+
+def _check_can_make(path: Path) -> None:
+    """The folders above `path` are folders (or can be made) and the nearest one can be written in: found now,
+    not when the trained result is saved."""
+    for folder in path.parents:
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                raise PluginError(f"{folder} is a file, not a folder: results go inside it; move the file away")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise PluginError(f"cannot write in {folder} (no permission): results go inside it")
+            return
 
 
 def publish_outputs(job: Job, save: SaveOutputs, *, lora: bool, full_model: bool) -> list[Path]:

@@ -174,6 +174,29 @@ def test_a_set_whose_every_answer_is_empty_is_refused_before_loading(tmp_path):
     assert not (tmp_path / "ws" / "models").exists(), "refused before the model was built"
 
 
+def test_an_output_folder_that_cannot_be_made_is_refused_before_loading(tmp_path, monkeypatch):
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "adaptors").write_text("not a folder")
+    code, record, _ = run_plugin_job(SFT, [*MODEL, "--lora", "true"], workspace)
+    details = record["job_data"]["completion_details"]
+    assert (
+        code == EXIT_FAILED
+        and details == f"{workspace / 'adaptors'} is a file, not a folder: results go inside it; move the file away"
+    )
+    assert not (workspace / "models").exists(), "refused before the model was built"
+    # a read-only folder (simulated: the tests may run as root, who may write anywhere)
+    (workspace / "adaptors").unlink()
+    (workspace / "adaptors").mkdir()
+    monkeypatch.setattr("plugin_sdk.outputs.os.access", lambda path, mode: Path(path).name != "adaptors")
+    code, record, _ = run_plugin_job(SFT, [*MODEL, "--lora", "true"], workspace)
+    assert code == EXIT_FAILED
+    assert (
+        record["job_data"]["completion_details"]
+        == f"cannot write in {workspace / 'adaptors'} (no permission): results go inside it"
+    )
+
+
 @pytest.mark.parametrize("job_id", ["../../x", "a/b", ".", "..", "-x", "x y", "ü"])
 def test_job_id_that_is_not_a_plain_name_leaves_no_record(tmp_path, capsys, job_id):
     workspace = tmp_path / "ws"
