@@ -12,8 +12,6 @@ from typing import Protocol
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from dlm.errors import ConfigError
-
 # Trainer log keys -> the metric names shown in TensorBoard, W&B, metrics.json and the job log.
 RENAMED = {"loss": "train/loss", "learning_rate": "train/lr", "grad_norm": "train/grad_norm", "epoch": "train/epoch"}
 DROPPED = {
@@ -62,10 +60,11 @@ class ReporterCallback(TrainerCallback):
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         self.reporter.report_status("training", state.global_step, state.max_steps)
         warmup = args.get_warmup_steps(state.max_steps)
-        if state.max_steps and warmup > state.max_steps:
-            raise ConfigError(
-                f"the warm-up ({warmup} steps) is longer than the whole run ({state.max_steps} optimizer steps), so "
-                "the learning rate would never reach its set value: lower warmup_steps"
+        if state.max_steps and warmup > state.max_steps:  # a smoke run with a real run's warm-up: said, not refused
+            self.reporter.log(
+                f"warning: the warm-up ({warmup} steps) is longer than the whole run ({state.max_steps} optimizer "
+                "steps), so the learning rate rises all along and never reaches its set value; lower warmup_steps "
+                "for a real run"
             )
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):

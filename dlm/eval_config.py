@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from dlm.evaluation.settings import METRIC_GROUPS, EvalSettings
 from dlm.generation import SamplerSettings
 from dlm.loading import DTYPES
-from dlm.metrics.text import ANSWER_EXTRACTIONS
+from dlm.metrics.text import ANSWER_EXTRACTIONS, compile_answer_regex
 from dlm.samplers.common import CACHE_MODES
 from dlm.samplers.llada import LLADA_REMASKING
 from dlm.settings import FromParams, setting
@@ -391,6 +391,8 @@ class EvaluatorConfig(FromParams):
         for f in dataclasses.fields(self):
             if isinstance(getattr(self, f.name), list):
                 setattr(self, f.name, tuple(getattr(self, f.name)))
+        if "task_accuracy" in self.metrics:  # checked now, before any model loads
+            compile_answer_regex(self.answer_extraction, self.answer_regex)
 
     def sampler_settings(self) -> SamplerSettings:
         return SamplerSettings(

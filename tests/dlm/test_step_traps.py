@@ -26,16 +26,20 @@ def test_the_last_step_is_logged_when_logging_steps_is_longer_than_the_run(works
     assert [step for step, metrics in reporter.metrics if "train/loss" in metrics] == [3]
 
 
-def test_a_warm_up_longer_than_the_run_is_refused(workspace, tmp_path):
+def test_a_warm_up_longer_than_the_run_is_said_and_the_run_goes_on(workspace, tmp_path):
+    """A smoke run (2 steps) with a real run's warm-up (5 steps): the learning rate rises linearly all along."""
     from dlm.trainers.dpo_config import DPOConfig
     from dlm.trainers.dpo_trainer import run_dpo
     from tests.dlm.test_dpo import pairs
 
     values = {**tiny_run(workspace, tmp_path), "train_steps": 2, "warmup_steps": 5, "mc_samples": 1}
-    with pytest.raises(
-        ConfigError, match=r"the warm-up \(5 steps\) is longer than the whole run \(2 optimizer steps\)"
-    ):
-        run_dpo(DPOConfig(**values), pairs(4), None, Reporter())
+    values.update(learning_rate=1e-3, logging_steps=1, learning_rate_schedule="linear")
+    reporter = Reporter()
+    run_dpo(DPOConfig(**values), pairs(4), None, reporter)
+    warning = "the warm-up (5 steps) is longer than the whole run (2 optimizer steps)"
+    assert sum(warning in m for m in reporter.messages) == 1
+    rates = [metrics["train/lr"] for _, metrics in reporter.metrics if "train/lr" in metrics]
+    assert rates == pytest.approx([1e-3 * 0 / 5, 1e-3 * 1 / 5])  # the rate each step used: step k at k/5 of it
 
 
 @pytest.mark.parametrize(

@@ -107,6 +107,12 @@ JOB_CASES = [
     (EVAL, [*MODEL, "--top_p", "2"], ["top_p", "at most 1"]),
     (EVAL, [*MODEL, "--mc_num", "0"], ["mc_num", "at least 1"]),
     (EVAL, [*MODEL, "--steps", "1.5"], ["steps", "whole number"]),
+    (
+        EVAL,
+        [*MODEL, "--metrics", "task_accuracy", "--answer_extraction", "regex", "--answer_regex", "answer is (\\d+"],
+        ["answer_regex 'answer is (\\\\d+' is not a valid regular expression: missing ), unterminated subpattern"],
+    ),
+    (EVAL, [*MODEL, "--metrics", "task_accuracy", "--answer_extraction", "regex"], ["answer_extraction=regex needs"]),
 ]
 
 
