@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from plugin_sdk.backends.base import now
+from plugin_sdk.backends.base import EXIT_FAILED, EXIT_STOPPED, now
 from plugin_sdk.backends.local import ACTIVE, JobRecord, joins_other_machine
 from plugin_sdk.config_keys import redact, secret_environment
 from plugin_sdk.errors import PluginError
@@ -88,7 +88,16 @@ def run_plugin(
     if code != 0 and details.startswith(UNREPORTED_EXIT) and stderr_tail:
         view.line("".join(stderr_tail))
     view.line(f"Job {job_id}: {final['status']} - {details}")
-    return code, job_id
+    return exit_code(final.get("status"), code), job_id
+
+
+def exit_code(status: str | None, code: int) -> int:
+    """The documented exit codes, 0 success, 1 failed, 3 stopped, whatever ended the plugin's process (a signal
+    gives a negative code, which a shell would show as 247 or 254). A machine that joined a multi-machine run
+    leaves the record to the first machine: its own process's code decides."""
+    if status == "STOPPED":
+        return EXIT_STOPPED
+    return 0 if code == 0 and status != "FAILED" else EXIT_FAILED
 
 
 def _run_child(

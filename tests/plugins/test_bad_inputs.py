@@ -335,6 +335,27 @@ def test_signal_to_the_runner_stops_the_job_with_a_checkpoint(tmp_path, sig):
     assert 0 < json.loads(checkpoint.read_text())["step"] < 200
 
 
+def test_a_killed_plugin_ends_the_runner_with_the_failed_exit_code(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    process = start_runner(ws, "7")
+    os.kill(JobRecord(ws, "7").read()["job_data"]["pid"], signal.SIGKILL)
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == EXIT_FAILED, out  # not 247, the shell's view of -9
+    record = JobRecord(ws, "7").read()
+    assert record["status"] == "FAILED" and "exited with code -9" in record["job_data"]["completion_details"]
+
+
+def test_a_double_ctrl_c_ends_the_runner_with_a_documented_exit_code(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    process = start_runner(ws, "9")
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    out, _ = process.communicate(timeout=60)
+    status = JobRecord(ws, "9").read()["status"]
+    assert (status, process.returncode) in (("STOPPED", EXIT_STOPPED), ("FAILED", EXIT_FAILED)), out
+
+
 def test_killed_runner_and_plugin_leave_a_failed_job(tmp_path):
     ws = Workspace(tmp_path / "ws")
     process = start_runner(ws, "6")
