@@ -37,12 +37,19 @@ class CheckpointError(DlmError):
 
 def write_owner(checkpoint_dir: Path, *, trainer: str, model_name: str) -> None:
     """Record whose checkpoints `checkpoint_dir` holds, through a temporary file and a rename: a reader (another
-    run's `latest`) never sees an empty or half-written owner.json."""
+    run's `latest`) never sees an empty or half-written owner.json. Its `run` is one more than any run beside it,
+    the order in which `latest` takes runs (file times can go back, between machines sharing a disk)."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    owner = _owner(checkpoint_dir)
+    if owner is None or owner["trainer"] != trainer or owner["model_name"] != model_name or not owner["run"]:
+        siblings = (p for p in checkpoint_dir.parent.iterdir() if p.is_dir() and p != checkpoint_dir)
+        run = 1 + max((_run_number(p) for p in siblings), default=0)
+    else:
+        run = owner["run"]  # a resumed run keeps its place
     fd, tmp = tempfile.mkstemp(dir=checkpoint_dir, prefix=f".{OWNER_FILE}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump({"trainer": trainer, "model_name": model_name}, handle)
+            json.dump({"trainer": trainer, "model_name": model_name, "run": run}, handle)
         os.replace(tmp, checkpoint_dir / OWNER_FILE)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -58,7 +65,15 @@ def _owner(folder: Path) -> dict | None:
         return None
     if not isinstance(owner, dict) or not all(isinstance(owner.get(k), str) for k in ("trainer", "model_name")):
         return None
-    return {"trainer": owner["trainer"], "model_name": owner["model_name"]}
+    run = owner.get("run")
+    valid_run = isinstance(run, int) and not isinstance(run, bool) and run > 0
+    return {"trainer": owner["trainer"], "model_name": owner["model_name"], "run": run if valid_run else 0}
+
+
+def _run_number(folder: Path) -> int:
+    """The folder's place in the order of runs (0: unknown, an owner.json written before runs were numbered)."""
+    owner = _owner(folder)
+    return owner["run"] if owner else 0
 
 
 def is_complete(checkpoint: Path) -> bool:
@@ -82,11 +97,14 @@ def latest_checkpoint(
     trainer and base model (a job resumed from the workbench is a new job, with its own, still empty folder)."""
     own = [checkpoint_dir] if checkpoint_dir.is_dir() else []
     siblings = [p for p in checkpoint_dir.parent.glob("*") if p.is_dir() and p != checkpoint_dir]
-    siblings.sort(key=lambda p: max((c.stat().st_mtime for c in _checkpoints(p)), default=0), reverse=True)
+    # the latest run first: by run number, then (folders of before run numbers) by the time of their checkpoints
+    siblings.sort(
+        key=lambda p: (_run_number(p), max((c.stat().st_mtime for c in _checkpoints(p)), default=0)), reverse=True
+    )
     others = []
     for folder in own + siblings:
         owner = _owner(folder)
-        if owner != {"trainer": trainer, "model_name": model_name}:
+        if owner is None or (owner["trainer"], owner["model_name"]) != (trainer, model_name):
             if _checkpoints(folder):
                 whose = f"{owner['trainer']} of {owner['model_name']}" if owner else f"unknown: no valid {OWNER_FILE}"
                 others.append(f"{folder.name} ({whose})")
@@ -115,7 +133,7 @@ def check_checkpoint(checkpoint: Path, *, trainer: str, model_name: str, log: Ca
             f"{checkpoint.parent} has no valid {OWNER_FILE} (copied from elsewhere?): resuming {checkpoint} only "
             "because it was named explicitly, and only if its tensors match this model"
         )
-    elif owner != {"trainer": trainer, "model_name": model_name}:
+    elif (owner["trainer"], owner["model_name"]) != (trainer, model_name):
         raise CheckpointError(
             f"{checkpoint} was written by {owner['trainer']} training {owner['model_name']}; this run is {trainer} "
             f"training {model_name}: resume only a checkpoint of the same trainer and base model"

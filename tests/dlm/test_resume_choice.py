@@ -56,3 +56,27 @@ def test_a_damaged_checkpoint_says_what_to_do(tmp_path):
     (checkpoint / "trainer_state.json").write_text('{"global_step": ')
     with pytest.raises(CheckpointError, match=r"is damaged \(JSONDecodeError: .*\); resume from another checkpoint$"):
         check_checkpoint(checkpoint, **OWNER, log=print)
+
+
+def test_latest_takes_the_last_run_even_when_file_times_went_back(tmp_path):
+    """Runs are numbered in owner.json as they start; file times (clock skew between machines) do not decide."""
+    import os
+
+    older, newer, old_style = (tmp_path / f"checkpoints_job_{i}" for i in (1, 2, 0))
+    write_owner(older, **OWNER)
+    fake_checkpoint(older, 4)
+    write_owner(newer, **OWNER)
+    fake_checkpoint(newer, 2)
+    for checkpoint in (newer / "checkpoint-2", older / "checkpoint-4"):  # the newer run's files look a day older
+        os.utime(checkpoint, (1e9 if checkpoint.parent == newer else 1e9 + 86400,) * 2)
+    assert [json.loads((f / "owner.json").read_text())["run"] for f in (older, newer)] == [1, 2]
+    assert latest_checkpoint(tmp_path / "checkpoints_job_3", **OWNER, log=print) == newer / "checkpoint-2"
+    write_owner(older, **OWNER)  # a resumed run keeps its number
+    assert json.loads((older / "owner.json").read_text())["run"] == 1
+    # folders of before run numbers come after numbered ones, newest files first among themselves
+    (old_style / "checkpoint-9").mkdir(parents=True)
+    (old_style / "checkpoint-9" / "trainer_state.json").write_text("{}")
+    (old_style / "owner.json").write_text(json.dumps(OWNER))
+    assert latest_checkpoint(tmp_path / "checkpoints_job_3", **OWNER, log=print) == newer / "checkpoint-2"
+    write_owner(tmp_path / "checkpoints_job_4", **OWNER)
+    assert json.loads((tmp_path / "checkpoints_job_4" / "owner.json").read_text())["run"] == 3
