@@ -46,9 +46,9 @@ def block_attention_mask(length: int, block_size: int, device: torch.device | st
 
 
 def model_attention_mask(model: nn.Module, allowed: torch.Tensor) -> torch.Tensor:
-    """`allowed` (bool [Q, K] or [B, Q, K]) as the 4-D mask [1 or B, 1, Q, K] that `model`'s attention takes as is: bool for sdpa (and
-    the project's own models), an additive float mask (0 or the dtype's minimum) for transformers' eager attention,
-    which adds the mask to the scores."""
+    """`allowed` (bool [Q, K] or [B, Q, K]) as the 4-D mask [1 or B, 1, Q, K] that `model`'s attention takes as is:
+    bool for sdpa, an additive float mask (0 or the dtype's minimum) for eager attention, which adds the mask to the
+    scores (transformers' convention, which the project's own models follow)."""
     base = unwrap_model(model)
     implementation = getattr(base.config, "_attn_implementation", None) or "sdpa"
     mask = allowed[None, None] if allowed.dim() == 2 else allowed[:, None]

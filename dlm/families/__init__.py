@@ -1,5 +1,5 @@
-"""The model families dlm knows: one module per family (`llada`, `dream`, `bert`, `a2d`, `bd3lm`, `ar`) holds its `Family`;
-this registry finds them by name or from a checkpoint's config.
+"""The model families dlm knows: one module per family (`llada`, `dream`, `bert`, `a2d`, `bd3lm`, `ar`) holds its
+`Family`; this registry finds them by name or from a checkpoint's config.
 
 Training, evaluation and sampling ask a `Family` instead of testing model names.
 """
