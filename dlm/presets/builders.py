@@ -12,6 +12,7 @@ from typing import Any
 from dlm.convert import convert_causal_to_diffusion
 from dlm.errors import ModelError
 from dlm.families.base import read_template
+from dlm.families.bd3lm import DEFAULT_BLOCK_SIZE
 from dlm.presets.bpe import MAX_POSITIONS, SEED, fast_tokenizer
 
 HIDDEN = 128
@@ -225,7 +226,7 @@ def build_a2d(dst: Path, dims: Dims = TINY, tokenizer: Any = None) -> None:
         convert_causal_to_diffusion(tmp, dst, mask_token=LLADA_MASK)
 
 
-def build_bd3lm(dst: Path, dims: Dims = TINY, tokenizer: Any = None, block_size: int = TINY_BLOCK_SIZE) -> None:
+def build_bd3lm(dst: Path, dims: Dims = TINY, tokenizer: Any = None, block_size: int = DEFAULT_BLOCK_SIZE) -> None:
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
         build_ar(Path(tmp), dims, tokenizer)
         convert_causal_to_diffusion(tmp, dst, mask_token=LLADA_MASK, kind="bd3lm", block_size=block_size)

@@ -14,7 +14,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dlm.errors import ModelError
-from dlm.presets.builders import TINY_DREAM, build_a2d, build_ar, build_bd3lm, build_bert, build_dream, build_llada
+from dlm.presets.builders import (
+    TINY_BLOCK_SIZE,
+    TINY_DREAM,
+    build_a2d,
+    build_ar,
+    build_bd3lm,
+    build_bert,
+    build_dream,
+    build_llada,
+)
 from dlm.presets.store import PRESET_VERSION, build_in_place, default_workspace
 
 PRESETS: dict[str, Callable[[Path], None]] = {
@@ -22,7 +31,7 @@ PRESETS: dict[str, Callable[[Path], None]] = {
     "tiny-dream": lambda dst: build_dream(dst, TINY_DREAM),
     "tiny-bert": build_bert,
     "tiny-a2d": build_a2d,
-    "tiny-bd3lm": build_bd3lm,
+    "tiny-bd3lm": lambda dst: build_bd3lm(dst, block_size=TINY_BLOCK_SIZE),
     "tiny-ar": build_ar,
 }
 
