@@ -231,11 +231,11 @@ def _loss_config(config: SFTConfig, loaded: LoadedModel) -> LossConfig | None:
     if config.loss_weight_type not in ("", "auto"):
         overrides["loss_weight_type"] = config.loss_weight_type
     if loaded.family.block_size is not None:
-        overrides.update(block_size=block_size(config, loaded), block_time=config.block_time)
+        overrides.update(block_size=training_block_size(config, loaded), block_time=config.block_time)
     return LossConfig.for_family(loaded.family, loaded.special_ids.mask, **overrides)
 
 
-def block_size(config: SFTConfig, loaded: LoadedModel) -> int | None:
+def training_block_size(config: SFTConfig, loaded: LoadedModel) -> int | None:
     """The block size of block diffusion training: the setting, else the checkpoint's `block_size`, else the
     family's; None for a full-sequence family (where a block_size setting is an error)."""
     if loaded.family.block_size is None:
@@ -330,7 +330,7 @@ def _build_trainer(
             resp_cutoff_ratio=config.resp_cutoff_ratio,
             pad_to=config.pad_to,
             max_length=config.max_length,
-            pad_to_multiple_of=block_size(config, loaded) or 1,
+            pad_to_multiple_of=training_block_size(config, loaded) or 1,
         ),
         callbacks=callbacks,
         config=config,
