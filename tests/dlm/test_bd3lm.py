@@ -142,3 +142,29 @@ def test_eager_mask_is_additive_and_sdpa_mask_is_bool():
         model = tiny_qwen3("sdpa")
         model.config._attn_implementation = "flash_attention_2"
         model_attention_mask(model, allowed)
+
+
+@pytest.mark.parametrize("norm", ["token", "sequence", "batch"])
+def test_micro_batches_add_up_to_the_whole_batch(norm):
+    from dlm.losses import count_items
+
+    model = tiny_qwen3()
+    generator = torch.Generator().manual_seed(4)
+    ids = torch.randint(0, MASK_ID, (4, 8), generator=generator)
+    labels = ids.clone()
+    labels[:, :3] = -100
+    labels[1, :5] = -100
+    batch = {"input_ids": ids, "labels": labels}
+    config = LossConfig(mask_token_id=MASK_ID, block_size=4, loss_norm_type=norm)
+    t, masked = draw_mask(batch, config, generator)
+    with torch.no_grad():
+        whole = diffusion_loss(model, batch, masked=masked, t=t, config=config).loss
+        halves = [{k: v[i : i + 2] for k, v in batch.items()} for i in (0, 2)]
+        total = sum(count_items(half, norm) for half in halves)
+        parts = sum(
+            diffusion_loss(
+                model, half, masked=masked[i : i + 2], t=t[i : i + 2], config=config, num_items_in_batch=total
+            ).loss
+            for half, i in zip(halves, (0, 2), strict=True)
+        )
+    torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-6)

@@ -81,9 +81,11 @@ def test_sft_trains_with_the_block_loss(workspace, tmp_path, monkeypatch):
 
     monkeypatch.setattr("dlm.losses.block_logits_at_positions", spy)
     reporter = Reporter()
-    result = run_sft(config(workspace, tmp_path), conversations(4), None, reporter)
+    cfg = config(workspace, tmp_path, eval_strategy="steps", eval_steps=2)
+    result = run_sft(cfg, conversations(4), conversations(2), reporter)
     assert result.global_step == 2
     assert calls and all(block == 4 and length % 4 == 0 for block, length in calls)
+    assert any("val/loss" in m for _, m in reporter.metrics)  # validation runs the block loss too
     losses = [m["train/loss"] for _, m in reporter.metrics if "train/loss" in m]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
 
