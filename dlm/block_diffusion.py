@@ -85,7 +85,8 @@ def block_logits_at_positions(
     allowed = block_attention_mask(length, block_size, both.device)
     if attention_mask is not None:
         keys = attention_mask.bool().to(both.device).repeat(1, 2)
-        allowed = allowed[None] & keys[:, None, :]
+        itself = torch.eye(2 * length, dtype=torch.bool, device=both.device)  # no query row left without a key
+        allowed = (allowed[None] & keys[:, None, :]) | itself
     mask = model_attention_mask(model, allowed)
     return logits_at_positions(model, both, mask, positions, position_ids=position_ids)
 

@@ -168,3 +168,20 @@ def test_micro_batches_add_up_to_the_whole_batch(norm):
             for half, i in zip(halves, (0, 2), strict=True)
         )
     torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_padding_hidden_by_an_attention_mask_changes_nothing_at_real_tokens():
+    model = tiny_qwen3()
+    generator = torch.Generator().manual_seed(6)
+    clean = torch.randint(0, MASK_ID, (1, 6), generator=generator)
+    noisy = clean.clone()
+    noisy[0, [1, 4]] = MASK_ID
+    padded_clean = torch.cat([clean, torch.full((1, 6), 3)], 1)  # two whole blocks of padding after a short one
+    padded_noisy = torch.cat([noisy, torch.full((1, 6), MASK_ID)], 1)
+    attention = torch.cat([torch.ones(1, 6), torch.zeros(1, 6)], 1).long()
+    positions = (torch.zeros(6, dtype=torch.long), torch.arange(6))
+    with torch.no_grad():
+        alone = block_logits_at_positions(model, noisy, clean, 4, positions)
+        padded = block_logits_at_positions(model, padded_noisy, padded_clean, 4, positions, attention)
+    assert torch.isfinite(padded).all()
+    torch.testing.assert_close(padded, alone, rtol=1e-5, atol=1e-5)
