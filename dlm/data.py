@@ -195,7 +195,8 @@ class DiffusionCollator:
     `pad_to` (`PAD_TO`, for families that train on padding, with `max_length`): `batch` pads to the longest row,
     `max_length` to `max_length`, `random` a `longer_share` of the batches to a length between the two, the
     others to their longest row, drawn from the batch's own ids (so a validation batch pads alike at every
-    evaluation)."""
+    evaluation). `pad_to_multiple_of` then rounds the length up (block diffusion: a multiple of the block size, with
+    EOS pads that are trained, as dllm's `AppendEOSBlockWrapper` appends them)."""
 
     family: Family
     special: SpecialIds
@@ -205,6 +206,7 @@ class DiffusionCollator:
     pad_to: str = "batch"
     max_length: int | None = None
     longer_share: float = LONGER_SHARE
+    pad_to_multiple_of: int = 1
 
     def __post_init__(self) -> None:
         if self.pad_to not in PAD_TO:
@@ -212,7 +214,7 @@ class DiffusionCollator:
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         rows = self._cut(rows)
-        length = self._padded_length(rows)
+        length = -(-self._padded_length(rows) // self.pad_to_multiple_of) * self.pad_to_multiple_of
         pad = self.special.pad
         label_pad = pad if self.family.train_on_padding else IGNORE
         input_ids = torch.full((len(rows), length), pad, dtype=torch.long)

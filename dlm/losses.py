@@ -1,7 +1,10 @@
-"""The masked-diffusion training loss (MDLM; Dream's shifted, CART-weighted variant) and the next-token AR loss.
+"""The masked-diffusion training loss (MDLM; Dream's shifted, CART-weighted variant; block diffusion, BD3LM) and the
+next-token AR loss.
 
 Training is `t, masked = draw_mask(batch, config, generator)` then `diffusion_loss(model, batch, masked=masked, t=t,
 config=config)`. Logits are computed at the masked positions only (`dlm.forward.logits_at_positions`).
+With `LossConfig.block_size` set, the model runs once over `x_t ⊕ x_0` under the block diffusion mask and the loss
+is read from the noisy half (`dlm.block_diffusion`); weights and normalisations are the same.
 
 With z the masked positions, m the maskable ones (labels != -100) and w the token weights, the loss is
 `sum(z * w * CE) / D`, where D follows `loss_norm_type`:
@@ -24,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dlm.block_diffusion import BLOCK_TIMES, block_logits_at_positions, block_times, mask_with_token_times
 from dlm.families import get_family
 from dlm.families.base import Family
 from dlm.forward import logits_at_positions
@@ -42,6 +46,8 @@ class LossConfig:
     `shift_logits`: token i is predicted at position i - 1 (Dream). `loss_weight_type`: `scheduler` (w(t) of the
     noise schedule, 1/t for linear), `uniform` or `cart[geo_p:P]`. `loss_norm_type`: `token`, `sequence` or `batch`.
     `noise_schedule`: `linear` or `cosine`. `time_epsilon`: t is drawn from [eps, 1).
+    `block_size`: block diffusion with blocks of this many tokens (None: full-sequence diffusion); `block_time`:
+    one t per `sequence` (dllm's BD3LM trainer) or per `block` (BD3LM's code, stratified over the batch's blocks).
     """
 
     mask_token_id: int
@@ -50,6 +56,8 @@ class LossConfig:
     loss_norm_type: str = "token"
     noise_schedule: str = "linear"
     time_epsilon: float = 1e-3
+    block_size: int | None = None
+    block_time: str = "sequence"
 
     def __post_init__(self) -> None:
         parse_loss_weight_type(self.loss_weight_type)
@@ -62,10 +70,23 @@ class LossConfig:
             raise ValueError(f"time_epsilon must be in [0, 1), got {self.time_epsilon}")
         if not isinstance(self.mask_token_id, int) or self.mask_token_id < 0:
             raise ValueError(f"mask_token_id must be a non-negative integer, got {self.mask_token_id!r}")
+        self._check_block_settings()
+
+    def _check_block_settings(self) -> None:
+        if self.block_time not in BLOCK_TIMES:
+            raise ValueError(f"unknown block_time {self.block_time!r}; choose one of: {', '.join(BLOCK_TIMES)}")
+        if self.block_size is None:
+            return
+        if not isinstance(self.block_size, int) or self.block_size < 1:
+            raise ValueError(f"block_size must be a positive integer, got {self.block_size!r}")
+        if self.shift_logits:
+            raise ValueError("block diffusion predicts each token at its own position: shift_logits must be False")
+        if parse_loss_weight_type(self.loss_weight_type).kind == "cart":
+            raise ValueError("block diffusion takes the scheduler or uniform loss weight, not cart")
 
     @classmethod
     def for_family(cls, family: str | Family, mask_token_id: int, **overrides: object) -> LossConfig:
-        """The family's defaults (logit shift, loss weight) with `overrides` (any other field) applied."""
+        """The family's defaults (logit shift, loss weight, block size) with `overrides` (any other field) applied."""
         family = get_family(family)
         if not family.is_diffusion:
             raise ValueError(f"family {family.name!r} is not a diffusion family; train it with ar_loss")
@@ -73,6 +94,7 @@ class LossConfig:
             mask_token_id=mask_token_id,
             shift_logits=family.shift_logits,
             loss_weight_type=family.default_loss_weight or "scheduler",
+            block_size=family.block_size,
         )
         return replace(base, **overrides)
 
@@ -137,8 +159,13 @@ def count_items(batch: Batch, loss_norm_type: str, next_token: bool = False) -> 
 def draw_mask(
     batch: Batch, config: LossConfig, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw per-sequence times t [B] and the masked positions bool [B, L] (within the maskable positions)."""
+    """Draw times t and the masked positions bool [B, L] (within the maskable positions). t is [B], one per
+    sequence, except for block diffusion with `block_time` `block`: [B, L], each block's time over its tokens."""
     input_ids = batch["input_ids"]
+    if config.block_size is not None and config.block_time == "block":
+        batch_size, length = input_ids.shape
+        t = block_times(batch_size, length, config.block_size, config.time_epsilon, generator, input_ids.device)
+        return t, mask_with_token_times(target_positions(batch), t, config.noise_schedule, generator)
     t = sample_times(input_ids.shape[0], config.time_epsilon, generator, device=input_ids.device)
     _, masked = mask_tokens(
         input_ids, target_positions(batch), t, config.mask_token_id, generator, config.noise_schedule
@@ -147,13 +174,14 @@ def draw_mask(
 
 
 def token_weights(config: LossConfig, t: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
-    """Float [B, L] weights of each position's cross-entropy (only masked positions count)."""
+    """Float [B, L] weights of each position's cross-entropy (only masked positions count); t is [B] or [B, L]."""
     weight_type = parse_loss_weight_type(config.loss_weight_type)
     if weight_type.kind == "cart":
         return cart_weights(masked, weight_type.geo_p)
     if weight_type.kind == "uniform":
         return torch.ones(masked.shape, device=masked.device)
-    return get_schedule(config.noise_schedule).weight(t.float())[:, None].expand(masked.shape)
+    weight = get_schedule(config.noise_schedule).weight(t.float())
+    return (weight if weight.dim() == 2 else weight[:, None]).expand(masked.shape)
 
 
 def _normalise(
@@ -207,7 +235,8 @@ def diffusion_loss(
 
     `batch` holds `input_ids` [B, L], optionally `labels` (-100 = not maskable; elsewhere equal to `input_ids`,
     which are the targets) and `attention_mask` (passed to the model). Masked positions are replaced by
-    `config.mask_token_id` and the model is run once, with logits only at masked positions.
+    `config.mask_token_id` and the model is run once, with logits only at masked positions (block diffusion: once
+    over `x_t ⊕ x_0`). `t` is [B], or [B, L] (a time per token, as `draw_mask` gives for per-block times).
     `num_items_in_batch`: the loss denominator of the whole optimizer step (see `count_items`); by default this
     micro-batch's own.
     """
@@ -218,8 +247,11 @@ def diffusion_loss(
             f"masked must be a bool tensor shaped like input_ids {tuple(input_ids.shape)}, got {masked.dtype} "
             f"of shape {tuple(masked.shape)}"
         )
-    if t.shape != (input_ids.shape[0],):
-        raise ValueError(f"t must have one time per sequence, shape [{input_ids.shape[0]}], got {tuple(t.shape)}")
+    if t.shape not in ((input_ids.shape[0],), input_ids.shape):
+        raise ValueError(
+            f"t must have one time per sequence, shape [{input_ids.shape[0]}], or one per token, shape "
+            f"{list(input_ids.shape)}; got {tuple(t.shape)}"
+        )
     labels = batch.get("labels")
     if labels is not None and bool(((labels != input_ids) & maskable).any()):
         raise ValueError("batch labels differ from input_ids at maskable positions: the diffusion targets are the ids")
@@ -228,9 +260,14 @@ def diffusion_loss(
 
     noisy_ids = input_ids.masked_fill(masked, config.mask_token_id)
     batch_idx, pos_idx = masked.nonzero(as_tuple=True)
-    logits = logits_at_positions(
-        model, noisy_ids, batch.get("attention_mask"), (batch_idx, pos_idx), shift=config.shift_logits
-    )
+    if config.block_size is not None:
+        logits = block_logits_at_positions(
+            model, noisy_ids, input_ids, config.block_size, (batch_idx, pos_idx), batch.get("attention_mask")
+        )
+    else:
+        logits = logits_at_positions(
+            model, noisy_ids, batch.get("attention_mask"), (batch_idx, pos_idx), shift=config.shift_logits
+        )
     targets = input_ids[batch_idx, pos_idx]
     ce = F.cross_entropy(logits.float(), targets, reduction="none")
     weighted_ce = ce * token_weights(config, t, masked)[batch_idx, pos_idx]

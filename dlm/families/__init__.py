@@ -1,5 +1,5 @@
-"""The model families dlm knows: one module per family (`llada`, `dream`, `bert`, `a2d`, `ar`) holds its `Family`;
-this registry finds them by name or from a checkpoint's config.
+"""The model families dlm knows: one module per family (`llada`, `dream`, `bert`, `a2d`, `bd3lm`, `ar`) holds its
+`Family`; this registry finds them by name or from a checkpoint's config.
 
 Training, evaluation and sampling ask a `Family` instead of testing model names.
 """
@@ -13,11 +13,12 @@ from dlm.errors import ModelError
 from dlm.families.a2d import A2D
 from dlm.families.ar import AR
 from dlm.families.base import Family
+from dlm.families.bd3lm import BD3LM
 from dlm.families.bert import BERT
 from dlm.families.dream import DREAM
 from dlm.families.llada import LLADA
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (LLADA, DREAM, BERT, A2D, AR)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (LLADA, DREAM, BERT, A2D, BD3LM, AR)}
 
 
 def supported_families_text() -> str:
@@ -53,7 +54,8 @@ def detect_family(config: Any) -> Family:
     """The family of a checkpoint from its config (a `PretrainedConfig` or the `config.json` dict).
 
     Architectures are tried first, then `model_type`. Families that share architectures (Llama/Qwen2/Qwen3: `ar`,
-    and `a2d` when the config says `is_causal: false`) are told apart by their `detected_by` config values.
+    `a2d` when the config says `is_causal: false`, `bd3lm` when it also says `block_diffusion: true`) are told apart
+    by their `detected_by` config values; when several match, the one with the most of them wins.
     """
     architectures = list(config_field(config, "architectures") or [])
     model_type = config_field(config, "model_type")
@@ -69,4 +71,5 @@ def detect_family(config: Any) -> Family:
         )
     siblings = [f for f in FAMILIES.values() if f.architectures == found.architectures]
     marked = [f for f in siblings if f.detected_by and all(config_field(config, k) is v for k, v in f.detected_by)]
+    marked.sort(key=lambda f: len(f.detected_by), reverse=True)
     return next(iter(marked), None) or next((f for f in siblings if not f.detected_by), found)

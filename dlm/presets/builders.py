@@ -12,6 +12,7 @@ from typing import Any
 from dlm.convert import convert_causal_to_diffusion
 from dlm.errors import ModelError
 from dlm.families.base import read_template
+from dlm.families.bd3lm import DEFAULT_BLOCK_SIZE
 from dlm.presets.bpe import MAX_POSITIONS, SEED, fast_tokenizer
 
 HIDDEN = 128
@@ -40,6 +41,7 @@ class Dims:
 
 TINY = Dims(HIDDEN, HEADS, LAYERS, INTERMEDIATE)
 TINY_DREAM = Dims(HIDDEN, HEADS, LAYERS, INTERMEDIATE, kv_heads=HEADS // 2)
+TINY_BLOCK_SIZE = 4  # tiny-bd3lm: short blocks, so that the short answers of tests span several
 
 
 def _llada_tokenizer(with_mask: bool, bpe: Any = None):
@@ -224,6 +226,12 @@ def build_a2d(dst: Path, dims: Dims = TINY, tokenizer: Any = None) -> None:
         convert_causal_to_diffusion(tmp, dst, mask_token=LLADA_MASK)
 
 
+def build_bd3lm(dst: Path, dims: Dims = TINY, tokenizer: Any = None, block_size: int = DEFAULT_BLOCK_SIZE) -> None:
+    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
+        build_ar(Path(tmp), dims, tokenizer)
+        convert_causal_to_diffusion(tmp, dst, mask_token=LLADA_MASK, kind="bd3lm", block_size=block_size)
+
+
 @dataclass(frozen=True)
 class FamilyPreset:
     """How dlm builds a random model of one family.
@@ -279,6 +287,7 @@ FAMILY_PRESETS: dict[str, FamilyPreset] = {
     "bert": FamilyPreset(**{**_CAUSAL, "build": lambda dst, dims, tokenizer: build_bert(dst), "sized": False,
                             "template_file": "bert.jinja"}),
     "a2d": FamilyPreset(**_CAUSAL, build=build_a2d),
+    "bd3lm": FamilyPreset(**_CAUSAL, build=build_bd3lm),
     "ar": FamilyPreset(**_CAUSAL, build=build_ar),
 }  # fmt: skip
 

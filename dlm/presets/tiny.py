@@ -4,7 +4,8 @@ A preset is a small randomly initialised model of its family's real class, with 
 trained here on generated English and arithmetic text, the family's special tokens and chat template. It is
 saved like any checkpoint under `<workspace>/models/<preset>/` and built once: later calls reuse it.
 `tiny-llada`, `tiny-ar` and `tiny-a2d` share one tokenizer (the LLaDA tokens; the mask token is the last id), so
-their likelihoods are comparable; `tiny-a2d` is `tiny-ar` converted to diffusion.
+their likelihoods are comparable; `tiny-a2d` is `tiny-ar` converted to diffusion, `tiny-bd3lm` to block diffusion
+(blocks of 4 tokens).
 """
 
 from __future__ import annotations
@@ -13,7 +14,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dlm.errors import ModelError
-from dlm.presets.builders import TINY_DREAM, build_a2d, build_ar, build_bert, build_dream, build_llada
+from dlm.presets.builders import (
+    TINY_BLOCK_SIZE,
+    TINY_DREAM,
+    build_a2d,
+    build_ar,
+    build_bd3lm,
+    build_bert,
+    build_dream,
+    build_llada,
+)
 from dlm.presets.store import PRESET_VERSION, build_in_place, default_workspace
 
 PRESETS: dict[str, Callable[[Path], None]] = {
@@ -21,6 +31,7 @@ PRESETS: dict[str, Callable[[Path], None]] = {
     "tiny-dream": lambda dst: build_dream(dst, TINY_DREAM),
     "tiny-bert": build_bert,
     "tiny-a2d": build_a2d,
+    "tiny-bd3lm": lambda dst: build_bd3lm(dst, block_size=TINY_BLOCK_SIZE),
     "tiny-ar": build_ar,
 }
 

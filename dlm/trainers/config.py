@@ -108,6 +108,18 @@ class TrainerConfig(FromParams):
         minimum=8,
         maximum=131072,
     )
+    block_size: int = setting(
+        0,
+        title="Block size (block diffusion)",
+        group="sequences",
+        help=(
+            "Block diffusion models (bd3lm): tokens per block of the x_t ⊕ x_0 training objective, and rows are "
+            "padded with EOS to a multiple of it. 0: the model's own (block_size in its config, else 32). Must be 0 "
+            "for full-sequence diffusion models."
+        ),
+        minimum=0,
+        maximum=4096,
+    )
     seed: int = setting(
         42,
         title="Random seed",

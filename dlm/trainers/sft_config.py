@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dlm.block_diffusion import BLOCK_TIMES
 from dlm.errors import ConfigError
 from dlm.families import training_methods
 from dlm.losses import LOSS_NORM_TYPES, LossConfig
@@ -23,8 +24,9 @@ class SFTConfig(TrainerConfig):
         title="Model family",
         group="method",
         help=(
-            "auto reads it from the model. bert, dream, llada, a2d: that family's masked-diffusion loss; ar: a "
-            "causal-LM baseline trained with the next-token loss on the same data."
+            "auto reads it from the model. bert, dream, llada, a2d: that family's masked-diffusion loss; bd3lm: "
+            "block diffusion (a causal LM converted with kind=bd3lm); ar: a causal-LM baseline trained with the "
+            "next-token loss on the same data."
         ),
         choices=TRAINING_METHODS,
         ui_help="Leave on auto unless the model's family is not recognised.",
@@ -91,6 +93,16 @@ class SFTConfig(TrainerConfig):
         help="Smallest masking level t drawn, so that every example has at least a little masked.",
         minimum=0,
         maximum=0.5,
+    )
+    block_time: str = setting(
+        "sequence",
+        title="Block diffusion: masking level per",
+        group="diffusion loss",
+        help=(
+            "Block diffusion models only: one masking level t per sequence, shared by its blocks (dllm's BD3LM "
+            "trainer), or one per block, stratified over the batch's blocks (BD3LM's own code)."
+        ),
+        choices=BLOCK_TIMES,
     )
     random_length_ratio: float = setting(
         0.01,
@@ -206,6 +218,7 @@ class SFTConfig(TrainerConfig):
                 loss_norm_type=self.loss_norm_type,
                 noise_schedule=self.noise_schedule,
                 time_epsilon=self.time_epsilon,
+                block_time=self.block_time,
                 **weight,
             )
         except ValueError as err:

@@ -238,7 +238,23 @@ def _loss_config(config: SFTConfig, loaded: LoadedModel) -> LossConfig | None:
     }
     if config.loss_weight_type not in ("", "auto"):
         overrides["loss_weight_type"] = config.loss_weight_type
+    if loaded.family.block_size is not None:
+        overrides.update(block_size=training_block_size(config, loaded), block_time=config.block_time)
     return LossConfig.for_family(loaded.family, loaded.special_ids.mask, **overrides)
+
+
+def training_block_size(config: SFTConfig, loaded: LoadedModel) -> int | None:
+    """The block size of block diffusion training: the setting, else the checkpoint's `block_size`, else the
+    family's; None for a full-sequence family (where a block_size setting is an error)."""
+    if loaded.family.block_size is None:
+        if config.block_size:
+            raise ConfigError(
+                f"block_size={config.block_size} applies to block diffusion models; {config.model_name} is a "
+                f"{loaded.family.name} model: set block_size to 0, or convert a causal model with "
+                "dlm.convert.convert_causal_to_diffusion(kind='bd3lm')"
+            )
+        return None
+    return config.block_size or getattr(loaded.model.config, "block_size", None) or loaded.family.block_size
 
 
 def _encode(config: SFTConfig, loaded: LoadedModel, rows: Sequence[Any], what: str, reporter: Reporter) -> Any:
@@ -329,6 +345,7 @@ def _build_trainer(
             resp_cutoff_ratio=config.resp_cutoff_ratio,
             pad_to=config.pad_to,
             max_length=config.max_length,
+            pad_to_multiple_of=training_block_size(config, loaded) or 1,
         ),
         callbacks=callbacks,
         config=config,

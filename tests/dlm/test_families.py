@@ -88,7 +88,9 @@ def test_unknown_architecture_lists_every_family_and_architecture():
 def test_get_family():
     assert get_family("LLaDA") is FAMILIES["llada"]
     assert get_family(FAMILIES["dream"]) is FAMILIES["dream"]
-    with pytest.raises(ModelError, match="unknown model family 'gpt'; choose one of: llada, dream, bert, a2d, ar"):
+    with pytest.raises(
+        ModelError, match="unknown model family 'gpt'; choose one of: llada, dream, bert, a2d, bd3lm, ar"
+    ):
         get_family("gpt")
 
 
@@ -204,5 +206,5 @@ def test_mask_id_outside_vocabulary():
 def test_training_methods_come_from_the_registry():
     from dlm.trainers.sft_config import TRAINING_METHODS
 
-    assert TRAINING_METHODS == ("auto", "bert", "dream", "llada", "a2d", "ar")
+    assert TRAINING_METHODS == ("auto", "bert", "dream", "llada", "a2d", "ar", "bd3lm")
     assert set(TRAINING_METHODS) == {"auto", *FAMILIES}

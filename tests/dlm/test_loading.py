@@ -15,7 +15,14 @@ from dlm.presets.tiny import PRESETS
 GOLDEN = Path(__file__).parents[1] / "fixtures" / "golden"
 FIXTURES = {"llada-tiny": ("llada", "LLaDAModelLM"), "dream-tiny": ("dream", "DreamModel"),
             "modernbert-tiny": ("bert", "ModernBertForMaskedLM")}  # fmt: skip
-PRESET_FAMILY = {"tiny-llada": "llada", "tiny-dream": "dream", "tiny-bert": "bert", "tiny-a2d": "a2d", "tiny-ar": "ar"}
+PRESET_FAMILY = {
+    "tiny-llada": "llada",
+    "tiny-dream": "dream",
+    "tiny-bert": "bert",
+    "tiny-a2d": "a2d",
+    "tiny-bd3lm": "bd3lm",
+    "tiny-ar": "ar",
+}
 
 
 def load(name, workspace, **kwargs):

@@ -14,12 +14,20 @@ from dlm.presets.resolve import resolve_model_path
 from dlm.presets.tiny import PRESETS, ensure_preset
 
 MESSAGES = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."}]
-PRESET_FAMILY = {"tiny-llada": "llada", "tiny-dream": "dream", "tiny-bert": "bert", "tiny-a2d": "a2d", "tiny-ar": "ar"}
+PRESET_FAMILY = {
+    "tiny-llada": "llada",
+    "tiny-dream": "dream",
+    "tiny-bert": "bert",
+    "tiny-a2d": "a2d",
+    "tiny-bd3lm": "bd3lm",
+    "tiny-ar": "ar",
+}
 PRESET_CLASS = {
     "tiny-llada": "LLaDAModelLM",
     "tiny-dream": "DreamModel",
     "tiny-bert": "ModernBertForMaskedLM",
     "tiny-a2d": "LlamaForCausalLM",
+    "tiny-bd3lm": "LlamaForCausalLM",
     "tiny-ar": "LlamaForCausalLM",
 }
 FAMILY_TOKENS = {

@@ -39,7 +39,7 @@ def test_the_ladder_is_the_usual_one():
     assert {name: (s.hidden, s.heads, s.layers, s.intermediate) for name, s in SIZES.items()} == LADDER
 
 
-@pytest.mark.parametrize("family", ["llada", "dream", "ar", "a2d"])
+@pytest.mark.parametrize("family", ["llada", "dream", "ar", "a2d", "bd3lm"])
 @pytest.mark.parametrize("vocab", [8000, 50257])
 def test_parameter_counts_match_the_arithmetic(family, vocab):
     for size in LADDER:
@@ -48,14 +48,14 @@ def test_parameter_counts_match_the_arithmetic(family, vocab):
 
 def test_the_table_names_every_size_and_family():
     rows = size_table(8000)
-    assert len(rows) == 16
+    assert len(rows) == 20  # 4 sizes x 5 families (llada, dream, a2d, bd3lm, ar)
     small_llada = next(r for r in rows if r["preset"] == "small-llada")
     assert small_llada["parameters"] == expected_parameters("llada", "small", 8000)
     assert 15e6 < small_llada["parameters"] < 30e6  # the ~25M of the usual ladder at an 8k vocabulary
 
 
 def test_unknown_family_lists_the_ones_with_sizes():
-    with pytest.raises(ModelError, match=r"'bert' has no size presets.*llada, dream, a2d, ar"):
+    with pytest.raises(ModelError, match=r"'bert' has no size presets.*llada, dream, a2d, bd3lm, ar"):
         parse_sized_name("small-bert")
     assert parse_sized_name("tiny-llada") is None and parse_sized_name("huge-llada") is None
     assert parse_sized_name("medium-ar") == ("medium", "ar")
