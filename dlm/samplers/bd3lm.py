@@ -95,14 +95,14 @@ class BlockCausalCache:
     (the next RoPE position). The committed length is always a whole number of blocks.
 
     `peek` runs a block against the cache and leaves the cache unchanged; `commit` runs a block and keeps its keys
-    and values. `forward_passes` and `positions_fed` count the model calls and the columns they ran."""
+    and values. `forward_passes` counts the model calls."""
 
     def __init__(self, model: torch.nn.Module, block_length: int, batch: int, device: torch.device) -> None:
         self.model, self.block_length = model, block_length
         self.cache = DynamicCache(config=unwrap_model(model).config)
         self.valid = torch.zeros(batch, 0, dtype=torch.bool, device=device)
         self.seen = torch.zeros(batch, dtype=torch.long, device=device)
-        self.forward_passes = self.positions_fed = 0
+        self.forward_passes = 0
 
     def peek(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits [B, n, V] of a block of masks and revealed tokens (all real tokens) that follows the cache."""
@@ -129,7 +129,6 @@ class BlockCausalCache:
             logits_to_keep=logits_to_keep,
         )
         self.forward_passes += 1
-        self.positions_fed += ids.numel()
         return out.logits.to(torch.promote_types(out.logits.dtype, torch.float32))
 
 
@@ -279,7 +278,7 @@ class BD3LMSampler(DiffusionSampler):
 
     @property
     def forward_passes(self) -> int:
-        """Model calls per answer at most: the denoising steps and one commit per block but the last."""
+        """Model calls per answer at most: the denoising steps, the prompt's and each finished block's but the last."""
         return self.blocks * (self.steps_per_block + 1)
 
     @classmethod
