@@ -244,8 +244,8 @@ class BD3LMSampler(DiffusionSampler):
     uniform noise for `random`); tokens are the argmax of the logits at temperature 0, else of Gumbel-perturbed
     logits in float64. `right_shift_logits`: block position i reads the logits of position i - 1 (the first reads the
     committed prefix's last logits). `cfg_scale` > 0 adds rows whose prompt tokens are masked:
-    `uncond + (cfg_scale + 1) * (cond - uncond)`. Generation stops after the first block at whose end every row holds
-    an end token (`eos_id`/`eot_id`); the rest of the canvas is filled with that token.
+    `uncond + (cfg_scale + 1) * (cond - uncond)`. Generation stops after the first block by whose end every row has
+    produced an end token (`eos_id`/`eot_id`, as dllm with its EOS); the rest of the canvas is filled with it.
 
     Beyond dllm (off by default): `parallel_threshold` also reveals every masked position whose chosen token's
     probability reaches it, so a block can finish in fewer steps.
