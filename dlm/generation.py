@@ -13,6 +13,7 @@ import torch
 
 from dlm.families.base import Family
 from dlm.families.special_ids import SpecialIds
+from dlm.samplers.bd3lm import BD3LMSampler
 from dlm.samplers.causal import CausalSampler
 from dlm.samplers.common import SampleOutput, StepHook
 from dlm.samplers.dream import DreamSampler
@@ -39,12 +40,13 @@ class SamplerSettings:
     grow_canvas: int = 0  # LLaDA-style samplers: grow the canvas this many tokens at a time, stop at the end token
 
 
-Sampler = LladaSampler | DreamSampler | CausalSampler
+Sampler = LladaSampler | DreamSampler | CausalSampler | BD3LMSampler
 # `Family.sampler` names one of these
-SAMPLERS: dict[str, type[LladaSampler] | type[DreamSampler] | type[CausalSampler]] = {
+SAMPLERS: dict[str, type[LladaSampler] | type[DreamSampler] | type[CausalSampler] | type[BD3LMSampler]] = {
     "llada": LladaSampler,
     "dream": DreamSampler,
     "causal": CausalSampler,
+    "bd3lm": BD3LMSampler,
 }
 
 

@@ -1,0 +1,387 @@
+"""BD3LM's block sampler (dllm's `BD3LMSampler`) for block-diffusion models: causal LMs converted to block diffusion
+(`is_causal: false`, a mask token), whose attention is block-causal, bidirectional inside a block.
+
+Generation goes block by block. The prompt is left-padded to a whole number of blocks; block ids are column // block
+length. The prompt and every finished block sit in an exact key/value cache (`BlockCausalCache`): a finished block's
+keys and values are computed once, by one forward pass of the block against the cache, and appended. Each
+denoising step of the current block runs the block alone against the cache and leaves the cache as it was. dllm
+recomputes the whole prefix at the start of every block instead; the keys and values are the same.
+
+Padding is neither query nor key and is skipped by the position ids (RoPE positions count real tokens only): the
+prompt's left padding (attention mask 0), and, as in dllm, generated tokens equal to the pad id once their block is
+committed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from dlm.forward import unwrap_model
+from dlm.samplers.common import (
+    DiffusionSampler,
+    SampleOutput,
+    SamplingError,
+    StepHook,
+    check_decoding,
+    check_family_cache,
+    check_prompt,
+    count_generated,
+    parallel_reveal,
+    rand,
+    reveal_top,
+)
+
+if TYPE_CHECKING:
+    from dlm.families.base import Family
+    from dlm.families.special_ids import SpecialIds
+    from dlm.generation import SamplerSettings
+
+BD3LM_REMASKING = ("low_confidence", "random")
+
+
+def _linear_reveal_fraction(step: int, steps: int) -> float:
+    """Share of the still-masked positions revealed at `step` of `steps` under the linear schedule alpha(t) = 1 - t:
+    1 - (1 - alpha(s)) / (1 - alpha(t)) with t = (steps - step) / steps and s = t - 1 / steps. The ratio is taken in
+    float32, as dllm's scheduler does, so that halves round the same way."""
+    t = torch.tensor((steps - step) / steps, dtype=torch.float32)
+    s = torch.tensor((steps - step - 1) / steps, dtype=torch.float32)
+    return 1.0 - float((1 - (1 - s)) / (1 - (1 - t)))
+
+
+def bd3lm_schedule(mask_count: int, steps: int) -> list[int]:
+    """Tokens to reveal at each step of a block holding `mask_count` masks (dllm's `get_num_transfer_tokens`, linear
+    schedule): round-half-to-even of (masks left) x (reveal fraction), steps that reveal nothing dropped; the counts
+    sum to `mask_count`. 4 masks in 8 steps: [1, 1, 1, 1]; 10 masks in 4 steps: [2, 3, 2, 3]."""
+    counts, left = [], mask_count
+    for step in range(steps):
+        count = min(round(left * _linear_reveal_fraction(step, steps)), left)
+        left -= count
+        if count:
+            counts.append(count)
+        if not left:
+            break
+    return counts
+
+
+def block_causal_mask(key_valid: torch.Tensor, query_valid: torch.Tensor, block_length: int) -> torch.Tensor:
+    """Boolean [B, 1, Q, K]: query q (the last Q of the K columns) sees key k when both are real tokens and k's block
+    (column // `block_length`) is not after q's."""
+    keys, queries = key_valid.shape[1], query_valid.shape[1]
+    key_block = torch.arange(keys, device=key_valid.device) // block_length
+    query_block = key_block[keys - queries :]
+    allowed = key_block.view(1, 1, keys) <= query_block.view(1, queries, 1)
+    return (allowed & key_valid.unsqueeze(1) & query_valid.unsqueeze(2)).unsqueeze(1)
+
+
+def _model_mask(allowed: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+    """The boolean mask as the attention backend wants it: additive (0 or the dtype's minimum) for eager attention,
+    which adds the mask to the scores; boolean for the others (SDPA, flex)."""
+    config = unwrap_model(model).config
+    if config._attn_implementation != "eager":
+        return allowed
+    dtype = next(model.parameters()).dtype
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+class BlockCausalCache:
+    """The exact key/value cache of a block-causal model: every layer's keys and values of the committed columns
+    (the padded prompt, then the finished blocks), which real tokens they hold, and how many real tokens came before
+    (the next RoPE position). The committed length is always a whole number of blocks.
+
+    `peek` runs a block against the cache and leaves the cache unchanged; `commit` runs a block and keeps its keys
+    and values. `forward_passes` counts the model calls."""
+
+    def __init__(self, model: torch.nn.Module, block_length: int, batch: int, device: torch.device) -> None:
+        self.model, self.block_length = model, block_length
+        self.cache = DynamicCache(config=unwrap_model(model).config)
+        self.valid = torch.zeros(batch, 0, dtype=torch.bool, device=device)
+        self.seen = torch.zeros(batch, dtype=torch.long, device=device)
+        self.forward_passes = 0
+
+    def peek(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits [B, n, V] of a block of masks and revealed tokens (all real tokens) that follows the cache."""
+        logits = self._forward(ids, torch.ones_like(ids, dtype=torch.bool), logits_to_keep=0)
+        self.cache.crop(-ids.shape[1])
+        return logits
+
+    def commit(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Append `ids` [B, n] (`valid`: real tokens) to the cache; return the logits [B, V] at its last column."""
+        logits = self._forward(ids, valid, logits_to_keep=1)
+        self.valid = torch.cat([self.valid, valid], dim=1)
+        self.seen = self.seen + valid.sum(-1)
+        return logits[:, -1]
+
+    def _forward(self, ids: torch.Tensor, valid: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
+        allowed = block_causal_mask(torch.cat([self.valid, valid], dim=1), valid, self.block_length)
+        positions = torch.where(valid, self.seen.unsqueeze(1) + valid.long().cumsum(-1) - 1, 0)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=_model_mask(allowed, self.model),
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+        )
+        self.forward_passes += 1
+        return out.logits.to(torch.promote_types(out.logits.dtype, torch.float32))
+
+
+def check_bd3lm_settings(
+    steps: int, gen_length: int, block_length: int, temperature: float, remasking: str, cfg_scale: float
+) -> None:
+    if gen_length < 1:
+        raise SamplingError(f"gen_length must be at least 1, got {gen_length}")
+    if block_length < 1:
+        raise SamplingError(f"block_length must be at least 1, got {block_length}")
+    if steps < 1:
+        raise SamplingError(f"steps must be at least 1 (they are shared out over the blocks), got {steps}")
+    if remasking not in BD3LM_REMASKING:
+        raise SamplingError(f"remasking={remasking!r} is unknown; choose one of: {', '.join(BD3LM_REMASKING)}")
+    if temperature < 0:
+        raise SamplingError(f"temperature must be >= 0, got {temperature}")
+    if cfg_scale < 0:
+        raise SamplingError(f"cfg_scale must be >= 0 (0 turns classifier-free guidance off), got {cfg_scale}")
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """How a step picks tokens (argmax, or Gumbel-max in float64 at a temperature) and ranks positions (probability
+    of the chosen token, or uniform noise for `random`)."""
+
+    temperature: float
+    remasking: str
+    generator: torch.Generator | None
+
+    def __call__(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(tokens, ranking confidence, probability of each token) for block logits [B, n, V]."""
+        if self.temperature > 0:
+            noise = rand(logits.shape, self.generator, logits.device, torch.float64)
+            x0 = (logits.double().exp() / (-noise.log()) ** self.temperature).argmax(-1)
+        else:
+            x0 = logits.argmax(-1)
+        probability = F.softmax(logits, dim=-1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+        confidence = probability if self.remasking == "low_confidence" else rand(x0.shape, self.generator, x0.device)
+        return x0, confidence, probability
+
+
+@dataclass
+class _Bd3lmRun:
+    """One sampling run: the output canvas (prompt as given, then the generated length), the cache (rows doubled
+    under classifier-free guidance: conditional, then prompt masked) and the decoding rule."""
+
+    x: torch.Tensor
+    prompt_len: int
+    mask_id: int
+    pad_id: int | None
+    cache: BlockCausalCache
+    choose: _Choice
+    cfg_scale: float
+    right_shift: bool
+    threshold: float | None
+    on_step: StepHook | None
+    last_logits: torch.Tensor | None = None  # the committed prefix's last logits (right shift), guided
+
+    def start(self, prompt_ids: torch.Tensor, prompt_valid: torch.Tensor) -> None:
+        """Commit the prompt, left-padded to a whole number of blocks (the unconditional rows mask its tokens)."""
+        padding = -prompt_ids.shape[1] % self.cache.block_length
+        ids = F.pad(prompt_ids, (padding, 0), value=self.pad_id if self.pad_id is not None else 0)
+        valid = F.pad(prompt_valid, (padding, 0), value=False)
+        if self.cfg_scale > 0:
+            ids, valid = torch.cat([ids, ids.masked_fill(valid, self.mask_id)]), torch.cat([valid, valid])
+        self.last_logits = self._guided(self.cache.commit(ids, valid))
+
+    def block(self, start: int, end: int, steps: int, index: int) -> None:
+        """Denoise canvas block [start, end) with dllm's schedule for `steps` steps (a step with nothing left to
+        reveal ends the block early)."""
+        for step, count in enumerate(bd3lm_schedule(end - start, steps)):
+            masked = self.x[:, start:end] == self.mask_id
+            if not bool(masked.any()):
+                break
+            logits = self._guided(self.cache.peek(self._rows(self.x[:, start:end])))
+            if self.right_shift:
+                logits = torch.cat([self.last_logits.unsqueeze(1), logits[:, :-1]], dim=1)
+            self._reveal(logits, masked, start, end, count)
+            if self.on_step is not None:
+                self.on_step(self.x, step, index)
+
+    def commit(self, start: int, end: int) -> None:
+        """Append finished block [start, end) to the cache; its pad-id tokens become padding."""
+        block = self.x[:, start:end]
+        valid = block != self.pad_id if self.pad_id is not None else torch.ones_like(block, dtype=torch.bool)
+        self.last_logits = self._guided(self.cache.commit(self._rows(block), self._rows(valid)))
+
+    def _rows(self, block: torch.Tensor) -> torch.Tensor:
+        return torch.cat([block, block]) if self.cfg_scale > 0 else block
+
+    def _guided(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.cfg_scale <= 0:
+            return logits
+        cond, uncond = logits.chunk(2)
+        return uncond + (self.cfg_scale + 1) * (cond - uncond)
+
+    def _reveal(self, logits: torch.Tensor, masked: torch.Tensor, start: int, end: int, count: int) -> None:
+        x0, confidence, probability = self.choose(logits)
+        confidence = confidence.masked_fill(~masked, -torch.inf)
+        counts = torch.minimum(masked.sum(-1), torch.tensor(count, device=masked.device))
+        reveal = reveal_top(confidence, counts, torch.zeros_like(counts))
+        reveal = parallel_reveal(reveal, masked, probability, self.threshold) & masked
+        self.x[:, start:end] = torch.where(reveal, x0, self.x[:, start:end])
+
+
+@dataclass(frozen=True)
+class BD3LMSampler(DiffusionSampler):
+    """dllm's BD3LM block sampler for a batch of left-padded prompts [B, P], with an exact key/value cache.
+
+    `gen_length` tokens are generated in blocks of `block_length` (the last one shorter when it does not divide
+    `gen_length`), each in ceil(`steps` / blocks) steps of dllm's linear schedule (`bd3lm_schedule`). Each step
+    reveals the positions of highest confidence (softmax probability of the chosen token for `low_confidence`,
+    uniform noise for `random`); tokens are the argmax of the logits at temperature 0, else of Gumbel-perturbed
+    logits in float64. `right_shift_logits`: block position i reads the logits of position i - 1 (the first reads the
+    committed prefix's last logits). `cfg_scale` > 0 adds rows whose prompt tokens are masked:
+    `uncond + (cfg_scale + 1) * (cond - uncond)`. Generation stops after the first block by whose end every row has
+    produced an end token (`eos_id`/`eot_id`, as dllm with its EOS); the rest of the canvas is filled with it.
+
+    Beyond dllm (off by default): `parallel_threshold` also reveals every masked position whose chosen token's
+    probability reaches it, so a block can finish in fewer steps.
+    """
+
+    blockwise: ClassVar[bool] = True
+
+    steps: int
+    gen_length: int
+    block_length: int
+    temperature: float = 0.0
+    remasking: str = "low_confidence"
+    cfg_scale: float = 0.0
+    right_shift_logits: bool = False
+    parallel_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        check_bd3lm_settings(
+            self.steps, self.gen_length, self.block_length, self.temperature, self.remasking, self.cfg_scale
+        )
+        check_decoding("none", self.parallel_threshold)
+
+    @property
+    def blocks(self) -> int:
+        return math.ceil(self.gen_length / self.block_length)
+
+    @property
+    def steps_per_block(self) -> int:
+        return math.ceil(self.steps / self.blocks)
+
+    @property
+    def forward_passes(self) -> int:
+        """Model calls per answer at most: the denoising steps, the prompt's and each finished block's but the last."""
+        return self.blocks * (self.steps_per_block + 1)
+
+    @classmethod
+    def from_settings(cls, settings: SamplerSettings, family: Family) -> BD3LMSampler:
+        """The sampler for `settings` (`max_new_tokens` is the generated length); `SamplingError` names a setting
+        that cannot work."""
+        cls.check_decoding_settings(settings, family)
+        return cls(
+            steps=settings.steps,
+            gen_length=settings.max_new_tokens,
+            block_length=settings.block_length,
+            temperature=settings.temperature,
+            remasking=settings.remasking,
+            cfg_scale=settings.cfg_scale,
+            right_shift_logits=family.shift_logits,
+            parallel_threshold=settings.parallel_threshold,
+        )
+
+    @classmethod
+    def check_decoding_settings(cls, settings: SamplerSettings, family: Family) -> None:
+        """The fast-decoding settings alone: the key/value cache is always on and exact, so `cache` must be a mode
+        the family serves; the threshold must be a probability."""
+        check_decoding(settings.cache, settings.parallel_threshold)
+        check_family_cache(settings.cache, family)
+
+    def answer(
+        self,
+        model: torch.nn.Module,
+        special: SpecialIds,
+        prompt_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        generator: torch.Generator | None = None,
+        on_step: StepHook | None = None,
+    ) -> SampleOutput:
+        """Answers to left-padded prompts, ending at the checkpoint's EOS or end-of-turn token; generated pad tokens
+        are padding to the blocks after theirs, as in dllm."""
+        return self.sample(
+            model,
+            prompt_ids,
+            mask_id=special.mask,
+            attention_mask=attention_mask,
+            pad_id=special.pad,
+            eos_id=special.eos,
+            eot_id=special.eot,
+            generator=generator,
+            on_step=on_step,
+        )
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model: torch.nn.Module,
+        prompt_ids: torch.Tensor,
+        *,
+        mask_id: int,
+        attention_mask: torch.Tensor | None = None,
+        pad_id: int | None = None,
+        eos_id: int | None = None,
+        eot_id: int | None = None,
+        generator: torch.Generator | None = None,
+        on_step: StepHook | None = None,
+    ) -> SampleOutput:
+        """Sample continuations of left-padded prompts [B, P] (see the class). Prompt positions where
+        `attention_mask` is 0 are padding; generated tokens equal to `pad_id` are padding to the blocks after theirs
+        (dllm takes every pad-id token for padding; its prompts arrive unpadded)."""
+        check_prompt(prompt_ids, attention_mask, mask_id)
+        batch, prompt_len = prompt_ids.shape
+        prompt_valid = (
+            torch.ones_like(prompt_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        )
+        rows = 2 * batch if self.cfg_scale > 0 else batch
+        run = _Bd3lmRun(
+            x=F.pad(prompt_ids, (0, self.gen_length), value=mask_id),
+            prompt_len=prompt_len,
+            mask_id=mask_id,
+            pad_id=pad_id,
+            cache=BlockCausalCache(model, self.block_length, rows, prompt_ids.device),
+            choose=_Choice(self.temperature, self.remasking, generator),
+            cfg_scale=self.cfg_scale,
+            right_shift=self.right_shift_logits,
+            threshold=self.parallel_threshold,
+            on_step=on_step,
+        )
+        run.start(prompt_ids, prompt_valid)
+        ends = [i for i in (eos_id, eot_id) if i is not None]
+        end = self._generate(run, torch.tensor(ends, dtype=prompt_ids.dtype, device=prompt_ids.device))
+        if end < run.x.shape[1]:
+            run.x[:, end:] = ends[0]
+        generated = run.x[:, prompt_len:]
+        nfe = run.cache.forward_passes * (2 if self.cfg_scale > 0 else 1)
+        return SampleOutput(sequences=run.x, nfe=nfe, generated_tokens=count_generated(generated, (eos_id, eot_id)))
+
+    def _generate(self, run: _Bd3lmRun, end_ids: torch.Tensor) -> int:
+        """Denoise block after block, committing each finished one, until the canvas is full or every row has
+        ended; return the end of the last generated block."""
+        done = torch.zeros(run.x.shape[0], dtype=torch.bool, device=run.x.device)
+        canvas_end = run.x.shape[1]
+        for index, start in enumerate(range(run.prompt_len, canvas_end, self.block_length)):
+            end = min(start + self.block_length, canvas_end)
+            if index:
+                run.commit(start - self.block_length, start)
+            run.block(start, end, self.steps_per_block, index)
+            done |= torch.isin(run.x[:, start:end], end_ids).any(-1)
+            if bool(done.all()):
+                return end
+        return canvas_end
