@@ -197,7 +197,7 @@ def test_a_long_text_is_tokenized_in_bounded_pieces_with_the_ids_of_the_whole() 
         chunks = pack_texts([text], spy, max_length=64, eos_id=2)
         stream = [i for c in chunks for i in c["input_ids"]]
         assert len(handed) >= 2 and max(handed) <= TEXT_PIECE_CHARS and sum(handed) == len(text)
-        assert stream[-1] == 2 and len(stream) > len(text) // 64
+        assert stream[-1] == 2
         if same_ids:
             assert stream == tokenizer(text, add_special_tokens=False)["input_ids"] + [2]
 
