@@ -166,8 +166,24 @@ def encode_conversations(
     return EncodedData(rows, dropped)
 
 
+# A pre-training text is tokenized in pieces of about this many characters: a fast tokenizer's peak memory grows
+# with the string it is handed (a 20 MB row took 4 GB at once)
+TEXT_PIECE_CHARS = 1 << 16
+
+
 def _text_ids(text: str, tokenizer: Any) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    """The text's ids, tokenized piece by piece, each piece cut just before a space, where byte-level BPE
+    pre-tokenizers split anyway (so the ids are those of the whole text); a text without spaces is cut anywhere."""
+    ids: list[int] = []
+    start = 0
+    while start < len(text):
+        end = start + TEXT_PIECE_CHARS
+        if end < len(text):
+            space = text.rfind(" ", start + TEXT_PIECE_CHARS // 2, end)
+            end = space if space > start else end
+        ids.extend(tokenizer(text[start:end], add_special_tokens=False)["input_ids"])
+        start = end
+    return ids
 
 
 def pack_texts(

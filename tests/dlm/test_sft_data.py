@@ -177,6 +177,31 @@ def test_pack_texts_chunks_with_eos_between_texts() -> None:
     assert sum(len(c["input_ids"]) for c in chunks) == len(stream) == 3 + 2 + 5 + 3
 
 
+def test_a_long_text_is_tokenized_in_bounded_pieces_with_the_ids_of_the_whole() -> None:
+    import random
+
+    from dlm.data import TEXT_PIECE_CHARS
+
+    tokenizer = loaded("llada").tokenizer
+    words = ["one", "two", "seventy", "+", "=", "3.14", "answer", "\n", "  ", "is"]
+    picked = random.Random(0).choices(words, k=TEXT_PIECE_CHARS // 2)
+    spaced = " ".join(picked)
+    unspaced = "x7" * TEXT_PIECE_CHARS  # cut anywhere: the ids may differ at the cut
+    for text, same_ids in ((spaced, True), (unspaced, False)):
+        handed: list[int] = []
+
+        def spy(piece: str, **kwargs):
+            handed.append(len(piece))  # noqa: B023 - called within this iteration
+            return tokenizer(piece, **kwargs)
+
+        chunks = pack_texts([text], spy, max_length=64, eos_id=2)
+        stream = [i for c in chunks for i in c["input_ids"]]
+        assert len(handed) >= 2 and max(handed) <= TEXT_PIECE_CHARS and sum(handed) == len(text)
+        assert stream[-1] == 2
+        if same_ids:
+            assert stream == tokenizer(text, add_special_tokens=False)["input_ids"] + [2]
+
+
 def test_perbatch_cutoff_trims_responses_only() -> None:
     rows = [
         {"input_ids": list(range(10)), "labels": [IGNORE] * 6 + list(range(6, 10)), "prompt_length": 6},
