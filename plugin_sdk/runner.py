@@ -135,7 +135,7 @@ def _run_child(
         for thread in threads:
             thread.start()
         try:
-            with _forwarding_stops(process):
+            with _forwarding_stops(process) as forwarded:
                 for line in process.stdout:
                     log_line(line)
                     view.update(record.read_live())  # the status as of this line (a phase line, a step's pace)
@@ -146,7 +146,9 @@ def _run_child(
                 thread.join(timeout=5)
             view.close()
     # a machine joining a multi-machine run leaves the record to the rank-0 machine, which owns the job
-    return code, record.read() if joining else settle(record, code), stderr_tail
+    if joining:
+        return code, record.read(), stderr_tail
+    return code, settle(record, code, stop_forwarded=bool(forwarded)), stderr_tail
 
 
 def _locked_writer(log: TextIO) -> Callable[[str], None]:
@@ -173,14 +175,15 @@ def _watch_live(record: JobRecord, view: TerminalView, process: subprocess.Popen
 
 
 @contextlib.contextmanager
-def _forwarding_stops(process: subprocess.Popen) -> Iterator[None]:
+def _forwarding_stops(process: subprocess.Popen) -> Iterator[list[int]]:
     """While the plugin runs, SIGTERM/SIGINT/SIGHUP to the runner (`timeout`, `kill`, Ctrl-C, a closed terminal)
     become a stop of the plugin, which saves a checkpoint and ends STOPPED; the runner keeps reading its output
-    until it exits. A second signal is passed on as SIGINT, which the plugin takes as "stop now"."""
+    until it exits. A second signal is passed on as SIGINT, which the plugin takes as "stop now". Yields the
+    signals received."""
+    received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield received
         return
-    received = []
 
     def forward(signum: int, frame: Any) -> None:
         received.append(signum)
@@ -189,18 +192,25 @@ def _forwarding_stops(process: subprocess.Popen) -> Iterator[None]:
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
-        yield
+        yield received
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def settle(record: JobRecord, code: int) -> dict[str, Any]:
-    """Make the record agree with the exit code: a failed or killed process never leaves a successful job."""
+def settle(record: JobRecord, code: int, *, stop_forwarded: bool = False) -> dict[str, Any]:
+    """Make the record agree with the exit code: a failed or killed process never leaves a successful job. A
+    plugin that the forwarded stop ended before it could take signals (still starting) was stopped, not failed."""
     data = record.read()
     job_data = data.get("job_data", {})
     if data.get("status") == "STOPPED":
         return data
+    if stop_forwarded and code in (-signal.SIGTERM, -signal.SIGINT) and job_data.get("completion_status") != "failed":
+        return record.update(
+            status="STOPPED",
+            end_time=now(),
+            completion_details="Stopped by user while starting, before its first step: nothing to resume from",
+        )
     if code != 0 and job_data.get("completion_status") != "failed":
         return record.update(
             status="FAILED",

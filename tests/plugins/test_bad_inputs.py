@@ -356,6 +356,30 @@ def test_a_double_ctrl_c_ends_the_runner_with_a_documented_exit_code(tmp_path):
     assert (status, process.returncode) in (("STOPPED", EXIT_STOPPED), ("FAILED", EXIT_FAILED)), out
 
 
+@pytest.mark.parametrize(
+    ("code", "forwarded", "status"),
+    [
+        (-signal.SIGTERM, True, "STOPPED"),
+        (-signal.SIGINT, True, "STOPPED"),
+        (-signal.SIGTERM, False, "FAILED"),
+        (-signal.SIGKILL, True, "FAILED"),
+        (1, True, "FAILED"),
+    ],
+)
+def test_a_plugin_the_forwarded_stop_ended_while_starting_was_stopped(tmp_path, code, forwarded, status):
+    """Before the plugin takes signals (importing, loading), the runner's forwarded SIGTERM ends it at once."""
+    from plugin_sdk.runner import exit_code, settle
+
+    record = JobRecord(Workspace(tmp_path / "ws"), "3")
+    record.create(job_type="TRAIN", experiment="e")
+    record.update(status="RUNNING")
+    settled = settle(record, code, stop_forwarded=forwarded)
+    assert settled["status"] == status and record.read()["status"] == status
+    assert exit_code(status, code) == (EXIT_STOPPED if status == "STOPPED" else EXIT_FAILED)
+    if status == "STOPPED":
+        assert settled["job_data"]["completion_details"].startswith("Stopped by user while starting")
+
+
 def test_killed_runner_and_plugin_leave_a_failed_job(tmp_path):
     ws = Workspace(tmp_path / "ws")
     process = start_runner(ws, "6")
