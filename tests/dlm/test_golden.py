@@ -29,7 +29,7 @@ from dlm.samplers.llada import generate_llada
 GOLDEN_ROOT = Path(os.environ.get("DLM_GOLDEN_DIR", Path(__file__).parents[1] / "fixtures" / "golden"))
 
 # model_type that each golden.json family must load as.
-FAMILY_MODEL_TYPES = {"llada": "llada", "dream": "Dream", "modernbert": "modernbert"}
+FAMILY_MODEL_TYPES = {"llada": "llada", "llada_moe": "lladamoe", "dream": "Dream", "modernbert": "modernbert"}
 LOGITS_RTOL = 1e-4  # max |ours - reference| relative to the reference logits' standard deviation
 
 
