@@ -3,10 +3,10 @@ MDLM loss and sampled like LLaDA."""
 
 from dlm.families.base import Family
 
-# LoRA adapts the attention by default; `MOE_EXPERT_LORA_TARGETS` adds the experts' and the dense layers' MLPs and
-# the shared expert (the router `gate` is a plain module name to add by hand: adapting it changes the routing).
+# LoRA adapts the attention by default; target_modules "default+experts" adds the MLP projections of the experts (and
+# of dense layers and the shared expert). The router `gate` gets LoRA only when named: adapting it changes the routing.
 ATTENTION_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
-MOE_EXPERT_LORA_TARGETS = (*ATTENTION_LORA_TARGETS, "gate_proj", "up_proj", "down_proj")
+EXPERT_LORA_TARGETS = (*ATTENTION_LORA_TARGETS, "gate_proj", "up_proj", "down_proj")
 
 LLADA_MOE = Family(
     name="llada_moe",
@@ -25,4 +25,5 @@ LLADA_MOE = Family(
     output_head="lm_head",
     default_loss_weight="scheduler",
     sampler="llada",
+    expert_lora_targets=EXPERT_LORA_TARGETS,
 )

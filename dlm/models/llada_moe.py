@@ -244,7 +244,11 @@ class LLaDAMoEAttention(nn.Module):
             clip = self.config.clip_qkv
             q, k, v = q.clamp(-clip, clip), k.clamp(-clip, clip), v.clamp(-clip, clip)
         cos, sin = rotary
-        q, k, v = _apply_rotary(q.transpose(1, 2), cos, sin), _apply_rotary(k.transpose(1, 2), cos, sin), v.transpose(1, 2)
+        q, k, v = (
+            _apply_rotary(q.transpose(1, 2), cos, sin),
+            _apply_rotary(k.transpose(1, 2), cos, sin),
+            v.transpose(1, 2),
+        )
         attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )

@@ -13,11 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dlm.errors import ModelError
-from dlm.presets.builders import TINY_DREAM, build_a2d, build_ar, build_bert, build_dream, build_llada
+from dlm.presets.builders import TINY_DREAM, build_a2d, build_ar, build_bert, build_dream, build_llada, build_llada_moe
 from dlm.presets.store import PRESET_VERSION, build_in_place, default_workspace
 
 PRESETS: dict[str, Callable[[Path], None]] = {
     "tiny-llada": build_llada,
+    "tiny-llada-moe": build_llada_moe,
     "tiny-dream": lambda dst: build_dream(dst, TINY_DREAM),
     "tiny-bert": build_bert,
     "tiny-a2d": build_a2d,
