@@ -18,11 +18,11 @@ from dlm.presets.store import PRESET_VERSION, build_in_place, default_workspace
 
 PRESETS: dict[str, Callable[[Path], None]] = {
     "tiny-llada": build_llada,
-    "tiny-llada-moe": build_llada_moe,
     "tiny-dream": lambda dst: build_dream(dst, TINY_DREAM),
     "tiny-bert": build_bert,
     "tiny-a2d": build_a2d,
     "tiny-ar": build_ar,
+    "tiny-llada-moe": build_llada_moe,
 }
 
 

@@ -28,6 +28,11 @@ EXPECTED_CHAT = {
         "<|start_header_id|>user<|end_header_id|>\n\nhello world<|eot_id|>"
         "<|start_header_id|>assistant<|end_header_id|>\n\n",
     ),
+    "llada_moe": (
+        "<role>SYSTEM</role>Be brief.<|role_end|><role>HUMAN</role>hello world<|role_end|>"
+        "<role>ASSISTANT</role>paris<|role_end|>",
+        "<role>SYSTEM</role>Be brief.<|role_end|><role>HUMAN</role>hello world<|role_end|><role>ASSISTANT</role>",
+    ),
     "dream": (
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhello world<|im_end|>\n"
         "<|im_start|>assistant\nparis<|im_end|>\n",
@@ -88,7 +93,7 @@ def test_unknown_architecture_lists_every_family_and_architecture():
 def test_get_family():
     assert get_family("LLaDA") is FAMILIES["llada"]
     assert get_family(FAMILIES["dream"]) is FAMILIES["dream"]
-    with pytest.raises(ModelError, match="unknown model family 'gpt'; choose one of: llada, dream, bert, a2d, ar"):
+    with pytest.raises(ModelError, match="unknown model family 'gpt'; choose one of: llada, llada_moe, dream, bert, a2d, ar"):
         get_family("gpt")
 
 
@@ -130,6 +135,7 @@ def test_fixture_chat_templates_render_design_formats(folder):
     ("preset", "family"),
     [
         ("tiny-llada", "llada"),
+        ("tiny-llada-moe", "llada_moe"),
         ("tiny-dream", "dream"),
         ("tiny-bert", "bert"),
         ("tiny-a2d", "llada"),
@@ -204,5 +210,5 @@ def test_mask_id_outside_vocabulary():
 def test_training_methods_come_from_the_registry():
     from dlm.trainers.sft_config import TRAINING_METHODS
 
-    assert TRAINING_METHODS == ("auto", "bert", "dream", "llada", "a2d", "ar")
+    assert TRAINING_METHODS == ("auto", "bert", "dream", "llada", "llada_moe", "a2d", "ar")
     assert set(TRAINING_METHODS) == {"auto", *FAMILIES}

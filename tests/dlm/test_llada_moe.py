@@ -96,6 +96,68 @@ def test_router_aux_loss_matches_the_reference_function(model: LLaDAMoEModelLM, 
     assert model(input_ids=TENSORS[section["input_ids"]]).aux_loss is None  # only when asked for
 
 
+# ---- model behaviour -------------------------------------------------------------------------------------------------
+def random_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(4, 60, (batch, length), generator=torch.Generator().manual_seed(seed))  # no special ids
+
+
+def test_save_load_round_trip(model: LLaDAMoEModelLM, tmp_path: Path) -> None:
+    model.save_pretrained(tmp_path)
+    assert set(load_file(tmp_path / "model.safetensors")) == set(load_file(FIXTURE / "model.safetensors"))
+    official = json.loads((FIXTURE / "config.json").read_text())
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for key, value in official.items():
+        if key not in ("auto_map", "transformers_version"):
+            assert saved[key] == value, key
+    ids = random_ids(2, 11)
+    with torch.no_grad():
+        assert torch.equal(AutoModel.from_pretrained(tmp_path).eval()(ids).logits, model(ids).logits)
+
+
+def test_padding_invariance(model: LLaDAMoEModelLM) -> None:
+    """Real-token logits do not depend on right/left padding or a longer batch companion."""
+    seq, companion = random_ids(1, 9, seed=1), random_ids(1, 14, seed=2)
+    pad = torch.full((1, 5), model.config.pad_token_id)
+    with torch.no_grad():
+        alone = model(input_ids=seq).logits[0]
+        for row, real in ((torch.cat([seq, pad], 1), slice(0, 9)), (torch.cat([pad, seq], 1), slice(5, 14))):
+            mask = torch.zeros(2, 14, dtype=torch.long)
+            mask[0, real], mask[1] = 1, 1
+            logits = model(input_ids=torch.cat([row, companion]), attention_mask=mask).logits[0, real]
+            assert (logits - alone).abs().max() <= 1e-5 * alone.std()
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_gradient_checkpointing_gives_same_grads() -> None:
+    ids = random_ids(2, 12)
+
+    def grads(model: LLaDAMoEModelLM) -> dict[str, torch.Tensor]:
+        model.train()
+        F.cross_entropy(model(input_ids=ids).logits.flatten(0, 1), ids.flatten()).backward()
+        return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads(AutoModel.from_pretrained(FIXTURE))
+    checkpointed_model = AutoModel.from_pretrained(FIXTURE)
+    checkpointed_model.gradient_checkpointing_enable()
+    calls = []
+    checkpointed_model.model.layers[0].input_layernorm.register_forward_pre_hook(lambda *_: calls.append(1))
+    checkpointed = grads(checkpointed_model)
+    assert len(calls) == 2, "a checkpointed layer runs its first module again during backward"
+    assert plain.keys() == checkpointed.keys() and "model.layers.0.mlp.gate.weight" in plain
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_forward(model: LLaDAMoEModelLM, dtype: torch.dtype) -> None:
+    ids, mask = TENSORS["forward.input_ids"], TENSORS["forward.attention_mask"]
+    with torch.no_grad():
+        logits = AutoModel.from_pretrained(FIXTURE, dtype=dtype).eval()(input_ids=ids, attention_mask=mask).logits
+    assert logits.dtype == dtype and torch.isfinite(logits).all()
+    reference = TENSORS["forward.logits_with_attention_mask"][mask.bool()]
+    assert (logits[mask.bool()].float() - reference).abs().max() < 0.1 * reference.std()
+
+
 # ---- masks, positions, sparse logits ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
 def test_a_4d_bool_mask_is_used_as_given(attn_implementation: str) -> None:
@@ -270,3 +332,38 @@ def test_tiny_llada_moe_trains_without_router_loss_by_default(tmp_path: Path, lo
     assert all(aux is None for _, aux in steps)
     assert not logged(reporter, "train/aux_loss")
     assert logged(reporter, "train/loss") == pytest.approx([loss for loss, _ in steps], rel=1e-5)
+
+
+def test_tiny_llada_moe_generates(tmp_path: Path) -> None:
+    from dlm.generation import SamplerSettings, generate
+
+    loaded = load_model_and_tokenizer("tiny-llada-moe", workspace=tmp_path, dtype="float32")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    settings = SamplerSettings(steps=4, max_new_tokens=8, block_length=4)
+    out = generate(loaded.model, loaded.family, loaded.special_ids, ids, torch.ones_like(ids), settings)
+    assert out.sequences.shape == (1, 12) and out.sequences[0, :4].tolist() == [5, 6, 7, 8]
+    assert loaded.special_ids.mask not in out.sequences.tolist()[0]  # every position revealed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", ["true", "false"])
+def test_sft_plugin_trains_tiny_llada_moe_and_samples(workspace_with_presets, tmp_path: Path, lora: str) -> None:
+    from tests.dlm.test_sft import run_trainer
+
+    workspace = str(workspace_with_presets(f"moe_plugin_{lora}"))
+    code, record, log, ws = run_trainer(
+        workspace,
+        tmp_path,
+        model_name="tiny-llada-moe",
+        train_steps="2",
+        lora=lora,
+        lora_target_modules="default+experts",
+        save_full_model="true",
+        sample_every_steps="2",
+        validation_fraction="0.25",
+    )
+    assert code == 0, log
+    assert "samples at step 2:" in log
+    assert record["status"] == "COMPLETE" and record["job_data"]["completion_status"] == "success", log
+    registered = json.loads((ws.model_dir(f"tiny-llada-moe_{tmp_path.name}") / "index.json").read_text())
+    assert registered["json_data"]["architecture"] == "LLaDAMoEModelLM"

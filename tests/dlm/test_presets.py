@@ -14,9 +14,17 @@ from dlm.presets.resolve import resolve_model_path
 from dlm.presets.tiny import PRESETS, ensure_preset
 
 MESSAGES = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."}]
-PRESET_FAMILY = {"tiny-llada": "llada", "tiny-dream": "dream", "tiny-bert": "bert", "tiny-a2d": "a2d", "tiny-ar": "ar"}
+PRESET_FAMILY = {
+    "tiny-llada": "llada",
+    "tiny-llada-moe": "llada_moe",
+    "tiny-dream": "dream",
+    "tiny-bert": "bert",
+    "tiny-a2d": "a2d",
+    "tiny-ar": "ar",
+}
 PRESET_CLASS = {
     "tiny-llada": "LLaDAModelLM",
+    "tiny-llada-moe": "LLaDAMoEModelLM",
     "tiny-dream": "DreamModel",
     "tiny-bert": "ModernBertForMaskedLM",
     "tiny-a2d": "LlamaForCausalLM",
@@ -26,6 +34,7 @@ FAMILY_TOKENS = {
     "tiny-llada": [
         "<|startoftext|>", "<|endoftext|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|mdm_mask|>",
     ],
+    "tiny-llada-moe": ["<|startoftext|>", "<|endoftext|>", "<role>", "</role>", "<|role_end|>", "<|mask|>"],
     "tiny-dream": ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|mask|>", "<|beginoftext|>"],
     "tiny-bert": ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]", "[SYS]", "[/SYS]", "[Question]", "[/Question]",
                   "[Answer]", "[/Answer]"],
