@@ -161,7 +161,7 @@ def test_sampler_output(fixture_dir: Path, case: dict[str, Any]) -> None:
     model = load_model(fixture_dir)
     prompt = tensors[spec["sample"]["prompt"]]
     family = spec["family"]
-    if family == "llada":
+    if get_family(family).sampler == "llada":
         # the reference's cfg case passes an all-ones attention mask
         attention_mask = torch.ones_like(prompt) if case.get("cfg_scale", 0) > 0 else None
         out = generate_llada(
@@ -176,7 +176,7 @@ def test_sampler_output(fixture_dir: Path, case: dict[str, Any]) -> None:
             mask_id=case["mask_id"],
             attention_mask=attention_mask,
         )
-    elif family == "dream":
+    elif get_family(family).sampler == "dream":
         out = generate_dream(
             model,
             prompt,
