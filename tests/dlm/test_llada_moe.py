@@ -367,3 +367,27 @@ def test_sft_plugin_trains_tiny_llada_moe_and_samples(workspace_with_presets, tm
     assert record["status"] == "COMPLETE" and record["job_data"]["completion_status"] == "success", log
     registered = json.loads((ws.model_dir(f"tiny-llada-moe_{tmp_path.name}") / "index.json").read_text())
     assert registered["json_data"]["architecture"] == "LLaDAMoEModelLM"
+
+
+def test_tiny_llada_moe_evaluates(tmp_path: Path) -> None:
+    from dlm.evaluation.run import evaluate
+    from dlm.evaluation.settings import EvalExample, EvalSettings
+    from dlm.generation import SamplerSettings
+
+    loaded = load_model_and_tokenizer("tiny-llada-moe", workspace=tmp_path, dtype="float32")
+    examples = [
+        EvalExample(
+            text="Lily reads a book in the park.", prompt=[{"role": "user", "content": "3 + 4?"}], reference="7"
+        ),
+        EvalExample(text="Tom has 12 coins.", prompt=[{"role": "user", "content": "Where?"}], reference="home"),
+    ]
+    settings = EvalSettings(
+        metrics=("perplexity", "conditional_perplexity", "accuracy", "generation", "task_accuracy"),
+        batch_size=2,
+        mc_num=4,
+        sampler=SamplerSettings(steps=4, max_new_tokens=4, block_length=4),
+    )
+    metrics = {m.name: m.value for m in evaluate(loaded, examples, settings).metrics}
+    assert {"perplexity", "conditional_perplexity", "generation_perplexity", "task_accuracy"} <= set(metrics)
+    assert all(torch.isfinite(torch.tensor(float(v))) for v in metrics.values()), metrics
+    assert 1 < metrics["perplexity"] < 2 * len(loaded.tokenizer)  # a random model: about the vocabulary size
