@@ -54,7 +54,7 @@ MASK_TOKEN_ID = 156895  # `<|mask|>` of the published tokenizer (the model card'
 class LLaDAMoEConfig(PretrainedConfig):
     """Configuration of LLaDA-MoE checkpoints; field names and meanings are those of the official ``config.json``.
 
-    Defaults are LLaDA-MoE-7B-A1B's. Fields the reference code reads but ignores (``norm_topk_prob``,
+    Defaults are LLaDA-MoE-7B-A1B's (as third-party ports quote its config.json). Fields the reference code reads but ignores (``norm_topk_prob``,
     ``routed_scaling_factor``, ``moe_router_score_function``, ``router_num_group``, ``router_topk_group``) are kept
     so a saved config matches the official one. ``moe_layer_freq`` None means every layer is MoE. The official
     ``auto_map`` (remote code for transformers 4) is dropped.
@@ -114,6 +114,10 @@ class LLaDAMoEConfig(PretrainedConfig):
                 f"LLaDAMoEConfig: moe_layer_freq has {len(self.moe_layer_freq)} entries for "
                 f"{self.num_hidden_layers} layers"
             )
+        if not 0 < self.partial_rotary_factor <= 1:
+            raise ValueError(
+                f"LLaDAMoEConfig: partial_rotary_factor must be in (0, 1], got {self.partial_rotary_factor}"
+            )
         if self.rope_scaling is not None:
             raise NotImplementedError("LLaDAMoEConfig: rope_scaling is not implemented (published models use none)")
         super().__post_init__(**kwargs)
@@ -131,7 +135,7 @@ class LLaDAConfigByArchitecture(LLaDAConfig):
     ``LLaDAMoEModelLM`` (the published LLaDA-MoE ``config.json``), an `LLaDAConfig` otherwise. Never instantiated
     itself: both construction and ``from_dict`` return one of the two."""
 
-    def __new__(cls, *args, **kwargs):  # noqa: D102 - AutoConfig.for_model("llada", ...) builds a dense LLaDA config
+    def __new__(cls, *args, **kwargs):  # AutoConfig.for_model("llada", ...)
         return _config_class(kwargs.get("architectures"))(*args, **kwargs)
 
     @classmethod

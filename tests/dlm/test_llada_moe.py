@@ -219,9 +219,11 @@ def test_each_expert_runs_on_exactly_the_tokens_routed_to_it(model: LLaDAMoEMode
 
 # ---- real size -------------------------------------------------------------------------------------------------------
 def test_published_size_on_the_meta_device() -> None:
-    """LLaDA-MoE-7B-A1B: "7 billion total parameters, only 1.4 billion are activated" (the model card); shapes from
-    the config the checkpoints ship (the config class's defaults: 16 layers, width 2048, 64 experts of width 1024,
-    8 per token, vocabulary 157184, untied head)."""
+    """LLaDA-MoE-7B-A1B: "7 billion total parameters, only 1.4 billion are activated" (model card,
+    huggingface.co/inclusionAI/LLaDA-MoE-7B-A1B-Instruct). Shapes: the config class's defaults (16 layers of width 2048,
+    16 heads, 64 experts of width 1024, 8 per token, vocabulary 157184, untied head), as third-party ports quote the
+    hub's config.json. Active: everything a token passes through (its 8 experts per layer, attention, router, head),
+    without the embedding table (a lookup)."""
     config = LLaDAMoEConfig(architectures=["LLaDAMoEModelLM"])
     with torch.device("meta"):
         model = LLaDAMoEModelLM(config)
