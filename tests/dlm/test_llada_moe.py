@@ -369,6 +369,9 @@ def test_sft_plugin_trains_tiny_llada_moe_and_samples(workspace_with_presets, tm
     assert record["status"] == "COMPLETE" and record["job_data"]["completion_status"] == "success", log
     registered = json.loads((ws.model_dir(f"tiny-llada-moe_{tmp_path.name}") / "index.json").read_text())
     assert registered["json_data"]["architecture"] == "LLaDAMoEModelLM"
+    if lora == "true":
+        adapter = load_file(ws.adaptor_dir("tiny-llada-moe", tmp_path.name) / "adapter_model.safetensors")
+        assert any(".mlp.experts.3.down_proj.lora_A" in key for key in adapter)
 
 
 def test_tiny_llada_moe_evaluates(tmp_path: Path) -> None:
