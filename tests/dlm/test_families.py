@@ -93,7 +93,9 @@ def test_unknown_architecture_lists_every_family_and_architecture():
 def test_get_family():
     assert get_family("LLaDA") is FAMILIES["llada"]
     assert get_family(FAMILIES["dream"]) is FAMILIES["dream"]
-    with pytest.raises(ModelError, match="unknown model family 'gpt'; choose one of: llada, llada_moe, dream, bert, a2d, ar"):
+    with pytest.raises(
+        ModelError, match="unknown model family 'gpt'; choose one of: llada, llada_moe, dream, bert, a2d, ar"
+    ):
         get_family("gpt")
 
 
