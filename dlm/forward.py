@@ -38,6 +38,7 @@ _CAUSAL = _HeadSpec("lm_head", _lm_head, {"use_cache": False})
 _HEADS: dict[str, _HeadSpec] = {
     # logits_from_hidden adds LLaDA's optional scale_logits after model.transformer.ff_out
     "LLaDAModelLM": _HeadSpec("model.transformer.ff_out", lambda m, h: m.logits_from_hidden(h)),
+    "LLaDAMoEModelLM": _HeadSpec("lm_head", _lm_head),
     "DreamModel": _HeadSpec("lm_head", _lm_head),
     # ModernBERT's head is dense + activation + norm, then the decoder projection
     "ModernBertForMaskedLM": _HeadSpec("head", lambda m, h: m.decoder(m.head(h))),

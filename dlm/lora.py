@@ -13,6 +13,8 @@ from dlm.families.base import Family
 from dlm.loading import LoadedModel, load_model_and_tokenizer
 from dlm.resume import refuse_damaged
 
+DEFAULT_AND_EXPERTS = "default+experts"  # a mixture-of-experts family's defaults and its experts' MLPs
+
 
 def _matches(module_name: str, target: str) -> bool:
     return module_name == target or module_name.endswith("." + target)
@@ -26,12 +28,14 @@ def _output_head_name(model: Any, family: Family) -> str:
 
 def _parse_targets(target_modules: str | list[str] | tuple[str, ...]) -> list[str] | str:
     if isinstance(target_modules, str):
-        if target_modules in ("default", "all-linear"):
+        if target_modules in ("default", DEFAULT_AND_EXPERTS, "all-linear"):
             return target_modules
         target_modules = target_modules.split(",")
     targets = [t.strip() for t in target_modules if t.strip()]
     if not targets:
-        raise ModelError("target_modules is empty; use 'default', 'all-linear' or a list of module names")
+        raise ModelError(
+            f"target_modules is empty; use 'default', '{DEFAULT_AND_EXPERTS}', 'all-linear' or a list of module names"
+        )
     return targets
 
 
@@ -40,8 +44,9 @@ def lora_targets(
 ) -> list[str] | str:
     """The module-name suffixes LoRA adapts (or `"all-linear"`), checked against the model's modules.
 
-    `"default"` is the family's list, restricted to the names this architecture has; a list (or a comma-joined
-    string) must name modules that exist.
+    `"default"` is the family's list, restricted to the names this architecture has; `"default+experts"` adds a
+    mixture-of-experts family's expert MLPs (`Family.expert_lora_targets`); a list (or a comma-joined string) must
+    name modules that exist.
     """
     family = get_family(family)
     targets = _parse_targets(target_modules)
@@ -50,6 +55,13 @@ def lora_targets(
     import torch
 
     names = [name for name, _ in model.named_modules()]
+    if targets == DEFAULT_AND_EXPERTS:
+        if not family.expert_lora_targets:
+            raise ModelError(
+                f"target_modules {DEFAULT_AND_EXPERTS!r} is for mixture-of-experts families; {family.name} has no "
+                "experts: use 'default'"
+            )
+        return [t for t in family.expert_lora_targets if any(_matches(n, t) for n in names)]
     if targets == "default":
         chosen = [t for t in family.default_lora_targets if any(_matches(n, t) for n in names)]
         if not chosen:

@@ -30,6 +30,8 @@ class Family:
     token); `uses_attention_mask` passes an attention mask to the model (else pads are attended like any token);
     `train_on_padding` makes pad positions maskable and trained (the model learns where the answer ends).
     `shift_logits`: position i predicts token i+1 (Dream, causal LMs) rather than token i.
+    `expert_lora_targets`: for a mixture-of-experts family, the MLP module names LoRA adds to the defaults with
+    `target_modules="default+experts"` (empty: the family has no experts).
     `output_head` names the output projection (a full module name, or a suffix for several architectures): it is
     never quantized and never gets LoRA.
     Behaviour: `sampler` names the algorithm that answers prompts (a module of `dlm.samplers`: `llada`, `dream`,
@@ -65,6 +67,7 @@ class Family:
     architectures_note: str | None = None
     mask_hint: str = MASK_ID_HINT
     block_size: int | None = None
+    expert_lora_targets: tuple[str, ...] = ()
 
     @property
     def is_diffusion(self) -> bool:

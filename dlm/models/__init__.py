@@ -1,4 +1,4 @@
-"""Native LLaDA and Dream implementations, registered with transformers' Auto classes on import.
+"""Native LLaDA, LLaDA-MoE and Dream implementations, registered with transformers' Auto classes on import.
 
 After ``import dlm`` (which imports this package), ``AutoConfig``/``AutoModel``/``AutoModelForMaskedLM``
 ``.from_pretrained(path)`` load official LLaDA (``model_type="llada"``) and Dream (``model_type="Dream"``)
@@ -10,10 +10,13 @@ from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
 from dlm.models.dream import DreamConfig, DreamModel
 from dlm.models.llada import LLaDAConfig, LLaDAModelLM
+from dlm.models.llada_moe import LLaDAConfigByArchitecture, LLaDAMoEConfig, LLaDAMoEModelLM
 
-for _config, _model in ((LLaDAConfig, LLaDAModelLM), (DreamConfig, DreamModel)):
+for _config, _model in ((LLaDAConfig, LLaDAModelLM), (DreamConfig, DreamModel), (LLaDAMoEConfig, LLaDAMoEModelLM)):
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
     AutoModel.register(_config, _model, exist_ok=True)
     AutoModelForMaskedLM.register(_config, _model, exist_ok=True)
+# The published LLaDA-MoE config.json says model_type "llada": read "llada" configs by their architectures.
+AutoConfig.register("llada", LLaDAConfigByArchitecture, exist_ok=True)
 
-__all__ = ["DreamConfig", "DreamModel", "LLaDAConfig", "LLaDAModelLM"]
+__all__ = ["DreamConfig", "DreamModel", "LLaDAConfig", "LLaDAModelLM", "LLaDAMoEConfig", "LLaDAMoEModelLM"]

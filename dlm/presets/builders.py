@@ -24,6 +24,9 @@ LLADA_SPECIALS = ("<|startoftext|>", "<|endoftext|>", "<|start_header_id|>", "<|
 LLADA_MASK = "<|mdm_mask|>"
 DREAM_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|beginoftext|>", "<|mask|>")
 DREAM_MASK = "<|mask|>"
+LLADA_MOE_SPECIALS = ("<|startoftext|>", "<|endoftext|>", "<role>", "</role>", "<|role_end|>")
+LLADA_MOE_MASK = "<|mask|>"
+TINY_EXPERTS, TINY_EXPERTS_PER_TOKEN = 4, 2
 BERT_SPECIALS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")
 BERT_CHAT_MARKERS = ("[SYS]", "[/SYS]", "[Question]", "[/Question]", "[Answer]", "[/Answer]")
 
@@ -115,6 +118,50 @@ def _llada_config(dims: Dims, vocab: int, **special_ids: int | None) -> Any:
         weight_tying=False,
         use_cache=False,
         architectures=["LLaDAModelLM"],
+        **special_ids,
+    )
+
+
+def _llada_moe_tokenizer(bpe: Any = None):
+    tokenizer = fast_tokenizer(
+        LLADA_MOE_SPECIALS,
+        read_template("llada_moe.jinja"),
+        bpe=bpe,
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )
+    tokenizer.add_special_tokens({"mask_token": LLADA_MOE_MASK})
+    return tokenizer
+
+
+def build_llada_moe(dst: Path, dims: Dims = TINY, tokenizer: Any = None) -> None:
+    tokenizer = tokenizer or _llada_moe_tokenizer()
+    config = _llada_moe_config(dims, _padded(len(tokenizer)), **_special_ids(tokenizer))
+    _save_random_model("AutoModel", config, tokenizer, dst)
+
+
+def _llada_moe_config(dims: Dims, vocab: int, **special_ids: int | None) -> Any:
+    """Every layer MoE, as LLaDA-MoE-7B-A1B; the experts a token uses add up to `dims.intermediate`."""
+    from dlm.models.llada_moe import LLaDAMoEConfig
+
+    return LLaDAMoEConfig(
+        vocab_size=vocab,
+        hidden_size=dims.hidden,
+        dense_intermediate_size=dims.intermediate,
+        expert_intermediate_size=dims.intermediate // TINY_EXPERTS_PER_TOKEN,
+        num_hidden_layers=dims.layers,
+        num_attention_heads=dims.heads,
+        num_key_value_heads=dims.kv_heads or dims.heads,
+        num_experts=TINY_EXPERTS,
+        num_experts_per_tok=TINY_EXPERTS_PER_TOKEN,
+        max_position_embeddings=MAX_POSITIONS,
+        rope_theta=50000.0,
+        rms_norm_eps=1e-5,
+        qk_layernorm=True,
+        tie_word_embeddings=False,
+        use_cache=False,
+        architectures=["LLaDAMoEModelLM"],
         **special_ids,
     )
 
@@ -272,6 +319,16 @@ FAMILY_PRESETS: dict[str, FamilyPreset] = {
         sized=True,
         mask_token=LLADA_MASK,
         template_file="llada.jinja",
+    ),
+    "llada_moe": FamilyPreset(
+        specials=(*LLADA_MOE_SPECIALS, LLADA_MOE_MASK),
+        tokenizer=_llada_moe_tokenizer,
+        build=build_llada_moe,
+        config=_llada_moe_config,
+        auto_class="AutoModel",
+        sized=False,
+        mask_token=LLADA_MOE_MASK,
+        template_file="llada_moe.jinja",
     ),
     "dream": FamilyPreset(
         specials=DREAM_SPECIALS,

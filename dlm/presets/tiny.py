@@ -23,6 +23,7 @@ from dlm.presets.builders import (
     build_bert,
     build_dream,
     build_llada,
+    build_llada_moe,
 )
 from dlm.presets.store import PRESET_VERSION, build_in_place, default_workspace
 
@@ -33,6 +34,7 @@ PRESETS: dict[str, Callable[[Path], None]] = {
     "tiny-a2d": build_a2d,
     "tiny-bd3lm": lambda dst: build_bd3lm(dst, block_size=TINY_BLOCK_SIZE),
     "tiny-ar": build_ar,
+    "tiny-llada-moe": build_llada_moe,
 }
 
 

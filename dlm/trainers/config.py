@@ -192,8 +192,9 @@ class TrainerConfig(FromParams):
         title="LoRA target modules",
         group="LoRA and quantization",
         help=(
-            "Modules that get LoRA: default (the family's attention and MLP projections), all-linear, or a "
-            "comma-separated list of module names."
+            "Modules that get LoRA: default (the family's attention and MLP projections; a mixture-of-experts "
+            "family's attention only), default+experts (with the experts' MLPs), all-linear, or a comma-separated "
+            "list of module names."
         ),
     )
     logging_steps: int = setting(

@@ -20,7 +20,9 @@ What it adds to the stock Trainer:
 - a batch with no token to score (nothing masked) has no loss: the logged train/loss is the mean over the logged
   optimizer steps that scored a token, perplexity and accuracy are over the micro-batches that did, eval/loss over
   the validation batches that did, and a logging window without any scored token logs neither (never 0 and 1.0);
-- a NaN or infinite loss stops training with the step named, before any checkpoint of the bad state is written.
+- a NaN or infinite loss stops training with the step named, before any checkpoint of the bad state is written;
+- a mixture-of-experts model whose config sets `output_router_logits` trains with its router's load-balancing loss
+  added (`router_aux_loss_coef * aux_loss`, averaged over the step's micro-batches), logged as `aux_loss`.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from dlm.trainers.logs import last_logged, memory_in_use_gb
 from dlm.trainers.model import load_for_training, trainable_model
 from dlm.trainers.outputs import TrainResult
 from dlm.trainers.resuming import train_or_resume
+from dlm.trainers.router_loss import caught_aux_losses, router_aux_loss_coef
 from dlm.trainers.sft_config import SFTConfig
 
 
@@ -78,6 +81,7 @@ class DiffusionTrainer(FixedEvalMasks, Trainer):
         self._window_steps: set[int] = set()
         self._scored_steps: set[int] = set()
         self._last_batch_empty = False
+        self.router_aux_loss_coef = router_aux_loss_coef(self.model)
 
     # ---- loss ----------------------------------------------------------------------------------------------
     @property
@@ -112,17 +116,20 @@ class DiffusionTrainer(FixedEvalMasks, Trainer):
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         mode = "train" if model.training else "eval"
         inputs = self._maybe_shorten(inputs)
-        if self.loss_config is None:
-            out = ar_loss(model, inputs, loss_norm_type=self._norm_type(), num_items_in_batch=num_items_in_batch)
-        else:
-            t, masked = draw_mask(inputs, self.loss_config, self._eval_generator if mode == "eval" else None)
-            out = diffusion_loss(
-                model, inputs, masked=masked, t=t, config=self.loss_config, num_items_in_batch=num_items_in_batch
-            )
+        with caught_aux_losses(model) as aux_losses:
+            if self.loss_config is None:
+                out = ar_loss(model, inputs, loss_norm_type=self._norm_type(), num_items_in_batch=num_items_in_batch)
+            else:
+                t, masked = draw_mask(inputs, self.loss_config, self._eval_generator if mode == "eval" else None)
+                out = diffusion_loss(
+                    model, inputs, masked=masked, t=t, config=self.loss_config, num_items_in_batch=num_items_in_batch
+                )
         loss = out.loss
         if mode == "train" and num_items_in_batch is not None:
             # DDP averages gradients over processes; the denominator already covers all of them.
             loss = loss * self.accelerator.num_processes
+        if mode == "train" and self.router_aux_loss_coef and aux_losses:
+            loss = loss + self._router_loss(aux_losses[-1])
         if not torch.isfinite(loss.detach()):
             raise FloatingPointError(
                 f"the loss became {loss.item()} at step {self.state.global_step + 1}; training stopped and the last "
@@ -134,6 +141,14 @@ class DiffusionTrainer(FixedEvalMasks, Trainer):
             if not out.empty:
                 self._scored_steps.add(self.state.global_step)
         return (loss, None) if return_outputs else loss
+
+    def _router_loss(self, aux_loss: torch.Tensor) -> torch.Tensor:
+        """The micro-batch's share of the step's router loss: the coefficient times its mean over the micro-batches
+        (a per-process mean, which DDP then averages)."""
+        sums = self._sums["train"]
+        sums["aux_loss"] += float(aux_loss.detach())
+        sums["aux_batches"] += 1
+        return self.router_aux_loss_coef * aux_loss / self.args.gradient_accumulation_steps
 
     def _accumulate(self, mode: str, out: LossOutput, inputs: dict[str, torch.Tensor]) -> None:
         sums = self._sums[mode]
@@ -181,6 +196,8 @@ class DiffusionTrainer(FixedEvalMasks, Trainer):
                 logs["memory_gb"] = memory_in_use_gb()
                 if sums.get("empty_batches"):
                     logs["skipped_empty_batches"] = sums["empty_batches"]
+                if sums.get("aux_batches"):
+                    logs["aux_loss"] = sums["aux_loss"] / sums["aux_batches"]
         self._sums[mode] = defaultdict(float)
         super().log(logs, start_time)
 

@@ -447,7 +447,7 @@ def test_two_processes_take_the_step_of_one_process_with_both_batches(workspace,
     assert max_difference(one, two[0]) <= 1e-6
 
 
-@pytest.mark.parametrize("model", ["tiny-dream", "tiny-bert", "tiny-a2d"])
+@pytest.mark.parametrize("model", ["tiny-dream", "tiny-bert", "tiny-a2d", "tiny-llada-moe"])
 def test_other_families_start_at_the_identity_and_train(workspace, tmp_path, model):
     reporter = Reporter()
     result = run_dpo(

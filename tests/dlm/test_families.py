@@ -28,6 +28,11 @@ EXPECTED_CHAT = {
         "<|start_header_id|>user<|end_header_id|>\n\nhello world<|eot_id|>"
         "<|start_header_id|>assistant<|end_header_id|>\n\n",
     ),
+    "llada_moe": (
+        "<role>SYSTEM</role>Be brief.<|role_end|><role>HUMAN</role>hello world<|role_end|>"
+        "<role>ASSISTANT</role>paris<|role_end|>",
+        "<role>SYSTEM</role>Be brief.<|role_end|><role>HUMAN</role>hello world<|role_end|><role>ASSISTANT</role>",
+    ),
     "dream": (
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhello world<|im_end|>\n"
         "<|im_start|>assistant\nparis<|im_end|>\n",
@@ -89,7 +94,7 @@ def test_get_family():
     assert get_family("LLaDA") is FAMILIES["llada"]
     assert get_family(FAMILIES["dream"]) is FAMILIES["dream"]
     with pytest.raises(
-        ModelError, match="unknown model family 'gpt'; choose one of: llada, dream, bert, a2d, bd3lm, ar"
+        ModelError, match="unknown model family 'gpt'; choose one of: llada, llada_moe, dream, bert, a2d, bd3lm, ar"
     ):
         get_family("gpt")
 
@@ -132,6 +137,7 @@ def test_fixture_chat_templates_render_design_formats(folder):
     ("preset", "family"),
     [
         ("tiny-llada", "llada"),
+        ("tiny-llada-moe", "llada_moe"),
         ("tiny-dream", "dream"),
         ("tiny-bert", "bert"),
         ("tiny-a2d", "llada"),
@@ -206,5 +212,5 @@ def test_mask_id_outside_vocabulary():
 def test_training_methods_come_from_the_registry():
     from dlm.trainers.sft_config import TRAINING_METHODS
 
-    assert TRAINING_METHODS == ("auto", "bert", "dream", "llada", "a2d", "ar", "bd3lm")
+    assert TRAINING_METHODS == ("auto", "bert", "dream", "llada", "llada_moe", "a2d", "ar", "bd3lm")
     assert set(TRAINING_METHODS) == {"auto", *FAMILIES}

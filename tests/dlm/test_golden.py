@@ -29,7 +29,7 @@ from dlm.samplers.llada import generate_llada
 GOLDEN_ROOT = Path(os.environ.get("DLM_GOLDEN_DIR", Path(__file__).parents[1] / "fixtures" / "golden"))
 
 # model_type that each golden.json family must load as.
-FAMILY_MODEL_TYPES = {"llada": "llada", "dream": "Dream", "modernbert": "modernbert"}
+FAMILY_MODEL_TYPES = {"llada": "llada", "llada_moe": "lladamoe", "dream": "Dream", "modernbert": "modernbert"}
 LOGITS_RTOL = 1e-4  # max |ours - reference| relative to the reference logits' standard deviation
 
 
@@ -163,7 +163,7 @@ def test_sampler_output(fixture_dir: Path, case: dict[str, Any]) -> None:
     model = load_model(fixture_dir)
     prompt = tensors[spec["sample"]["prompt"]]
     family = spec["family"]
-    if family == "llada":
+    if get_family(family).sampler == "llada":
         # the reference's cfg case passes an all-ones attention mask
         attention_mask = torch.ones_like(prompt) if case.get("cfg_scale", 0) > 0 else None
         out = generate_llada(
@@ -178,7 +178,7 @@ def test_sampler_output(fixture_dir: Path, case: dict[str, Any]) -> None:
             mask_id=case["mask_id"],
             attention_mask=attention_mask,
         )
-    elif family == "dream":
+    elif get_family(family).sampler == "dream":
         out = generate_dream(
             model,
             prompt,

@@ -16,6 +16,7 @@ from dlm.presets.tiny import PRESETS, ensure_preset
 MESSAGES = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."}]
 PRESET_FAMILY = {
     "tiny-llada": "llada",
+    "tiny-llada-moe": "llada_moe",
     "tiny-dream": "dream",
     "tiny-bert": "bert",
     "tiny-a2d": "a2d",
@@ -24,6 +25,7 @@ PRESET_FAMILY = {
 }
 PRESET_CLASS = {
     "tiny-llada": "LLaDAModelLM",
+    "tiny-llada-moe": "LLaDAMoEModelLM",
     "tiny-dream": "DreamModel",
     "tiny-bert": "ModernBertForMaskedLM",
     "tiny-a2d": "LlamaForCausalLM",
@@ -34,6 +36,7 @@ FAMILY_TOKENS = {
     "tiny-llada": [
         "<|startoftext|>", "<|endoftext|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|mdm_mask|>",
     ],
+    "tiny-llada-moe": ["<|startoftext|>", "<|endoftext|>", "<role>", "</role>", "<|role_end|>", "<|mask|>"],
     "tiny-dream": ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|mask|>", "<|beginoftext|>"],
     "tiny-bert": ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]", "[SYS]", "[/SYS]", "[Question]", "[/Question]",
                   "[Answer]", "[/Answer]"],

@@ -156,7 +156,14 @@ def test_saved_adapter_and_full_model_reload_to_the_same_logits(workspace, tmp_p
 # ---- every family ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("model", "method"),
-    [("tiny-llada", "auto"), ("tiny-dream", "dream"), ("tiny-bert", "auto"), ("tiny-a2d", "a2d"), ("tiny-ar", "ar")],
+    [
+        ("tiny-llada", "auto"),
+        ("tiny-llada-moe", "llada_moe"),
+        ("tiny-dream", "dream"),
+        ("tiny-bert", "auto"),
+        ("tiny-a2d", "a2d"),
+        ("tiny-ar", "ar"),
+    ],
 )
 def test_each_family_trains(workspace, tmp_path, model, method):
     reporter = Reporter()
