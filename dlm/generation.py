@@ -17,6 +17,7 @@ from dlm.samplers.causal import CausalSampler
 from dlm.samplers.common import SampleOutput, StepHook
 from dlm.samplers.dream import DreamSampler
 from dlm.samplers.llada import LladaSampler
+from dlm.samplers.sdar import SDARSampler
 
 
 @dataclass(frozen=True)
@@ -39,12 +40,13 @@ class SamplerSettings:
     grow_canvas: int = 0  # LLaDA-style samplers: grow the canvas this many tokens at a time, stop at the end token
 
 
-Sampler = LladaSampler | DreamSampler | CausalSampler
+Sampler = LladaSampler | DreamSampler | CausalSampler | SDARSampler
 # `Family.sampler` names one of these
-SAMPLERS: dict[str, type[LladaSampler] | type[DreamSampler] | type[CausalSampler]] = {
+SAMPLERS: dict[str, type[LladaSampler] | type[DreamSampler] | type[CausalSampler] | type[SDARSampler]] = {
     "llada": LladaSampler,
     "dream": DreamSampler,
     "causal": CausalSampler,
+    "sdar": SDARSampler,
 }
 
 

@@ -39,6 +39,7 @@ class Family:
     the family; the family without them is the default); `converted_from` names the family whose checkpoints this one
     is made from (`dlm.convert`), `architectures_note` how `supported_families_text` describes its checkpoints, and
     `mask_hint` what to do when a checkpoint has no mask token.
+    `block_size`: block diffusion — trained with the x_t ⊕ x_0 objective and sampled block by block with this default block size; None for full-sequence diffusion
     """
 
     name: str
@@ -62,6 +63,7 @@ class Family:
     converted_from: str | None = None
     architectures_note: str | None = None
     mask_hint: str = MASK_ID_HINT
+    block_size: int | None = None
 
     @property
     def is_diffusion(self) -> bool:
