@@ -36,7 +36,14 @@ from transformers.models.qwen3_moe.modeling_qwen3_moe import (
     Qwen3MoePreTrainedModel,
 )
 
-_TRAINING_ONLY_KEYS = ("auto_map", "attn_implementation")
+
+
+def _drop_training_only_keys(kwargs: dict[str, Any]) -> None:
+    """The published configs' `auto_map` (remote code for transformers 4.x) and their training kernel
+    (`attn_implementation: "flex_attention"`, which takes a flex block mask rather than a tensor mask)."""
+    kwargs.pop("auto_map", None)
+    if kwargs.get("attn_implementation") == "flex_attention":
+        del kwargs["attn_implementation"]
 
 
 @strict
@@ -51,8 +58,7 @@ class SDARConfig(Qwen3Config):
     mask_token_id: int | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
-        for key in _TRAINING_ONLY_KEYS:
-            kwargs.pop(key, None)
+        _drop_training_only_keys(kwargs)
         if self.block_size < 1:
             raise ValueError(f"SDARConfig: block_size must be at least 1, got {self.block_size}")
         super().__post_init__(**kwargs)
@@ -68,8 +74,7 @@ class SDARMoeConfig(Qwen3MoeConfig):
     mask_token_id: int | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
-        for key in _TRAINING_ONLY_KEYS:
-            kwargs.pop(key, None)
+        _drop_training_only_keys(kwargs)
         if self.block_size < 1:
             raise ValueError(f"SDARMoeConfig: block_size must be at least 1, got {self.block_size}")
         super().__post_init__(**kwargs)

@@ -15,12 +15,14 @@ from dlm.presets.tiny import PRESETS, ensure_preset
 
 MESSAGES = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."}]
 PRESET_FAMILY = {"tiny-llada": "llada", "tiny-dream": "dream", "tiny-bert": "bert", "tiny-a2d": "a2d", "tiny-ar": "ar"}
+PRESET_FAMILY["tiny-sdar"] = "sdar"
 PRESET_CLASS = {
     "tiny-llada": "LLaDAModelLM",
     "tiny-dream": "DreamModel",
     "tiny-bert": "ModernBertForMaskedLM",
     "tiny-a2d": "LlamaForCausalLM",
     "tiny-ar": "LlamaForCausalLM",
+    "tiny-sdar": "SDARForCausalLM",
 }
 FAMILY_TOKENS = {
     "tiny-llada": [
