@@ -2,9 +2,10 @@
 
 After ``import dlm`` (which imports this package), ``AutoConfig``/``AutoModel``/``AutoModelForMaskedLM``
 ``.from_pretrained(path)`` load official LLaDA (``model_type="llada"``) and Dream (``model_type="Dream"``)
-checkpoints with these classes and no ``trust_remote_code`` (SDAR, ``model_type="sdar"``/``"sdar_moe"``, through
-``AutoModelForCausalLM`` and ``AutoModel`` as its ``auto_map`` names them): transformers prefers a registered local class over a
-config's ``auto_map`` unless remote code is explicitly trusted, and our configs drop ``auto_map`` when loaded.
+checkpoints, and ``AutoModelForCausalLM``/``AutoModel`` official SDAR ones (``"sdar"``, ``"sdar_moe"``, as their
+``auto_map`` names them), with these classes and no ``trust_remote_code``: transformers prefers a registered local
+class over a config's ``auto_map`` unless remote code is explicitly trusted, and our configs drop ``auto_map`` when
+loaded.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
@@ -17,7 +18,10 @@ for _config, _model in ((LLaDAConfig, LLaDAModelLM), (DreamConfig, DreamModel)):
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
     AutoModel.register(_config, _model, exist_ok=True)
     AutoModelForMaskedLM.register(_config, _model, exist_ok=True)
-for _config, _base, _lm in ((SDARConfig, SDARModel, SDARForCausalLM), (SDARMoeConfig, SDARMoeModel, SDARMoeForCausalLM)):
+for _config, _base, _lm in (
+    (SDARConfig, SDARModel, SDARForCausalLM),
+    (SDARMoeConfig, SDARMoeModel, SDARMoeForCausalLM),
+):
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
     AutoModel.register(_config, _base, exist_ok=True)
     AutoModelForCausalLM.register(_config, _lm, exist_ok=True)

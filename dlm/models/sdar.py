@@ -14,9 +14,10 @@ these classes reuse transformers' Qwen3 classes and change only the attention ma
 
 ``past_key_values`` (a ``DynamicCache``) with ``use_cache`` appends the keys and values of the input, as in Qwen3;
 ``store_kv=False`` (as the official code passes for a denoising pass) reads the cache without appending to it.
-The official configs carry ``attn_implementation: "flex_attention"`` (their training kernel) and an ``auto_map`` to
-remote code written for transformers 4.x; both are dropped when a config is loaded, so the local classes load the
-checkpoints with sdpa (or eager) attention.
+The official configs carry ``attn_implementation: "flex_attention"`` (their training kernel, which takes a flex
+block mask) and an ``auto_map`` to remote code written for transformers 4.x; both are dropped when a config is
+loaded, so the local classes load the checkpoints with sdpa attention (or the one ``from_pretrained`` is asked for;
+sdpa and eager are supported).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from transformers.models.qwen3_moe.modeling_qwen3_moe import (
     Qwen3MoeModel,
     Qwen3MoePreTrainedModel,
 )
-
 
 
 def _drop_training_only_keys(kwargs: dict[str, Any]) -> None:

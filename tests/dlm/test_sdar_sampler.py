@@ -116,3 +116,36 @@ def test_tiny_preset_answers_through_generation(preset_workspace):
     prompts = [[{"role": "user", "content": "What is 2 + 3?"}], [{"role": "user", "content": "Hi"}]]
     texts = answer(loaded.model.eval(), loaded.tokenizer, SDAR, loaded.special_ids, prompts, settings)
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+
+
+def test_official_generate_py_drives_our_model(monkeypatch):
+    """With `SDAR_DIR` naming a checkout of github.com/JetAstra/SDAR: its `generate.py` (which imports only torch
+    and transformers) decodes with our model (its 3-D float masks, `store_kv`) to the golden ids."""
+    import importlib.util
+    import os
+
+    if not os.environ.get("SDAR_DIR"):
+        pytest.skip("set SDAR_DIR to a checkout of JetAstra/SDAR to run its generate.py on our model")
+    spec = importlib.util.spec_from_file_location("sdar_generate", Path(os.environ["SDAR_DIR"]) / "generate.py")
+    official = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(official)
+
+    def greedy(logits, temperature=1.0, top_k=0, top_p=1.0):  # the fixture's rule at temperature 0
+        tokens = logits.argmax(-1)
+        return tokens, torch.softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+    monkeypatch.setattr(official, "sample_with_temperature_topk_topp", greedy)
+    case = SPEC["block_sample"]["cases"][2]  # one row, dynamic threshold, prompt ending inside a block
+    prompt = tensors()[case["prompt_ids"]]
+    out = official.block_diffusion_generate(
+        model(),
+        prompt={"input_ids": prompt},
+        mask_id=SPEC["block_sample"]["mask_id"],
+        gen_length=case["gen_length"],
+        block_length=case["block_length"],
+        denoising_steps=case["denoising_steps"],
+        temperature=0.0,
+        remasking_strategy=case["remasking_strategy"],
+        confidence_threshold=case["confidence_threshold"],
+    )
+    assert torch.equal(out[:, : tensors()[case["output"]].shape[1]], tensors()[case["output"]])
