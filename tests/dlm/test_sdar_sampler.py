@@ -149,3 +149,35 @@ def test_official_generate_py_drives_our_model(monkeypatch):
         confidence_threshold=case["confidence_threshold"],
     )
     assert torch.equal(out[:, : tensors()[case["output"]].shape[1]], tensors()[case["output"]])
+
+
+def test_sampling_path_with_top_k_one_is_greedy_and_seeded_runs_repeat():
+    """Sequential remasking does not rank by confidence, so sampling from the top-1 token is the greedy decode."""
+    case = SPEC["block_sample"]["cases"][4]  # sequential
+    prompt, mask_id = tensors()[case["prompt_ids"]], SPEC["block_sample"]["mask_id"]
+    settings = {"steps": 4, "gen_length": 8, "block_length": 4, "remasking": "sequential"}
+    sampled = SDARSampler(temperature=0.7, top_k=1, **settings).sample(model(), prompt, mask_id=mask_id)
+    assert torch.equal(sampled.sequences, tensors()[case["output"]])
+    runs = [
+        SDARSampler(temperature=1.0, top_p=0.9, **settings).sample(
+            model(), prompt, mask_id=mask_id, generator=torch.Generator().manual_seed(seed)
+        )
+        for seed in (1, 1, 2)
+    ]
+    assert torch.equal(runs[0].sequences, runs[1].sequences)
+    assert not bool((runs[0].sequences == mask_id).any())
+
+
+def test_on_step_sees_every_denoising_pass():
+    case = SPEC["block_sample"]["cases"][0]  # prompt of two full blocks, 8 tokens in 2 blocks of 4 passes
+    seen: list[tuple[int, int, int]] = []
+    sampler = SDARSampler(steps=8, gen_length=8, block_length=4)
+
+    def record(canvas: torch.Tensor, step: int, block: int) -> None:
+        seen.append((step, block, int((canvas == SPEC["block_sample"]["mask_id"]).sum())))
+
+    out = sampler.sample(
+        model(), tensors()[case["prompt_ids"]], mask_id=SPEC["block_sample"]["mask_id"], on_step=record
+    )
+    assert seen == [(s, b, 8 - 4 * b - s - 1) for b in range(2) for s in range(4)]
+    assert out.nfe == 1 + 2 * 5 and torch.equal(out.sequences, tensors()[case["output"]])
