@@ -46,6 +46,9 @@ _HEADS: dict[str, _HeadSpec] = {
     "LlamaForCausalLM": _CAUSAL,
     "Qwen2ForCausalLM": _CAUSAL,
     "Qwen3ForCausalLM": _CAUSAL,
+    # SDAR (block diffusion on Qwen3): unshifted; a sampler's cached calls pass use_cache=True themselves
+    "SDARForCausalLM": _CAUSAL,
+    "SDARMoeForCausalLM": _CAUSAL,
 }
 
 

@@ -18,6 +18,7 @@ from dlm.samplers.causal import CausalSampler
 from dlm.samplers.common import SampleOutput, StepHook
 from dlm.samplers.dream import DreamSampler
 from dlm.samplers.llada import LladaSampler
+from dlm.samplers.sdar import SDARSampler
 
 
 @dataclass(frozen=True)
@@ -40,13 +41,14 @@ class SamplerSettings:
     grow_canvas: int = 0  # LLaDA-style samplers: grow the canvas this many tokens at a time, stop at the end token
 
 
-Sampler = LladaSampler | DreamSampler | CausalSampler | BD3LMSampler
+Sampler = LladaSampler | DreamSampler | CausalSampler | BD3LMSampler | SDARSampler
 # `Family.sampler` names one of these
-SAMPLERS: dict[str, type[LladaSampler] | type[DreamSampler] | type[CausalSampler] | type[BD3LMSampler]] = {
+SAMPLERS: dict[str, type[Sampler]] = {
     "llada": LladaSampler,
     "dream": DreamSampler,
     "causal": CausalSampler,
     "bd3lm": BD3LMSampler,
+    "sdar": SDARSampler,
 }
 
 

@@ -27,6 +27,8 @@ DREAM_MASK = "<|mask|>"
 LLADA_MOE_SPECIALS = ("<|startoftext|>", "<|endoftext|>", "<role>", "</role>", "<|role_end|>")
 LLADA_MOE_MASK = "<|mask|>"
 TINY_EXPERTS, TINY_EXPERTS_PER_TOKEN = 4, 2
+SDAR_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<|MASK|>")
+SDAR_MASK = "<|MASK|>"
 BERT_SPECIALS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")
 BERT_CHAT_MARKERS = ("[SYS]", "[/SYS]", "[Question]", "[/Question]", "[Answer]", "[/Answer]")
 
@@ -208,6 +210,49 @@ def _dream_config(dims: Dims, vocab: int, **special_ids: int | None) -> Any:
     )
 
 
+def _sdar_tokenizer(bpe: Any = None):
+    return fast_tokenizer(
+        SDAR_SPECIALS,
+        read_template("sdar.jinja"),
+        bpe=bpe,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        mask_token=SDAR_MASK,
+    )
+
+
+def build_sdar(dst: Path, dims: Dims = TINY_DREAM, tokenizer: Any = None) -> None:
+    tokenizer = tokenizer or _sdar_tokenizer()
+    config = _sdar_config(dims, _padded(len(tokenizer)), **_special_ids(tokenizer))
+    _save_random_model("AutoModelForCausalLM", config, tokenizer, dst)
+
+
+def _sdar_config(dims: Dims, vocab: int, **special_ids: int | None) -> Any:
+    from transformers import AutoConfig
+
+    import dlm.models  # noqa: F401  (registers the sdar model type)
+
+    return AutoConfig.for_model(
+        "sdar",
+        hidden_size=dims.hidden,
+        intermediate_size=dims.intermediate,
+        num_hidden_layers=dims.layers,
+        num_attention_heads=dims.heads,
+        num_key_value_heads=dims.kv_heads or dims.heads,
+        head_dim=dims.hidden // dims.heads,
+        vocab_size=vocab,
+        max_position_embeddings=MAX_POSITIONS,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        use_cache=False,
+        block_size=4,
+        architectures=["SDARForCausalLM"],
+        **special_ids,
+    )
+
+
 def build_bert(dst: Path) -> None:
     from transformers import ModernBertConfig
 
@@ -339,6 +384,17 @@ FAMILY_PRESETS: dict[str, FamilyPreset] = {
         sized=True,
         mask_token=DREAM_MASK,
         template_file="dream.jinja",
+    ),
+    # SDAR trains with the block-diffusion objective, which the trainers do not run yet: no size presets
+    "sdar": FamilyPreset(
+        specials=SDAR_SPECIALS,
+        tokenizer=_sdar_tokenizer,
+        build=build_sdar,
+        config=_sdar_config,
+        auto_class="AutoModelForCausalLM",
+        sized=False,
+        mask_token=SDAR_MASK,
+        template_file="sdar.jinja",
     ),
     # BERT presets come from their own tokenizer (`build_bert`); other tokenizers are the causal ones
     "bert": FamilyPreset(**{**_CAUSAL, "build": lambda dst, dims, tokenizer: build_bert(dst), "sized": False,

@@ -24,6 +24,7 @@ from dlm.presets.builders import (
     build_dream,
     build_llada,
     build_llada_moe,
+    build_sdar,
 )
 from dlm.presets.store import PRESET_VERSION, build_in_place, default_workspace
 
@@ -35,6 +36,7 @@ PRESETS: dict[str, Callable[[Path], None]] = {
     "tiny-bd3lm": lambda dst: build_bd3lm(dst, block_size=TINY_BLOCK_SIZE),
     "tiny-ar": build_ar,
     "tiny-llada-moe": build_llada_moe,
+    "tiny-sdar": lambda dst: build_sdar(dst, TINY_DREAM),
 }
 
 

@@ -22,6 +22,7 @@ PRESET_FAMILY = {
     "tiny-a2d": "a2d",
     "tiny-bd3lm": "bd3lm",
     "tiny-ar": "ar",
+    "tiny-sdar": "sdar",
 }
 PRESET_CLASS = {
     "tiny-llada": "LLaDAModelLM",
@@ -31,6 +32,7 @@ PRESET_CLASS = {
     "tiny-a2d": "LlamaForCausalLM",
     "tiny-bd3lm": "LlamaForCausalLM",
     "tiny-ar": "LlamaForCausalLM",
+    "tiny-sdar": "SDARForCausalLM",
 }
 FAMILY_TOKENS = {
     "tiny-llada": [
