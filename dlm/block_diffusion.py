@@ -48,11 +48,12 @@ def block_attention_mask(length: int, block_size: int, device: torch.device | st
 def model_attention_mask(model: nn.Module, allowed: torch.Tensor) -> torch.Tensor:
     """`allowed` (bool [Q, K] or [B, Q, K]) as the 4-D mask [1 or B, 1, Q, K] that `model`'s attention takes as is:
     bool for sdpa, an additive float mask (0 or the dtype's minimum) for eager attention, which adds the mask to the
-    scores (transformers' convention, which the project's own models follow)."""
+    scores (transformers' convention). A model that converts masks itself (`takes_bool_attention_mask`: SDAR,
+    whose float masks are 0/1 as in its own code) gets the bool mask under any attention."""
     base = unwrap_model(model)
     implementation = getattr(base.config, "_attn_implementation", None) or "sdpa"
     mask = allowed[None, None] if allowed.dim() == 2 else allowed[:, None]
-    if implementation == "sdpa":
+    if implementation == "sdpa" or getattr(base, "takes_bool_attention_mask", False):
         return mask
     if implementation == "eager":
         dtype = base.dtype if base.dtype.is_floating_point else torch.float32

@@ -162,6 +162,8 @@ class _BlockDiffusionMask:
 class _ReadOnlyCache:
     """`store_kv=False`: the forward reads `past_key_values` and the cache is cut back to its length afterwards."""
 
+    takes_bool_attention_mask = True  # a float mask is read as SDAR's 0/1 one (`dlm.block_diffusion` asks)
+
     def forward(self, *args: Any, store_kv: bool | None = None, **kwargs: Any) -> Any:
         cache = kwargs.get("past_key_values")
         kept = cache.get_seq_length() if store_kv is False and cache is not None else None

@@ -185,3 +185,28 @@ def test_padding_hidden_by_an_attention_mask_changes_nothing_at_real_tokens():
         padded = block_logits_at_positions(model, padded_noisy, padded_clean, 4, positions, attention)
     assert torch.isfinite(padded).all()
     torch.testing.assert_close(padded, alone, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_sdar_trains_with_the_one_pass_forward_under_either_attention(attn):
+    """SDAR reads float masks as 0/1 (its own convention), so it takes the bool mask; the reference computation is
+    SDAR's own default mask (block-causal by position) over [clean blocks < k, noisy block k]."""
+    from dlm.models.sdar import SDARConfig, SDARForCausalLM
+
+    torch.manual_seed(0)
+    config = SDARConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=64, block_size=4, mask_token_id=MASK_ID,
+        tie_word_embeddings=False, attn_implementation=attn,
+    )  # fmt: skip
+    model = SDARForCausalLM(config).eval()
+    generator = torch.Generator().manual_seed(2)
+    clean = torch.randint(0, MASK_ID, (2, 8), generator=generator)
+    noisy = clean.masked_fill(torch.rand(clean.shape, generator=generator) < 0.5, MASK_ID)
+    batch_idx, pos_idx = torch.ones_like(clean, dtype=torch.bool).nonzero(as_tuple=True)
+    with torch.no_grad():
+        logits = block_logits_at_positions(model, noisy, clean, 4, (batch_idx, pos_idx)).view(2, 8, VOCAB)
+        for start in (0, 4):
+            context = torch.cat([clean[:, :start], noisy[:, start : start + 4]], dim=1)
+            expected = model(input_ids=context).logits[:, start:]
+            torch.testing.assert_close(logits[:, start : start + 4], expected, rtol=1e-5, atol=1e-5)

@@ -94,7 +94,8 @@ def test_get_family():
     assert get_family("LLaDA") is FAMILIES["llada"]
     assert get_family(FAMILIES["dream"]) is FAMILIES["dream"]
     with pytest.raises(
-        ModelError, match="unknown model family 'gpt'; choose one of: llada, llada_moe, dream, bert, a2d, bd3lm, ar, sdar"
+        ModelError,
+        match="unknown model family 'gpt'; choose one of: llada, llada_moe, dream, bert, a2d, bd3lm, ar, sdar",
     ):
         get_family("gpt")
 
