@@ -5,6 +5,11 @@ One sample masks exactly l of the L response tokens (l spread over 1..L, the tok
 It is a sum over tokens (a sequence log-likelihood), not a per-token mean. The prompt and the padding are never
 masked: `response_mask` marks the scored tokens.
 
+Block diffusion (`block_size`): log p(response) is the sum over blocks of log p(block | clean blocks before it),
+and each block has its own count-form bound, so one sample masks l_b of each block's L_b response tokens, scores
+(L_b / l_b) * sum over block b's masked tokens, summed over the blocks, in one pass over `x_t ⊕ x_0`
+(`dlm.block_diffusion`). Blocks count from the first position, as in training.
+
 Masks are drawn once (`draw_elbo_masks`) and passed to `elbo_terms`, so a policy and its reference can be scored
 on the very same masks (antithetic sharing, which makes their difference far less noisy). Per-example generators
 (`example_generators`) make an example's masks depend only on its id and seed, not on its batch: a reference
@@ -20,6 +25,7 @@ from collections.abc import Sequence
 
 import torch
 
+from dlm.block_diffusion import block_logits_at_positions
 from dlm.forward import logits_at_positions
 
 EXACT_MAX_LENGTH = 8  # 2^8 - 1 masks per row: the brute-force reference stays cheap
@@ -56,9 +62,12 @@ def _row_generators(generator: Generators, rows: int) -> list[torch.Generator | 
     return generators
 
 
-def draw_elbo_masks(response_mask: torch.Tensor, n: int, generator: Generators = None) -> torch.Tensor:
+def draw_elbo_masks(
+    response_mask: torch.Tensor, n: int, generator: Generators = None, *, block_size: int | None = None
+) -> torch.Tensor:
     """`n` masks per row: bool [n, B, T], sample j of row b masking exactly l_j of the row's L response tokens
-    (`spread_mask_counts(L, n)`), chosen uniformly; nothing outside `response_mask` [B, T] is ever masked.
+    (`spread_mask_counts(L, n)`), chosen uniformly; nothing outside `response_mask` [B, T] is ever masked. With
+    `block_size`, the same within each block of the row that holds response tokens, block after block.
 
     `generator` is one generator for the whole batch, or one per row (`example_generators`): then a row's masks,
     relative to its response tokens, depend only on its generator and its response length.
@@ -72,16 +81,29 @@ def draw_elbo_masks(response_mask: torch.Tensor, n: int, generator: Generators =
         where = response_mask[row].nonzero().squeeze(-1).cpu()
         if len(where) == 0:
             raise ValueError(f"row {row} has no response token to mask (response_mask is all false)")
-        counts = spread_mask_counts(len(where), n, gen).cpu()
-        device = gen.device if gen is not None else torch.device("cpu")
-        scores = torch.rand(n, len(where), generator=gen, device=device).cpu()
-        # the l lowest of i.i.d. uniform scores are a uniformly random l-subset
-        ranks = scores.argsort(dim=-1).argsort(dim=-1)
-        masks[:, row, where] = ranks < counts.unsqueeze(-1)
+        groups = (
+            [where]
+            if block_size is None
+            else [where[where // block_size == b] for b in where.div(block_size, rounding_mode="floor").unique()]
+        )
+        for group in groups:
+            masks[:, row, group] = _uniform_subsets(len(group), n, gen)
     return masks.to(response_mask.device)
 
 
-def _check_masks(response_mask: torch.Tensor, masks: torch.Tensor, input_ids: torch.Tensor) -> None:
+def _uniform_subsets(length: int, n: int, generator: torch.Generator | None) -> torch.Tensor:
+    """bool [n, length]: sample j marks l_j (`spread_mask_counts`) of the `length` places, uniformly."""
+    counts = spread_mask_counts(length, n, generator).cpu()
+    device = generator.device if generator is not None else torch.device("cpu")
+    scores = torch.rand(n, length, generator=generator, device=device).cpu()
+    # the l lowest of i.i.d. uniform scores are a uniformly random l-subset
+    ranks = scores.argsort(dim=-1).argsort(dim=-1)
+    return ranks < counts.unsqueeze(-1)
+
+
+def _check_masks(
+    response_mask: torch.Tensor, masks: torch.Tensor, input_ids: torch.Tensor, block_size: int | None = None
+) -> None:
     if input_ids.dim() != 2 or response_mask.shape != input_ids.shape:
         raise ValueError(
             f"input_ids must be 2-D [batch, length] with response_mask of the same shape, got "
@@ -99,6 +121,22 @@ def _check_masks(response_mask: torch.Tensor, masks: torch.Tensor, input_ids: to
     if bool(empty.any()):
         sample, row = empty.nonzero()[0].tolist()
         raise ValueError(f"mask sample {sample} of row {row} masks no token: every sample must mask l >= 1 tokens")
+    if block_size is not None:
+        scored_blocks = _per_block(response_mask.unsqueeze(0), block_size) > 0
+        empty = scored_blocks & (_per_block(masks, block_size) == 0)
+        if bool(empty.any()):
+            sample, row, block = empty.nonzero()[0].tolist()
+            raise ValueError(
+                f"mask sample {sample} of row {row} masks no token of block {block}, which holds response tokens: "
+                "block diffusion scores every block, each with l >= 1"
+            )
+
+
+def _per_block(flags: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Counts of true flags per block of the last dimension: [..., T] -> [..., ceil(T / block_size)]."""
+    padding = -flags.shape[-1] % block_size
+    padded = torch.nn.functional.pad(flags.long(), (0, padding))
+    return padded.unflatten(-1, (-1, block_size)).sum(-1)
 
 
 def elbo_terms(
@@ -111,8 +149,10 @@ def elbo_terms(
     shift: bool,
     attention_mask: torch.Tensor | None = None,
     batch_size: int = 32,
+    block_size: int | None = None,
 ) -> torch.Tensor:
-    """Per-sample ELBO terms float64 [n, B]: (L / l) * sum over the masked positions of log p(true token).
+    """Per-sample ELBO terms float64 [n, B]: (L / l) * sum over the masked positions of log p(true token); with
+    `block_size`, the sum over blocks of (L_b / l_b) * sum over the block's masked positions (module docstring).
 
     `input_ids` [B, T] clean sequences, `response_mask` [B, T] the scored tokens (L per row), `masks` [n, B, T]
     (from `draw_elbo_masks`; l = masks per sample), `shift` True for families whose output at i - 1 predicts
@@ -123,11 +163,12 @@ def elbo_terms(
     """
     response_mask = response_mask.bool()
     masks = masks.bool().to(input_ids.device)
-    _check_masks(response_mask, masks, input_ids)
+    _check_masks(response_mask, masks, input_ids, block_size)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if block_size is not None and shift:
+        raise ValueError("block diffusion predicts each token at its own position: shift must be False")
     n, batch, _ = masks.shape
-    lengths = response_mask.sum(-1).double()
     flat_masks = masks.reshape(n * batch, -1)
     chunks = []
     for first in range(0, n * batch, batch_size):
@@ -135,23 +176,32 @@ def elbo_terms(
         rows = index % batch
         mask = flat_masks[index]
         clean = input_ids[rows]
-        counts = mask.sum(-1)
-        logits = logits_at_positions(
-            model,
-            clean.masked_fill(mask, mask_id),
-            None if attention_mask is None else attention_mask[rows],
-            mask,
-            shift,
-        )
+        padding = None if attention_mask is None else attention_mask[rows]
+        positions = mask.nonzero(as_tuple=True)
+        if block_size is None:
+            logits = logits_at_positions(model, clean.masked_fill(mask, mask_id), padding, mask, shift)
+        else:
+            noisy = clean.masked_fill(mask, mask_id)
+            logits = block_logits_at_positions(model, noisy, clean, block_size, positions, padding)
         log_probs = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
         token_log_probs = log_probs.gather(-1, clean[mask].unsqueeze(-1)).squeeze(-1)
-        # logits come in row-major order of the mask: sum them per sequence in float64
-        owner = mask.nonzero()[:, 0]
-        total = torch.zeros(len(index), dtype=torch.float64, device=owner.device).index_add(
-            0, owner, token_log_probs.double()
+        # logits come in row-major order of the mask: weight each by L / l of its sequence (of its block), then
+        # sum them per sequence in float64
+        weights = _count_weights(response_mask[rows], mask, block_size)[positions]
+        total = torch.zeros(len(index), dtype=torch.float64, device=positions[0].device).index_add(
+            0, positions[0], token_log_probs.double() * weights
         )
-        chunks.append(total * lengths[rows] / counts.double())
+        chunks.append(total)
     return torch.cat(chunks).reshape(n, batch)
+
+
+def _count_weights(response_mask: torch.Tensor, mask: torch.Tensor, block_size: int | None) -> torch.Tensor:
+    """float64 [k, T]: L / l of each position's sequence, or L_b / l_b of its block with `block_size`."""
+    if block_size is None:
+        ratio = response_mask.sum(-1).double() / mask.sum(-1).double()
+        return ratio[:, None].expand(mask.shape)
+    ratio = _per_block(response_mask, block_size).double() / _per_block(mask, block_size).double().clamp_min(1)
+    return ratio.repeat_interleave(block_size, dim=-1)[:, : mask.shape[-1]]
 
 
 def elbo(
@@ -166,6 +216,7 @@ def elbo(
     batch_size: int = 32,
     generator: Generators = None,
     masks: torch.Tensor | None = None,
+    block_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """ELBO estimate per row, float64 (mean [B], standard error [B]) from `n` samples (or the given `masks`).
 
@@ -173,7 +224,7 @@ def elbo(
     the mask counts, so it errs on the large side; NaN when n = 1.
     """
     if masks is None:
-        masks = draw_elbo_masks(response_mask, n, generator)
+        masks = draw_elbo_masks(response_mask, n, generator, block_size=block_size)
     terms = elbo_terms(
         model,
         input_ids,
@@ -183,6 +234,7 @@ def elbo(
         shift=shift,
         attention_mask=attention_mask,
         batch_size=batch_size,
+        block_size=block_size,
     )
     count = terms.shape[0]
     stderr = terms.std(dim=0) / math.sqrt(count) if count > 1 else torch.full_like(terms[0], math.nan)
