@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from dlm.errors import ModelError
+from dlm.families.base import Family
 from dlm.forward import logits_at_positions, unwrap_model
 from dlm.schedules import get_schedule
 
@@ -43,6 +44,14 @@ def block_attention_mask(length: int, block_size: int, device: torch.device | st
     noisy_sees_clean_prefix = noisy_query & clean_key & earlier_block
     clean_block_causal = ~noisy_query & clean_key & (same_block | earlier_block)
     return noisy_self | noisy_sees_clean_prefix | clean_block_causal
+
+
+def model_block_size(family: Family, model: nn.Module) -> int | None:
+    """The block size a block-diffusion model was trained with: its config's `block_size`, else the family's
+    default; None for a full-sequence family."""
+    if family.block_size is None:
+        return None
+    return getattr(unwrap_model(model).config, "block_size", None) or family.block_size
 
 
 def model_attention_mask(model: nn.Module, allowed: torch.Tensor) -> torch.Tensor:

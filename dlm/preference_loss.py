@@ -46,6 +46,7 @@ class ElboDPOSettings:
     mask_id: int
     shift: bool
     beta: float
+    block_size: int | None  # block diffusion's block ELBO (`dlm.elbo`); None for full-sequence diffusion
     loss_type: str
 
 
@@ -88,9 +89,11 @@ def pair_mask_generators(example_ids: list[str], seed: int, draw: str) -> list[t
     return example_generators(keys, seed)
 
 
-def draw_pair_masks(batch: Batch, n: int, seed: int, draw: str) -> torch.Tensor:
-    """Masks [n, 2B, T] for the batch's response tokens from its per-example generators (`pair_mask_generators`)."""
-    return draw_elbo_masks(batch["response_mask"], n, pair_mask_generators(list(batch["example_ids"]), seed, draw))
+def draw_pair_masks(batch: Batch, n: int, seed: int, draw: str, block_size: int | None = None) -> torch.Tensor:
+    """Masks [n, 2B, T] for the batch's response tokens from its per-example generators (`pair_mask_generators`);
+    with `block_size`, each block's tokens masked apart (the block ELBO)."""
+    generators = pair_mask_generators(list(batch["example_ids"]), seed, draw)
+    return draw_elbo_masks(batch["response_mask"], n, generators, block_size=block_size)
 
 
 def response_elbos(
@@ -115,6 +118,7 @@ def response_elbos(
         mask_id=settings.mask_id,
         shift=settings.shift,
         attention_mask=batch.get("attention_mask"),
+        block_size=settings.block_size,
         batch_size=batch["input_ids"].shape[0],
     )
     return terms.mean(dim=0)

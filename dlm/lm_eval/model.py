@@ -15,6 +15,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
+from dlm.block_diffusion import model_block_size
 from dlm.elbo import elbo, example_generators
 from dlm.families import get_family
 from dlm.families.base import Family
@@ -323,6 +324,7 @@ class DiffusionLM(TemplateLM):
             response,
             mask_id=self.special.mask,
             shift=shift,
+            block_size=model_block_size(self.family, self.model),
             n=self.mc_num,
             attention_mask=padding,
             batch_size=self.batch_size,

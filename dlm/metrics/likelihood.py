@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from dlm.block_diffusion import model_block_size
 from dlm.data import encode_conversation
 from dlm.elbo import elbo, example_generators
 from dlm.forward import logits_at_positions
@@ -215,6 +216,7 @@ def text_elbos(
             scored,
             mask_id=loaded.special_ids.mask,
             shift=loaded.family.shift_logits,
+            block_size=model_block_size(loaded.family, model),
             n=mc_num,
             batch_size=batch_size,
             generator=example_generators([f"perplexity:{inputs.indices[k]}" for k in batch], seed),

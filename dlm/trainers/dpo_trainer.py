@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from transformers import PrinterCallback, Trainer, TrainingArguments
 
+from dlm.block_diffusion import model_block_size
 from dlm.callbacks import Reporter, ReporterCallback
 from dlm.errors import ModelError
 from dlm.loading import LoadedModel
@@ -160,10 +161,11 @@ class DiffusionDPOTrainer(FixedEvalMasks, Trainer):
     def _masks(self, inputs: Mapping[str, Any], mode: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(policy masks, reference masks): the same tensor with antithetic sharing, independent draws without."""
         seed, draw = self._draw(mode)
-        policy = draw_pair_masks(inputs, self.config.mc_samples, seed, draw)
+        block_size = self.settings.block_size
+        policy = draw_pair_masks(inputs, self.config.mc_samples, seed, draw, block_size)
         if self.config.antithetic:
             return policy, policy
-        return policy, draw_pair_masks(inputs, self.config.mc_samples, seed, draw + ":reference")
+        return policy, draw_pair_masks(inputs, self.config.mc_samples, seed, draw + ":reference", block_size)
 
     @contextlib.contextmanager
     def _reference(self) -> Iterator[torch.nn.Module]:
@@ -393,6 +395,7 @@ def elbo_settings(config: DPOConfig, loaded: LoadedModel) -> ElboDPOSettings:
         mask_id=loaded.special_ids.mask,
         shift=loaded.family.shift_logits,
         beta=config.beta,
+        block_size=model_block_size(loaded.family, loaded.model),
         loss_type=config.loss_type,
     )
 

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
+from dlm.block_diffusion import model_block_size
 from dlm.callbacks import Reporter, ReporterCallback, SampleCallback
 from dlm.corpus import TokenWindows
 from dlm.data import (
@@ -271,7 +272,7 @@ def training_block_size(config: SFTConfig, loaded: LoadedModel) -> int | None:
                 "dlm.convert.convert_causal_to_diffusion(kind='bd3lm')"
             )
         return None
-    return config.block_size or getattr(loaded.model.config, "block_size", None) or loaded.family.block_size
+    return config.block_size or model_block_size(loaded.family, loaded.model)
 
 
 def _encode(config: SFTConfig, loaded: LoadedModel, rows: Sequence[Any], what: str, reporter: Reporter) -> Any:

@@ -108,3 +108,70 @@ def test_elbo_draws_block_masks_when_given_a_block_size():
         masks = draw_elbo_masks(response, 4, torch.Generator().manual_seed(2), block_size=4)
         terms = brute_terms(model, ids, response, masks, 4)
     assert float(mean[0]) == pytest.approx(float(terms.mean()), rel=1e-6)
+
+
+def test_dpo_on_a_block_diffusion_model_scores_responses_with_the_block_elbo(preset_workspace, tmp_path, monkeypatch):
+    """From the DPO form to the logged rewards: masks drawn per block (tiny-bd3lm's blocks of 4, from its config) and
+    rewards beta times block-ELBO differences computed here block by block."""
+    import dlm.trainers.dpo_trainer as dpo_trainer
+    from dlm.loading import load_model_and_tokenizer
+    from tests.dlm.test_trainer_settings import PAIRS, plugin_config
+    from tests.helpers import Reporter
+
+    draws = []
+    draw = dpo_trainer.draw_pair_masks
+
+    def recording(batch, n, seed, name, block_size=None):
+        masks = draw(batch, n, seed, name, block_size)
+        draws.append((name, block_size, batch["input_ids"].clone(), batch["response_mask"].clone(), masks))
+        return masks
+
+    monkeypatch.setattr(dpo_trainer, "draw_pair_masks", recording)
+    beta = 0.5
+    config = plugin_config(
+        str(preset_workspace), tmp_path, model_name="tiny-bd3lm", mc_samples="2", beta=str(beta), antithetic="false"
+    )
+    reporter = Reporter()
+    dpo_trainer.run_dpo(config, PAIRS, None, reporter)
+    (_, policy_size, ids, response, policy), (_, reference_size, _, _, reference) = [
+        d for d in draws if d[0] in ("train0", "train0:reference")
+    ]
+    assert policy_size == reference_size == 4
+    loaded = load_model_and_tokenizer("tiny-bd3lm", workspace=str(preset_workspace), dtype="float32")
+    model = loaded.model.eval()
+    monkeypatch.setitem(globals(), "MASK_ID", loaded.special_ids.mask)
+    margins = []
+    with torch.no_grad():
+        for r in range(ids.shape[0]):  # each row alone, without its right padding (hidden from the model in training)
+            end = int(response[r].nonzero().max()) + 1
+            row = (ids[r : r + 1, :end], response[r : r + 1, :end])
+            policy_elbo, reference_elbo = (
+                brute_terms(model, *row, m[:, r : r + 1, :end], 4).mean() for m in (policy, reference)
+            )
+            margins.append(float(policy_elbo - reference_elbo))
+    margins = torch.tensor(margins)
+    half = ids.shape[0] // 2
+    assert reporter.first("train/rewards/chosen") == pytest.approx(beta * float(margins[:half].mean()), rel=1e-4)
+    assert reporter.first("train/rewards/rejected") == pytest.approx(beta * float(margins[half:].mean()), rel=1e-4)
+
+
+def test_the_evaluators_text_elbo_of_a_block_model_is_the_block_elbo(preset_workspace, monkeypatch):
+    """`text_elbos` (the evaluator's perplexity bound) on tiny-bd3lm: per text, the block ELBO of its masks (drawn as
+    documented, from its index and seed) computed here block by block."""
+    from dlm.elbo import example_generators
+    from dlm.loading import load_model_and_tokenizer
+    from dlm.metrics.likelihood import scoring_inputs, text_elbos
+
+    loaded = load_model_and_tokenizer("tiny-bd3lm", workspace=str(preset_workspace), dtype="float32")
+    monkeypatch.setitem(globals(), "MASK_ID", loaded.special_ids.mask)
+    inputs = scoring_inputs(loaded.tokenizer, loaded.special_ids.bos, ["one plus two is three", "seven"], 32)
+    means, _ = text_elbos(loaded, inputs, mc_num=3, batch_size=1, seed=7)
+    for k, ids in enumerate(inputs.ids):
+        ids = torch.tensor(ids)[None]
+        scored = torch.ones_like(ids, dtype=torch.bool)
+        scored[0, : inputs.context_length(k)] = False  # the first id is context only
+        generator = example_generators([f"perplexity:{inputs.indices[k]}"], 7)
+        masks = draw_elbo_masks(scored, 3, generator, block_size=4)
+        with torch.no_grad():
+            expected = brute_terms(loaded.model.eval(), ids, scored, masks, 4).mean()
+        assert float(means[k]) == pytest.approx(float(expected), rel=1e-5)

@@ -81,7 +81,9 @@ def tiny(workspace: str):
         for i, (p, c, r) in enumerate(shapes)
     ]
     batch = PreferenceCollator(loaded.special_ids.pad)(rows)
-    settings = ElboDPOSettings(mask_id=loaded.special_ids.mask, shift=False, beta=0.2, loss_type="sigmoid")
+    settings = ElboDPOSettings(
+        mask_id=loaded.special_ids.mask, shift=False, beta=0.2, loss_type="sigmoid", block_size=None
+    )
     return model, settings, batch
 
 
@@ -303,9 +305,9 @@ def test_precomputed_reference_trains_like_the_live_one_without_reference_passes
         passes.append("reference_logps" not in inputs)
         return reference_logps(self, inputs, masks)
 
-    def recording(batch, n, seed, name):
+    def recording(batch, n, seed, name, block_size=None):
         draws.append(name)
-        return draw(batch, n, seed, name)
+        return draw(batch, n, seed, name, block_size)
 
     monkeypatch.setattr(dpo_trainer.DiffusionDPOTrainer, "_reference_logps", counting)
     monkeypatch.setattr(dpo_trainer, "draw_pair_masks", recording)

@@ -72,8 +72,8 @@ def test_plugin_parameters_reach_the_loss(preset_workspace, tmp_path, monkeypatc
     draws = []
     draw = dpo_trainer.draw_pair_masks
 
-    def recording(batch, n, seed, name):
-        masks = draw(batch, n, seed, name)
+    def recording(batch, n, seed, name, block_size=None):
+        masks = draw(batch, n, seed, name, block_size)
         draws.append((n, name, batch["input_ids"].clone(), batch["response_mask"].clone(), masks))
         return masks
 
