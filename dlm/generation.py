@@ -17,6 +17,7 @@ from dlm.samplers.causal import CausalSampler
 from dlm.samplers.common import SampleOutput, StepHook
 from dlm.samplers.dream import DreamSampler
 from dlm.samplers.llada import LladaSampler
+from dlm.samplers.llada2 import LLaDA2Sampler
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,11 @@ class SamplerSettings:
     grow_canvas: int = 0  # LLaDA-style samplers: grow the canvas this many tokens at a time, stop at the end token
 
 
-Sampler = LladaSampler | DreamSampler | CausalSampler
+Sampler = LladaSampler | DreamSampler | CausalSampler | LLaDA2Sampler
 # `Family.sampler` names one of these
-SAMPLERS: dict[str, type[LladaSampler] | type[DreamSampler] | type[CausalSampler]] = {
+SAMPLERS: dict[str, type[LladaSampler] | type[DreamSampler] | type[CausalSampler] | type[LLaDA2Sampler]] = {
     "llada": LladaSampler,
+    "llada2": LLaDA2Sampler,
     "dream": DreamSampler,
     "causal": CausalSampler,
 }

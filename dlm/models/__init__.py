@@ -6,14 +6,18 @@ checkpoints with these classes and no ``trust_remote_code``: transformers prefer
 config's ``auto_map`` unless remote code is explicitly trusted, and our configs drop ``auto_map`` when loaded.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 
 from dlm.models.dream import DreamConfig, DreamModel
 from dlm.models.llada import LLaDAConfig, LLaDAModelLM
+from dlm.models.llada2 import LLaDA2MoeConfig, LLaDA2MoeModelLM
 
-for _config, _model in ((LLaDAConfig, LLaDAModelLM), (DreamConfig, DreamModel)):
+for _config, _model in ((LLaDAConfig, LLaDAModelLM), (DreamConfig, DreamModel), (LLaDA2MoeConfig, LLaDA2MoeModelLM)):
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
     AutoModel.register(_config, _model, exist_ok=True)
     AutoModelForMaskedLM.register(_config, _model, exist_ok=True)
 
-__all__ = ["DreamConfig", "DreamModel", "LLaDAConfig", "LLaDAModelLM"]
+# LLaDA 2.x's published auto_map also names AutoModelForCausalLM
+AutoModelForCausalLM.register(LLaDA2MoeConfig, LLaDA2MoeModelLM, exist_ok=True)
+
+__all__ = ["DreamConfig", "DreamModel", "LLaDA2MoeConfig", "LLaDA2MoeModelLM", "LLaDAConfig", "LLaDAModelLM"]
