@@ -1,5 +1,5 @@
-"""The model families dlm knows: one module per family (`llada`, `dream`, `bert`, `a2d`, `ar`) holds its `Family`;
-this registry finds them by name or from a checkpoint's config.
+"""The model families dlm knows: one module per family (`llada`, `dream`, `bert`, `a2d`, `ar`, `llada2`) holds its
+`Family`; this registry finds them by name or from a checkpoint's config.
 
 Training, evaluation and sampling ask a `Family` instead of testing model names.
 """
@@ -16,8 +16,9 @@ from dlm.families.base import Family
 from dlm.families.bert import BERT
 from dlm.families.dream import DREAM
 from dlm.families.llada import LLADA
+from dlm.families.llada2 import LLADA2
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (LLADA, DREAM, BERT, A2D, AR)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (LLADA, DREAM, BERT, A2D, AR, LLADA2)}
 
 
 def supported_families_text() -> str:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dlm.errors import ModelError
-from dlm.presets.builders import TINY_DREAM, build_a2d, build_ar, build_bert, build_dream, build_llada
+from dlm.presets.builders import TINY_DREAM, build_a2d, build_ar, build_bert, build_dream, build_llada, build_llada2
 from dlm.presets.store import PRESET_VERSION, build_in_place, default_workspace
 
 PRESETS: dict[str, Callable[[Path], None]] = {
@@ -22,6 +22,7 @@ PRESETS: dict[str, Callable[[Path], None]] = {
     "tiny-bert": build_bert,
     "tiny-a2d": build_a2d,
     "tiny-ar": build_ar,
+    "tiny-llada2": build_llada2,
 }
 
 
