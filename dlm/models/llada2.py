@@ -297,9 +297,7 @@ class LLaDA2MoeSparseMoeBlock(nn.Module):
         order = experts.flatten().argsort(stable=True)
         counts = torch.bincount(experts.flatten(), minlength=len(self.experts)).tolist()
         sorted_tokens = tokens[order // top_k]
-        outputs = [
-            self.experts[e](chunk) for e, chunk in enumerate(sorted_tokens.split(counts)) if counts[e]
-        ]
+        outputs = [self.experts[e](chunk) for e, chunk in enumerate(sorted_tokens.split(counts)) if counts[e]]
         per_assignment = torch.empty_like(sorted_tokens)
         per_assignment[order] = torch.cat(outputs) if outputs else sorted_tokens[:0]
         weighted = per_assignment.view(-1, top_k, tokens.shape[-1]).float() * weights.unsqueeze(-1)
@@ -497,4 +495,3 @@ class LLaDA2MoeModelLM(LLaDA2MoePreTrainedModel):
             router_logits=base.router_logits,
         )
         return output if return_dict else output.to_tuple()
-

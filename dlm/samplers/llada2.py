@@ -64,9 +64,7 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int | None, top_p: float | N
     return logits
 
 
-def check_llada2_settings(
-    steps: int, gen_length: int, block_size: int, temperature: float, threshold: float
-) -> None:
+def check_llada2_settings(steps: int, gen_length: int, block_size: int, temperature: float, threshold: float) -> None:
     for name, value in (("steps", steps), ("gen_length", gen_length), ("block_size", block_size)):
         if value < 1:
             raise SamplingError(f"{name} must be at least 1, got {value}")
