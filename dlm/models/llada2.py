@@ -292,12 +292,15 @@ class LLaDA2MoeSparseMoeBlock(nn.Module):
 
     def _dispatch(self, tokens: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Sum over each token's experts of weight * expert(token): assignments sorted by expert, so each expert
-        runs once on a contiguous slice; the weighted sum is taken in float32."""
+        runs once on a contiguous slice; the weighted sum is taken in float32. In training every expert runs, on no
+        tokens if none chose it, so that all parameters take part in the graph (zero gradients instead of none:
+        DDP needs no `find_unused_parameters`)."""
         top_k = experts.shape[1]
         order = experts.flatten().argsort(stable=True)
         counts = torch.bincount(experts.flatten(), minlength=len(self.experts)).tolist()
         sorted_tokens = tokens[order // top_k]
-        outputs = [self.experts[e](chunk) for e, chunk in enumerate(sorted_tokens.split(counts)) if counts[e]]
+        chunks = enumerate(sorted_tokens.split(counts))
+        outputs = [self.experts[e](chunk) for e, chunk in chunks if counts[e] or self.training]
         per_assignment = torch.empty_like(sorted_tokens)
         per_assignment[order] = torch.cat(outputs) if outputs else sorted_tokens[:0]
         weighted = per_assignment.view(-1, top_k, tokens.shape[-1]).float() * weights.unsqueeze(-1)

@@ -113,6 +113,23 @@ def test_experts_dispatch_equals_a_per_token_loop() -> None:
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_training_gives_every_expert_a_gradient() -> None:
+    """Experts no token chose still take part in training (zero gradients), so DDP needs no unused-parameter
+    search; in eval mode they are skipped and the output is the same."""
+    model = AutoModelForMaskedLM.from_pretrained(FIXTURE)
+    ids = golden()[1]["forward_masks.input_ids"][:1, :3]
+    model.eval()
+    with torch.no_grad():
+        evaluated = model(ids).logits
+    model.train()
+    logits = model(ids).logits
+    logits.float().pow(2).mean().backward()
+    torch.testing.assert_close(logits, evaluated)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    expert_grads = [expert.up_proj.weight.grad for expert in model.model.layers[1].mlp.experts]
+    assert any(bool((g == 0).all()) for g in expert_grads), "3 tokens x 2 experts should leave an expert unused"
+
+
 def test_router_keeps_whole_groups_and_weighs_by_unbiased_scores() -> None:
     gate = fixture_model().model.layers[1].mlp.gate
     config = gate.config
