@@ -95,6 +95,32 @@ def test_cached_block_equals_the_uncached_block_causal_forward() -> None:
     assert_logits_close(torch.cat(pieces, dim=1), full)
 
 
+def test_noisy_and_clean_stream_in_one_pass_equals_per_block_forwards() -> None:
+    """The block-diffusion training input x_t ⊕ x_0 with its 4-D mask and repeated positions: noisy block b's
+    logits equal a plain block-causal forward over the clean blocks before b followed by noisy block b."""
+    spec, tensors = golden()
+    clean, block, length = tensors[spec["forward_masks"]["input_ids"]][:, :12], 4, 12
+    noisy = clean.masked_fill(torch.arange(length) % 3 == 1, spec["mask_token_id"])
+    blocks = torch.arange(length) // block
+    same_block = blocks[:, None] == blocks[None, :]
+    earlier = blocks[None, :] < blocks[:, None]
+    mask = torch.cat(
+        [
+            torch.cat([same_block, earlier], dim=1),  # noisy queries: their own noisy block, earlier clean blocks
+            torch.cat([torch.zeros_like(same_block), earlier | same_block], dim=1),  # clean: block-causal
+        ]
+    )[None, None].expand(2, 1, -1, -1)
+    positions = torch.arange(length).repeat(2)[None]
+    model = fixture_model()
+    with torch.no_grad():
+        together = model(torch.cat([noisy, clean], dim=1), attention_mask=mask, position_ids=positions).logits
+        for b in range(length // block):
+            start = b * block
+            ids = torch.cat([clean[:, :start], noisy[:, start : start + block]], dim=1)
+            alone = model(ids, attention_mask=block_causal(start + block, block).expand(2, 1, -1, -1)).logits
+            assert_logits_close(together[:, start : start + block], alone[:, start:])
+
+
 def test_experts_dispatch_equals_a_per_token_loop() -> None:
     moe = fixture_model().model.layers[1].mlp
     assert isinstance(moe, LLaDA2MoeSparseMoeBlock)
