@@ -82,6 +82,7 @@ class _BlockRun:
     block_size: int
     mask_id: int
     keep: torch.Tensor | None  # [B, T] real (not padding) canvas positions, None when nothing is padded
+    prompt_len: int
     sampler: LLaDA2Sampler
     generator: torch.Generator | None
     cache: DynamicCache | None = None
@@ -165,6 +166,12 @@ class LLaDA2Sampler(DiffusionSampler):
     reference's 0.95 (1.0 turns parallel decoding off: the even schedule alone). Unpadded prompts give the
     reference's token ids exactly; in a padded row the padding is hidden from every query and positions count from
     the row's first real token, while blocks stay aligned to the canvas.
+
+    `editing_threshold` switches to LLaDA 2.1's rule (dllm's `LLaDA21Sampler`): no step schedule; each pass reveals
+    the masked positions above `threshold`, or at least `tokens_per_step` of the most probable, and also rewrites
+    every generated token of the block whose new choice differs and has a probability above `editing_threshold`.
+    A row's block ends at the first pass after its last mask that edits nothing, or after `max_post_steps` such
+    passes. Rows decide alone, so a batch gives each row's single-prompt result (the reference takes one prompt).
     """
 
     blockwise: ClassVar[bool] = False  # any generated length: the canvas is rounded up to whole blocks
@@ -176,14 +183,28 @@ class LLaDA2Sampler(DiffusionSampler):
     threshold: float = DEFAULT_THRESHOLD
     top_k: int | None = None
     top_p: float | None = None
+    editing_threshold: float | None = None
+    max_post_steps: int = 16
+    tokens_per_step: int = 1
 
     def __post_init__(self) -> None:
         check_llada2_settings(self.steps, self.gen_length, self.block_size, self.temperature, self.threshold)
+        if self.editing_threshold is not None:
+            check_decoding("none", self.editing_threshold)
+            if self.max_post_steps < 0 or self.tokens_per_step < 1:
+                raise SamplingError(
+                    f"max_post_steps must be >= 0 and tokens_per_step >= 1, got {self.max_post_steps} and "
+                    f"{self.tokens_per_step}"
+                )
 
     @property
     def forward_passes(self) -> int:
-        """At most `steps` passes for every block the answer can touch."""
-        return self.steps * (-(-self.gen_length // self.block_size) + 1)
+        """At most `steps` passes (LLaDA 2.1 editing: the masks' passes plus the post passes) for every block the
+        answer can touch."""
+        per_block = self.steps
+        if self.editing_threshold is not None:
+            per_block = -(-self.block_size // self.tokens_per_step) + self.max_post_steps + 1
+        return per_block * (-(-self.gen_length // self.block_size) + 1)
 
     @classmethod
     def from_settings(cls, settings: SamplerSettings, family: Family) -> LLaDA2Sampler:
@@ -231,12 +252,14 @@ class LLaDA2Sampler(DiffusionSampler):
         keep = None
         if bool((offsets > 0).any()):
             keep = torch.arange(x.shape[1], device=x.device)[None, :] >= offsets.to(x.device)[:, None]
-        run = _BlockRun(model, x, block, mask_id, keep, self, generator)
-        steps = min(self.steps, self.gen_length)
-        schedule = even_schedule(block, steps)
+        run = _BlockRun(model, x, block, mask_id, keep, prompt_len, self, generator)
+        schedule = even_schedule(block, min(self.steps, self.gen_length))
         nfe = 0
         for index in range(prompt_len // block, blocks):
-            nfe += self._block(run, index, schedule, on_step)
+            if self.editing_threshold is None:
+                nfe += self._block(run, index, schedule, on_step)
+            else:
+                nfe += self._editing_block(run, index, on_step)
         generated = x[:, prompt_len : prompt_len + self.gen_length]
         return SampleOutput(
             sequences=x[:, : prompt_len + self.gen_length],
@@ -258,3 +281,27 @@ class LLaDA2Sampler(DiffusionSampler):
             if on_step is not None:
                 on_step(run.x, step, index)
         return passes
+
+    def _editing_block(self, run: _BlockRun, index: int, on_step: StepHook | None) -> int:
+        start, end = index * run.block_size, (index + 1) * run.block_size
+        rows = run.x.shape[0]
+        generated = (torch.arange(start, end, device=run.x.device) >= run.prompt_len)[None, :]
+        post_passes = torch.zeros(rows, dtype=torch.long, device=run.x.device)
+        done = torch.zeros(rows, dtype=torch.bool, device=run.x.device)
+        passes = 0
+        while True:
+            old = run.x[:, start:end].clone()
+            active = old == run.mask_id
+            unmasked = ~active.any(-1)
+            post_passes += (unmasked & ~done).long()
+            done |= post_passes > self.max_post_steps
+            if bool(done.all()):
+                return passes
+            tokens, probs = run.choose(run.block_logits(start, end))
+            reveal = run.reveal(tokens, probs, active, self.tokens_per_step)
+            edit = (probs > self.editing_threshold) & ~active & generated & (tokens != old)
+            run.x[:, start:end] = torch.where((reveal | edit) & ~done[:, None], tokens, old)
+            done |= unmasked & ~edit.any(-1)
+            if on_step is not None:
+                on_step(run.x, passes, index)
+            passes += 1

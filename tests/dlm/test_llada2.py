@@ -185,6 +185,41 @@ def test_sampler_matches_the_reference_token_ids(case: dict[str, Any]) -> None:
     assert out.sequences.tolist() == reference[:, : prompt.shape[1] + case["max_new_tokens"]].tolist()
 
 
+def editing_sampler(case: dict[str, Any], editing_threshold: float | None = None) -> LLaDA2Sampler:
+    return LLaDA2Sampler(
+        steps=1,  # unused by the editing rule
+        gen_length=case["max_new_tokens"],
+        block_size=case["block_size"],
+        threshold=case["threshold"],
+        editing_threshold=editing_threshold or case["editing_threshold"],
+        max_post_steps=case["max_post_steps"],
+        tokens_per_step=case["num_to_transfer"],
+    )
+
+
+@pytest.mark.parametrize("case", golden()[0]["editing_sample"]["cases"], ids=lambda c: f"case{c['case']}")
+def test_llada21_editing_matches_the_reference_token_ids(case: dict[str, Any]) -> None:
+    """LLaDA 2.1's rule; the reference decodes one prompt at a time, ours both rows at once."""
+    spec, tensors = golden()
+    prompt = tensors[case["prompt"]]
+    out = editing_sampler(case).sample(fixture_model(), prompt, mask_id=spec["mask_token_id"])
+    reference = tensors[case["output"]]
+    assert out.sequences.tolist() == reference[:, : prompt.shape[1] + case["max_new_tokens"]].tolist()
+
+
+def test_the_editing_cases_do_edit() -> None:
+    """Without edits (a threshold no probability exceeds) some case answers differently: the fixture tests editing."""
+    spec, tensors = golden()
+    differs = []
+    for case in spec["editing_sample"]["cases"]:
+        prompt = tensors[case["prompt"]]
+        out = editing_sampler(case, editing_threshold=1.0).sample(
+            fixture_model(), prompt, mask_id=spec["mask_token_id"]
+        )
+        differs.append(out.sequences.tolist() != tensors[case["output"]][:, : out.sequences.shape[1]].tolist())
+    assert any(differs)
+
+
 def test_padded_rows_decode_as_they_would_alone() -> None:
     spec, tensors = golden()
     prompt = tensors["block_sample.prompt8"]
