@@ -185,6 +185,27 @@ def test_sampler_matches_the_reference_token_ids(case: dict[str, Any]) -> None:
     assert out.sequences.tolist() == reference[:, : prompt.shape[1] + case["max_new_tokens"]].tolist()
 
 
+def test_sampling_with_temperature_top_k_top_p_draws_as_the_reference() -> None:
+    """Same distribution, same draws: torch's global generator seeded as the reference was."""
+    spec, tensors = golden()
+    case = spec["sampled"]
+    prompt = tensors[case["prompt"]]
+    sampler = LLaDA2Sampler(
+        steps=case["steps_per_block"],
+        gen_length=case["max_new_tokens"],
+        block_size=case["block_size"],
+        threshold=case["threshold"],
+        temperature=case["temperature"],
+        top_k=case["top_k"],
+        top_p=case["top_p"],
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(case["torch_seed"])
+        out = sampler.sample(fixture_model(), prompt, mask_id=spec["mask_token_id"])
+    reference = tensors[case["output"]]
+    assert out.sequences.tolist() == reference[:, : prompt.shape[1] + case["max_new_tokens"]].tolist()
+
+
 def editing_sampler(case: dict[str, Any], editing_threshold: float | None = None) -> LLaDA2Sampler:
     return LLaDA2Sampler(
         steps=1,  # unused by the editing rule
