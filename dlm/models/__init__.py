@@ -2,8 +2,9 @@
 
 After ``import dlm`` (which imports this package), ``AutoConfig``/``AutoModel``/``AutoModelForMaskedLM``
 ``.from_pretrained(path)`` load official LLaDA (``model_type="llada"``), Dream (``model_type="Dream"``) and LLaDA 2.x
-(``model_type="llada2_moe"``, also through ``AutoModelForCausalLM`` as its ``auto_map`` names it) checkpoints with these classes and no ``trust_remote_code``: transformers prefers a registered local class over a
-config's ``auto_map`` unless remote code is explicitly trusted, and our configs drop ``auto_map`` when loaded.
+(``model_type="llada2_moe"``, also through ``AutoModelForCausalLM`` as its ``auto_map`` names it) checkpoints with
+these classes and no ``trust_remote_code``: transformers prefers a registered local class over a config's
+``auto_map`` unless remote code is explicitly trusted, and our configs drop ``auto_map`` when loaded.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
