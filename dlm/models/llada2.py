@@ -342,8 +342,6 @@ class LLaDA2MoePreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["LLaDA2MoeDecoderLayer"]
     _supports_sdpa = True
-    _supports_flex_attn = True
-    _can_compile_fullgraph = False
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
