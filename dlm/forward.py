@@ -40,6 +40,7 @@ _HEADS: dict[str, _HeadSpec] = {
     "LLaDAModelLM": _HeadSpec("model.transformer.ff_out", lambda m, h: m.logits_from_hidden(h)),
     "LLaDAMoEModelLM": _HeadSpec("lm_head", _lm_head),
     "DreamModel": _HeadSpec("lm_head", _lm_head),
+    "LLaDA2MoeModelLM": _HeadSpec("lm_head", _lm_head),
     # ModernBERT's head is dense + activation + norm, then the decoder projection
     "ModernBertForMaskedLM": _HeadSpec("head", lambda m, h: m.decoder(m.head(h))),
     "BertForMaskedLM": _HeadSpec("cls", lambda m, h: m.cls(h)),

@@ -18,6 +18,7 @@ from dlm.samplers.causal import CausalSampler
 from dlm.samplers.common import SampleOutput, StepHook
 from dlm.samplers.dream import DreamSampler
 from dlm.samplers.llada import LladaSampler
+from dlm.samplers.llada2 import LLaDA2Sampler
 from dlm.samplers.sdar import SDARSampler
 
 
@@ -41,10 +42,11 @@ class SamplerSettings:
     grow_canvas: int = 0  # LLaDA-style samplers: grow the canvas this many tokens at a time, stop at the end token
 
 
-Sampler = LladaSampler | DreamSampler | CausalSampler | BD3LMSampler | SDARSampler
+Sampler = LladaSampler | DreamSampler | CausalSampler | BD3LMSampler | SDARSampler | LLaDA2Sampler
 # `Family.sampler` names one of these
 SAMPLERS: dict[str, type[Sampler]] = {
     "llada": LladaSampler,
+    "llada2": LLaDA2Sampler,
     "dream": DreamSampler,
     "causal": CausalSampler,
     "bd3lm": BD3LMSampler,

@@ -1,5 +1,5 @@
-"""The model families dlm knows: one module per family (`llada`, `llada_moe`, `dream`, `bert`, `a2d`, `bd3lm`, `ar`,
-`sdar`) holds its `Family`; this registry finds them by name or from a checkpoint's config.
+"""The model families dlm knows: one module per family (`llada`, `llada_moe`, `llada2`, `dream`, `bert`, `a2d`,
+`bd3lm`, `ar`, `sdar`) holds its `Family`; this registry finds them by name or from a checkpoint's config.
 
 Training, evaluation and sampling ask a `Family` instead of testing model names.
 """
@@ -17,10 +17,11 @@ from dlm.families.bd3lm import BD3LM
 from dlm.families.bert import BERT
 from dlm.families.dream import DREAM
 from dlm.families.llada import LLADA
+from dlm.families.llada2 import LLADA2
 from dlm.families.llada_moe import LLADA_MOE
 from dlm.families.sdar import SDAR
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (LLADA, LLADA_MOE, DREAM, BERT, A2D, BD3LM, AR, SDAR)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (LLADA, LLADA_MOE, LLADA2, DREAM, BERT, A2D, BD3LM, AR, SDAR)}
 
 
 def supported_families_text() -> str:

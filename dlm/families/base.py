@@ -35,14 +35,14 @@ class Family:
     `output_head` names the output projection (a full module name, or a suffix for several architectures): it is
     never quantized and never gets LoRA.
     Behaviour: `sampler` names the algorithm that answers prompts (a module of `dlm.samplers`: `llada`, `dream`,
-    `causal`); `cache_modes` are the sampler `cache` settings its models serve; `default_loss_weight` its diffusion
+    `causal`, `bd3lm`, `sdar`, `llada2`); `cache_modes` are the sampler `cache` settings its models serve; `default_loss_weight` its diffusion
     loss weighting. The family's name is also its training method.
+    `block_size`: block diffusion — trained with the x_t ⊕ x_0 objective and sampled block by block with this default
+    block size; None for full-sequence diffusion.
     Detection: families that share architectures are told apart by `detected_by` ((config key, value) pairs that mark
     the family; the family without them is the default); `converted_from` names the family whose checkpoints this one
     is made from (`dlm.convert`), `architectures_note` how `supported_families_text` describes its checkpoints, and
     `mask_hint` what to do when a checkpoint has no mask token.
-    `block_size`: block diffusion — trained with the x_t ⊕ x_0 objective and sampled block by block with this default
-    block size; None for full-sequence diffusion.
     """
 
     name: str
@@ -62,6 +62,7 @@ class Family:
     default_loss_weight: str | None
     sampler: str
     cache_modes: tuple[str, ...] = NO_CACHE
+    block_size: int | None = None
     detected_by: tuple[tuple[str, Any], ...] = ()
     converted_from: str | None = None
     architectures_note: str | None = None

@@ -24,6 +24,8 @@ LLADA_SPECIALS = ("<|startoftext|>", "<|endoftext|>", "<|start_header_id|>", "<|
 LLADA_MASK = "<|mdm_mask|>"
 DREAM_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|beginoftext|>", "<|mask|>")
 DREAM_MASK = "<|mask|>"
+LLADA2_SPECIALS = ("<|endoftext|>", "<role>", "</role>", "<|role_end|>")
+LLADA2_MASK = "<|mask|>"
 LLADA_MOE_SPECIALS = ("<|startoftext|>", "<|endoftext|>", "<role>", "</role>", "<|role_end|>")
 LLADA_MOE_MASK = "<|mask|>"
 TINY_EXPERTS, TINY_EXPERTS_PER_TOKEN = 4, 2
@@ -46,6 +48,7 @@ class Dims:
 
 TINY = Dims(HIDDEN, HEADS, LAYERS, INTERMEDIATE)
 TINY_DREAM = Dims(HIDDEN, HEADS, LAYERS, INTERMEDIATE, kv_heads=HEADS // 2)
+TINY_LLADA2 = Dims(HIDDEN, HEADS, LAYERS, INTERMEDIATE, kv_heads=HEADS // 2)
 TINY_BLOCK_SIZE = 4  # tiny-bd3lm: short blocks, so that the short answers of tests span several
 
 
@@ -253,6 +256,64 @@ def _sdar_config(dims: Dims, vocab: int, **special_ids: int | None) -> Any:
     )
 
 
+def _llada2_tokenizer(bpe: Any = None):
+    return fast_tokenizer(
+        (*LLADA2_SPECIALS, LLADA2_MASK),
+        read_template("llada2.jinja"),
+        bpe=bpe,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        mask_token=LLADA2_MASK,
+    )
+
+
+def build_llada2(dst: Path, dims: Dims = TINY_LLADA2, tokenizer: Any = None) -> None:
+    tokenizer = tokenizer or _llada2_tokenizer()
+    config = _llada2_config(dims, _padded(len(tokenizer)), **_special_ids(tokenizer))
+    _save_random_model("AutoModel", config, tokenizer, dst)
+
+
+def _llada2_config(dims: Dims, vocab: int, **special_ids: int | None) -> Any:
+    """LLaDA2.0-mini's layout at `dims`: the first layer dense (`intermediate`), the others 8 routed experts
+    (2 per token, in 4 groups of which 2 are kept) of a quarter of that width plus one shared expert."""
+    from transformers import AutoConfig
+
+    import dlm.models  # noqa: F401  (registers the llada2_moe model type)
+
+    return AutoConfig.for_model(
+        "llada2_moe",
+        hidden_size=dims.hidden,
+        intermediate_size=dims.intermediate,
+        num_hidden_layers=dims.layers,
+        num_attention_heads=dims.heads,
+        num_key_value_heads=dims.kv_heads or dims.heads,
+        head_dim=dims.hidden // dims.heads,
+        num_experts=8,
+        num_experts_per_tok=2,
+        n_group=4,
+        topk_group=2,
+        num_shared_experts=1,
+        moe_intermediate_size=dims.intermediate // 4,
+        first_k_dense_replace=1,
+        routed_scaling_factor=2.5,
+        partial_rotary_factor=0.5,
+        vocab_size=vocab,
+        max_position_embeddings=MAX_POSITIONS,
+        rope_theta=600000.0,
+        rms_norm_eps=1e-6,
+        use_bias=False,
+        use_qkv_bias=False,
+        use_qk_norm=True,
+        tie_word_embeddings=False,
+        attention_dropout=0.0,
+        embedding_dropout=0.0,
+        output_dropout=0.0,
+        use_cache=False,
+        architectures=["LLaDA2MoeModelLM"],
+        **special_ids,
+    )
+
+
 def build_bert(dst: Path) -> None:
     from transformers import ModernBertConfig
 
@@ -395,6 +456,17 @@ FAMILY_PRESETS: dict[str, FamilyPreset] = {
         sized=False,
         mask_token=SDAR_MASK,
         template_file="sdar.jinja",
+    ),
+    # MoE: no size presets (their Dims do not say how many experts)
+    "llada2": FamilyPreset(
+        specials=(*LLADA2_SPECIALS, LLADA2_MASK),
+        tokenizer=_llada2_tokenizer,
+        build=build_llada2,
+        config=_llada2_config,
+        auto_class="AutoModel",
+        sized=False,
+        mask_token=LLADA2_MASK,
+        template_file="llada2.jinja",
     ),
     # BERT presets come from their own tokenizer (`build_bert`); other tokenizers are the causal ones
     "bert": FamilyPreset(**{**_CAUSAL, "build": lambda dst, dims, tokenizer: build_bert(dst), "sized": False,

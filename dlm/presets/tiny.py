@@ -23,6 +23,7 @@ from dlm.presets.builders import (
     build_bert,
     build_dream,
     build_llada,
+    build_llada2,
     build_llada_moe,
     build_sdar,
 )
@@ -37,6 +38,7 @@ PRESETS: dict[str, Callable[[Path], None]] = {
     "tiny-ar": build_ar,
     "tiny-llada-moe": build_llada_moe,
     "tiny-sdar": lambda dst: build_sdar(dst, TINY_DREAM),
+    "tiny-llada2": build_llada2,
 }
 
 

@@ -95,7 +95,7 @@ def test_get_family():
     assert get_family(FAMILIES["dream"]) is FAMILIES["dream"]
     with pytest.raises(
         ModelError,
-        match="unknown model family 'gpt'; choose one of: llada, llada_moe, dream, bert, a2d, bd3lm, ar, sdar",
+        match="unknown model family 'gpt'; choose one of: llada, llada_moe, llada2, dream, bert, a2d, bd3lm, ar, sdar",
     ):
         get_family("gpt")
 
@@ -213,5 +213,5 @@ def test_mask_id_outside_vocabulary():
 def test_training_methods_come_from_the_registry():
     from dlm.trainers.sft_config import TRAINING_METHODS
 
-    assert TRAINING_METHODS == ("auto", "bert", "dream", "llada", "llada_moe", "a2d", "ar", "bd3lm", "sdar")
+    assert TRAINING_METHODS == ("auto", "bert", "dream", "llada", "llada2", "llada_moe", "a2d", "ar", "bd3lm", "sdar")
     assert set(TRAINING_METHODS) == {"auto", *FAMILIES}

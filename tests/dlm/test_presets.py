@@ -23,6 +23,7 @@ PRESET_FAMILY = {
     "tiny-bd3lm": "bd3lm",
     "tiny-ar": "ar",
     "tiny-sdar": "sdar",
+    "tiny-llada2": "llada2",
 }
 PRESET_CLASS = {
     "tiny-llada": "LLaDAModelLM",
@@ -33,6 +34,7 @@ PRESET_CLASS = {
     "tiny-bd3lm": "LlamaForCausalLM",
     "tiny-ar": "LlamaForCausalLM",
     "tiny-sdar": "SDARForCausalLM",
+    "tiny-llada2": "LLaDA2MoeModelLM",
 }
 FAMILY_TOKENS = {
     "tiny-llada": [
