@@ -1,5 +1,6 @@
 """Each family's preset: how a random model of its real class is built (config, special tokens, tokenizer), at the
-tiny size or any `Dims`. `FAMILY_PRESETS` holds one `FamilyPreset` per family; a new family adds its entry here."""
+tiny size or any `Dims`. `FAMILY_PRESETS` holds one `FamilyPreset` per family; a new family adds its entry here (its
+builder here, or, for a mixture-of-experts family, in `dlm.presets.moe`; shapes and saving in `dlm.presets.shapes`)."""
 
 from __future__ import annotations
 
@@ -13,42 +14,42 @@ from dlm.convert import convert_causal_to_diffusion
 from dlm.errors import ModelError
 from dlm.families.base import read_template
 from dlm.families.bd3lm import DEFAULT_BLOCK_SIZE
-from dlm.presets.bpe import MAX_POSITIONS, SEED, fast_tokenizer
-
-HIDDEN = 128
-LAYERS = 2
-HEADS = 4
-INTERMEDIATE = 256
+from dlm.presets.bpe import MAX_POSITIONS, fast_tokenizer
+from dlm.presets.moe import (
+    LLADA2_MASK,
+    LLADA2_SPECIALS,
+    LLADA_MOE_MASK,
+    LLADA_MOE_SPECIALS,
+    build_llada2,
+    build_llada_moe,
+    llada2_config,
+    llada2_tokenizer,
+    llada_moe_config,
+    llada_moe_tokenizer,
+)
+from dlm.presets.shapes import (
+    HEADS,
+    HIDDEN,
+    INTERMEDIATE,
+    LAYERS,
+    TINY,
+    TINY_DREAM,
+    Dims,
+    padded,
+    save_random_model,
+    special_token_ids,
+)
 
 LLADA_SPECIALS = ("<|startoftext|>", "<|endoftext|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
 LLADA_MASK = "<|mdm_mask|>"
 DREAM_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|beginoftext|>", "<|mask|>")
 DREAM_MASK = "<|mask|>"
-LLADA2_SPECIALS = ("<|endoftext|>", "<role>", "</role>", "<|role_end|>")
-LLADA2_MASK = "<|mask|>"
-LLADA_MOE_SPECIALS = ("<|startoftext|>", "<|endoftext|>", "<role>", "</role>", "<|role_end|>")
-LLADA_MOE_MASK = "<|mask|>"
-TINY_EXPERTS, TINY_EXPERTS_PER_TOKEN = 4, 2
 SDAR_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<|MASK|>")
 SDAR_MASK = "<|MASK|>"
 BERT_SPECIALS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")
 BERT_CHAT_MARKERS = ("[SYS]", "[/SYS]", "[Question]", "[/Question]", "[Answer]", "[/Answer]")
 
 
-@dataclass(frozen=True)
-class Dims:
-    """The shape of a model: width, attention heads (and key/value heads), depth, MLP width."""
-
-    hidden: int
-    heads: int
-    layers: int
-    intermediate: int
-    kv_heads: int | None = None  # None: as many as the heads
-
-
-TINY = Dims(HIDDEN, HEADS, LAYERS, INTERMEDIATE)
-TINY_DREAM = Dims(HIDDEN, HEADS, LAYERS, INTERMEDIATE, kv_heads=HEADS // 2)
-TINY_LLADA2 = Dims(HIDDEN, HEADS, LAYERS, INTERMEDIATE, kv_heads=HEADS // 2)
 TINY_BLOCK_SIZE = 4  # tiny-bd3lm: short blocks, so that the short answers of tests span several
 
 
@@ -66,35 +67,10 @@ def _llada_tokenizer(with_mask: bool, bpe: Any = None):
     return tokenizer
 
 
-def _padded(n: int, multiple: int = 64) -> int:
-    return -(-n // multiple) * multiple
-
-
-def _save_random_model(auto_class_name: str, config, tokenizer, dst: Path) -> None:
-    import torch
-    import transformers
-
-    auto_class = getattr(transformers, auto_class_name)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(SEED)
-        model = auto_class.from_config(config, dtype=torch.float32)
-    model.save_pretrained(dst)
-    tokenizer.save_pretrained(dst)
-
-
-def _special_ids(tokenizer: Any) -> dict[str, int | None]:
-    return {
-        "mask_token_id": tokenizer.mask_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-        "bos_token_id": tokenizer.bos_token_id,
-    }
-
-
 def build_llada(dst: Path, dims: Dims = TINY, tokenizer: Any = None) -> None:
     tokenizer = tokenizer or _llada_tokenizer(with_mask=True)
-    config = _llada_config(dims, _padded(len(tokenizer)), **_special_ids(tokenizer))
-    _save_random_model("AutoModel", config, tokenizer, dst)
+    config = _llada_config(dims, padded(len(tokenizer)), **special_token_ids(tokenizer))
+    save_random_model("AutoModel", config, tokenizer, dst)
 
 
 def _llada_config(dims: Dims, vocab: int, **special_ids: int | None) -> Any:
@@ -127,50 +103,6 @@ def _llada_config(dims: Dims, vocab: int, **special_ids: int | None) -> Any:
     )
 
 
-def _llada_moe_tokenizer(bpe: Any = None):
-    tokenizer = fast_tokenizer(
-        LLADA_MOE_SPECIALS,
-        read_template("llada_moe.jinja"),
-        bpe=bpe,
-        bos_token="<|startoftext|>",
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-    )
-    tokenizer.add_special_tokens({"mask_token": LLADA_MOE_MASK})
-    return tokenizer
-
-
-def build_llada_moe(dst: Path, dims: Dims = TINY, tokenizer: Any = None) -> None:
-    tokenizer = tokenizer or _llada_moe_tokenizer()
-    config = _llada_moe_config(dims, _padded(len(tokenizer)), **_special_ids(tokenizer))
-    _save_random_model("AutoModel", config, tokenizer, dst)
-
-
-def _llada_moe_config(dims: Dims, vocab: int, **special_ids: int | None) -> Any:
-    """Every layer MoE, as LLaDA-MoE-7B-A1B; the experts a token uses add up to `dims.intermediate`."""
-    from dlm.models.llada_moe import LLaDAMoEConfig
-
-    return LLaDAMoEConfig(
-        vocab_size=vocab,
-        hidden_size=dims.hidden,
-        dense_intermediate_size=dims.intermediate,
-        expert_intermediate_size=dims.intermediate // TINY_EXPERTS_PER_TOKEN,
-        num_hidden_layers=dims.layers,
-        num_attention_heads=dims.heads,
-        num_key_value_heads=dims.kv_heads or dims.heads,
-        num_experts=TINY_EXPERTS,
-        num_experts_per_tok=TINY_EXPERTS_PER_TOKEN,
-        max_position_embeddings=MAX_POSITIONS,
-        rope_theta=50000.0,
-        rms_norm_eps=1e-5,
-        qk_layernorm=True,
-        tie_word_embeddings=False,
-        use_cache=False,
-        architectures=["LLaDAMoEModelLM"],
-        **special_ids,
-    )
-
-
 def _dream_tokenizer(bpe: Any = None):
     return fast_tokenizer(
         DREAM_SPECIALS,
@@ -186,8 +118,8 @@ def _dream_tokenizer(bpe: Any = None):
 
 def build_dream(dst: Path, dims: Dims = TINY, tokenizer: Any = None) -> None:
     tokenizer = tokenizer or _dream_tokenizer()
-    config = _dream_config(dims, _padded(len(tokenizer)), **_special_ids(tokenizer))
-    _save_random_model("AutoModel", config, tokenizer, dst)
+    config = _dream_config(dims, padded(len(tokenizer)), **special_token_ids(tokenizer))
+    save_random_model("AutoModel", config, tokenizer, dst)
 
 
 def _dream_config(dims: Dims, vocab: int, **special_ids: int | None) -> Any:
@@ -227,8 +159,8 @@ def _sdar_tokenizer(bpe: Any = None):
 
 def build_sdar(dst: Path, dims: Dims = TINY_DREAM, tokenizer: Any = None) -> None:
     tokenizer = tokenizer or _sdar_tokenizer()
-    config = _sdar_config(dims, _padded(len(tokenizer)), **_special_ids(tokenizer))
-    _save_random_model("AutoModelForCausalLM", config, tokenizer, dst)
+    config = _sdar_config(dims, padded(len(tokenizer)), **special_token_ids(tokenizer))
+    save_random_model("AutoModelForCausalLM", config, tokenizer, dst)
 
 
 def _sdar_config(dims: Dims, vocab: int, **special_ids: int | None) -> Any:
@@ -252,64 +184,6 @@ def _sdar_config(dims: Dims, vocab: int, **special_ids: int | None) -> Any:
         use_cache=False,
         block_size=4,
         architectures=["SDARForCausalLM"],
-        **special_ids,
-    )
-
-
-def _llada2_tokenizer(bpe: Any = None):
-    return fast_tokenizer(
-        (*LLADA2_SPECIALS, LLADA2_MASK),
-        read_template("llada2.jinja"),
-        bpe=bpe,
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-        mask_token=LLADA2_MASK,
-    )
-
-
-def build_llada2(dst: Path, dims: Dims = TINY_LLADA2, tokenizer: Any = None) -> None:
-    tokenizer = tokenizer or _llada2_tokenizer()
-    config = _llada2_config(dims, _padded(len(tokenizer)), **_special_ids(tokenizer))
-    _save_random_model("AutoModel", config, tokenizer, dst)
-
-
-def _llada2_config(dims: Dims, vocab: int, **special_ids: int | None) -> Any:
-    """LLaDA2.0-mini's layout at `dims`: the first layer dense (`intermediate`), the others 8 routed experts
-    (2 per token, in 4 groups of which 2 are kept) of a quarter of that width plus one shared expert."""
-    from transformers import AutoConfig
-
-    import dlm.models  # noqa: F401  (registers the llada2_moe model type)
-
-    return AutoConfig.for_model(
-        "llada2_moe",
-        hidden_size=dims.hidden,
-        intermediate_size=dims.intermediate,
-        num_hidden_layers=dims.layers,
-        num_attention_heads=dims.heads,
-        num_key_value_heads=dims.kv_heads or dims.heads,
-        head_dim=dims.hidden // dims.heads,
-        num_experts=8,
-        num_experts_per_tok=2,
-        n_group=4,
-        topk_group=2,
-        num_shared_experts=1,
-        moe_intermediate_size=dims.intermediate // 4,
-        first_k_dense_replace=1,
-        routed_scaling_factor=2.5,
-        partial_rotary_factor=0.5,
-        vocab_size=vocab,
-        max_position_embeddings=MAX_POSITIONS,
-        rope_theta=600000.0,
-        rms_norm_eps=1e-6,
-        use_bias=False,
-        use_qkv_bias=False,
-        use_qk_norm=True,
-        tie_word_embeddings=False,
-        attention_dropout=0.0,
-        embedding_dropout=0.0,
-        output_dropout=0.0,
-        use_cache=False,
-        architectures=["LLaDA2MoeModelLM"],
         **special_ids,
     )
 
@@ -343,15 +217,15 @@ def build_bert(dst: Path) -> None:
         sep_token_id=tokenizer.sep_token_id,
         architectures=["ModernBertForMaskedLM"],
     )
-    _save_random_model("AutoModelForMaskedLM", config, tokenizer, dst)
+    save_random_model("AutoModelForMaskedLM", config, tokenizer, dst)
 
 
 def build_ar(dst: Path, dims: Dims = TINY, tokenizer: Any = None) -> None:
     tokenizer = tokenizer or _llada_tokenizer(with_mask=False)
-    special_ids = _special_ids(tokenizer)
+    special_ids = special_token_ids(tokenizer)
     del special_ids["mask_token_id"]  # a causal model has none
     config = _ar_config(dims, len(tokenizer), **special_ids)
-    _save_random_model("AutoModelForCausalLM", config, tokenizer, dst)
+    save_random_model("AutoModelForCausalLM", config, tokenizer, dst)
 
 
 def _ar_config(dims: Dims, vocab: int, **special_ids: int | None) -> Any:
@@ -428,9 +302,9 @@ FAMILY_PRESETS: dict[str, FamilyPreset] = {
     ),
     "llada_moe": FamilyPreset(
         specials=(*LLADA_MOE_SPECIALS, LLADA_MOE_MASK),
-        tokenizer=_llada_moe_tokenizer,
+        tokenizer=llada_moe_tokenizer,
         build=build_llada_moe,
-        config=_llada_moe_config,
+        config=llada_moe_config,
         auto_class="AutoModel",
         sized=False,
         mask_token=LLADA_MOE_MASK,
@@ -460,9 +334,9 @@ FAMILY_PRESETS: dict[str, FamilyPreset] = {
     # MoE: no size presets (their Dims do not say how many experts)
     "llada2": FamilyPreset(
         specials=(*LLADA2_SPECIALS, LLADA2_MASK),
-        tokenizer=_llada2_tokenizer,
+        tokenizer=llada2_tokenizer,
         build=build_llada2,
-        config=_llada2_config,
+        config=llada2_config,
         auto_class="AutoModel",
         sized=False,
         mask_token=LLADA2_MASK,
@@ -511,7 +385,7 @@ def meta_model(family: str, dims: Dims, vocab_size: int) -> Any:
     preset = FAMILY_PRESETS[family]
     ids = {"eos_token_id": 0, "pad_token_id": 0, "bos_token_id": 0}  # any id inside the vocabulary counts the same
     if preset.mask_token is not None:
-        config = preset.config(dims, _padded(vocab_size), mask_token_id=0, **ids)
+        config = preset.config(dims, padded(vocab_size), mask_token_id=0, **ids)
     else:
         config = preset.config(dims, vocab_size, **ids)
     with torch.device("meta"):

@@ -23,10 +23,9 @@ from dlm.presets.builders import (
     build_bert,
     build_dream,
     build_llada,
-    build_llada2,
-    build_llada_moe,
     build_sdar,
 )
+from dlm.presets.moe import build_llada2, build_llada_moe
 from dlm.presets.store import PRESET_VERSION, build_in_place, default_workspace
 
 PRESETS: dict[str, Callable[[Path], None]] = {
