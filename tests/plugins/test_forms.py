@@ -88,8 +88,8 @@ def test_run_help_lists_the_parameters_by_group(capsys):
     assert "\nLoRA and quantization:\n" in out and "\nlaunch:\n" in out
     assert "--lora_r (integer, default 16): LoRA rank; >= 4, <= 1024" in out
     assert (
-        '--training_method (string, default "auto"): Model family; one of auto, bert, dream, llada, llada_moe, a2d, ar'
-        in out
+        '--training_method (string, default "auto"): Model family; one of auto, bert, dream, llada, llada2, llada_moe, a2d, '
+        "ar, bd3lm, sdar" in out
     )
     assert out.index("--lora_r") < out.index("--gpu_ids")
 
