@@ -24,9 +24,9 @@ class SFTConfig(TrainerConfig):
         title="Model family",
         group="method",
         help=(
-            "auto reads it from the model. bert, dream, llada, a2d: that family's masked-diffusion loss; bd3lm: "
-            "block diffusion (a causal LM converted with kind=bd3lm); ar: a causal-LM baseline trained with the "
-            "next-token loss on the same data."
+            "auto reads it from the model. bert, dream, llada, llada_moe, a2d: that family's masked-diffusion loss; "
+            "bd3lm (a causal LM converted with kind=bd3lm), sdar, llada2: block diffusion (x_t ⊕ x_0, blocks of "
+            "block_size); ar: a causal-LM baseline trained with the next-token loss on the same data."
         ),
         choices=TRAINING_METHODS,
         ui_help="Leave on auto unless the model's family is not recognised.",
