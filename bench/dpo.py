@@ -171,7 +171,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     policy, reference = build_models(args)
-    settings = ElboDPOSettings(mask_id=MASK_ID, shift=False, beta=0.2, loss_type="sigmoid")
+    settings = ElboDPOSettings(mask_id=MASK_ID, shift=False, beta=0.2, loss_type="sigmoid", block_size=None)
     batches = make_batches(args, settings)
     steps = {
         "ours (per_sample_backward)": ours(policy, settings, per_sample=True),
