@@ -58,7 +58,7 @@ from typing import Any
 
 import torch
 import transformers
-from common import add_threads_argument, peak_step_bytes, time_alternating
+from common import add_threads_argument, peak_step_bytes, synchronize, time_alternating
 
 from dlm.losses import LossConfig, diffusion_loss
 from dlm.samplers.bd3lm import BD3LMSampler
@@ -265,17 +265,19 @@ def compare_sampling(args: argparse.Namespace, dllm: types.SimpleNamespace, voca
         ids[row, width - len(prompt) :] = torch.tensor(prompt)
         attention[row, width - len(prompt) :] = 1
     ids, attention = ids.to(args.device), attention.to(args.device)
-    settings = {"steps": args.gen_length, "block_size": args.block_size}
     ours = BD3LMSampler(steps=args.gen_length, gen_length=args.gen_length, block_length=args.block_size)
     tokenizer = types.SimpleNamespace(mask_token_id=mask_id, pad_token_id=PAD_ID, eos_token_id=None, bos_token_id=None)
     theirs = dllm.Sampler(model=model, tokenizer=tokenizer)
-    theirs_config = dllm.SamplerConfig(max_new_tokens=args.gen_length, temperature=0.0, **settings)
+    theirs_config = dllm.SamplerConfig(
+        max_new_tokens=args.gen_length, steps=args.gen_length, block_size=args.block_size, temperature=0.0
+    )
 
     def timed(run: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+        """`run`, finished on the device before its time is read."""
+
         def synchronized() -> torch.Tensor:
             out = run()
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
+            synchronize(args.device)
             return out
 
         return synchronized
