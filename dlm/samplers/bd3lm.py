@@ -104,9 +104,11 @@ class BlockCausalCache:
         self.seen = torch.zeros(batch, dtype=torch.long, device=device)
         self.forward_passes = 0
 
-    def peek(self, ids: torch.Tensor) -> torch.Tensor:
-        """Logits [B, n, V] of a block of masks and revealed tokens (all real tokens) that follows the cache."""
-        logits = self._forward(ids, torch.ones_like(ids, dtype=torch.bool), logits_to_keep=0)
+    def peek(self, ids: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, n, V] of a block of masks and revealed tokens (all real tokens) that follows the cache; only
+        at the block's `columns` ([B, len(columns), V]) when given: the output head runs there alone."""
+        keep = columns if columns is not None else 0
+        logits = self._forward(ids, torch.ones_like(ids, dtype=torch.bool), logits_to_keep=keep)
         self.cache.crop(-ids.shape[1])
         return logits
 
@@ -117,7 +119,7 @@ class BlockCausalCache:
         self.seen = self.seen + valid.sum(-1)
         return logits[:, -1]
 
-    def _forward(self, ids: torch.Tensor, valid: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
+    def _forward(self, ids: torch.Tensor, valid: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
         allowed = block_causal_mask(torch.cat([self.valid, valid], dim=1), valid, self.block_length)
         positions = torch.where(valid, self.seen.unsqueeze(1) + valid.long().cumsum(-1) - 1, 0)
         out = self.model(
@@ -157,6 +159,11 @@ class _Choice:
     temperature: float
     remasking: str
     generator: torch.Generator | None
+
+    @property
+    def deterministic(self) -> bool:
+        """Whether a position's choice depends on its own logits alone (no random draws shaped like the block)."""
+        return self.temperature == 0 and self.remasking == "low_confidence"
 
     def __call__(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(tokens, ranking confidence, probability of each token) for block logits [B, n, V]."""
@@ -203,10 +210,13 @@ class _Bd3lmRun:
             masked = self.x[:, start:end] == self.mask_id
             if not bool(masked.any()):
                 break
-            logits = self._guided(self.cache.peek(self._rows(self.x[:, start:end])))
+            # choices that depend on each position alone need the output head only where a row is still masked
+            narrow = self.choose.deterministic and not self.right_shift
+            columns = masked.any(0).nonzero().squeeze(-1) if narrow else None
+            logits = self._guided(self.cache.peek(self._rows(self.x[:, start:end]), columns))
             if self.right_shift:
                 logits = torch.cat([self.last_logits.unsqueeze(1), logits[:, :-1]], dim=1)
-            self._reveal(logits, masked, start, end, count)
+            self._reveal(logits, masked, start, end, count, columns)
             if self.on_step is not None:
                 self.on_step(self.x, step, index)
 
@@ -225,8 +235,14 @@ class _Bd3lmRun:
         cond, uncond = logits.chunk(2)
         return uncond + (self.cfg_scale + 1) * (cond - uncond)
 
-    def _reveal(self, logits: torch.Tensor, masked: torch.Tensor, start: int, end: int, count: int) -> None:
+    def _reveal(
+        self, logits: torch.Tensor, masked: torch.Tensor, start: int, end: int, count: int, columns: torch.Tensor | None
+    ) -> None:
         x0, confidence, probability = self.choose(logits)
+        if columns is not None:  # back to the whole block: the other columns are revealed in every row
+            x0, confidence, probability = (
+                torch.zeros_like(masked, dtype=v.dtype).index_copy(1, columns, v) for v in (x0, confidence, probability)
+            )
         confidence = confidence.masked_fill(~masked, -torch.inf)
         counts = torch.minimum(masked.sum(-1), torch.tensor(count, device=masked.device))
         reveal = reveal_top(confidence, counts, torch.zeros_like(counts))
