@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from dlm.forward import unwrap_model
+from dlm.forward import logits_at_positions, unwrap_model
 from dlm.samplers.common import (
     DiffusionSampler,
     SampleOutput,
@@ -104,11 +104,11 @@ class BlockCausalCache:
         self.seen = torch.zeros(batch, dtype=torch.long, device=device)
         self.forward_passes = 0
 
-    def peek(self, ids: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+    def peek(self, ids: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, n, V] of a block of masks and revealed tokens (all real tokens) that follows the cache; only
-        at the block's `columns` ([B, len(columns), V]) when given: the output head runs there alone."""
-        keep = columns if columns is not None else 0
-        logits = self._forward(ids, torch.ones_like(ids, dtype=torch.bool), logits_to_keep=keep)
+        at the positions `where` (bool [B, n]) when given, [N, V] in row-major order: the output head runs there
+        alone."""
+        logits = self._forward(ids, torch.ones_like(ids, dtype=torch.bool), logits_to_keep=0, where=where)
         self.cache.crop(-ids.shape[1])
         return logits
 
@@ -119,19 +119,19 @@ class BlockCausalCache:
         self.seen = self.seen + valid.sum(-1)
         return logits[:, -1]
 
-    def _forward(self, ids: torch.Tensor, valid: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
+    def _forward(
+        self, ids: torch.Tensor, valid: torch.Tensor, logits_to_keep: int, where: torch.Tensor | None = None
+    ) -> torch.Tensor:
         allowed = block_causal_mask(torch.cat([self.valid, valid], dim=1), valid, self.block_length)
         positions = torch.where(valid, self.seen.unsqueeze(1) + valid.long().cumsum(-1) - 1, 0)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=_model_mask(allowed, self.model),
-            position_ids=positions,
-            past_key_values=self.cache,
-            use_cache=True,
-            logits_to_keep=logits_to_keep,
-        )
+        inputs = {"position_ids": positions, "past_key_values": self.cache, "use_cache": True}
+        mask = _model_mask(allowed, self.model)
+        if where is not None:
+            logits = logits_at_positions(self.model, ids, mask, where, **inputs)
+        else:
+            logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=logits_to_keep, **inputs).logits
         self.forward_passes += 1
-        return out.logits.to(torch.promote_types(out.logits.dtype, torch.float32))
+        return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
 def check_bd3lm_settings(
@@ -211,12 +211,12 @@ class _Bd3lmRun:
             if not bool(masked.any()):
                 break
             # choices that depend on each position alone need the output head only where a row is still masked
-            narrow = self.choose.deterministic and not self.right_shift
-            columns = masked.any(0).nonzero().squeeze(-1) if narrow else None
-            logits = self._guided(self.cache.peek(self._rows(self.x[:, start:end]), columns))
+            where = masked if self.choose.deterministic and not self.right_shift else None
+            rows_where = None if where is None else self._rows(where)
+            logits = self._guided(self.cache.peek(self._rows(self.x[:, start:end]), rows_where))
             if self.right_shift:
                 logits = torch.cat([self.last_logits.unsqueeze(1), logits[:, :-1]], dim=1)
-            self._reveal(logits, masked, start, end, count, columns)
+            self._reveal(logits, masked, start, end, count, where)
             if self.on_step is not None:
                 self.on_step(self.x, step, index)
 
@@ -236,13 +236,11 @@ class _Bd3lmRun:
         return uncond + (self.cfg_scale + 1) * (cond - uncond)
 
     def _reveal(
-        self, logits: torch.Tensor, masked: torch.Tensor, start: int, end: int, count: int, columns: torch.Tensor | None
+        self, logits: torch.Tensor, masked: torch.Tensor, start: int, end: int, count: int, where: torch.Tensor | None
     ) -> None:
         x0, confidence, probability = self.choose(logits)
-        if columns is not None:  # back to the whole block: the other columns are revealed in every row
-            x0, confidence, probability = (
-                torch.zeros_like(masked, dtype=v.dtype).index_copy(1, columns, v) for v in (x0, confidence, probability)
-            )
+        if where is not None:  # back to the whole block [B, n]: the positions left out are revealed already
+            x0, confidence, probability = (_scatter(where, v) for v in (x0, confidence, probability))
         confidence = confidence.masked_fill(~masked, -torch.inf)
         counts = torch.minimum(masked.sum(-1), torch.tensor(count, device=masked.device))
         reveal = reveal_top(confidence, counts, torch.zeros_like(counts))
@@ -401,3 +399,10 @@ class BD3LMSampler(DiffusionSampler):
             if bool(done.all()):
                 return end
         return canvas_end
+
+
+def _scatter(where: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """`values` [N] at the N true positions of `where` [B, n] (row-major), zero elsewhere."""
+    full = torch.zeros(where.shape, dtype=values.dtype, device=values.device)
+    full[where] = values
+    return full
