@@ -327,7 +327,7 @@ FAMILY_PRESETS: dict[str, FamilyPreset] = {
         build=build_sdar,
         config=_sdar_config,
         auto_class="AutoModelForCausalLM",
-        sized=False,
+        sized=True,
         mask_token=SDAR_MASK,
         template_file="sdar.jinja",
     ),

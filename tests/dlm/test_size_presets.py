@@ -27,11 +27,12 @@ LADDER = {
 
 def expected_parameters(family: str, size: str, vocab: int) -> int:
     """Closed form of a LLaMA-style block stack with untied input and output embeddings: per layer 4 d² attention
-    (full heads), 3·d·ff SwiGLU and two RMSNorm vectors; a final norm; LLaDA and Dream pad the vocabulary to 64
-    rows, and Dream (Qwen2) adds q/k/v biases."""
-    d, _, layers, ff = LADDER[size]
-    rows = -(-vocab // 64) * 64 if family in ("llada", "dream") else vocab
-    per_layer = 4 * d * d + 3 * d * ff + 2 * d + (3 * d if family == "dream" else 0)
+    (full heads), 3·d·ff SwiGLU and two RMSNorm vectors; a final norm; LLaDA, Dream and SDAR pad the vocabulary to
+    64 rows, Dream (Qwen2) adds q/k/v biases and SDAR (Qwen3) a q and a k norm of one head's width."""
+    d, heads, layers, ff = LADDER[size]
+    rows = -(-vocab // 64) * 64 if family in ("llada", "dream", "sdar") else vocab
+    extra = {"dream": 3 * d, "sdar": 2 * (d // heads)}.get(family, 0)
+    per_layer = 4 * d * d + 3 * d * ff + 2 * d + extra
     return 2 * rows * d + layers * per_layer + d
 
 
@@ -39,7 +40,7 @@ def test_the_ladder_is_the_usual_one():
     assert {name: (s.hidden, s.heads, s.layers, s.intermediate) for name, s in SIZES.items()} == LADDER
 
 
-@pytest.mark.parametrize("family", ["llada", "dream", "ar", "a2d", "bd3lm"])
+@pytest.mark.parametrize("family", ["llada", "dream", "ar", "a2d", "bd3lm", "sdar"])
 @pytest.mark.parametrize("vocab", [8000, 50257])
 def test_parameter_counts_match_the_arithmetic(family, vocab):
     for size in LADDER:
@@ -48,14 +49,14 @@ def test_parameter_counts_match_the_arithmetic(family, vocab):
 
 def test_the_table_names_every_size_and_family():
     rows = size_table(8000)
-    assert len(rows) == 20  # 4 sizes x 5 families (llada, dream, a2d, bd3lm, ar)
+    assert len(rows) == 24  # 4 sizes x 6 families (llada, dream, a2d, bd3lm, ar, sdar)
     small_llada = next(r for r in rows if r["preset"] == "small-llada")
     assert small_llada["parameters"] == expected_parameters("llada", "small", 8000)
     assert 15e6 < small_llada["parameters"] < 30e6  # the ~25M of the usual ladder at an 8k vocabulary
 
 
 def test_unknown_family_lists_the_ones_with_sizes():
-    with pytest.raises(ModelError, match=r"'bert' has no size presets.*llada, dream, a2d, bd3lm, ar"):
+    with pytest.raises(ModelError, match=r"'bert' has no size presets.*llada, dream, sdar, a2d, bd3lm, ar"):
         parse_sized_name("small-bert")
     assert parse_sized_name("tiny-llada") is None and parse_sized_name("huge-llada") is None
     assert parse_sized_name("medium-ar") == ("medium", "ar")
