@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import json
 import os
+import socket
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ class JobRecord:
             "status": "QUEUED",
             "type": job_type,
             "progress": 0,
-            "job_data": {"config": config or {}, "pid": os.getpid(), **({"joined": True} if joined else {})},
+            "job_data": {"config": config or {}, **this_process(), **({"joined": True} if joined else {})},
         }
         write_json_atomic(self.path, record, self.root)
 
@@ -110,7 +111,8 @@ class JobRecord:
         """Mark the job FAILED if it is still queued or running but the process that runs it has ended."""
         with self._locked():
             record = self.read()
-            if record.get("status") not in ACTIVE or not _process_gone(record.get("job_data", {}).get("pid")):
+            job_data = record.get("job_data", {})
+            if record.get("status") not in ACTIVE or not _process_gone(job_data.get("pid"), job_data.get("host")):
                 return False
             record["status"] = "FAILED"
             record["job_data"].update(
@@ -149,9 +151,15 @@ def joins_other_machine(values: Mapping[str, Any]) -> bool:
         return False  # the parameter check says what is wrong with them
 
 
-def _process_gone(pid: Any) -> bool:
-    """Whether the process `pid` has ended (a zombie counts as ended); False when there is no pid to check."""
-    if not isinstance(pid, int) or pid <= 0:
+def this_process() -> dict[str, Any]:
+    """What a record keeps to tell whether its process still runs: its pid, and the machine the pid belongs to."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def _process_gone(pid: Any, host: Any = None) -> bool:
+    """Whether the process `pid` has ended (a zombie counts as ended); False when there is no pid to check, or when
+    it runs on another machine (one of a multi-machine run, sharing the workspace), where this one cannot look."""
+    if not isinstance(pid, int) or pid <= 0 or (host is not None and host != socket.gethostname()):
         return False
     try:
         os.kill(pid, 0)
@@ -222,6 +230,9 @@ class LocalBackend:
         write_json_atomic(self.record.live_path, status, self.workspace.root)
 
     def set_data(self, key: str, value: Any) -> None:
+        if key == "pid":  # with its machine: a pid means nothing on another one
+            self.record.update(pid=value, host=socket.gethostname())
+            return
         self.record.update(**{key: value})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:

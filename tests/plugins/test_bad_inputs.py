@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -445,3 +446,16 @@ def test_a_result_never_replaces_another_finished_meanwhile(tmp_path):
         claimed.append(_claim(staging, destination))
     assert [p.name for p in claimed] == ["adaptor", "adaptor-2", "adaptor-3"]
     assert [(p / "weights").read_text() for p in claimed] == ["first", "second", "third"]
+
+
+def test_a_job_run_by_another_machine_is_not_taken_for_dead(tmp_path):
+    """A multi-machine run shares the workspace: a pid recorded by another machine says nothing about this one's
+    processes, so the job stays RUNNING; the same pid recorded here is gone, and the job is settled FAILED."""
+    ws = Workspace(tmp_path / "ws")
+    elsewhere, here = JobRecord(ws, "11"), JobRecord(ws, "12")
+    for record, host in ((elsewhere, "node-7-of-the-run"), (here, None)):
+        record.create(job_type="TRAIN", experiment="e")
+        assert record.read()["job_data"]["host"] == socket.gethostname()  # recorded with its pid
+        record.update(status="RUNNING", pid=dead_pid(), **({"host": host} if host else {}))
+    assert settle_stale_jobs(ws) == ["12"]
+    assert elsewhere.read()["status"] == "RUNNING" and here.read()["status"] == "FAILED"
