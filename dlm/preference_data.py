@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from dlm.data import encode_conversation
+from dlm.data import CHARS_PER_TOKEN, CUT_SLACK, encode_conversation
 from dlm.errors import DlmError
 
 DROP_NO_ROOM = "prompt leaves no room for a response within max_length"
@@ -67,8 +67,9 @@ def encode_preferences(
     dropped: Counter = Counter()
     truncated: Counter = Counter()
     for example in examples:
-        prompt_ids, chosen_ids = _split_ids(example.prompt, example.chosen, tokenizer)
-        _, rejected_ids = _split_ids(example.prompt, example.rejected, tokenizer)
+        limits = (max_length, max_prompt_length)
+        prompt_ids, chosen_ids = _split_ids(example.prompt, example.chosen, tokenizer, *limits)
+        _, rejected_ids = _split_ids(example.prompt, example.rejected, tokenizer, *limits)
         kept_prompt = prompt_ids[-max_prompt_length:]
         room = max_length - len(kept_prompt)
         if room < 1:
@@ -96,14 +97,41 @@ def encode_preferences(
     return encoded
 
 
-def _split_ids(prompt: Messages, response: str, tokenizer: Any) -> tuple[list[int], list[int]]:
-    # encode_conversation checks that the prompt's rendering is a prefix of the whole conversation's.
-    encoded = encode_conversation(
-        [*prompt, {"role": "assistant", "content": response}], tokenizer, max_length=sys.maxsize
-    )
-    assert isinstance(encoded, dict)  # the conversation ends with an assistant turn and nothing is too long
-    ids, cut = encoded["input_ids"], encoded["prompt_length"]
-    return ids[:cut], ids[cut:]
+def _split_ids(
+    prompt: Messages, response: str, tokenizer: Any, max_length: int, max_prompt_length: int
+) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids), tokenizing no more text than the limits can keep (a 20 MB row costs gigabytes
+    tokenized whole). A prompt message keeps its last `max_prompt_length` × CHARS_PER_TOKEN characters, the response
+    its first `max_length` × CHARS_PER_TOKEN: the prompt's last `max_prompt_length` and the response's first
+    `max_length` tokens are those of the whole text as soon as each cut text still holds CUT_SLACK tokens more than
+    that (checked; else the budget doubles)."""
+    budget = max(max_length, max_prompt_length) * CHARS_PER_TOKEN
+    while True:
+        cut_prompt = [_tail(m, budget) for m in prompt]
+        # encode_conversation checks that the prompt's rendering is a prefix of the whole conversation's.
+        encoded = encode_conversation(
+            [*cut_prompt, {"role": "assistant", "content": response[:budget]}], tokenizer, max_length=sys.maxsize
+        )
+        assert isinstance(encoded, dict)  # the conversation ends with an assistant turn and nothing is too long
+        ids, cut = encoded["input_ids"], encoded["prompt_length"]
+        prompt_exact = all(
+            _token_count(tokenizer, c["content"]) >= max_prompt_length + CUT_SLACK
+            for c, m in zip(cut_prompt, prompt, strict=True)
+            if c is not m
+        )
+        response_exact = len(response) <= budget or len(ids) - cut > max_length + CUT_SLACK
+        if prompt_exact and response_exact:
+            return ids[:cut], ids[cut:]
+        budget *= 2
+
+
+def _tail(message: dict[str, str], budget: int) -> dict[str, str]:
+    content = message.get("content")
+    return {**message, "content": content[-budget:]} if isinstance(content, str) and len(content) > budget else message
+
+
+def _token_count(tokenizer: Any, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def _counts(counter: Counter) -> str:

@@ -295,3 +295,35 @@ def test_pairs_that_cannot_fit_are_dropped_and_counted(tokenizer):
     )
     with pytest.raises(PreferenceDataError, match="all 2 preference pairs were skipped .* raise max_length"):
         encode_preferences(PAIRS[1:] + [same_start], tokenizer, max_length=prompt_length + 1, max_prompt_length=4096)
+
+
+class LengthSpy:
+    """The tokenizer, recording the longest text it is handed (a message's content, or a text to count)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.longest = tokenizer, 0
+
+    def apply_chat_template(self, messages, **kwargs):
+        self.longest = max([self.longest, *(len(m["content"]) for m in messages)])
+        return self.tokenizer.apply_chat_template(messages, **kwargs)
+
+    def __call__(self, text, **kwargs):
+        self.longest = max(self.longest, len(text))
+        return self.tokenizer(text, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_huge_pairs_are_tokenized_within_the_limits_with_the_ids_of_the_whole_text(tokenizer):
+    words = " ".join(f"{i} plus {i} is {2 * i}." for i in range(12000))  # about 260k characters
+    prompt = [{"role": "user", "content": words}, {"role": "assistant", "content": "Go on."},
+              {"role": "user", "content": "Again: " + words}]  # fmt: skip
+    pair = PreferenceExample("1", prompt, words, "No. " + words)
+    whole = encode_preferences([pair], tokenizer, max_length=10**6, max_prompt_length=10**6).rows[0]
+    spy = LengthSpy(tokenizer)
+    (row,) = encode_preferences([pair], spy, max_length=96, max_prompt_length=48).rows
+    assert row["prompt_ids"] == whole["prompt_ids"][-48:]
+    room = 96 - 48
+    assert row["chosen_ids"] == whole["chosen_ids"][:room] and row["rejected_ids"] == whole["rejected_ids"][:room]
+    assert spy.longest <= 4 * 96 * 32  # the character budget, doubled at most twice; never the 260k of the texts
