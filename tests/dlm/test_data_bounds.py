@@ -71,7 +71,7 @@ def test_a_huge_row_is_tokenized_only_as_far_as_max_length_keeps(monkeypatch) ->
 
     monkeypatch.setattr(type(tok), "apply_chat_template", counting)
     huge = text(800_000)  # ~4 MB in one answer, and one prompt
-    start = time.perf_counter()
+    start = time.process_time()
     row = encode_conversation(
         [{"role": "user", "content": "hi"}, {"role": "assistant", "content": huge}], tok, max_length=64
     )
@@ -83,4 +83,4 @@ def test_a_huge_row_is_tokenized_only_as_far_as_max_length_keeps(monkeypatch) ->
         == DROP_PROMPT_TOO_LONG
     )
     assert max(seen) <= 2 * 64 * data.CHARS_PER_TOKEN + 10
-    assert time.perf_counter() - start < 2
+    assert time.process_time() - start < 5  # CPU time: tokenizing the whole text takes far longer

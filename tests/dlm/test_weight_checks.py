@@ -46,13 +46,13 @@ def test_a_config_larger_than_its_weights_is_refused_before_loading(tmp_path, mo
     folder = edited(tmp_path, fixture, **changes)
     loaded_weights = []
     monkeypatch.setattr(loading, "refuse_unloaded_weights", lambda *a: loaded_weights.append(a))
-    start = time.perf_counter()
+    start = time.process_time()
     with pytest.raises(
         ModelError, match=r"config.json describes a model of [\d,]+ parameters .*, but its weights hold"
     ):
         load_model_and_tokenizer(folder)
     assert not loaded_weights  # refused before from_pretrained, so nothing of the 25M vocabulary was allocated
-    assert time.perf_counter() - start < 20
+    assert time.process_time() - start < 20
     name = next(iter(changes))
     with pytest.raises(ModelError, match=f"{name}={changes[name]}"):
         load_model_and_tokenizer(folder)

@@ -24,10 +24,10 @@ def billion_laughs(levels: int) -> str:
 def test_an_alias_bomb_is_refused_before_it_is_expanded(tmp_path) -> None:
     path = tmp_path / "bomb.yaml"
     path.write_text(billion_laughs(9))  # 9**9 strings, ~1.5 GB once written out
-    start = time.perf_counter()
+    start = time.process_time()
     with pytest.raises(ParameterError, match=r"bomb.yaml: its aliases .* expand to more than 4096 KiB"):
         read_raw_parameters(["--config", str(path)])
-    assert time.perf_counter() - start < 1
+    assert time.process_time() - start < 3  # CPU time: expanding it would take minutes
 
 
 def test_aliases_within_the_budget_still_work(monkeypatch) -> None:

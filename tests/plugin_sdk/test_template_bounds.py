@@ -26,10 +26,10 @@ ROW = {"instruction": "say hi", "input": "", "output": "hi"}
 )
 def test_loops_stop_at_the_time_budget(monkeypatch, source) -> None:
     monkeypatch.setattr(templates, "RENDER_SECONDS", 0.3)
-    start = time.perf_counter()
+    start = time.process_time()  # the work done, not the wall time a busy machine stretches
     with pytest.raises(TemplateError, match=r"template 'instruction_template' ran longer than 0.3 s"):
         render_template(source, ROW, name="instruction_template")
-    assert time.perf_counter() - start < 3
+    assert time.process_time() - start < 3
 
 
 @pytest.mark.parametrize(
@@ -58,10 +58,10 @@ def test_loops_stop_at_the_time_budget(monkeypatch, source) -> None:
     ],
 )
 def test_large_strings_are_refused_before_they_are_built(source) -> None:
-    start = time.perf_counter()
+    start = time.process_time()
     with pytest.raises(TemplateError, match=r"template 'instruction_template' .* over its budget of \d+"):
         render_template(source, ROW, name="instruction_template")
-    assert time.perf_counter() - start < 3
+    assert time.process_time() - start < 3
 
 
 def test_the_budget_grows_with_the_row_and_ordinary_templates_are_unchanged() -> None:

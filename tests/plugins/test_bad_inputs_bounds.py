@@ -28,11 +28,11 @@ def billion_laughs(levels: int = 9) -> str:
 
 def test_a_yaml_alias_bomb_is_refused_before_anything_is_written(tmp_path, capsys) -> None:
     path = write(tmp_path / "bomb.yaml", billion_laughs())
-    start = time.perf_counter()
+    start = time.process_time()
     code = cli(["run", SFT, "--workspace", str(tmp_path / "ws"), "--config_file", path])
     err = capsys.readouterr().err
     assert code == 2 and "bomb.yaml: its aliases (*name) expand to more than 4096 KiB" in err, err
-    assert time.perf_counter() - start < 5
+    assert time.process_time() - start < 5
     assert leftovers(tmp_path / "ws") == [] and not list((tmp_path / "ws").rglob("index.json"))
 
 
@@ -60,11 +60,11 @@ def rows(tmp_path: Path, n: int = 4, **extra) -> str:
 def test_a_runaway_template_fails_the_job_naming_its_field(tmp_path, monkeypatch, template, fragment) -> None:
     monkeypatch.setattr(templates, "RENDER_SECONDS", 0.5)
     argv = ["--model_name", "tiny-llada", "--dataset", rows(tmp_path), "--instruction_template", template]
-    start = time.perf_counter()
+    start = time.process_time()
     code, record, _ = run_plugin_job(SFT, argv, tmp_path / "ws")
     details = record["job_data"]["completion_details"]
     assert code == EXIT_FAILED and "template 'instruction_template'" in details and fragment in details, details
-    assert time.perf_counter() - start < 120
+    assert time.process_time() - start < 120
 
 
 def checkpoint(tmp_path: Path, **changes) -> str:
