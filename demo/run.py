@@ -153,7 +153,11 @@ def recipe(size: DemoSize, *, block_diffusion: bool = False) -> dict[str, dict[s
         },
     }
     if block_diffusion:
-        # block_size 0: the model's own (4); uniform weights for the same reason as tiny-llada's.
+        # block_size 0: the model's own (4); uniform weights for the same reason as tiny-llada's. The evaluator's
+        # settings serve it as they are: the BD3LM sampler takes any block_length (one block of 6 here; blocks of 4
+        # gave the same accuracy) and the ELBO metrics use the model's block size. Its accuracy is held down by
+        # where blocks start: training counts them from the prompt's first token, the sampler (as dllm's) left-pads
+        # the prompt so the answer starts a block, which 5-digit prompts never did in training.
         jobs["bd3lm"] = {
             **train,
             "model_name": BLOCK_MODEL,
