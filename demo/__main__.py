@@ -1,4 +1,4 @@
-"""Command line: `python -m demo [--workspace DIR] [--size full|small] [--seed N] [--verbose]`."""
+"""Command line: `python -m demo [--workspace DIR] [--size full|small] [--seed N] [--block-diffusion] [--verbose]`."""
 
 from __future__ import annotations
 
@@ -20,10 +20,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workspace", help="local workspace folder (default: $DLM_WORKSPACE or ./workspace)")
     parser.add_argument("--size", choices=("full", "small"), default="full", help="full (default) or small (faster)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated task (default: 0)")
+    parser.add_argument(
+        "--block-diffusion",
+        action="store_true",
+        help="also SFT a block-diffusion model (tiny-bd3lm, blocks of 4) with the same data and budget, and "
+        "evaluate it beside the others",
+    )
     parser.add_argument("--verbose", action="store_true", help="show every job's log lines")
     args = parser.parse_args(argv)
     try:
-        outcome = run_demo(Workspace(args.workspace), args.size, seed=args.seed, verbose=args.verbose)
+        outcome = run_demo(
+            Workspace(args.workspace),
+            args.size,
+            seed=args.seed,
+            verbose=args.verbose,
+            block_diffusion=args.block_diffusion,
+        )
     except PluginError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

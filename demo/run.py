@@ -7,6 +7,9 @@ stage runs as a real job of the plugins through the local runner, with the job r
 3. train tiny-ar with the next-token loss on the same data with the same budget;
 4. DPO the SFT model (ELBO-DPO, LoRA) on preference pairs;
 5. evaluate SFT+DPO, SFT and the causal model side by side.
+With `block_diffusion`, a block-diffusion model (`tiny-bd3lm`, tiny-ar converted to blocks of 4) is SFT-ed with the
+same data and budget as tiny-llada (the x_t ⊕ x_0 loss, in blocks of its own size) and evaluated beside the others,
+untrained and trained.
 The numbers are read back from the jobs' own outputs (the evaluator's results.json, the trainers' metrics.json and
 TensorBoard events) into one report in `<workspace>/demo/`: a table on the terminal, results.json, a PNG chart and
 an HTML page.
@@ -40,6 +43,8 @@ SFT_DATASET = "demo-digit-sort"
 PREFERENCE_DATASET = "demo-digit-sort-preferences"
 SFT_NAME = "demo-sft"
 DPO_NAME = "demo-dpo"
+BLOCK_MODEL = "tiny-bd3lm"
+BLOCK_STAGE = f"SFT {BLOCK_MODEL}"
 # The issue's bar for "it learned": held-out task accuracy after SFT and its gain over the untrained model, held-out
 # DPO reward accuracy, and the most task accuracy DPO may cost.
 MIN_SFT_ACCURACY = 0.5
@@ -85,8 +90,9 @@ class Stage:
     output_dir: Path
 
 
-def recipe(size: DemoSize) -> dict[str, dict[str, Any]]:
-    """The parameters of every job, as a person would fill the plugins' forms."""
+def recipe(size: DemoSize, *, block_diffusion: bool = False) -> dict[str, dict[str, Any]]:
+    """The parameters of every job, as a person would fill the plugins' forms (with `block_diffusion`, the SFT of
+    the block-diffusion model too)."""
     # The canvas is as long as the longest answer and its end-of-turn token (one token per digit here). SFT pads a
     # batch only to its longest row, so the model never saw a longer canvas; given one, it ends answers early.
     answer_tokens = MAX_DIGITS + 1
@@ -106,7 +112,7 @@ def recipe(size: DemoSize) -> dict[str, dict[str, Any]]:
         "save_steps": size.sft_steps,
         "adaptor_name": SFT_NAME,
     }
-    return {
+    jobs = {
         # Uniform weights: the ELBO's 1/t weights give the draws with few masked tokens large, noisy gradients,
         # which slows learning from scratch several-fold; the evaluation still reports the ELBO bound.
         "sft": {**train, "model_name": "tiny-llada", "template_name": "demo-sft-llada", "loss_weight_type": "uniform"},
@@ -146,6 +152,20 @@ def recipe(size: DemoSize) -> dict[str, dict[str, Any]]:
             "block_length": answer_tokens,
         },
     }
+    if block_diffusion:
+        # block_size 0: the model's own (4); uniform weights for the same reason as tiny-llada's. The evaluator's
+        # settings serve it as they are: the BD3LM sampler takes any block_length (one block of 6 here; blocks of 4
+        # gave the same accuracy) and the ELBO metrics use the model's block size. Its accuracy is held down by
+        # where blocks start: training counts them from the prompt's first token, the sampler (as dllm's) left-pads
+        # the prompt so the answer starts a block, which 5-digit prompts never did in training.
+        jobs["bd3lm"] = {
+            **train,
+            "model_name": BLOCK_MODEL,
+            "template_name": "demo-sft-bd3lm",
+            "loss_weight_type": "uniform",
+            "block_size": 0,
+        }
+    return jobs
 
 
 def write_datasets(workspace: Workspace, size: DemoSize, seed: int) -> dict[str, Any]:
@@ -216,13 +236,13 @@ def curve(stage: Stage, tag: str) -> list[tuple[float, float]]:
 
 
 def learning_checks(models: Mapping[str, Mapping[str, Any]], dpo_metrics: Mapping[str, float]) -> list[dict]:
-    """The issue's learning thresholds, each with the measured value and whether it holds."""
+    """The issue's learning thresholds, each with the measured value and whether it holds; the block-diffusion
+    model, when it ran, is held to tiny-llada's SFT thresholds."""
     before = metric_value(models["llada untrained"], "task_accuracy")
     sft = metric_value(models["llada SFT"], "task_accuracy")
     dpo = metric_value(models["llada SFT+DPO"], "task_accuracy")
     checks: list[tuple[str, float | None, str, Callable[[float], bool]]] = [
-        ("held-out task accuracy after SFT", sft, f">= {MIN_SFT_ACCURACY}", lambda v: v >= MIN_SFT_ACCURACY),
-        ("task accuracy gained by SFT", _diff(sft, before), f">= {MIN_SFT_GAIN}", lambda v: v >= MIN_SFT_GAIN),
+        *_sft_checks("", sft, before),
         (
             "held-out DPO rewards/accuracies",
             dpo_metrics.get("val/rewards/accuracies"),
@@ -236,6 +256,9 @@ def learning_checks(models: Mapping[str, Mapping[str, Any]], dpo_metrics: Mappin
             lambda v: v <= MAX_DPO_ACCURACY_DROP,
         ),
     ]
+    if "bd3lm SFT" in models:
+        block_before = metric_value(models["bd3lm untrained"], "task_accuracy")
+        checks += _sft_checks(f"{BLOCK_MODEL} ", metric_value(models["bd3lm SFT"], "task_accuracy"), block_before)
     # Rounded before comparing: differences of accuracies (multiples of 1/n) are not exact in binary.
     return [
         {"check": name, "value": value, "target": target, "passed": value is not None and rule(round(value, 9))}
@@ -243,95 +266,110 @@ def learning_checks(models: Mapping[str, Mapping[str, Any]], dpo_metrics: Mappin
     ]
 
 
+def _sft_checks(model: str, sft: float | None, before: float | None) -> list[tuple]:
+    return [
+        (f"held-out task accuracy after {model}SFT", sft, f">= {MIN_SFT_ACCURACY}", lambda v: v >= MIN_SFT_ACCURACY),
+        (f"task accuracy gained by {model}SFT", _diff(sft, before), f">= {MIN_SFT_GAIN}", lambda v: v >= MIN_SFT_GAIN),
+    ]
+
+
 def _diff(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
-def run_stages(workspace: Workspace, jobs: Mapping[str, Mapping[str, Any]], *, verbose: bool) -> list[Stage]:
-    """The five jobs in order: evaluate untrained, SFT tiny-llada, train tiny-ar, DPO, evaluate trained."""
+def run_stages(workspace: Workspace, jobs: Mapping[str, Mapping[str, Any]], *, verbose: bool) -> dict[str, Stage]:
+    """The jobs in order, by stage name: evaluate untrained, SFT tiny-llada, train tiny-ar, SFT tiny-bd3lm (when
+    `jobs` has it), DPO, evaluate trained."""
 
     def stage(name: str, plugin: str, params: Mapping[str, Any]) -> Stage:
         return run_stage(name, plugin, params, workspace, verbose=verbose)
 
-    sft_model = str(workspace.model_dir(f"tiny-llada_{SFT_NAME}"))
-    ar_model = str(workspace.model_dir(f"tiny-ar_{SFT_NAME}"))
+    bases = ["tiny-llada", "tiny-ar", *([BLOCK_MODEL] if "bd3lm" in jobs else [])]
+    trained = [str(workspace.model_dir(f"{base}_{SFT_NAME}")) for base in bases]
     adapter = str(workspace.adaptor_dir(f"tiny-llada_{SFT_NAME}", DPO_NAME))
     # The results of an earlier demo in this workspace: the trainers refuse to write over a result.
-    earlier = [sft_model, ar_model, adapter, *(workspace.adaptor_dir(m, SFT_NAME) for m in ("tiny-llada", "tiny-ar"))]
-    for folder in earlier:
+    for folder in [*trained, adapter, *(workspace.adaptor_dir(base, SFT_NAME) for base in bases)]:
         shutil.rmtree(folder, ignore_errors=True)
     evaluate = jobs["evaluate"]
-    return [
+    stages = [
         stage(
             "evaluate untrained",
             "diffusion_evaluator",
-            {**evaluate, "model_name": "tiny-llada", "compare_with": ["tiny-ar"], "eval_name": "demo-before"},
+            {**evaluate, "model_name": bases[0], "compare_with": bases[1:], "eval_name": "demo-before"},
         ),
         stage("SFT tiny-llada", "diffusion_llm_trainer", jobs["sft"]),
         stage("train tiny-ar", "diffusion_llm_trainer", jobs["ar"]),
-        stage("DPO", "diffusion_dpo_trainer", {**jobs["dpo"], "model_name": sft_model, "adaptor_output_dir": adapter}),
-        stage(
-            "evaluate trained",
-            "diffusion_evaluator",
-            {
-                **evaluate,
-                "model_name": sft_model,
-                "model_adapter": adapter,
-                "compare_with": [sft_model, ar_model],
-                "eval_name": "demo-after",
-            },
-        ),
     ]
+    if "bd3lm" in jobs:
+        stages.append(stage(BLOCK_STAGE, "diffusion_llm_trainer", jobs["bd3lm"]))
+    dpo = {**jobs["dpo"], "model_name": trained[0], "adaptor_output_dir": adapter}
+    stages.append(stage("DPO", "diffusion_dpo_trainer", dpo))
+    after = {**evaluate, "model_name": trained[0], "model_adapter": adapter, "eval_name": "demo-after"}
+    stages.append(stage("evaluate trained", "diffusion_evaluator", {**after, "compare_with": trained}))
+    return {s.name: s for s in stages}
 
 
-def all_evaluated_models(stages: Sequence[Stage]) -> dict[str, dict[str, Any]]:
+def all_evaluated_models(stages: Mapping[str, Stage]) -> dict[str, dict[str, Any]]:
     """The models both evaluator jobs scored, by label."""
-    before, after = stages[0], stages[-1]
-    models = evaluated_models(before, ["llada untrained", "ar untrained"])
-    return models | evaluated_models(after, ["llada SFT+DPO", "llada SFT", "ar SFT"])
+    block = ["bd3lm"] if BLOCK_STAGE in stages else []
+    models = evaluated_models(stages["evaluate untrained"], [f"{f} untrained" for f in ("llada", "ar", *block)])
+    labels = ["llada SFT+DPO", *(f"{f} SFT" for f in ("llada", "ar", *block))]
+    return models | evaluated_models(stages["evaluate trained"], labels)
 
 
 def model_results(
-    models: Mapping[str, Mapping[str, Any]], stages: Sequence[Stage], dpo_metrics: Mapping[str, float]
+    models: Mapping[str, Mapping[str, Any]], stages: Mapping[str, Stage], dpo_metrics: Mapping[str, float]
 ) -> list[ModelResult]:
-    """The five models of the report, in its order, with the trainers' own numbers beside the evaluator's."""
-    _, sft, ar, dpo, _ = stages
+    """The models of the report, in its order, with the trainers' own numbers beside the evaluator's."""
     extra_metrics = {
-        "llada SFT": [_job_seconds(sft)],
-        "ar SFT": [_job_seconds(ar)],
+        "llada SFT": [_job_seconds(stages["SFT tiny-llada"])],
+        "ar SFT": [_job_seconds(stages["train tiny-ar"])],
         "llada SFT+DPO": [
             {
                 "name": "val/rewards/accuracies",
                 "value": dpo_metrics.get("val/rewards/accuracies"),
                 "kind": "estimate",
-                "details": {"job": dpo.job_id, "measured on": "held-out preference pairs, by the DPO job"},
+                "details": {"job": stages["DPO"].job_id, "measured on": "held-out preference pairs, by the DPO job"},
             }
         ],
     }
     order = ["llada untrained", "llada SFT", "llada SFT+DPO", "ar untrained", "ar SFT"]
+    if BLOCK_STAGE in stages:
+        extra_metrics["bd3lm SFT"] = [_job_seconds(stages[BLOCK_STAGE])]
+        order += ["bd3lm untrained", "bd3lm SFT"]
     return [_model_result(models[label], extra_metrics.get(label, [])) for label in order]
 
 
-def training_curves(stages: Sequence[Stage]) -> dict[str, list[tuple[float, float]]]:
-    _, sft, ar, dpo, _ = stages
-    return {
-        "SFT llada train/loss": curve(sft, "train/loss"),
-        "SFT ar train/loss": curve(ar, "train/loss"),
-        "DPO train/loss": curve(dpo, "train/loss"),
-        "DPO val/rewards/accuracies": curve(dpo, "val/rewards/accuracies"),
+def training_curves(stages: Mapping[str, Stage]) -> dict[str, list[tuple[float, float]]]:
+    curves = {
+        "SFT llada train/loss": curve(stages["SFT tiny-llada"], "train/loss"),
+        "SFT ar train/loss": curve(stages["train tiny-ar"], "train/loss"),
+    }
+    if BLOCK_STAGE in stages:
+        curves["SFT bd3lm train/loss"] = curve(stages[BLOCK_STAGE], "train/loss")
+    return curves | {
+        "DPO train/loss": curve(stages["DPO"], "train/loss"),
+        "DPO val/rewards/accuracies": curve(stages["DPO"], "val/rewards/accuracies"),
     }
 
 
-def run_demo(workspace: Workspace, size_name: str = "full", *, seed: int = 0, verbose: bool = False) -> dict:
+def run_demo(
+    workspace: Workspace,
+    size_name: str = "full",
+    *,
+    seed: int = 0,
+    verbose: bool = False,
+    block_diffusion: bool = False,
+) -> dict:
     """Run every stage and write the report into `<workspace>/demo/`; returns the report's paths, the learning
-    checks and the wall time."""
+    checks and the wall time. `block_diffusion` adds the block-diffusion model (`BLOCK_MODEL`)."""
     size = SIZES[size_name]
-    jobs = recipe(size)
+    jobs = recipe(size, block_diffusion=block_diffusion)
     started = time.perf_counter()
     task = write_datasets(workspace, size, seed)
     print(f"Demo ({size_name}) in workspace {workspace.root}; task: {task}", flush=True)
     stages = run_stages(workspace, jobs, verbose=verbose)
-    dpo_metrics = json.loads((stages[3].output_dir / "metrics.json").read_text(encoding="utf-8"))
+    dpo_metrics = json.loads((stages["DPO"].output_dir / "metrics.json").read_text(encoding="utf-8"))
     models = all_evaluated_models(stages)
     checks = learning_checks(models, dpo_metrics)
     results = model_results(models, stages, dpo_metrics)
@@ -343,7 +381,7 @@ def run_demo(workspace: Workspace, size_name: str = "full", *, seed: int = 0, ve
         "wall_time_s": round(total, 1),
         "stages": [
             {"stage": s.name, "job_id": s.job_id, "seconds": round(s.seconds, 1), "output_dir": str(s.output_dir)}
-            for s in stages
+            for s in stages.values()
         ],
     }
     settings = {
@@ -357,7 +395,7 @@ def run_demo(workspace: Workspace, size_name: str = "full", *, seed: int = 0, ve
     paths = write_report(
         workspace.root / "demo", results, settings, dataset=dataset, extra=extra, curves=training_curves(stages)
     )
-    print_summary(results, checks, stages, total, paths)
+    print_summary(results, checks, list(stages.values()), total, paths)
     return {"paths": paths, "checks": checks, "wall_time_s": total}
 
 

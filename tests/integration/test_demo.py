@@ -10,6 +10,7 @@ from collections import Counter
 
 import pytest
 
+from demo.__main__ import main
 from demo.run import (
     MAX_DPO_ACCURACY_DROP,
     MIN_DPO_REWARD_ACCURACY,
@@ -170,3 +171,21 @@ def test_small_demo_learns_through_the_plugins(tmp_path, capsys):
     assert "llada SFT+DPO" in outcome["paths"]["html"].read_text()
     for path in outcome["paths"].values():
         assert str(path) in out
+
+
+@pytest.mark.slow
+def test_small_demo_with_block_diffusion_learns_it_too(tmp_path, capsys):
+    assert main(["--workspace", str(tmp_path), "--size", "small", "--block-diffusion"]) == 0
+    out = capsys.readouterr().out
+    document = json.loads((tmp_path / "demo" / "results.json").read_text())
+    models = {m["label"]: {x["name"]: x for x in m["metrics"]} for m in document["models"]}
+    assert list(models)[-2:] == ["bd3lm untrained", "bd3lm SFT"]
+    assert models["bd3lm SFT"]["task_accuracy"]["details"]["prompts"] == 200
+    block_checks = [c for c in document["checks"] if "tiny-bd3lm" in c["check"]]
+    assert len(block_checks) == 2 and all(c["passed"] for c in block_checks), out
+    assert models["bd3lm SFT"]["task_accuracy"]["value"] >= MIN_SFT_ACCURACY, out
+    # the block ELBO bound of the answers falls with training, as tiny-llada's does
+    perplexity = {label: models[label]["conditional_perplexity"] for label in ("bd3lm untrained", "bd3lm SFT")}
+    assert {p["kind"] for p in perplexity.values()} == {"upper_bound"}
+    assert perplexity["bd3lm SFT"]["value"] < perplexity["bd3lm untrained"]["value"] / 10, out
+    assert document["demo"]["stages"][3]["stage"] == "SFT tiny-bd3lm"
