@@ -158,7 +158,7 @@ def recipe(size: DemoSize, *, block_diffusion: bool = False) -> dict[str, dict[s
         # gave the same accuracy) and the ELBO metrics use the model's block size. Its accuracy is held down by
         # where blocks start: training counts them from the prompt's first token, the sampler (as dllm's) left-pads
         # the prompt so the answer starts a block, which 5-digit prompts never did in training.
-        jobs["bd3lm"] = {
+        jobs["block_sft"] = {
             **train,
             "model_name": BLOCK_MODEL,
             "template_name": "demo-sft-bd3lm",
@@ -284,7 +284,7 @@ def run_stages(workspace: Workspace, jobs: Mapping[str, Mapping[str, Any]], *, v
     def stage(name: str, plugin: str, params: Mapping[str, Any]) -> Stage:
         return run_stage(name, plugin, params, workspace, verbose=verbose)
 
-    bases = ["tiny-llada", "tiny-ar", *([BLOCK_MODEL] if "bd3lm" in jobs else [])]
+    bases = ["tiny-llada", "tiny-ar", *([BLOCK_MODEL] if jobs.get("block_sft") else [])]
     trained = [str(workspace.model_dir(f"{base}_{SFT_NAME}")) for base in bases]
     adapter = str(workspace.adaptor_dir(f"tiny-llada_{SFT_NAME}", DPO_NAME))
     # The results of an earlier demo in this workspace: the trainers refuse to write over a result.
@@ -300,8 +300,8 @@ def run_stages(workspace: Workspace, jobs: Mapping[str, Mapping[str, Any]], *, v
         stage("SFT tiny-llada", "diffusion_llm_trainer", jobs["sft"]),
         stage("train tiny-ar", "diffusion_llm_trainer", jobs["ar"]),
     ]
-    if "bd3lm" in jobs:
-        stages.append(stage(BLOCK_STAGE, "diffusion_llm_trainer", jobs["bd3lm"]))
+    if jobs.get("block_sft"):
+        stages.append(stage(BLOCK_STAGE, "diffusion_llm_trainer", jobs["block_sft"]))
     dpo = {**jobs["dpo"], "model_name": trained[0], "adaptor_output_dir": adapter}
     stages.append(stage("DPO", "diffusion_dpo_trainer", dpo))
     after = {**evaluate, "model_name": trained[0], "model_adapter": adapter, "eval_name": "demo-after"}
