@@ -43,6 +43,7 @@ from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from dlm.models.cache import CanvasCache
+from dlm.models.layers import eager_attention_forward, rotate_half
 
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu}
 
@@ -182,11 +183,6 @@ class LLaDARMSNorm(nn.Module):
         return x
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def rotary_cos_sin(config: LLaDAConfig, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Float32 cos/sin tables [seq_len, head_dim], made per call so that no buffer needs materialising at load."""
     dim = config.head_dim
@@ -202,30 +198,7 @@ def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, full_pr
         x = x.float()
     else:
         cos, sin = cos.to(dtype), sin.to(dtype)
-    return ((x * cos) + (_rotate_half(x) * sin)).to(dtype)
-
-
-def eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **_: object,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain matmul-softmax attention with an additive mask; returns [B, L, H, D] like transformers' backends."""
-    groups = module.num_key_value_groups
-    if groups > 1:
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
-    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        weights = weights + attention_mask
-    weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    weights = F.dropout(weights, p=dropout, training=module.training)
-    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+    return ((x * cos) + (rotate_half(x) * sin)).to(dtype)
 
 
 class LLaDABlock(GradientCheckpointingLayer):

@@ -28,11 +28,12 @@ import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
-from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from dlm.models.layers import GatedMLP, RMSNorm, apply_partial_rotary, eager_attention_forward
 
 
 @strict
@@ -115,21 +116,6 @@ class LLaDA2MoeConfig(PretrainedConfig):
         return bool(self.num_experts) and layer_idx >= self.first_k_dense_replace
 
 
-class LLaDA2MoeRMSNorm(nn.Module):
-    """RMS norm in float32, cast back before the weight."""
-
-    def __init__(self, size: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(size))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
-
-
 def rotary_cos_sin(
     config: LLaDA2MoeConfig, position_ids: torch.Tensor, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,40 +126,6 @@ def rotary_cos_sin(
     freqs = position_ids[..., None].float() * inv_freq
     angles = torch.cat((freqs, freqs), dim=-1)
     return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_partial_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first cos.shape[-1] dimensions of x [B, H, L, D]; cos/sin [B, L, rope_dim]."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    rotated, passed = x[..., : cos.shape[-1]], x[..., cos.shape[-1] :]
-    return torch.cat(((rotated * cos) + (_rotate_half(rotated) * sin), passed), dim=-1)
-
-
-def eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **_: object,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Matmul-softmax attention with an additive mask; returns [B, L, H, D] like transformers' backends."""
-    groups = module.num_key_value_groups
-    key = key.repeat_interleave(groups, dim=1)
-    value = value.repeat_interleave(groups, dim=1)
-    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        weights = weights + attention_mask
-    weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    weights = F.dropout(weights, p=dropout, training=module.training)
-    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
 
 class LLaDA2MoeAttention(nn.Module):
@@ -193,8 +145,8 @@ class LLaDA2MoeAttention(nn.Module):
         width = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
         self.query_key_value = nn.Linear(config.hidden_size, width, bias=config.use_qkv_bias)
         if config.use_qk_norm:
-            self.query_layernorm = LLaDA2MoeRMSNorm(self.head_dim, config.rms_norm_eps)
-            self.key_layernorm = LLaDA2MoeRMSNorm(self.head_dim, config.rms_norm_eps)
+            self.query_layernorm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.key_layernorm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.dense = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=config.use_bias)
 
     def forward(
@@ -224,20 +176,6 @@ class LLaDA2MoeAttention(nn.Module):
             is_causal=False,
         )
         return self.dense(output.reshape(batch, length, -1))
-
-
-class LLaDA2MoeMLP(nn.Module):
-    """SwiGLU feed-forward: down(act(gate(x)) * up(x)); also one expert."""
-
-    def __init__(self, config: LLaDA2MoeConfig, intermediate_size: int) -> None:
-        super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, config.hidden_size, bias=False)
-        self.act_fn = ACT2FN[config.hidden_act]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
 class LLaDA2MoeGate(nn.Module):
@@ -273,10 +211,11 @@ class LLaDA2MoeSparseMoeBlock(nn.Module):
         super().__init__()
         self.gate = LLaDA2MoeGate(config)
         self.experts = nn.ModuleList(
-            LLaDA2MoeMLP(config, config.moe_intermediate_size) for _ in range(config.num_experts)
+            GatedMLP(config.hidden_size, config.moe_intermediate_size, config.hidden_act)
+            for _ in range(config.num_experts)
         )
         self.shared_experts = (
-            LLaDA2MoeMLP(config, config.moe_intermediate_size * config.num_shared_experts)
+            GatedMLP(config.hidden_size, config.moe_intermediate_size * config.num_shared_experts, config.hidden_act)
             if config.num_shared_experts
             else None
         )
@@ -316,10 +255,10 @@ class LLaDA2MoeDecoderLayer(GradientCheckpointingLayer):
         self.mlp = (
             LLaDA2MoeSparseMoeBlock(config)
             if config.is_moe_layer(layer_idx)
-            else LLaDA2MoeMLP(config, config.intermediate_size)
+            else GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
         )
-        self.input_layernorm = LLaDA2MoeRMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = LLaDA2MoeRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(
         self,
@@ -383,7 +322,7 @@ class LLaDA2MoeModel(LLaDA2MoePreTrainedModel):
         super().__init__(config)
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
         self.layers = nn.ModuleList(LLaDA2MoeDecoderLayer(config, i) for i in range(config.num_hidden_layers))
-        self.norm = LLaDA2MoeRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:

@@ -38,12 +38,12 @@ import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
-from transformers.activations import ACT2FN
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from dlm.models.layers import GatedMLP, RMSNorm, apply_partial_rotary, eager_attention_forward
 from dlm.models.llada import LLaDAConfig
 
 ARCHITECTURE = "LLaDAMoEModelLM"
@@ -147,21 +147,6 @@ def _config_class(architectures: list[str] | None) -> type[PretrainedConfig]:
     return LLaDAMoEConfig if ARCHITECTURE in (architectures or ()) else LLaDAConfig
 
 
-class LLaDAMoERMSNorm(nn.Module):
-    """RMS norm computed in float32, cast back before the weight (as the reference's OLMoE norm)."""
-
-    def __init__(self, size: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(size))
-        self.variance_epsilon = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        return self.weight * x.to(dtype)
-
-
 def rotary_cos_sin(
     config: LLaDAMoEConfig, position_ids: torch.Tensor, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,45 +158,6 @@ def rotary_cos_sin(
         freqs = position_ids[..., None].float() * inv_freq
         angles = torch.cat((freqs, freqs), dim=-1)
         return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first `cos.shape[-1]` dims of each head of `x` [B, H, L, D]; the rest pass through."""
-    rotary = cos.shape[-1]
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    rotated = x[..., :rotary] * cos + _rotate_half(x[..., :rotary]) * sin
-    return torch.cat((rotated, x[..., rotary:]), dim=-1)
-
-
-def eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **_: object,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Matmul-softmax attention; a bool mask (True = attend) or an additive one. Returns [B, L, H, D]."""
-    groups = module.num_key_value_groups
-    if groups > 1:
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
-    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        if attention_mask.dtype == torch.bool:
-            weights = weights.masked_fill(~attention_mask, torch.finfo(weights.dtype).min)
-        else:
-            weights = weights + attention_mask
-    weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    weights = F.dropout(weights, p=dropout, training=module.training)
-    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
 
 class LLaDAMoEAttention(nn.Module):
@@ -233,8 +179,8 @@ class LLaDAMoEAttention(nn.Module):
         self.v_proj = nn.Linear(d, kv_dim, bias=bias)
         self.o_proj = nn.Linear(d, d, bias=bias)
         if config.qk_layernorm:
-            self.q_norm = LLaDAMoERMSNorm(self.head_dim, config.rms_norm_eps)
-            self.k_norm = LLaDAMoERMSNorm(self.head_dim, config.rms_norm_eps)
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
 
     def forward(
         self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor], attention_mask: torch.Tensor | None
@@ -249,8 +195,8 @@ class LLaDAMoEAttention(nn.Module):
             q, k, v = q.clamp(-clip, clip), k.clamp(-clip, clip), v.clamp(-clip, clip)
         cos, sin = rotary
         q, k, v = (
-            _apply_rotary(q.transpose(1, 2), cos, sin),
-            _apply_rotary(k.transpose(1, 2), cos, sin),
+            apply_partial_rotary(q.transpose(1, 2), cos, sin),
+            apply_partial_rotary(k.transpose(1, 2), cos, sin),
             v.transpose(1, 2),
         )
         attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
@@ -269,20 +215,6 @@ class LLaDAMoEAttention(nn.Module):
         return self.o_proj(out.reshape(batch, length, -1))
 
 
-class LLaDAMoEMLP(nn.Module):
-    """SwiGLU ``down_proj(act(gate_proj(x)) * up_proj(x))``: a dense MLP, an expert or the shared expert."""
-
-    def __init__(self, config: LLaDAMoEConfig, intermediate_size: int) -> None:
-        super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, config.hidden_size, bias=False)
-        self.act_fn = ACT2FN[config.hidden_act]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
-
-
 class LLaDAMoESparseMoeBlock(nn.Module):
     """Router ``gate`` and ``experts``; returns the weighted sum of each token's top-k experts and the router logits."""
 
@@ -291,7 +223,8 @@ class LLaDAMoESparseMoeBlock(nn.Module):
         self.top_k = config.num_experts_per_tok
         self.gate = nn.Linear(config.hidden_size, config.num_experts, bias=False)
         self.experts = nn.ModuleList(
-            LLaDAMoEMLP(config, config.expert_intermediate_size) for _ in range(config.num_experts)
+            GatedMLP(config.hidden_size, config.expert_intermediate_size, config.hidden_act)
+            for _ in range(config.num_experts)
         )
         if config.moe_router_enable_expert_bias:
             self.register_buffer("expert_bias", torch.zeros(config.num_experts))
@@ -322,11 +255,15 @@ class LLaDAMoEDecoderLayer(GradientCheckpointingLayer):
         super().__init__()
         self.self_attn = LLaDAMoEAttention(config, layer_idx)
         moe = config.is_moe_layer(layer_idx)
-        self.mlp = LLaDAMoESparseMoeBlock(config) if moe else LLaDAMoEMLP(config, config.dense_intermediate_size)
-        self.input_layernorm = LLaDAMoERMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = LLaDAMoERMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = (
+            LLaDAMoESparseMoeBlock(config)
+            if moe
+            else GatedMLP(config.hidden_size, config.dense_intermediate_size, config.hidden_act)
+        )
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         if moe and config.shared_expert_intermediate_size is not None:
-            self.shared_expert = LLaDAMoEMLP(config, config.shared_expert_intermediate_size)
+            self.shared_expert = GatedMLP(config.hidden_size, config.shared_expert_intermediate_size, config.hidden_act)
 
     def forward(
         self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor], attention_mask: torch.Tensor | None = None
@@ -362,7 +299,7 @@ class LLaDAMoEModel(LLaDAMoEPreTrainedModel):
         # As the reference: the pad token's embedding row gets no gradient.
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
         self.layers = nn.ModuleList(LLaDAMoEDecoderLayer(config, i) for i in range(config.num_hidden_layers))
-        self.norm = LLaDAMoERMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
