@@ -1,8 +1,13 @@
 """BD3LM's block sampler (dllm's `BD3LMSampler`) for block-diffusion models: causal LMs converted to block diffusion
 (`is_causal: false`, a mask token), whose attention is block-causal, bidirectional inside a block.
 
-Generation goes block by block. The prompt is left-padded to a whole number of blocks; block ids are column // block
-length. The prompt and every finished block sit in an exact key/value cache (`BlockCausalCache`): a finished block's
+Generation goes block by block; block ids are column // block length. By default (`block_alignment="sequence_start"`)
+each row's blocks start at its first token, as training lays rows out (dllm's trainer and ours count blocks from the
+first token and append EOS to a whole block): the answer starts inside the prompt's last block, and the first
+decoded block holds that block's prompt tokens, unmasked, beside its first masks. dllm's sampler instead left-pads
+the prompt to a whole number of blocks, so every answer starts a block (`block_alignment="prompt_end"`, kept for
+the golden token ids): a model trained as dllm trains then decodes its first answer tokens in a layout it has never
+seen (on the demo's task, accuracy 0.5 against TODO). The prompt and every finished block sit in an exact key/value cache (`BlockCausalCache`): a finished block's
 keys and values are computed once, by one forward pass of the block against the cache, and appended. Each
 denoising step of the current block runs the block alone against the cache and leaves the cache as it was. dllm
 recomputes the whole prefix at the start of every block instead; the keys and values are the same.
@@ -104,11 +109,10 @@ class BlockCausalCache:
         self.seen = torch.zeros(batch, dtype=torch.long, device=device)
         self.forward_passes = 0
 
-    def peek(self, ids: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [B, n, V] of a block of masks and revealed tokens (all real tokens) that follows the cache; only
-        at the positions `where` (bool [B, n]) when given, [N, V] in row-major order: the output head runs there
-        alone."""
-        logits = self._forward(ids, torch.ones_like(ids, dtype=torch.bool), logits_to_keep=0, where=where)
+    def peek(self, ids: torch.Tensor, valid: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, n, V] of a block (`valid`: its prompt and answer positions) that follows the cache; only at the
+        positions `where` (bool [B, n]) when given, [N, V] in row-major order: the output head runs there alone."""
+        logits = self._forward(ids, valid, logits_to_keep=0, where=where)
         self.cache.crop(-ids.shape[1])
         return logits
 
@@ -177,13 +181,78 @@ class _Choice:
         return x0, confidence, probability
 
 
+BLOCK_ALIGNMENTS = ("sequence_start", "prompt_end")
+
+
+@dataclass
+class _Canvas:
+    """Where everything sits in a run: columns are cut into blocks of `block` columns (the last one may be shorter);
+    row b holds hidden positions (neither query nor key), its prompt, its `gen_length` masks, then hidden positions
+    up to the longest row.
+
+    `sequence_start` (as training lays rows out: blocks count from each row's first token): a row's leading hidden
+    positions are a whole number of blocks, so its prompt starts a block and its answer starts where its prompt ends,
+    inside the prompt's last block; decoding starts at the first block that holds an answer position of some row.
+    `prompt_end` (dllm's sampler): the prompts, left-padded, are padded further left to a whole number of blocks, so
+    every answer starts a block."""
+
+    ids: torch.Tensor  # [B, T]
+    real: torch.Tensor  # [B, T] bool: a prompt or answer position
+    prompt: torch.Tensor  # [B, T] bool: a prompt position
+    answer_start: torch.Tensor  # [B]: the column of each row's first answer position
+    first_block: int  # the column where decoding starts (a block boundary)
+
+    @classmethod
+    def lay_out(
+        cls, prompt_ids: torch.Tensor, prompt_valid: torch.Tensor, gen_length: int, block: int, mask_id: int,
+        filler: int, alignment: str,
+    ) -> _Canvas:  # fmt: skip
+        rows, width = prompt_ids.shape
+        lengths = prompt_valid.sum(-1)
+        if alignment == "prompt_end":
+            lead = torch.full_like(lengths, -width % block) + width - lengths
+        else:
+            lead = block * (int((lengths // block).max()) - lengths // block)
+        answer_start = lead + lengths
+        first_block = int(answer_start.min()) // block * block
+        total = int(answer_start.max()) + gen_length  # the last block may be shorter
+        index = torch.arange(total, device=prompt_ids.device).expand(rows, total)
+        prompt = (index >= lead.unsqueeze(-1)) & (index < answer_start.unsqueeze(-1))
+        answer = (index >= answer_start.unsqueeze(-1)) & (index < answer_start.unsqueeze(-1) + gen_length)
+        ids = torch.full((rows, total), filler, dtype=prompt_ids.dtype, device=prompt_ids.device)
+        ids[prompt] = prompt_ids[prompt_valid]
+        ids[answer] = mask_id
+        return cls(ids, prompt | answer, prompt, answer_start, first_block)
+
+    def answers(self, gen_length: int) -> torch.Tensor:
+        """[B, gen_length]: each row's answer positions."""
+        index = self.answer_start.unsqueeze(-1) + torch.arange(gen_length, device=self.ids.device)
+        return self.ids.gather(1, index)
+
+    def answer_positions(self, start: int, end: int, gen_length: int) -> torch.Tensor:
+        """[B, end - start] bool: which columns of block [start, end) are answer positions."""
+        index = torch.arange(start, end, device=self.ids.device)
+        offset = index - self.answer_start.unsqueeze(-1)
+        return (offset >= 0) & (offset < gen_length)
+
+
+def _row_schedules(mask_counts: torch.Tensor, steps: int) -> torch.Tensor:
+    """[B, steps] tokens to reveal per row and step: each row's `bd3lm_schedule`, zero-padded on the right."""
+    counts = torch.zeros(len(mask_counts), steps, dtype=torch.long)
+    for row, masks in enumerate(mask_counts.tolist()):
+        schedule = bd3lm_schedule(masks, steps) if masks else []
+        counts[row, : len(schedule)] = torch.tensor(schedule, dtype=torch.long)
+    return counts.to(mask_counts.device)
+
+
 @dataclass
 class _Bd3lmRun:
-    """One sampling run: the output canvas (prompt as given, then the generated length), the cache (rows doubled
-    under classifier-free guidance: conditional, then prompt masked) and the decoding rule."""
+    """One sampling run: the canvas, the cache (rows doubled under classifier-free guidance: conditional, then prompt
+    masked) and the decoding rule."""
 
-    x: torch.Tensor
-    prompt_len: int
+    prompt_ids: torch.Tensor
+    canvas: _Canvas
+    gen_length: int
     mask_id: int
     pad_id: int | None
     cache: BlockCausalCache
@@ -191,43 +260,54 @@ class _Bd3lmRun:
     cfg_scale: float
     right_shift: bool
     threshold: float | None
-    on_step: StepHook | None
     last_logits: torch.Tensor | None = None  # the committed prefix's last logits (right shift), guided
 
-    def start(self, prompt_ids: torch.Tensor, prompt_valid: torch.Tensor) -> None:
-        """Commit the prompt, left-padded to a whole number of blocks (the unconditional rows mask its tokens)."""
-        padding = -prompt_ids.shape[1] % self.cache.block_length
-        ids = F.pad(prompt_ids, (padding, 0), value=self.pad_id if self.pad_id is not None else 0)
-        valid = F.pad(prompt_valid, (padding, 0), value=False)
-        if self.cfg_scale > 0:
-            ids, valid = torch.cat([ids, ids.masked_fill(valid, self.mask_id)]), torch.cat([valid, valid])
-        self.last_logits = self._guided(self.cache.commit(ids, valid))
+    @property
+    def x(self) -> torch.Tensor:
+        return self.canvas.ids
 
-    def block(self, start: int, end: int, steps: int, index: int) -> None:
-        """Denoise canvas block [start, end) with dllm's schedule for `steps` steps (a step with nothing left to
-        reveal ends the block early)."""
-        for step, count in enumerate(bd3lm_schedule(end - start, steps)):
+    def start(self) -> None:
+        """Commit the columns before the first block to decode (the unconditional rows mask their prompt tokens)."""
+        self.commit(0, self.canvas.first_block)
+
+    def block(self, start: int, end: int, steps: int, index: int, on_step: StepHook | None) -> None:
+        """Denoise block [start, end) with dllm's schedule for `steps` steps, per row for the masks it holds (a step
+        that has nothing left to reveal ends the block early)."""
+        real = self.canvas.real[:, start:end]
+        schedule = _row_schedules((self.x[:, start:end] == self.mask_id).sum(-1), steps)
+        for step in range(steps):
             masked = self.x[:, start:end] == self.mask_id
             if not bool(masked.any()):
                 break
             # choices that depend on each position alone need the output head only where a row is still masked
             where = masked if self.choose.deterministic and not self.right_shift else None
             rows_where = None if where is None else self._rows(where)
-            logits = self._guided(self.cache.peek(self._rows(self.x[:, start:end]), rows_where))
+            block_ids, block_real = self._rows(self.x[:, start:end], start, end), self._rows(real)
+            logits = self._guided(self.cache.peek(block_ids, block_real, rows_where))
             if self.right_shift:
                 logits = torch.cat([self.last_logits.unsqueeze(1), logits[:, :-1]], dim=1)
-            self._reveal(logits, masked, start, end, count, where)
-            if self.on_step is not None:
-                self.on_step(self.x, step, index)
+            self._reveal(logits, masked, start, end, schedule[:, step], where)
+            if on_step is not None:
+                on_step(self.output(), step, index)
 
     def commit(self, start: int, end: int) -> None:
-        """Append finished block [start, end) to the cache; its pad-id tokens become padding."""
-        block = self.x[:, start:end]
-        valid = block != self.pad_id if self.pad_id is not None else torch.ones_like(block, dtype=torch.bool)
-        self.last_logits = self._guided(self.cache.commit(self._rows(block), self._rows(valid)))
+        """Append columns [start, end) to the cache; generated pad-id tokens become padding."""
+        ids, valid = self.x[:, start:end], self.canvas.real[:, start:end]
+        if self.pad_id is not None:
+            valid = valid & ~((ids == self.pad_id) & ~self.canvas.prompt[:, start:end])
+        self.last_logits = self._guided(self.cache.commit(self._rows(ids, start, end), self._rows(valid)))
 
-    def _rows(self, block: torch.Tensor) -> torch.Tensor:
-        return torch.cat([block, block]) if self.cfg_scale > 0 else block
+    def output(self) -> torch.Tensor:
+        """[B, P + gen_length]: the prompts as given, then the answers."""
+        return torch.cat([self.prompt_ids, self.canvas.answers(self.gen_length)], dim=1)
+
+    def _rows(self, block: torch.Tensor, start: int | None = None, end: int | None = None) -> torch.Tensor:
+        """The block's rows, doubled under guidance; token ids (`start`, `end` given) with the prompt masked in the
+        unconditional copy."""
+        if self.cfg_scale <= 0:
+            return block
+        uncond = block if start is None else block.masked_fill(self.canvas.prompt[:, start:end], self.mask_id)
+        return torch.cat([block, uncond])
 
     def _guided(self, logits: torch.Tensor) -> torch.Tensor:
         if self.cfg_scale <= 0:
@@ -236,14 +316,17 @@ class _Bd3lmRun:
         return uncond + (self.cfg_scale + 1) * (cond - uncond)
 
     def _reveal(
-        self, logits: torch.Tensor, masked: torch.Tensor, start: int, end: int, count: int, where: torch.Tensor | None
-    ) -> None:
+        self, logits: torch.Tensor, masked: torch.Tensor, start: int, end: int, counts: torch.Tensor,
+        where: torch.Tensor | None,
+    ) -> None:  # fmt: skip
         x0, confidence, probability = self.choose(logits)
         if where is not None:  # back to the whole block [B, n]: the positions left out are revealed already
             x0, confidence, probability = (_scatter(where, v) for v in (x0, confidence, probability))
         confidence = confidence.masked_fill(~masked, -torch.inf)
-        counts = torch.minimum(masked.sum(-1), torch.tensor(count, device=masked.device))
-        reveal = reveal_top(confidence, counts, torch.zeros_like(counts))
+        counts = torch.minimum(masked.sum(-1), counts)
+        # a row's real columns are a prefix of the block: rank them alone, so that ties break as for the row alone
+        widths = self.canvas.real[:, start:end].sum(-1)
+        reveal = reveal_top(confidence, counts, torch.zeros_like(counts), widths)
         reveal = parallel_reveal(reveal, masked, probability, self.threshold) & masked
         self.x[:, start:end] = torch.where(reveal, x0, self.x[:, start:end])
 
@@ -261,6 +344,9 @@ class BD3LMSampler(DiffusionSampler):
     `uncond + (cfg_scale + 1) * (cond - uncond)`. Generation stops after the first block by whose end every row has
     produced an end token (`eos_id`/`eot_id`, as dllm with its EOS); the rest of the canvas is filled with it.
 
+    `block_alignment` (module docstring): `sequence_start`, blocks as in training (each row decodes as it would
+    alone: the schedule follows each row's own masks); `prompt_end`, dllm's layout and token ids.
+
     Beyond dllm (off by default): `parallel_threshold` also reveals every masked position whose chosen token's
     probability reaches it, so a block can finish in fewer steps.
     """
@@ -275,12 +361,17 @@ class BD3LMSampler(DiffusionSampler):
     cfg_scale: float = 0.0
     right_shift_logits: bool = False
     parallel_threshold: float | None = None
+    block_alignment: str = "sequence_start"
 
     def __post_init__(self) -> None:
         check_bd3lm_settings(
             self.steps, self.gen_length, self.block_length, self.temperature, self.remasking, self.cfg_scale
         )
         check_decoding("none", self.parallel_threshold)
+        if self.block_alignment not in BLOCK_ALIGNMENTS:
+            raise SamplingError(
+                f"block_alignment={self.block_alignment!r} is unknown; choose one of: {', '.join(BLOCK_ALIGNMENTS)}"
+            )
 
     @property
     def blocks(self) -> int:
@@ -292,8 +383,14 @@ class BD3LMSampler(DiffusionSampler):
 
     @property
     def forward_passes(self) -> int:
-        """Model calls per answer at most: the denoising steps, the prompt's and each finished block's but the last."""
-        return self.blocks * (self.steps_per_block + 1)
+        """Model calls per answer at most: the denoising steps, the prompt's and each finished block's but the last.
+        Under `sequence_start` an answer can start inside a block and so span one block more."""
+        spanned = (
+            self.blocks
+            if self.block_alignment == "prompt_end"
+            else -(-(self.gen_length + self.block_length - 1) // self.block_length)
+        )
+        return spanned * (self.steps_per_block + 1)
 
     @classmethod
     def from_settings(cls, settings: SamplerSettings, family: Family) -> BD3LMSampler:
@@ -359,14 +456,18 @@ class BD3LMSampler(DiffusionSampler):
         `attention_mask` is 0 are padding; generated tokens equal to `pad_id` are padding to the blocks after theirs
         (dllm takes every pad-id token for padding; its prompts arrive unpadded)."""
         check_prompt(prompt_ids, attention_mask, mask_id)
-        batch, prompt_len = prompt_ids.shape
         prompt_valid = (
             torch.ones_like(prompt_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         )
-        rows = 2 * batch if self.cfg_scale > 0 else batch
+        filler = pad_id if pad_id is not None else 0
+        canvas = _Canvas.lay_out(
+            prompt_ids, prompt_valid, self.gen_length, self.block_length, mask_id, filler, self.block_alignment
+        )
+        rows = 2 * prompt_ids.shape[0] if self.cfg_scale > 0 else prompt_ids.shape[0]
         run = _Bd3lmRun(
-            x=F.pad(prompt_ids, (0, self.gen_length), value=mask_id),
-            prompt_len=prompt_len,
+            prompt_ids=prompt_ids,
+            canvas=canvas,
+            gen_length=self.gen_length,
             mask_id=mask_id,
             pad_id=pad_id,
             cache=BlockCausalCache(model, self.block_length, rows, prompt_ids.device),
@@ -374,31 +475,36 @@ class BD3LMSampler(DiffusionSampler):
             cfg_scale=self.cfg_scale,
             right_shift=self.right_shift_logits,
             threshold=self.parallel_threshold,
-            on_step=on_step,
         )
-        run.start(prompt_ids, prompt_valid)
+        run.start()
         ends = [i for i in (eos_id, eot_id) if i is not None]
-        end = self._generate(run, torch.tensor(ends, dtype=prompt_ids.dtype, device=prompt_ids.device))
-        if end < run.x.shape[1]:
-            run.x[:, end:] = ends[0]
-        generated = run.x[:, prompt_len:]
+        end = self._generate(run, torch.tensor(ends, dtype=prompt_ids.dtype, device=prompt_ids.device), on_step)
+        if end < canvas.ids.shape[1]:  # every row has ended: the answer positions not decoded are its end token
+            canvas.ids[:, end:] = torch.where(canvas.real[:, end:], ends[0], canvas.ids[:, end:])
+        sequences = run.output()
         nfe = run.cache.forward_passes * (2 if self.cfg_scale > 0 else 1)
-        return SampleOutput(sequences=run.x, nfe=nfe, generated_tokens=count_generated(generated, (eos_id, eot_id)))
+        return SampleOutput(
+            sequences=sequences,
+            nfe=nfe,
+            generated_tokens=count_generated(sequences[:, prompt_ids.shape[1] :], (eos_id, eot_id)),
+        )
 
-    def _generate(self, run: _Bd3lmRun, end_ids: torch.Tensor) -> int:
-        """Denoise block after block, committing each finished one, until the canvas is full or every row has
-        ended; return the end of the last generated block."""
-        done = torch.zeros(run.x.shape[0], dtype=torch.bool, device=run.x.device)
-        canvas_end = run.x.shape[1]
-        for index, start in enumerate(range(run.prompt_len, canvas_end, self.block_length)):
-            end = min(start + self.block_length, canvas_end)
+    def _generate(self, run: _Bd3lmRun, end_ids: torch.Tensor, on_step: StepHook | None) -> int:
+        """Denoise block after block, committing each finished one, until every answer position is decoded or every
+        row has ended; return the end of the last decoded block."""
+        canvas = run.canvas
+        done = torch.zeros(canvas.ids.shape[0], dtype=torch.bool, device=canvas.ids.device)
+        width = canvas.ids.shape[1]
+        for index, start in enumerate(range(canvas.first_block, width, self.block_length)):
+            end = min(start + self.block_length, width)
             if index:
                 run.commit(start - self.block_length, start)
-            run.block(start, end, self.steps_per_block, index)
-            done |= torch.isin(run.x[:, start:end], end_ids).any(-1)
+            run.block(start, end, self.steps_per_block, index, on_step)
+            answer = canvas.answer_positions(start, end, self.gen_length)
+            done |= (torch.isin(canvas.ids[:, start:end], end_ids) & answer).any(-1)
             if bool(done.all()):
                 return end
-        return canvas_end
+        return width
 
 
 def _scatter(where: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

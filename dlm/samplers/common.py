@@ -121,17 +121,21 @@ def multinomial(probs: torch.Tensor, num_samples: int, generator: torch.Generato
     return torch.multinomial(probs.to(source), num_samples, generator=generator).to(probs.device)
 
 
-def reveal_top(confidence: torch.Tensor, counts: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+def reveal_top(
+    confidence: torch.Tensor, counts: torch.Tensor, offsets: torch.Tensor, ends: torch.Tensor | None = None
+) -> torch.Tensor:
     """Boolean [B, T]: the `counts[b]` most confident positions of each row b.
 
     `confidence` covers the whole canvas (-inf where nothing may be revealed). Each row runs `torch.topk` on its
-    canvas without the left padding (`offsets[b]` positions), as the official code does on a one-prompt canvas:
-    ties (saturated probabilities are common) then break exactly as there, whatever the batch.
+    canvas without the left padding (`offsets[b]` positions) and, given `ends`, without what follows `ends[b]`, as
+    the official code does on a one-prompt canvas: ties (saturated probabilities are common) then break exactly as
+    there, whatever the batch.
     """
     reveal = torch.zeros_like(confidence, dtype=torch.bool)
-    for row, (count, offset) in enumerate(zip(counts.tolist(), offsets.tolist(), strict=True)):
+    stops = [confidence.shape[1]] * len(counts) if ends is None else ends.tolist()
+    for row, (count, offset, stop) in enumerate(zip(counts.tolist(), offsets.tolist(), stops, strict=True)):
         if count:
-            reveal[row, offset + torch.topk(confidence[row, offset:], count).indices] = True
+            reveal[row, offset + torch.topk(confidence[row, offset:stop], count).indices] = True
     return reveal
 
 

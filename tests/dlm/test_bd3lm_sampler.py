@@ -13,6 +13,7 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
+from dlm.block_diffusion import block_logits_at_positions
 from dlm.families.a2d import A2D
 from dlm.families.special_ids import SpecialIds
 from dlm.generation import SAMPLERS, SamplerSettings, build_sampler, check_decoding_settings
@@ -56,6 +57,7 @@ def test_token_ids_equal_dllm(golden_model: torch.nn.Module, case: dict) -> None
         block_length=case["block_size"],
         cfg_scale=case.get("cfg_scale", 0.0),
         right_shift_logits=case.get("right_shift_logits", False),
+        block_alignment="prompt_end",
     )
     out = sampler.sample(
         golden_model, ids, mask_id=MASK_ID, attention_mask=mask, pad_id=case["pad_id"], eos_id=case["eos_id"]
@@ -152,8 +154,8 @@ def test_cache_is_exact(architecture: str, attention: str) -> None:
     with torch.no_grad():
         cache.commit(prompt, prompt_valid)
         finished_last = cache.commit(finished, finished != pad)
-        first = cache.peek(current)
-        again = cache.peek(current)
+        first = cache.peek(current, torch.ones_like(current, dtype=torch.bool))
+        again = cache.peek(current, torch.ones_like(current, dtype=torch.bool))
     assert cache.cache.get_seq_length() == 12  # peeking left the cache as it was
 
     ids = torch.cat([prompt, finished, current], dim=1)
@@ -217,7 +219,9 @@ def test_cache_saves_work_and_changes_nothing(threshold: float | None) -> None:
     (prompt, then each finished block but the last) and feeds each column once outside the current block."""
     model = tiny_model("qwen3", seed=3)
     ids, mask = left_padded([[5, 6, 7, 8, 9, 10], [11, 12, 13]], pad_id=0)
-    sampler = BD3LMSampler(steps=12, gen_length=14, block_length=4, parallel_threshold=threshold)
+    sampler = BD3LMSampler(
+        steps=12, gen_length=14, block_length=4, parallel_threshold=threshold, block_alignment="prompt_end"
+    )
     counter = ForwardCounter(model)
     out = sampler.sample(model, ids, mask_id=39, attention_mask=mask, pad_id=0)
     cached_calls, cached_positions = counter.calls, counter.positions
@@ -247,7 +251,9 @@ def test_built_from_settings() -> None:
     assert sampler == BD3LMSampler(
         steps=8, gen_length=12, block_length=4, temperature=0.5, right_shift_logits=True, parallel_threshold=0.9
     )
-    assert sampler.steps_per_block == 3 and sampler.forward_passes == 12
+    # 12 tokens in blocks of 4: three blocks from a block boundary, four from inside the prompt's last block
+    assert sampler.steps_per_block == 3 and sampler.forward_passes == 4 * (3 + 1)
+    assert dataclasses.replace(sampler, block_alignment="prompt_end").forward_passes == 3 * (3 + 1)
     with pytest.raises(SamplingError, match="cache='prefix'"):
         check_decoding_settings(family, dataclasses.replace(settings, cache="prefix"))
 
@@ -262,6 +268,7 @@ def test_built_from_settings() -> None:
         ({"temperature": -1.0}, "temperature must be >= 0"),
         ({"cfg_scale": -1.0}, "cfg_scale must be >= 0"),
         ({"parallel_threshold": 0.0}, "parallel_threshold must be in"),
+        ({"block_alignment": "answer"}, "block_alignment='answer' is unknown"),
     ],
 )
 def test_settings_checked_when_built(change: dict, message: str) -> None:
@@ -275,7 +282,7 @@ def test_answer_stops_at_eos_and_reports_steps() -> None:
     rest is EOS; `on_step` sees every step; at a temperature the same generator seed gives the same tokens."""
     model = tiny_model("llama", seed=5)
     ids, mask = left_padded([[5, 6, 7], [8, 9, 10, 11, 12]], pad_id=0)
-    sampler = BD3LMSampler(steps=8, gen_length=8, block_length=4)
+    sampler = BD3LMSampler(steps=8, gen_length=8, block_length=4, block_alignment="prompt_end")
     seen: list[tuple[int, int]] = []
     full = sampler.sample(model, ids, mask_id=39, attention_mask=mask, pad_id=0)
     assert full.nfe == 1 + 4 + 1 + 4 and not bool((full.sequences == 39).any())
@@ -287,7 +294,7 @@ def test_answer_stops_at_eos_and_reports_steps() -> None:
     assert torch.equal(out.sequences[:, :9], full.sequences[:, :9]) and bool((out.sequences[:, 9:] == eos).all())
     assert out.generated_tokens.tolist() == (out.sequences[:, 5:] != eos).sum(-1).tolist()
 
-    hot = BD3LMSampler(steps=8, gen_length=8, block_length=4, temperature=1.0)
+    hot = BD3LMSampler(steps=8, gen_length=8, block_length=4, temperature=1.0, block_alignment="prompt_end")
     draws = [
         hot.sample(model, ids, mask_id=39, attention_mask=mask, generator=torch.Generator().manual_seed(s))
         for s in (1, 1, 2)
@@ -301,7 +308,7 @@ def test_the_output_head_runs_only_where_a_row_is_still_masked() -> None:
     positions still masked (counted here from the canvas after every step), a commit its last column."""
     model = tiny_model("qwen3", seed=3)
     ids, mask = left_padded([[5, 6, 7, 8, 9, 10], [11, 12, 13]], pad_id=0)
-    sampler = BD3LMSampler(steps=12, gen_length=14, block_length=4)
+    sampler = BD3LMSampler(steps=12, gen_length=14, block_length=4, block_alignment="prompt_end")
     rows: list[int] = []
     handle = model.lm_head.register_forward_hook(lambda _m, _args, out: rows.append(out[..., 0].numel()))
     canvases: list[tuple[int, torch.Tensor]] = []
@@ -318,3 +325,52 @@ def test_the_output_head_runs_only_where_a_row_is_still_masked() -> None:
     assert sum(rows) == expected
     assert sum(rows) < 2 * (4 + sum(len(bd3lm_schedule(n, 3)) * n for n in (4, 4, 4, 2)))
     assert torch.equal(out.sequences[:, 6:] == 39, torch.zeros(2, 14, dtype=torch.bool))
+
+
+def decoded_in_training_layout(model: torch.nn.Module, prompt: list[int], sampler: BD3LMSampler) -> list[int]:
+    """Brute force of `sequence_start` for one prompt alone: the row [prompt, masks] cut into blocks from its first
+    token, as the trainer cuts it; every step scores the current block with the training forward pass over
+    `x_t ⊕ x_0` (`block_logits_at_positions`, the noisy block seeing the clean blocks before it) and reveals the
+    step's count of most probable masked positions. Under guidance the unconditional row masks the whole prompt."""
+    block, mask_id = sampler.block_length, 39
+    canvas = torch.tensor(prompt + [mask_id] * sampler.gen_length)
+    for start in range(len(prompt) // block * block, len(canvas), block):
+        end = min(start + block, len(canvas))
+        for count in bd3lm_schedule(int((canvas[start:end] == mask_id).sum()), sampler.steps_per_block):
+            masked = canvas[start:end] == mask_id
+            where = (torch.zeros(end - start, dtype=torch.long), torch.arange(start, end))
+            row = canvas[:end].unsqueeze(0)
+            with torch.no_grad():
+                logits = block_logits_at_positions(model, row, row, block, where)
+                if sampler.cfg_scale > 0:
+                    uncond = row.clone()
+                    uncond[0, : len(prompt)] = mask_id
+                    free = block_logits_at_positions(model, uncond, uncond, block, where)
+                    logits = free + (sampler.cfg_scale + 1) * (logits - free)
+            probability, tokens = logits.softmax(-1).max(-1)
+            chosen = probability.masked_fill(~masked, -1.0).topk(min(count, int(masked.sum()))).indices
+            canvas[start + chosen] = tokens[chosen]
+    return canvas[len(prompt) :].tolist()
+
+
+@pytest.mark.parametrize(("architecture", "cfg_scale"), [("qwen3", 0.0), ("llama", 0.0), ("qwen3", 1.5)])
+def test_sequence_start_decodes_each_row_in_the_training_layout(architecture: str, cfg_scale: float) -> None:
+    """The default alignment: each row of a left-padded batch gets the tokens that decoding it alone, block by block
+    in the layout training uses (blocks from its first token, answer starting inside the prompt's last block),
+    gives; the answers differ from dllm's layout, where the answer starts a block."""
+    model = tiny_model(architecture, seed=3)
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [14, 15, 16, 17]]
+    ids, mask = left_padded(prompts, pad_id=0)
+    sampler = BD3LMSampler(steps=12, gen_length=14, block_length=4, cfg_scale=cfg_scale)
+    out = sampler.sample(model, ids, mask_id=39, attention_mask=mask, pad_id=0)
+    assert torch.equal(out.sequences[:, :6], ids)
+    for row, prompt in enumerate(prompts):
+        assert out.sequences[row, 6:].tolist() == decoded_in_training_layout(model, prompt, sampler), row
+    dllm_layout = dataclasses.replace(sampler, block_alignment="prompt_end")
+    other = dllm_layout.sample(model, ids, mask_id=39, attention_mask=mask, pad_id=0)
+    assert not torch.equal(other.sequences, out.sequences)
+    # answers start at columns 6, 7, 4 of blocks [4, 8), [8, 12), ..., [20, 21): each block takes its rows' longest
+    # schedule; one call for the prompts' full blocks and one per finished block but the last
+    masks_per_block = [(2, 1, 4), (4, 4, 4), (4, 4, 4), (4, 4, 2), (0, 1, 0)]
+    steps = sum(max(len(bd3lm_schedule(n, 3)) if n else 0 for n in block) for block in masks_per_block)
+    assert out.nfe == (1 + steps + 4) * (2 if cfg_scale else 1) == 18 * (2 if cfg_scale else 1)
