@@ -1,5 +1,5 @@
 """Presets of the mixture-of-experts families, LLaDA-MoE and LLaDA 2.x: tokenizer, config and a random model at the
-tiny size (their experts have no size presets: `Dims` does not say how many)."""
+tiny size or a size preset's `Dims` (its `experts` and `experts_per_token`; None: the tiny layout)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ LLADA2_MASK = "<|mask|>"
 LLADA_MOE_SPECIALS = ("<|startoftext|>", "<|endoftext|>", "<role>", "</role>", "<|role_end|>")
 LLADA_MOE_MASK = "<|mask|>"
 TINY_EXPERTS, TINY_EXPERTS_PER_TOKEN = 4, 2
+TINY_LLADA2_EXPERTS = 8
 TINY_LLADA2 = Dims(HIDDEN, HEADS, LAYERS, INTERMEDIATE, kv_heads=HEADS // 2)
 
 
@@ -51,16 +52,18 @@ def llada_moe_config(dims: Dims, vocab: int, **special_ids: int | None) -> Any:
     """Every layer MoE, as LLaDA-MoE-7B-A1B; the experts a token uses add up to `dims.intermediate`."""
     from dlm.models.llada_moe import LLaDAMoEConfig
 
+    experts = dims.experts or TINY_EXPERTS
+    per_token = dims.experts_per_token or TINY_EXPERTS_PER_TOKEN
     return LLaDAMoEConfig(
         vocab_size=vocab,
         hidden_size=dims.hidden,
         dense_intermediate_size=dims.intermediate,
-        expert_intermediate_size=dims.intermediate // TINY_EXPERTS_PER_TOKEN,
+        expert_intermediate_size=dims.intermediate // per_token,
         num_hidden_layers=dims.layers,
         num_attention_heads=dims.heads,
         num_key_value_heads=dims.kv_heads or dims.heads,
-        num_experts=TINY_EXPERTS,
-        num_experts_per_tok=TINY_EXPERTS_PER_TOKEN,
+        num_experts=experts,
+        num_experts_per_tok=per_token,
         max_position_embeddings=MAX_POSITIONS,
         rope_theta=50000.0,
         rms_norm_eps=1e-5,
@@ -90,8 +93,8 @@ def build_llada2(dst: Path, dims: Dims = TINY_LLADA2, tokenizer: Any = None) -> 
 
 
 def llada2_config(dims: Dims, vocab: int, **special_ids: int | None) -> Any:
-    """LLaDA2.0-mini's layout at `dims`: the first layer dense (`intermediate`), the others 8 routed experts
-    (2 per token, in 4 groups of which 2 are kept) of a quarter of that width plus one shared expert."""
+    """LLaDA2.0-mini's layout at `dims`: the first layer dense (`intermediate`), the others routed experts (8 at the
+    tiny size, 2 per token, in 4 groups of which 2 are kept) of a quarter of that width plus one shared expert."""
     from transformers import AutoConfig
 
     import dlm.models  # noqa: F401  (registers the llada2_moe model type)
@@ -104,8 +107,8 @@ def llada2_config(dims: Dims, vocab: int, **special_ids: int | None) -> Any:
         num_attention_heads=dims.heads,
         num_key_value_heads=dims.kv_heads or dims.heads,
         head_dim=dims.hidden // dims.heads,
-        num_experts=8,
-        num_experts_per_tok=2,
+        num_experts=dims.experts or TINY_LLADA2_EXPERTS,
+        num_experts_per_tok=dims.experts_per_token or TINY_EXPERTS_PER_TOKEN,
         n_group=4,
         topk_group=2,
         num_shared_experts=1,

@@ -16,13 +16,16 @@ INTERMEDIATE = 256
 
 @dataclass(frozen=True)
 class Dims:
-    """The shape of a model: width, attention heads (and key/value heads), depth, MLP width."""
+    """The shape of a model: width, attention heads (and key/value heads), depth, MLP width; for the
+    mixture-of-experts families, routed experts per MoE layer and experts per token (None: their tiny layout)."""
 
     hidden: int
     heads: int
     layers: int
     intermediate: int
     kv_heads: int | None = None  # None: as many as the heads
+    experts: int | None = None
+    experts_per_token: int | None = None
 
 
 TINY = Dims(HIDDEN, HEADS, LAYERS, INTERMEDIATE)

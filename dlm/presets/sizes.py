@@ -14,12 +14,13 @@ from dlm.presets.bpe import tokenizer_fingerprint, train_bpe
 from dlm.presets.builders import FAMILY_PRESETS, Dims, family_specials, family_tokenizer, meta_model
 from dlm.presets.store import PRESET_VERSION, build_in_place, default_workspace
 
-# The parameter count also depends on the tokenizer's vocabulary.
+# The parameter count also depends on the tokenizer's vocabulary. The mixture-of-experts families take 8 routed
+# experts, 2 per token, at every size (the dense families ignore it).
 SIZES: dict[str, Dims] = {
-    "small": Dims(384, 6, 6, 1536),
-    "medium": Dims(512, 8, 8, 2048),
-    "large": Dims(768, 12, 12, 3072),
-    "xl": Dims(1024, 16, 24, 4096),
+    "small": Dims(384, 6, 6, 1536, experts=8, experts_per_token=2),
+    "medium": Dims(512, 8, 8, 2048, experts=8, experts_per_token=2),
+    "large": Dims(768, 12, 12, 3072, experts=8, experts_per_token=2),
+    "xl": Dims(1024, 16, 24, 4096, experts=8, experts_per_token=2),
 }
 SIZED_FAMILIES = tuple(name for name, preset in FAMILY_PRESETS.items() if preset.sized)
 
@@ -99,9 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--vocab", type=int, default=32000, help="the tokenizer's vocabulary size")
     args = parser.parse_args(argv)
-    print(f"{'preset':<14}{'d_model':>8}{'heads':>6}{'layers':>7}{'ff':>6}{'parameters':>14}")
+    print(f"{'preset':<17}{'d_model':>8}{'heads':>6}{'layers':>7}{'ff':>6}{'parameters':>14}")
     for row in size_table(args.vocab):
         print(
-            f"{row['preset']:<14}{row['hidden']:>8}{row['heads']:>6}{row['layers']:>7}{row['intermediate']:>6}"
+            f"{row['preset']:<17}{row['hidden']:>8}{row['heads']:>6}{row['layers']:>7}{row['intermediate']:>6}"
             f"{row['parameters'] / 1e6:>13.1f}M"
         )

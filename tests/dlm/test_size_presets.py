@@ -27,20 +27,29 @@ LADDER = {
 
 def expected_parameters(family: str, size: str, vocab: int) -> int:
     """Closed form of a LLaMA-style block stack with untied input and output embeddings: per layer 4 d² attention
-    (full heads), 3·d·ff SwiGLU and two RMSNorm vectors; a final norm; LLaDA, Dream and SDAR pad the vocabulary to
-    64 rows, Dream (Qwen2) adds q/k/v biases and SDAR (Qwen3) a q and a k norm of one head's width."""
+    (full heads), 3·d·ff SwiGLU and two RMSNorm vectors; a final norm; LLaDA, Dream, SDAR and the MoE families pad
+    the vocabulary to 64 rows, Dream (Qwen2) adds q/k/v biases and SDAR (Qwen3) a q and a k norm of one head's width.
+    The MoE families (8 experts, 2 per token) replace the SwiGLU by a router (8·d) and 8 SwiGLU experts: LLaDA-MoE's
+    of width ff/2 in every layer, LLaDA 2.x's of width ff/4 plus a shared one of that width, its first layer dense;
+    both add q and k norms."""
     d, heads, layers, ff = LADDER[size]
-    rows = -(-vocab // 64) * 64 if family in ("llada", "dream", "sdar") else vocab
-    extra = {"dream": 3 * d, "sdar": 2 * (d // heads)}.get(family, 0)
-    per_layer = 4 * d * d + 3 * d * ff + 2 * d + extra
-    return 2 * rows * d + layers * per_layer + d
+    rows = -(-vocab // 64) * 64 if family in ("llada", "dream", "sdar", "llada_moe", "llada2") else vocab
+    extra = {"dream": 3 * d, "sdar": 2 * (d // heads), "llada_moe": 2 * (d // heads), "llada2": 2 * (d // heads)}
+    attention_and_norms = 4 * d * d + 2 * d + extra.get(family, 0)
+    if family == "llada_moe":
+        mlps = layers * (8 * d + 8 * 3 * d * (ff // 2))
+    elif family == "llada2":
+        mlps = 3 * d * ff + (layers - 1) * (8 * d + 9 * 3 * d * (ff // 4))
+    else:
+        mlps = layers * 3 * d * ff
+    return 2 * rows * d + layers * attention_and_norms + mlps + d
 
 
 def test_the_ladder_is_the_usual_one():
     assert {name: (s.hidden, s.heads, s.layers, s.intermediate) for name, s in SIZES.items()} == LADDER
 
 
-@pytest.mark.parametrize("family", ["llada", "dream", "ar", "a2d", "bd3lm", "sdar"])
+@pytest.mark.parametrize("family", ["llada", "dream", "ar", "a2d", "bd3lm", "sdar", "llada_moe", "llada2"])
 @pytest.mark.parametrize("vocab", [8000, 50257])
 def test_parameter_counts_match_the_arithmetic(family, vocab):
     for size in LADDER:
@@ -49,14 +58,16 @@ def test_parameter_counts_match_the_arithmetic(family, vocab):
 
 def test_the_table_names_every_size_and_family():
     rows = size_table(8000)
-    assert len(rows) == 24  # 4 sizes x 6 families (llada, dream, a2d, bd3lm, ar, sdar)
+    assert len(rows) == 32  # 4 sizes x 8 families (llada, llada_moe, dream, sdar, llada2, a2d, bd3lm, ar)
     small_llada = next(r for r in rows if r["preset"] == "small-llada")
     assert small_llada["parameters"] == expected_parameters("llada", "small", 8000)
     assert 15e6 < small_llada["parameters"] < 30e6  # the ~25M of the usual ladder at an 8k vocabulary
 
 
 def test_unknown_family_lists_the_ones_with_sizes():
-    with pytest.raises(ModelError, match=r"'bert' has no size presets.*llada, dream, sdar, a2d, bd3lm, ar"):
+    with pytest.raises(
+        ModelError, match=r"'bert' has no size presets.*llada, llada_moe, dream, sdar, llada2, a2d, bd3lm, ar"
+    ):
         parse_sized_name("small-bert")
     assert parse_sized_name("tiny-llada") is None and parse_sized_name("huge-llada") is None
     assert parse_sized_name("medium-ar") == ("medium", "ar")
