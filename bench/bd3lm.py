@@ -265,7 +265,10 @@ def compare_sampling(args: argparse.Namespace, dllm: types.SimpleNamespace, voca
         ids[row, width - len(prompt) :] = torch.tensor(prompt)
         attention[row, width - len(prompt) :] = 1
     ids, attention = ids.to(args.device), attention.to(args.device)
-    ours = BD3LMSampler(steps=args.gen_length, gen_length=args.gen_length, block_length=args.block_size)
+    # dllm's layout (the answer starts a block), for its token ids; our default decodes in the training layout
+    ours = BD3LMSampler(
+        steps=args.gen_length, gen_length=args.gen_length, block_length=args.block_size, block_alignment="prompt_end"
+    )
     tokenizer = types.SimpleNamespace(mask_token_id=mask_id, pad_token_id=PAD_ID, eos_token_id=None, bos_token_id=None)
     theirs = dllm.Sampler(model=model, tokenizer=tokenizer)
     theirs_config = dllm.SamplerConfig(
