@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +13,7 @@ from dlm.evaluation.answers import answer_records, generate_answers, generation_
 from dlm.evaluation.checks import validate
 from dlm.evaluation.likelihood import Progress, conditional_perplexity, text_metrics
 from dlm.evaluation.settings import GENERATION_GROUPS, TEXT_GROUPS, EvalExample, EvalSettings
-from dlm.generation import build_sampler
+from dlm.generation import build_sampler, decoding_settings
 from dlm.loading import LoadedModel
 from dlm.metrics.result import MetricResult
 
@@ -64,7 +65,9 @@ def evaluate(
     scorer: LoadedModel | None = None,
 ) -> EvalOutput:
     """Compute the metric groups of `settings.metrics` on `examples`; `progress` gets the fraction done (0..1).
-    `scorer` scores generated answers for generation perplexity (default: the evaluated model)."""
+    `scorer` scores generated answers for generation perplexity (default: the evaluated model). The sampler settings
+    are the model's (`decoding_settings`: a block-diffusion model's own blocks), reported as used."""
+    settings = dataclasses.replace(settings, sampler=decoding_settings(loaded.family, loaded.model, settings.sampler))
     groups = validate(loaded, examples, settings)
     scorer = scorer or loaded
     loaded.model.eval()

@@ -20,7 +20,15 @@ from dlm.elbo import elbo, example_generators
 from dlm.families import get_family
 from dlm.families.base import Family
 from dlm.forward import logits_at_positions
-from dlm.generation import SamplerSettings, check_decoding_settings, decode_answers, encode_prompts, generate, in_blocks
+from dlm.generation import (
+    SamplerSettings,
+    check_decoding_settings,
+    decode_answers,
+    decoding_settings,
+    encode_prompts,
+    generate,
+    in_blocks,
+)
 from dlm.lm_eval.errors import LmEvalError
 from dlm.loading import LoadedModel, load_model_and_tokenizer
 from dlm.samplers.common import SamplingError
@@ -182,7 +190,8 @@ class DiffusionLM(TemplateLM):
         self.special = loaded.special_ids
         self.mc_num = positive_int("mc_num", mc_num)
         self.batch_size = positive_int("batch_size", batch_size)
-        self.sampler = sampler if sampler is not None else _sampler_from_args(sampler_fields)
+        requested = sampler if sampler is not None else _sampler_from_args(sampler_fields)
+        self.sampler = decoding_settings(loaded.family, loaded.model, requested)  # a block model's own blocks
         try:
             check_decoding_settings(loaded.family, self.sampler)
         except SamplingError as e:

@@ -15,7 +15,15 @@ from typing import Any
 import torch
 
 from dlm.errors import DlmError
-from dlm.generation import SamplerSettings, build_sampler, decode_answers, encode_prompts, generate, in_blocks
+from dlm.generation import (
+    SamplerSettings,
+    build_sampler,
+    decode_answers,
+    decoding_settings,
+    encode_prompts,
+    generate,
+    in_blocks,
+)
 from dlm.loading import LoadedModel, inference_device_map
 from dlm.lora import load_model_with_adapter
 
@@ -106,8 +114,9 @@ class ChatModel:
         """Events answering `messages`: {"event": "step", "step", "block", "cells", "block_length"} per denoising
         step, then {"event": "done", "text", "cells", "tokens", "seconds", "tokens_per_second", "nfe",
         "block_length"} or {"event": "error", "message"}."""
-        self.check(settings)
         loaded = self.loaded
+        settings = decoding_settings(loaded.family, loaded.model, settings)  # a block model decodes in its own blocks
+        self.check(settings)
         # the page underlines positions block by block; Dream without a cache denoises the answer as one block
         blocks = settings.block_length if in_blocks(loaded.family, settings) else settings.max_new_tokens
         ids, mask = encode_prompts(loaded.tokenizer, [list(messages)], loaded.special_ids.pad)

@@ -17,7 +17,7 @@ import dlm.evaluation.settings as evaluation_settings
 from dlm.elbo import exact_elbo, example_generators
 from dlm.evaluation.run import evaluate
 from dlm.evaluation.settings import EvalExample, EvalSettings
-from dlm.generation import SamplerSettings, encode_prompts, generate
+from dlm.generation import SamplerSettings, decode_answers, encode_prompts, generate
 from dlm.loading import load_model_and_tokenizer
 from dlm.metrics.likelihood import (
     ScoringInputs,
@@ -588,3 +588,28 @@ def test_sampler_settings_are_checked_once_per_evaluation(presets, monkeypatch) 
         check_models(
             model_specs(loaded.path), dataclasses.replace(settings, sampler=SamplerSettings(parallel_threshold=2.0))
         )
+
+
+def test_a_block_diffusion_model_decodes_in_its_own_blocks(preset_workspace) -> None:
+    """tiny-bd3lm was trained in blocks of 4: asked for block_length 6, the evaluator decodes (and reports) blocks
+    of 4, and its answers are those of the BD3LM sampler built with blocks of 4 directly, in the training layout."""
+    from dlm.samplers.bd3lm import BD3LMSampler
+
+    loaded = load_model_and_tokenizer("tiny-bd3lm", workspace=preset_workspace)
+    loaded.model.eval()
+    assert loaded.model.config.block_size == 4
+    asked = SamplerSettings(steps=6, max_new_tokens=6, block_length=6)
+    out = evaluate(loaded, _examples(), EvalSettings(metrics=("speed",), batch_size=3, sampler=asked))
+    speed = next(m for m in out.metrics if m.name == "tokens_per_sec")
+    assert speed.details["sampler"]["block_length"] == 4
+    special = loaded.special_ids
+    ids, attention = encode_prompts(loaded.tokenizer, PROMPTS, special.pad)
+    direct = BD3LMSampler(steps=6, gen_length=6, block_length=4).answer(loaded.model, special, ids, attention)
+    expected = [
+        sum(t not in (special.eos, special.eot) for t in row) for row in direct.sequences[:, ids.shape[1] :].tolist()
+    ]
+    assert [s["tokens"] for s in out.samples] == expected
+    assert [s["output"] for s in out.samples] == decode_answers(
+        loaded.tokenizer, special, direct.sequences, ids.shape[1]
+    )
+    assert [s["nfe"] for s in out.samples] == [direct.nfe] * 3
