@@ -200,7 +200,7 @@ class EvaluatorConfig(FromParams):
         help=(
             "Block size for semi-autoregressive decoding; equal to the answer length: one block (pure diffusion). "
             "The answer length must be a multiple of it, and the denoising steps a multiple of the number of "
-            "blocks."
+            "blocks. Block-diffusion models (BD3LM, SDAR, LLaDA 2.x) decode in the blocks they were trained with."
         ),
         minimum=1,
         maximum=8192,
