@@ -118,3 +118,52 @@ def test_one_step_matches_dllm_chunks() -> None:
                     mask_id=spec["mask_token_id"], seed=case["seed"], p_mask_prompt=case["p_mask_prompt"],
                 )  # fmt: skip
             assert_close(logps, reference[first : first + size], f"dllm rows {first}..{first + size - 1}")
+
+
+COUPLED_CASES = [case["name"] for case in load("grpo-coupled")[0]["cases"]]
+
+
+@pytest.mark.parametrize("name", COUPLED_CASES)
+def test_coupled_matches_diffucoder(name: str) -> None:
+    """DiffuCoder's mask ratio and complementary masks from the same seed, its weighted per-token estimates (Dream's
+    shifted logits), its loss (`bnpo`) with asymmetric clipping, its clip metrics, and its gradients."""
+    spec, tensors = load("grpo-coupled")
+    case = next(c for c in spec["cases"] if c["name"] == name)
+    rollouts = rollouts_of(spec["rollouts"], tensors)
+    seed = case["seeds"][case["iteration"]]
+    mask_id = spec["mask_token_id"]
+
+    masks = coupled_masks(rollouts, seed)
+    assert masks.t == pytest.approx(case["mask_ratio"], rel=1e-12)
+    versions = [torch.ones_like(masks.first), masks.first, masks.second]
+    noisy = torch.stack(
+        [torch.cat([rollouts.prompt_ids, rollouts.completion_ids.masked_fill(m, mask_id)], 1) for m in versions]
+    )
+    assert torch.equal(noisy, tensors[f"{case['prefix']}.noisy"])
+
+    model = tiny_model(spec)
+    family = get_family(spec["family"])
+    logps = completion_logps(model, rollouts, estimator="coupled", family=family, mask_id=mask_id, seed=seed)
+    mask = rollouts.completion_mask
+    assert_close(logps[mask], tensors[f"{case['prefix']}.logps"][mask], "coupled log-probabilities")
+
+    index = case["iteration"]
+    old = tensors[f"{case['prefix']}.old_logps"][:, index] if case["num_iterations"] > 1 else None
+    ref = tensors[f"{case['prefix']}.ref_logps"][:, index] if case["beta"] != 0.0 else None
+    out = grpo_loss(
+        logps, old, ref, tensors[f"{case['prefix']}.advantages"], mask, epsilon_low=case["epsilon_low"],
+        epsilon_high=case["epsilon_high"], beta=case["beta"], loss_type="bnpo",
+    )  # fmt: skip
+    assert (out.kl is None) == (case["reference_kl"] is None)
+    if out.kl is not None:  # DiffuCoder's logged KL is not a masked mean (see _broadcast_kl), so it is not compared
+        reference_logps = tensors[f"{case['prefix']}.logps"]
+        assert _broadcast_kl(reference_logps, ref, mask) == pytest.approx(case["reference_kl"], rel=RTOL)
+    check_loss_and_gradients(model, out.loss, case, tensors)
+
+
+def _broadcast_kl(logps: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> float:
+    """DiffuCoder's logged KL: its per-token KL is [N, 1, C] and the completion mask [N, C], so their product is
+    [N, N, C] and the "mean" is the sum over every pair of rows divided by the mask count (a reference bug; its clip
+    metrics broadcast the same way; the loss itself indexes [:, 0, :] and is right)."""
+    kl = (torch.exp(ref - logps) - (ref - logps) - 1).detach()
+    return float((kl.unsqueeze(1) * mask).sum() / mask.sum())
