@@ -76,13 +76,16 @@ def grpo_loss(
         raise ValueError(f"grpo_loss: beta = {beta} needs the reference policy's ref_logps (or set beta to 0)")
     old_logps = logps.detach() if old_logps is None else old_logps
     mask = completion_mask.bool()
-    ratio = torch.exp(logps - old_logps)
+    # differences are taken inside the mask only: an unscored token's estimate (even -inf) must not reach exp, whose
+    # non-finite value would turn the masked-out zero gradient into NaN
+    ratio = torch.exp(torch.where(mask, logps - old_logps, 0.0))
     advantage = advantages.to(logps.dtype).unsqueeze(1)
     clipped = torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high)
     per_token_loss = -torch.min(ratio * advantage, clipped * advantage)
     kl = None
     if beta != 0.0:
-        per_token_kl = torch.exp(ref_logps - logps) - (ref_logps - logps) - 1.0
+        ref_minus_policy = torch.where(mask, ref_logps - logps, 0.0)
+        per_token_kl = torch.exp(ref_minus_policy) - ref_minus_policy - 1.0
         per_token_loss = per_token_loss + beta * per_token_kl
         kl = _masked_mean(per_token_kl.detach(), mask)
     loss = _reduce(per_token_loss, mask, loss_type, max_completion_length)
@@ -103,7 +106,6 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def _reduce(per_token_loss: torch.Tensor, mask: torch.Tensor, loss_type: str, max_length: int | None) -> torch.Tensor:
-    # `where`, not a product: a non-finite value outside the mask (an unscored token's estimate) must not leak in
     masked = torch.where(mask, per_token_loss, 0.0)
     if loss_type == "grpo":
         return (masked.sum(dim=1) / mask.sum(dim=1).clamp(min=1)).mean()
