@@ -19,17 +19,24 @@ GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo")
 ADVANTAGE_STD_EPS = 1e-4  # TRL's: (reward - mean) / (std + 1e-4)
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: bool = True) -> torch.Tensor:
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, scale_rewards: bool = True, *, leave_one_out: bool = False
+) -> torch.Tensor:
     """[N] rewards of N/group_size consecutive groups -> advantages (reward - group mean) / (group std + 1e-4) (TRL;
-    std is the unbiased one). Without `scale_rewards` (d1's choice), reward - group mean."""
+    std is the unbiased one). Without `scale_rewards` (d1's choice), reward - group mean. `leave_one_out` (what
+    DiffuCoder's trainer hard-codes) takes the mean of the group's other rewards as the baseline instead, which
+    multiplies the centred reward by group_size / (group_size - 1)."""
     if rewards.dim() != 1:
         raise ValueError(f"rewards must be 1-D [N], got shape {tuple(rewards.shape)}")
     if group_size < 1 or rewards.numel() % group_size != 0:
         raise ValueError(f"group_size must be a positive divisor of the {rewards.numel()} rewards, got {group_size}")
-    if scale_rewards and group_size < 2:
-        raise ValueError("scale_rewards divides by each group's standard deviation, which needs group_size >= 2")
+    if (scale_rewards or leave_one_out) and group_size < 2:
+        raise ValueError("scale_rewards and leave_one_out compare a reward with the rest of its group: group_size >= 2")
     grouped = rewards.view(-1, group_size)
-    advantages = grouped - grouped.mean(dim=1, keepdim=True)
+    if leave_one_out:
+        advantages = grouped - (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
+    else:
+        advantages = grouped - grouped.mean(dim=1, keepdim=True)
     if scale_rewards:
         advantages = advantages / (grouped.std(dim=1, keepdim=True) + ADVANTAGE_STD_EPS)
     return advantages.reshape(-1)

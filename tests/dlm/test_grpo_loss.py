@@ -11,21 +11,26 @@ import torch
 from dlm.grpo_loss import GRPO_LOSS_TYPES, group_advantages, grpo_loss
 
 
-def brute_advantages(rewards: list[float], group_size: int, scale: bool) -> list[float]:
+def brute_advantages(rewards: list[float], group_size: int, scale: bool, leave_one_out: bool) -> list[float]:
     out = []
     for start in range(0, len(rewards), group_size):
         group = rewards[start : start + group_size]
         mean = sum(group) / len(group)
         std = math.sqrt(sum((r - mean) ** 2 for r in group) / (len(group) - 1)) if len(group) > 1 else 0.0
-        out += [(r - mean) / (std + 1e-4) if scale else r - mean for r in group]
+        for i, reward in enumerate(group):
+            others = group[:i] + group[i + 1 :]
+            advantage = reward - (sum(others) / len(others) if leave_one_out else mean)
+            out.append(advantage / (std + 1e-4) if scale else advantage)
     return out
 
 
+@pytest.mark.parametrize("leave_one_out", [False, True])
 @pytest.mark.parametrize("scale", [True, False])
-def test_group_advantages_equal_a_loop(scale: bool) -> None:
+def test_group_advantages_equal_a_loop(scale: bool, leave_one_out: bool) -> None:
     rewards = [1.0, 0.0, 0.5, 0.25, 2.0, 2.0, 2.0, 2.0, -1.0, 3.0, 0.0, 0.0]
-    ours = group_advantages(torch.tensor(rewards, dtype=torch.float64), 4, scale_rewards=scale)
-    assert ours.tolist() == pytest.approx(brute_advantages(rewards, 4, scale), rel=1e-12, abs=1e-12)
+    ours = group_advantages(torch.tensor(rewards, dtype=torch.float64), 4, scale, leave_one_out=leave_one_out)
+    expected = brute_advantages(rewards, 4, scale, leave_one_out)
+    assert ours.tolist() == pytest.approx(expected, rel=1e-12, abs=1e-12)
     assert ours[4:8].abs().max() == 0  # a group with one reward learns nothing
 
 
