@@ -148,6 +148,23 @@ def test_elbo_terms_sum_to_the_projects_elbo(family: str) -> None:
     torch.testing.assert_close(ours.double().sum(dim=1), terms.mean(dim=0), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("estimator", LOGP_ESTIMATORS)
+def test_micro_batches_with_their_row_offset_see_the_whole_batchs_masks(estimator: str) -> None:
+    model = model_of("dream")
+    rollouts = make_rollouts(model, pads=(0, 2, 0, 1), ends=(2, None, 4, 5))
+    common = {"estimator": estimator, "family": get_family("dream"), "mask_id": model.config.mask_token_id}
+    with torch.no_grad():
+        whole = completion_logps(model, rollouts, seed=21, mc_samples=2, **common)
+        for first in (0, 1, 3):
+            part = Rollouts(*(t[first : first + 2] for t in vars(rollouts).values()))
+            ours = completion_logps(model, part, seed=21, mc_samples=2, row_offset=first, **common)
+            torch.testing.assert_close(ours, whole[first : first + 2], rtol=1e-5, atol=1e-5)
+        shifted = completion_logps(
+            model, Rollouts(*(t[1:3] for t in vars(rollouts).values())), seed=21, mc_samples=2, **common
+        )
+    assert not torch.allclose(shifted, whole[1:3])  # without the offset, rows take the batch's first draws
+
+
 def test_one_step_prompt_masks_follow_their_rate_and_seed() -> None:
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(5, 60, (64, 80), generator=generator)
