@@ -81,7 +81,7 @@ class Rollouts:
 
 @dataclass(frozen=True)
 class CoupledMasks:
-    """The coupled estimator's draw: mask ratio `t` and the first mask [N, C] (the second is the rest: draw > t)."""
+    """The coupled estimator's draw: mask ratio `t`, the first mask [N, C] (draw < t) and the second (draw > t)."""
 
     t: float
     first: torch.Tensor
