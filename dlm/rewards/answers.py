@@ -7,6 +7,7 @@ import re
 from fractions import Fraction
 
 BOXED = "\\boxed"
+BOXED_WORD = re.compile(r" +([^\s${}]+)")
 ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 NUMBER = re.compile(r"(?:(?<![\w)])[-+])?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:/\d+)?")
 PLAIN_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d+)?|\.\d+)")
@@ -35,10 +36,14 @@ def braced(text: str, start: int) -> str | None:
 
 
 def last_boxed(text: str) -> str | None:
-    """The content of the last complete `\\boxed{...}` (nested braces kept), None when there is none."""
+    """The content of the last complete `\\boxed{...}` (nested braces kept), or of `\\boxed x` (up to a space or
+    `$`); None when there is none."""
     start = text.rfind(BOXED)
     while start >= 0:
         content = braced(text, start + len(BOXED))
+        if content is None:
+            unbraced = BOXED_WORD.match(text, start + len(BOXED))
+            content = unbraced.group(1) if unbraced else None
         if content is not None:
             return content
         start = text.rfind(BOXED, 0, start)
@@ -76,6 +81,8 @@ def completion_answer(text: str) -> str | None:
 def reference_answer(answer: object) -> str:
     """The answer a dataset row gives: its last `\\boxed{}` (a MATH solution), else what follows `####` (GSM8K's
     raw answers), else the whole value."""
+    if answer is None:
+        raise ValueError("the row has no answer (None)")
     text = str(answer)
     found = last_boxed(text)
     if found is None:

@@ -126,6 +126,8 @@ def test_extraction():
     assert last_boxed("a \\boxed{1} b \\boxed{\\frac{a}{b}} c") == "\\frac{a}{b}"
     assert last_boxed("\\boxed{1} and \\boxed{2") == "1"  # the last complete one
     assert last_boxed("no box") is None
+    assert last_boxed("so $\\boxed 5$.") == "5"
+    assert last_boxed("\\boxed{") is None
     assert completion_answer("<answer> 7 </answer> then 9") == " 7 "
     assert completion_answer("#### 5\n<answer>6</answer>") == "5"
     assert completion_answer("nothing") is None
@@ -138,6 +140,8 @@ def test_an_empty_answer_fails_the_job_naming_the_row():
     with pytest.raises(RewardError, match=r"'answer_match' failed on row 1 .*answer '' is empty") as raised:
         rewards(["p", "p"], ["1", "2"], {"answer": ["1", ""]})
     assert raised.value.row == 1 and raised.value.reward == "answer_match"
+    with pytest.raises(RewardError, match=r"on row 0 .*no answer \(None\)"):
+        rewards(["p"], ["1"], {"answer": [None]})
 
 
 def test_weighted_rewards_give_one_column_per_reward():
