@@ -101,6 +101,7 @@ ANSWER_MATCH_CASES = [
     ("\\boxed{\\frac{1}{2} and then 3", "3", 1.0),
     ("\\boxed{\\sqrt{2}}", "\\sqrt{2}", 1.0),
     ("\\boxed{\\sqrt{3}}", "\\sqrt{2}", 0.0),
+    ("\\boxed{\\frac{\\sqrt3}{2}}", "\\frac{\\sqrt{3}}{2}", 1.0),
     ("<answer>4.2</answer>", "42", 0.0),
     ("\\boxed{(1, 2)}", "The point is $\\boxed{(1,2)}$.", 1.0),
     ("The answer: -7", "-7", 1.0),
