@@ -187,7 +187,7 @@ def elbo_terms(
         token_log_probs = log_probs.gather(-1, clean[mask].unsqueeze(-1)).squeeze(-1)
         # logits come in row-major order of the mask: weight each by L / l of its sequence (of its block), then
         # sum them per sequence in float64
-        weights = _count_weights(response_mask[rows], mask, block_size)[positions]
+        weights = count_weights(response_mask[rows], mask, block_size)[positions]
         total = torch.zeros(len(index), dtype=torch.float64, device=positions[0].device).index_add(
             0, positions[0], token_log_probs.double() * weights
         )
@@ -195,7 +195,7 @@ def elbo_terms(
     return torch.cat(chunks).reshape(n, batch)
 
 
-def _count_weights(response_mask: torch.Tensor, mask: torch.Tensor, block_size: int | None) -> torch.Tensor:
+def count_weights(response_mask: torch.Tensor, mask: torch.Tensor, block_size: int | None) -> torch.Tensor:
     """float64 [k, T]: L / l of each position's sequence, or L_b / l_b of its block with `block_size`."""
     if block_size is None:
         ratio = response_mask.sum(-1).double() / mask.sum(-1).double()

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from dlm.block_diffusion import block_logits_at_positions, model_block_size
-from dlm.elbo import _count_weights, draw_elbo_masks
+from dlm.elbo import count_weights, draw_elbo_masks
 from dlm.families.base import Family
 from dlm.forward import logits_at_positions
 
@@ -218,10 +218,10 @@ def elbo_logps(
     token_logps = _completion_token_logps(model, repeated, noisy, family)
     block_size = model_block_size(family, model)
     if block_size is None:
-        weights = _count_weights(torch.ones_like(flat), flat, None)
+        weights = count_weights(torch.ones_like(flat), flat, None)
     else:  # blocks count from the sequence's first position, so the completion's blocks are offset by the prompt
         padded = torch.nn.functional.pad(flat, (prompt_length, 0))
-        weights = _count_weights(torch.nn.functional.pad(torch.ones_like(flat), (prompt_length, 0)), padded, block_size)
+        weights = count_weights(torch.nn.functional.pad(torch.ones_like(flat), (prompt_length, 0)), padded, block_size)
         weights = weights[:, prompt_length:]
     terms = torch.where(flat, token_logps.double() * weights, 0.0)
     return terms.reshape(masks.shape).mean(dim=0).to(torch.float32)
