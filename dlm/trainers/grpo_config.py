@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from dlm.errors import DlmError
@@ -16,7 +15,8 @@ from dlm.eval_config import EvaluatorConfig
 from dlm.generation import SamplerSettings
 from dlm.grpo_loss import GRPO_LOSS_TYPES
 from dlm.logprob_estimators import LOGP_ESTIMATORS
-from dlm.rewards import REWARD_NAMES, RewardError, build_rewards
+from dlm.rewards import DEFAULT_REWARD, REWARD_NAMES, WeightedRewards, build_rewards
+from dlm.rewards.sandbox import Limits
 from dlm.settings import FORM, setting
 from dlm.trainers.config import LEARNING_RATE_SCHEDULES, TrainerConfig
 
@@ -48,14 +48,16 @@ class GRPOConfig(TrainerConfig):
         minimum=0,
     )
     reward_funcs: tuple[str, ...] = setting(
-        ("answer_match",),
+        (DEFAULT_REWARD,),
         title="Rewards",
         group="rewards",
         items={"type": "string", "enum": list(REWARD_NAMES)},
         unique_items=True,
         ui_help=(
             "The rewards each completion gets, several at once; their weighted sum is the reward. answer_match "
-            "(the default) compares the completion's final answer with the row's answer column."
+            "(the default) compares the completion's final answer (\\boxed{}, after ####, the <answer> tag or the "
+            "last number) with the row's answer column; code_tests runs the completion's code against the row's "
+            "tests in a child process and needs trust_remote_code."
         ),
     )
     reward_weights: tuple[float, ...] = setting(
@@ -72,9 +74,26 @@ class GRPOConfig(TrainerConfig):
         title="Your reward function file",
         group="rewards",
         help=(
-            "A Python file with your own reward function, added to the rewards above (needs trust_remote_code, "
-            "since it runs your code). Empty: none."
+            "A Python file with your own rewards: the functions its __all__ names, else its function reward, each "
+            "fn(prompts, completions, **columns) -> list of floats; they come after the rewards above. Needs "
+            "trust_remote_code, since it runs your code. Empty: none."
         ),
+    )
+    code_seconds_per_test: float = setting(
+        Limits.seconds,
+        title="Seconds per unit test",
+        group="rewards",
+        help="code_tests: each unit test is stopped after this many seconds (and scores 0).",
+        exclusive_minimum=0,
+        maximum=3600,
+    )
+    code_memory_mib: int = setting(
+        Limits.memory_mib,
+        title="Memory per unit test (MiB)",
+        group="rewards",
+        help="code_tests: the memory each unit test's process may use.",
+        minimum=64,
+        maximum=1048576,
     )
     num_generations: int = setting(
         8,
@@ -298,39 +317,17 @@ class GRPOConfig(TrainerConfig):
                 f"epsilon_high={self.epsilon_high} is below epsilon={self.epsilon}: clip-higher widens the upper "
                 "bound; set it to epsilon or more, or 0 for the same as epsilon"
             )
-        self._check_rewards()
+        self.build_rewards()  # the rewards' own checks (names, weights, the file, trust_remote_code), now
 
-    def _check_rewards(self) -> None:
-        if not self.reward_funcs and not self.reward_file:
-            raise GRPOError("reward_funcs is empty and there is no reward_file: name at least one reward")
-        unknown = [name for name in self.reward_funcs if name not in REWARD_NAMES]
-        if unknown:
-            raise GRPOError(f"reward_funcs: {', '.join(unknown)} unknown; choose from {', '.join(REWARD_NAMES)}")
-        count = len(self.reward_funcs) + bool(self.reward_file)
-        if self.reward_weights and len(self.reward_weights) != count:
-            raise GRPOError(
-                f"reward_weights has {len(self.reward_weights)} weights for {count} rewards "
-                f"({', '.join(self.reward_names)}): give one per reward, or none for 1 each"
-            )
-        if self.reward_file and not Path(self.reward_file).is_file():
-            raise GRPOError(f"reward_file={self.reward_file!r} is not a file")
-        try:
-            self.build_rewards()  # the rewards' own checks (trust_remote_code, the file's function), now
-        except RewardError as err:
-            raise GRPOError(str(err)) from None
-
-    @property
-    def reward_names(self) -> tuple[str, ...]:
-        return (*self.reward_funcs, *(("reward_file",) if self.reward_file else ()))
-
-    def build_rewards(self) -> Any:
-        """The weighted rewards (`dlm.rewards.build_rewards`)."""
-        weights = self.reward_weights or (1.0,) * (len(self.reward_funcs) + bool(self.reward_file))
+    def build_rewards(self) -> WeightedRewards:
+        """The weighted rewards (`dlm.rewards.build_rewards`): the built-in ones named, then the reward file's."""
         return build_rewards(
-            self.reward_funcs,
-            weights,
+            list(self.reward_funcs),
+            list(self.reward_weights) or None,
             trust_remote_code=self.trust_remote_code,
             reward_file=self.reward_file or None,
+            code_seconds_per_test=self.code_seconds_per_test,
+            code_memory_mib=self.code_memory_mib,
         )
 
     @property

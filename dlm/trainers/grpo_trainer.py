@@ -44,6 +44,7 @@ from dlm.generation import build_sampler, decode_answers
 from dlm.grpo_loss import group_advantages, grpo_loss
 from dlm.loading import LoadedModel
 from dlm.logprob_estimators import Rollouts, completion_logps
+from dlm.rewards import RewardError
 from dlm.trainers.arguments import common_training_arguments
 from dlm.trainers.grpo_config import GRPOConfig, GRPOError
 from dlm.trainers.grpo_data import PromptCollator, RepeatedStepSampler, encode_prompt_rows
@@ -85,7 +86,7 @@ class DiffusionGRPOTrainer(Trainer):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.config, self.loaded, self.rewards = config, loaded, rewards
-        self.reward_weights = torch.tensor(config.reward_weights or (1.0,) * len(config.reward_names))
+        self.reward_weights = rewards.weight_tensor()
         self.loss_is_scaled_for_ga = False  # each micro-batch's loss is a mean: the Trainer divides by the steps
         if config.beta > 0 and ref_model is None and not has_adapters(self.accelerator.unwrap_model(self.model)):
             raise GRPOError("beta > 0 needs a reference: LoRA adapters to disable, or a frozen copy (ref_model)")
@@ -165,7 +166,12 @@ class DiffusionGRPOTrainer(Trainer):
         repeated = [row for row in rows for _ in range(group)]
         prompts = [row["prompt"][-1]["content"] for row in repeated]  # the user's last turn: the question
         columns = {name: [row["columns"].get(name) for row in repeated] for name in repeated[0]["columns"]}
-        return torch.as_tensor(self.rewards(prompts, texts, columns), dtype=torch.float32)
+        try:
+            return self.rewards(prompts, texts, columns)
+        except RewardError as err:  # name the dataset's row, not the batch's
+            if err.row is None:
+                raise
+            raise RewardError(err.reward, int(repeated[err.row]["id"]), err.message, texts[err.row]) from None
 
     @contextlib.contextmanager
     def _policy_in_eval_mode(self) -> Iterator[torch.nn.Module]:
@@ -251,7 +257,7 @@ class DiffusionGRPOTrainer(Trainer):
         self._metrics["reward_std"].append(float(group_std.mean()))
         self._metrics["frac_reward_zero_std"].append(float((group_std < 1e-6).float().mean()))
         self._metrics["completion_length"].append(float(lengths.mean()))
-        for name, column in zip(self.config.reward_names, rewards.T, strict=True):
+        for name, column in zip(self.rewards.names, rewards.T, strict=True):
             self._metrics[f"rewards/{name}"].append(float(torch.nanmean(column)))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -307,6 +313,7 @@ def run_grpo(config: GRPOConfig, train_examples: Sequence[Any], reporter: Report
     reporter.report_status("encoding data")
     prompts = encode_prompt_rows(train_examples, loaded, config.max_prompt_length)
     reporter.log(f"training prompts: {prompts.summary()}")
+    rewards = config.build_rewards()
     progress = ReporterCallback(reporter)
     trainer = DiffusionGRPOTrainer(
         model=model,
@@ -316,14 +323,14 @@ def run_grpo(config: GRPOConfig, train_examples: Sequence[Any], reporter: Report
         callbacks=[progress],
         config=config,
         loaded=loaded,
-        rewards=config.build_rewards(),
+        rewards=rewards,
         ref_model=ref_model,
     )
     trainer.remove_callback(PrinterCallback)  # metrics reach the job log through the reporter instead
     reference = "none (beta 0)" if config.beta == 0 else "a frozen copy" if frozen_copy else "disabled adapters"
     reporter.log(
         f"GRPO: {config.num_generations} completions per prompt, {config.num_iterations} update(s) per rollout, "
-        f"estimator {config.logp_estimator}, rewards {', '.join(config.reward_names)}, beta {config.beta}, "
+        f"estimator {config.logp_estimator}, rewards {', '.join(rewards.names)}, beta {config.beta}, "
         f"reference {reference}, loss {config.loss_type}"
     )
     train_or_resume(trainer, config, reporter)

@@ -37,6 +37,8 @@ ORDER = (
     "reward_funcs",
     "reward_weights",
     "reward_file",
+    "code_seconds_per_test",
+    "code_memory_mib",
     "num_generations",
     "num_iterations",
     "beta",
