@@ -1,35 +1,28 @@
 """`GRPOConfig`: the settings of a diffusion GRPO run (`dlm.trainers.grpo_trainer.run_grpo`), checked before anything
 loads. Names are TRL's `GRPOConfig` names where TRL has the setting (`num_generations`, `num_iterations`, `beta`,
 `epsilon`, `epsilon_high`, `max_prompt_length`, `max_completion_length`, `scale_rewards`, `loss_type`, `reward_funcs`,
-`reward_weights`); the rollout sampler's settings are the evaluator's (`dlm.eval_config.EvaluatorConfig`: same
-titles, help and bounds, their own defaults). Defaults: d1's diffu-GRPO recipe where it has one."""
+`reward_weights`); the rollout sampler's settings are named as the evaluator's (`dlm.eval_config`) and build the same
+`SamplerSettings`. Defaults: d1's diffu-GRPO recipe where it has one."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 from dlm.errors import DlmError
-from dlm.eval_config import EvaluatorConfig
 from dlm.generation import SamplerSettings
 from dlm.grpo_loss import GRPO_LOSS_TYPES
 from dlm.logprob_estimators import LOGP_ESTIMATORS
 from dlm.rewards import DEFAULT_REWARD, REWARD_NAMES, WeightedRewards, build_rewards
 from dlm.rewards.sandbox import Limits
-from dlm.settings import FORM, setting
+from dlm.samplers.common import CACHE_MODES
+from dlm.samplers.dream import DREAM_ALGORITHMS
+from dlm.samplers.llada import LLADA_REMASKING
+from dlm.settings import setting
 from dlm.trainers.config import LEARNING_RATE_SCHEDULES, TrainerConfig
-
-_EVALUATOR_FIELDS = {f.name: f for f in dataclasses.fields(EvaluatorConfig)}
 
 
 class GRPOError(DlmError):
     """GRPO settings that cannot work together."""
-
-
-def _rollout_setting(name: str, default: Any, **changes: Any) -> Any:
-    """The evaluator's sampler setting `name` (its title, help and bounds) with `default`, in the rollouts group."""
-    return setting(default, **{**_EVALUATOR_FIELDS[name].metadata[FORM], "group": "rollouts", **changes})
 
 
 @dataclass
@@ -204,20 +197,87 @@ class GRPOConfig(TrainerConfig):
         minimum=8,
         maximum=131072,
     )
-    steps: int = _rollout_setting("steps", 128)
-    block_length: int = _rollout_setting("block_length", 32)
-    temperature: float = _rollout_setting(
-        "temperature",
-        0.9,
-        help="Sampling temperature of the rollouts (d1: 0.9); above 0, or a group's completions are all alike.",
+    steps: int = setting(
+        128,
+        title="Denoising steps",
+        group="rollouts",
+        help="Denoising steps per completion (d1: half the completion length).",
+        minimum=1,
+        maximum=4096,
     )
-    remasking: str = _rollout_setting("remasking", "low_confidence")
-    alg: str = _rollout_setting("alg", "entropy")
-    alg_temp: float = _rollout_setting("alg_temp", 0.0)
-    top_p: float = _rollout_setting("top_p", 1.0)
-    top_k: int = _rollout_setting("top_k", 0)
-    cache: str = _rollout_setting("cache", "none")
-    parallel_threshold: float = _rollout_setting("parallel_threshold", 0.0)
+    block_length: int = setting(
+        32,
+        title="Block length",
+        group="rollouts",
+        help=(
+            "Semi-autoregressive blocks of the rollouts (d1: 32); the completion length must be a multiple of it, "
+            "and the steps a multiple of the number of blocks."
+        ),
+        minimum=1,
+        maximum=8192,
+    )
+    temperature: float = setting(
+        0.9,
+        title="Temperature",
+        group="rollouts",
+        help="Sampling temperature of the rollouts (d1: 0.9); above 0, or a group's completions are all alike.",
+        minimum=0,
+        maximum=10,
+    )
+    remasking: str = setting(
+        "low_confidence",
+        title="LLaDA remasking",
+        group="rollouts",
+        help="LLaDA-style samplers: which masked positions to reveal at each step.",
+        choices=LLADA_REMASKING,
+    )
+    alg: str = setting(
+        "entropy",
+        title="Dream reveal order",
+        group="rollouts",
+        help="Dream: the confidence that chooses which tokens to reveal.",
+        choices=DREAM_ALGORITHMS,
+    )
+    alg_temp: float = setting(
+        0.0,
+        title="Dream reveal temperature",
+        group="rollouts",
+        help="Dream: temperature of the choice of revealed positions (0: the most confident).",
+        minimum=0,
+        maximum=10,
+    )
+    top_p: float = setting(
+        1.0,
+        title="Top-p",
+        group="rollouts",
+        help="Nucleus sampling of the rollouts for Dream (1: off).",
+        exclusive_minimum=0,
+        maximum=1,
+    )
+    top_k: int = setting(0, title="Top-k", group="rollouts", help="Top-k sampling for Dream (0: off).", minimum=0)
+    cache: str = setting(
+        "none",
+        title="Decoding cache",
+        group="rollouts",
+        help=(
+            "LLaDA and Dream families: approximate key/value cache refreshed at every block (Fast-dLLM), which "
+            "makes rollouts several times faster. none: exact; prefix: the prompt and finished blocks are encoded "
+            "once per block; dual: the blocks after the current one too. Block-diffusion families always cache "
+            "their finished blocks exactly."
+        ),
+        choices=CACHE_MODES,
+    )
+    parallel_threshold: float = setting(
+        0.0,
+        title="Parallel decoding threshold",
+        group="rollouts",
+        help=(
+            "At each step also reveal every masked position whose chosen token has at least this probability (at "
+            "least one per step), so blocks finish in fewer steps; 0: off (the exact schedule)."
+        ),
+        minimum=0.0,
+        maximum=1.0,
+    )
     learning_rate: float = setting(
         1e-05,
         title="Learning rate",
