@@ -22,7 +22,7 @@ class EncodedPrompts:
 
     def summary(self) -> str:
         cut = f", {self.truncated} cut from the left to max_prompt_length" if self.truncated else ""
-        return f"{len(self.rows)} prompts{cut}"
+        return f"{len(self.rows)} encoded{cut}"
 
 
 def encode_prompt_rows(examples: Sequence[Any], loaded: LoadedModel, max_prompt_length: int) -> EncodedPrompts:
