@@ -6,6 +6,7 @@ the frozen copy, and an exact resume."""
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -206,15 +207,29 @@ def test_logged_metrics_are_those_of_the_rollouts(workspace, tmp_path, reward_fi
 
 
 def test_several_updates_per_rollout_reuse_it_with_new_masks(workspace, tmp_path, reward_file, recorded):
+    """Two micro-batches per step (accumulation), each sampled once and updated on twice."""
     reporter = Reporter()
-    run_grpo(config(workspace, tmp_path, reward_file, train_steps=4, num_iterations=2, beta=0.0), prompts(4), reporter)
-    assert len(recorded) == 2  # steps 0 and 2 sample; 1 and 3 reuse
-    batch = recorded[0]
-    assert batch["ref_logps"] is None and batch["old_logps"].shape[0] == 2
-    assert len(set(batch["seeds"])) == 2
+    overrides = {"train_steps": 4, "num_iterations": 2, "beta": 0.0, "gradient_accumulation_steps": 2, "batch_size": 1}
+    run_grpo(config(workspace, tmp_path, reward_file, **overrides), prompts(4), reporter)
+    assert len(recorded) == 4  # steps 0 and 2 sample both micro-batches; steps 1 and 3 reuse them
+    first, second = recorded[0], recorded[1]
+    assert not torch.equal(first["rollouts"].prompt_ids, second["rollouts"].prompt_ids)
+    assert first["ref_logps"] is None and first["old_logps"].shape[:2] == (2, GROUP)
+    assert len({*first["seeds"], *second["seeds"]}) == 4  # a mask seed per iteration and micro-batch
     logged = [m for _, m in reporter.metrics if "train/loss" in m]
     assert "train/kl" not in logged[0]  # beta 0: no reference scored
     assert [("train/reward" in m) for m in logged] == [True, False, True, False]
+    assert logged[0]["train/clip_ratio"] == 0.0  # the first update on a rollout: the ratio is 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "model_name", ["tiny-dream", "tiny-bert", "tiny-a2d", "tiny-bd3lm", "tiny-sdar", "tiny-llada2", "tiny-llada-moe"]
+)
+def test_every_family_trains_a_step_from_its_reference(workspace, tmp_path, reward_file, model_name):
+    reporter = Reporter()
+    run_grpo(config(workspace, tmp_path, reward_file, model_name=model_name), prompts(4), reporter)
+    assert reporter.first("train/kl") == 0.0 and math.isfinite(reporter.first("train/loss"))
 
 
 @pytest.mark.slow
