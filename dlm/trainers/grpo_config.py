@@ -14,7 +14,7 @@ from dlm.grpo_loss import GRPO_LOSS_TYPES
 from dlm.logprob_estimators import LOGP_ESTIMATORS
 from dlm.rewards import DEFAULT_REWARD, REWARD_NAMES, WeightedRewards, build_rewards
 from dlm.rewards.sandbox import Limits
-from dlm.samplers.common import CACHE_MODES
+from dlm.samplers.common import CACHE_MODES, check_decoding
 from dlm.samplers.dream import DREAM_ALGORITHMS
 from dlm.samplers.llada import LLADA_REMASKING
 from dlm.settings import setting
@@ -352,7 +352,7 @@ class GRPOConfig(TrainerConfig):
         """Raise GRPOError naming the setting when the settings cannot work (before anything is loaded)."""
         super().check()
         self.reward_funcs = tuple(self.reward_funcs)
-        self.reward_weights = tuple(float(w) for w in self.reward_weights)
+        self.reward_weights = tuple(self.reward_weights)
         choices = {"loss_type": GRPO_LOSS_TYPES, "logp_estimator": LOGP_ESTIMATORS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -377,6 +377,7 @@ class GRPOConfig(TrainerConfig):
                 f"epsilon_high={self.epsilon_high} is below epsilon={self.epsilon}: clip-higher widens the upper "
                 "bound; set it to epsilon or more, or 0 for the same as epsilon"
             )
+        check_decoding(self.cache, self.parallel_threshold or None)  # the family's own rules: once the model loads
         self.build_rewards()  # the rewards' own checks (names, weights, the file, trust_remote_code), now
 
     def build_rewards(self) -> WeightedRewards:

@@ -22,7 +22,8 @@ The reference is the model with its LoRA adapters disabled (no second model) or,
 frozen copy. Metrics use TRL's names (as `train/<name>` in the job): `reward`, `reward_std` (the mean of the groups'
 standard deviations), `rewards/<function>`, `frac_reward_zero_std`, `completion_length`, `kl`, `clip_ratio` (and its
 low/high parts when the loss gives them), plus `rollout_time` and `update_time`: seconds per optimizer step spent
-sampling and scoring rollouts, and in the log-probability passes and the update.
+sampling the completions and computing their rewards, and the rest of the step's work (the log-probability passes
+of the policy, the rollout policy and the reference, and the backward passes).
 """
 
 from __future__ import annotations
@@ -116,11 +117,9 @@ class DiffusionGRPOTrainer(Trainer):
         self._micro_batches += 1
         iteration = self.state.global_step % self.config.num_iterations
         if iteration == 0 or micro not in self._buffer:
-            start = time.perf_counter()
             self._buffer[micro] = self._generate_and_score_completions(
                 super()._prepare_inputs(inputs), self.state.global_step - iteration, micro
             )
-            self._seconds["rollout_time"] += time.perf_counter() - start
         return {**self._buffer[micro], "iteration": iteration}
 
     def _seed(self, *parts: Any) -> int:
@@ -130,7 +129,7 @@ class DiffusionGRPOTrainer(Trainer):
 
     @torch.no_grad()
     def _generate_and_score_completions(self, inputs: dict[str, Any], step: int, micro: int) -> dict[str, Any]:
-        group = self.config.num_generations
+        start, group = time.perf_counter(), self.config.num_generations
         prompt_ids = inputs["prompt_ids"].repeat_interleave(group, dim=0)
         prompt_mask = inputs["prompt_mask"].repeat_interleave(group, dim=0).bool()
         generator = torch.Generator(device=prompt_ids.device).manual_seed(self._seed("rollout", step, micro))
@@ -147,6 +146,7 @@ class DiffusionGRPOTrainer(Trainer):
             completion_mask=completion_mask(completion_ids, (special.eos, special.eot)),
         )
         rewards = self._rewards(inputs["rows"], completion_ids)
+        self._seconds["rollout_time"] += time.perf_counter() - start
         total = (rewards * self.reward_weights).sum(dim=1)
         advantages = group_advantages(total, group, scale_rewards=self.config.scale_rewards)
         self._log_rollouts(rollouts, rewards.to(self.args.device), total.to(self.args.device))

@@ -125,6 +125,8 @@ def test_the_default_config_trains_answer_match_alone(tmp_path):
         ({"reward_funcs": ("answer_matsh",)}, "answer_matsh"),
         ({"reward_funcs": ("answer_match", "soft_format"), "reward_weights": (1.0,)}, "reward_weights"),
         ({"reward_file": "/nonexistent/reward.py", "trust_remote_code": True}, "reward_file"),
+        ({"reward_weights": (float("nan"),)}, "reward_weights: \\[nan\\] are not all finite"),
+        ({"cache": "always"}, "cache='always' is unknown"),
     ],
 )
 def test_bad_settings_are_named_when_the_config_is_built(tmp_path, overrides, message):
