@@ -19,17 +19,24 @@ GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo")
 ADVANTAGE_STD_EPS = 1e-4  # TRL's: (reward - mean) / (std + 1e-4)
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: bool = True) -> torch.Tensor:
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, scale_rewards: bool = True, *, leave_one_out: bool = False
+) -> torch.Tensor:
     """[N] rewards of N/group_size consecutive groups -> advantages (reward - group mean) / (group std + 1e-4) (TRL;
-    std is the unbiased one). Without `scale_rewards` (d1's choice), reward - group mean."""
+    std is the unbiased one). Without `scale_rewards` (d1's choice), reward - group mean. `leave_one_out` (what
+    DiffuCoder's trainer hard-codes) takes the mean of the group's other rewards as the baseline instead, which
+    multiplies the centred reward by group_size / (group_size - 1)."""
     if rewards.dim() != 1:
         raise ValueError(f"rewards must be 1-D [N], got shape {tuple(rewards.shape)}")
     if group_size < 1 or rewards.numel() % group_size != 0:
         raise ValueError(f"group_size must be a positive divisor of the {rewards.numel()} rewards, got {group_size}")
-    if scale_rewards and group_size < 2:
-        raise ValueError("scale_rewards divides by each group's standard deviation, which needs group_size >= 2")
+    if (scale_rewards or leave_one_out) and group_size < 2:
+        raise ValueError("scale_rewards and leave_one_out compare a reward with the rest of its group: group_size >= 2")
     grouped = rewards.view(-1, group_size)
-    advantages = grouped - grouped.mean(dim=1, keepdim=True)
+    if leave_one_out:
+        advantages = grouped - (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
+    else:
+        advantages = grouped - grouped.mean(dim=1, keepdim=True)
     if scale_rewards:
         advantages = advantages / (grouped.std(dim=1, keepdim=True) + ADVANTAGE_STD_EPS)
     return advantages.reshape(-1)
@@ -76,13 +83,16 @@ def grpo_loss(
         raise ValueError(f"grpo_loss: beta = {beta} needs the reference policy's ref_logps (or set beta to 0)")
     old_logps = logps.detach() if old_logps is None else old_logps
     mask = completion_mask.bool()
-    ratio = torch.exp(logps - old_logps)
+    # differences are taken inside the mask only: an unscored token's estimate (even -inf) must not reach exp, whose
+    # non-finite value would turn the masked-out zero gradient into NaN
+    ratio = torch.exp(torch.where(mask, logps - old_logps, 0.0))
     advantage = advantages.to(logps.dtype).unsqueeze(1)
     clipped = torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high)
     per_token_loss = -torch.min(ratio * advantage, clipped * advantage)
     kl = None
     if beta != 0.0:
-        per_token_kl = torch.exp(ref_logps - logps) - (ref_logps - logps) - 1.0
+        ref_minus_policy = torch.where(mask, ref_logps - logps, 0.0)
+        per_token_kl = torch.exp(ref_minus_policy) - ref_minus_policy - 1.0
         per_token_loss = per_token_loss + beta * per_token_kl
         kl = _masked_mean(per_token_kl.detach(), mask)
     loss = _reduce(per_token_loss, mask, loss_type, max_completion_length)
@@ -103,7 +113,6 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def _reduce(per_token_loss: torch.Tensor, mask: torch.Tensor, loss_type: str, max_length: int | None) -> torch.Tensor:
-    # `where`, not a product: a non-finite value outside the mask (an unscored token's estimate) must not leak in
     masked = torch.where(mask, per_token_loss, 0.0)
     if loss_type == "grpo":
         return (masked.sum(dim=1) / mask.sum(dim=1).clamp(min=1)).mean()

@@ -19,9 +19,9 @@ completion mask):
   0 for tokens that no sample masks. Every completion column is maskable (tokens after the end token too, as in
   generation, which starts from a fully masked canvas); only tokens within the completion mask are reported.
 
-Masks come from `seed` alone (CPU generators, so the same on every device) and the batch's shape: the same seed and
-the same rows give the same masks, so current, old and reference policies are scored on the same masks. One-step
-and coupled draws match the references' `set_seed(seed)` draws on CPU (a [N, P + C] uniform matrix, and for
+Masks come from `seed` alone (CPU generators, so the same on every device) and the rows' places in their batch
+(`row_offset` for a micro-batch): the same seed and the same rows give the same masks, so current, old and
+reference policies are scored on the same masks. One-step and coupled draws match the references' `set_seed(seed)` draws on CPU (a [N, P + C] uniform matrix, and for
 coupled Python's `random.uniform(0.2, 0.8)`).
 
 Families: `family.shift_logits` selects Dream-style prediction (position i - 1 predicts token i); block-diffusion
@@ -81,50 +81,58 @@ class Rollouts:
 
 @dataclass(frozen=True)
 class CoupledMasks:
-    """The coupled estimator's draw: mask ratio `t` and the first mask [N, C] (the second is the rest: draw > t)."""
+    """The coupled estimator's draw: mask ratio `t`, the first mask [N, C] (draw < t) and the second (draw > t)."""
 
     t: float
     first: torch.Tensor
     second: torch.Tensor
 
 
-def one_step_prompt_mask(rollouts: Rollouts, seed: int, p_mask_prompt: float) -> torch.Tensor:
+def one_step_prompt_mask(rollouts: Rollouts, seed: int, p_mask_prompt: float, row_offset: int = 0) -> torch.Tensor:
     """bool [N, P]: the prompt positions the one-step estimator masks (each with probability `p_mask_prompt`; left
     padding too, as d1 does). d1's draw: a uniform [N, P + C] matrix from `seed`, read on the prompt columns."""
     if not 0.0 <= p_mask_prompt <= 1.0:
         raise ValueError(f"p_mask_prompt must be in [0, 1], got {p_mask_prompt}")
-    draws = _uniform_draws(rollouts, seed)
+    draws = _uniform_draws(rollouts, seed, row_offset)
     return (draws[:, : rollouts.prompt_ids.shape[1]] < p_mask_prompt).to(rollouts.prompt_ids.device)
 
 
-def coupled_masks(rollouts: Rollouts, seed: int) -> CoupledMasks:
-    """DiffuCoder's draw from `seed`: t = Python's random.uniform(0.2, 0.8), then a uniform [N, P + C] matrix u;
-    the first mask is u < t on the completion columns, the second u > t."""
+def coupled_masks(rollouts: Rollouts, seed: int, row_offset: int = 0) -> CoupledMasks:
+    """DiffuCoder's draw from `seed`: t = Python's random.uniform(0.2, 0.8) (one per seed), then a uniform
+    [N, P + C] matrix u; the first mask is u < t on the completion columns, the second u > t."""
     t = random.Random(seed).uniform(*COUPLED_MASK_RATIO_RANGE)
-    draws = _uniform_draws(rollouts, seed)[:, rollouts.prompt_ids.shape[1] :].to(rollouts.completion_ids.device)
+    draws = _uniform_draws(rollouts, seed, row_offset)[:, rollouts.prompt_ids.shape[1] :].to(
+        rollouts.completion_ids.device
+    )
     return CoupledMasks(t, draws < t, draws > t)
 
 
 def elbo_completion_masks(
-    rollouts: Rollouts, seed: int, mc_samples: int, block_size: int | None = None
+    rollouts: Rollouts, seed: int, mc_samples: int, block_size: int | None = None, row_offset: int = 0
 ) -> torch.Tensor:
     """bool [mc_samples, N, C]: `dlm.elbo.draw_elbo_masks` over all completion columns, from one CPU generator;
     with `block_size`, l_b tokens of each block (blocks counted from the prompt's first column)."""
     if mc_samples < 1:
         raise ValueError(f"mc_samples must be at least 1, got {mc_samples}")
     rows, prompt_length = rollouts.prompt_ids.shape
-    maskable = torch.zeros(rows, prompt_length + rollouts.completion_ids.shape[1], dtype=torch.bool)
+    maskable = torch.zeros(_check_offset(row_offset) + rows, rollouts.input_ids.shape[1], dtype=torch.bool)
     maskable[:, prompt_length:] = True
     generator = torch.Generator().manual_seed(seed)
     masks = draw_elbo_masks(maskable, mc_samples, generator, block_size=block_size)
-    return masks[:, :, prompt_length:].to(rollouts.completion_ids.device)
+    return masks[:, row_offset:, prompt_length:].to(rollouts.completion_ids.device)
 
 
-def _uniform_draws(rollouts: Rollouts, seed: int) -> torch.Tensor:
-    rows, prompt_length = rollouts.prompt_ids.shape
-    return torch.rand(
-        rows, prompt_length + rollouts.completion_ids.shape[1], generator=torch.Generator().manual_seed(seed)
-    )
+def _uniform_draws(rollouts: Rollouts, seed: int, row_offset: int) -> torch.Tensor:
+    """float32 [N, P + C] on the CPU: rows row_offset.. of the uniform matrix that `seed` starts."""
+    rows, length = rollouts.prompt_ids.shape[0], rollouts.input_ids.shape[1]
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(_check_offset(row_offset) + rows, length, generator=generator)[row_offset:]
+
+
+def _check_offset(row_offset: int) -> int:
+    if row_offset < 0:
+        raise ValueError(f"row_offset must be at least 0, got {row_offset}")
+    return row_offset
 
 
 def completion_logps(
@@ -137,19 +145,23 @@ def completion_logps(
     seed: int,
     p_mask_prompt: float = 0.3,
     mc_samples: int = 1,
+    row_offset: int = 0,
 ) -> torch.Tensor:
     """Per-token log-probability estimates [N, C] (float32, 0 where completion_mask is False) of the completions
     under `model`. The same `seed` gives the same masks (the trainer calls it with one seed per inner iteration for
     the current, old and reference policies, as d1 does). `p_mask_prompt` is the one-step estimator's prompt
     masking rate, `mc_samples` the ELBO estimator's number of masks; the module docstring defines the estimators.
-    Gradients flow when enabled."""
+    Masks depend on the seed and the rows' place in their batch: rows k..k+n-1 of a batch, scored as a micro-batch,
+    get the masks the whole batch gives them with `row_offset=k` (a batch scored whole and in micro-batches sees
+    the same masks; all rows must share P and C). Gradients flow when enabled."""
     if estimator == "one_step":
-        prompt_masked = one_step_prompt_mask(rollouts, seed, p_mask_prompt)
+        prompt_masked = one_step_prompt_mask(rollouts, seed, p_mask_prompt, row_offset)
         logps = one_step_logps(model, rollouts, prompt_masked, family=family, mask_id=mask_id)
     elif estimator == "coupled":
-        logps = coupled_logps(model, rollouts, coupled_masks(rollouts, seed), family=family, mask_id=mask_id)
+        masks = coupled_masks(rollouts, seed, row_offset)
+        logps = coupled_logps(model, rollouts, masks, family=family, mask_id=mask_id)
     elif estimator == "elbo":
-        masks = elbo_completion_masks(rollouts, seed, mc_samples, model_block_size(family, model))
+        masks = elbo_completion_masks(rollouts, seed, mc_samples, model_block_size(family, model), row_offset)
         logps = elbo_logps(model, rollouts, masks, family=family, mask_id=mask_id)
     else:
         raise ValueError(f"unknown logp estimator {estimator!r}; choose one of: {', '.join(LOGP_ESTIMATORS)}")

@@ -16,6 +16,7 @@ SLASH_FRACTION = re.compile(r"([-+]?\d+(?:\.\d+)?)/(\d+(?:\.\d+)?)")
 THOUSANDS_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?:\D|$))")
 TEXT_MACRO = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")
 SHORT_FRACTION = re.compile(r"\\frac(\d)(\d)")
+SHORT_ROOT = re.compile(r"\\sqrt(\w)")
 # Spacing, sizing and the degree sign: they do not change what an answer says.
 NOISE = ("\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "^{\\circ}", "^\\circ", "\\%", "%", "\\$", "$")
 
@@ -96,12 +97,14 @@ def reference_answer(answer: object) -> str:
 
 def normalise(answer: str) -> str:
     """One spelling per answer: no spaces, dollar signs, LaTeX spacing or sizing, `\\text{}` unwrapped,
-    `\\dfrac`/`\\tfrac` as `\\frac`, no thousands commas, no trailing full stop, `x = 5` as `5`."""
+    `\\dfrac`/`\\tfrac` as `\\frac`, `\\frac12` and `\\sqrt2` braced, no thousands commas, no trailing full
+    stop, `x = 5` as `5`."""
     text = TEXT_MACRO.sub(r"\1", answer)
     for noise in NOISE:
         text = text.replace(noise, "")
     text = text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     text = SHORT_FRACTION.sub(r"\\frac{\1}{\2}", "".join(text.split()))
+    text = SHORT_ROOT.sub(r"\\sqrt{\1}", text)
     text = THOUSANDS_COMMA.sub("", text).rstrip(".")
     left, equals, right = text.partition("=")
     if equals and len(left) <= 2 and "=" not in right:

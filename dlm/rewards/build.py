@@ -31,7 +31,8 @@ def build_rewards(
         raise RewardSettingError(f"code_seconds_per_test: {code_seconds_per_test} is not a positive number")
     if code_memory_mib < 64:
         raise RewardSettingError(f"code_memory_mib: {code_memory_mib} MiB is too little to start Python (64 or more)")
-    names = [name.strip() for name in names if name.strip()]
+    listed = names.split(",") if isinstance(names, str) else names  # "answer_match, tag_count" as a form writes it
+    names = [name.strip() for name in listed if name.strip()]
     from_file = file_rewards(reward_file, trust_remote_code)
     if from_file and not set(names) & set(from_file):
         names += list(from_file)

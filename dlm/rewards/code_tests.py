@@ -19,6 +19,7 @@ from dlm.rewards.sandbox import Limits, Program, passed_tests
 TEST_COLUMNS = ("tests", "test_list", "test_cases")
 CODE_BLOCK = re.compile(r"```(?:python|py)[ \t]*\n(.*?)```", re.DOTALL)
 MAX_WORKERS = 8
+DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom)
 
 
 def completion_code(completion: str) -> str | None:
@@ -58,6 +59,8 @@ def split_test_text(text: str) -> tuple[str, tuple[str, ...]]:
     if asserts:
         setup = [node for node in statements if not isinstance(node, ast.Assert)]
         return source_of(setup, text), tuple(source_of([node], text) for node in asserts)
+    if all(isinstance(node, DEFINITIONS) for node in statements):
+        raise ValueError("the row's tests only define things: no assert, test*() function or call runs")
     return "", (source_of(statements, text),)
 
 

@@ -66,16 +66,26 @@ def run_child(program: Program, first: int, folder: str, limits: Limits) -> tupl
         output, _ = child.communicate(json.dumps(job).encode(), timeout=budget)
     except subprocess.TimeoutExpired:
         end_group(child.pid)
-        output, _ = child.communicate()
+        output = read_rest(child)
     finally:
         end_group(child.pid)
     return read_report(output.decode(errors="replace"), token)
 
 
+def read_rest(child: subprocess.Popen) -> bytes:
+    """What an ended child wrote; what was read so far when a process outside its group keeps the pipe open."""
+    try:
+        return child.communicate(timeout=1.0)[0]
+    except subprocess.TimeoutExpired as error:
+        child.kill()
+        child.wait()
+        return error.output or b""
+
+
 def end_group(pid: int) -> None:
     try:
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):  # all ended already
         pass
 
 

@@ -52,7 +52,7 @@ class WeightedRewards:
         object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
 
     def __call__(self, prompts: list[str], completions: list[str], columns: dict[str, list]) -> torch.Tensor:
-        check_batch(prompts, completions, columns)
+        check_batch("+".join(self.names), prompts, completions, columns)
         values = [score(spec, prompts, completions, columns) for spec in self.specs]
         return torch.tensor(values, dtype=torch.float32).reshape(len(self.specs), len(completions)).T.contiguous()
 
@@ -61,12 +61,14 @@ class WeightedRewards:
         return torch.tensor(self.weights, dtype=torch.float32)
 
 
-def check_batch(prompts: Sequence[str], completions: Sequence[str], columns: Mapping[str, Sequence[Any]]) -> None:
+def check_batch(
+    rewards: str, prompts: Sequence[str], completions: Sequence[str], columns: Mapping[str, Sequence[Any]]
+) -> None:
     if len(prompts) != len(completions):
-        raise RewardError("*", None, f"{len(prompts)} prompts for {len(completions)} completions")
+        raise RewardError(rewards, None, f"{len(prompts)} prompts for {len(completions)} completions")
     for name, values in columns.items():
         if len(values) != len(completions):
-            raise RewardError("*", None, f"column {name!r} has {len(values)} values for {len(completions)} rows")
+            raise RewardError(rewards, None, f"column {name!r} has {len(values)} values for {len(completions)} rows")
 
 
 def check_columns(spec: RewardSpec, columns: Mapping[str, Sequence[Any]]) -> None:

@@ -46,6 +46,8 @@ def test_test_texts_are_split_into_tests():
     assert tests == ("test_one()", "test_two()") and "solution" not in setup
     assert score(ADD_ONE, functions) == 0.5
     assert split_tests("print(f(1))") == ("", ("print(f(1))",))
+    with pytest.raises(ValueError, match="only define things"):
+        split_tests("import math\ndef check(candidate):\n    assert candidate(1) == 2\n")
     with pytest.raises(ValueError, match="not Python"):
         split_tests("assert (")
 

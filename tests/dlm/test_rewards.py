@@ -101,6 +101,7 @@ ANSWER_MATCH_CASES = [
     ("\\boxed{\\frac{1}{2} and then 3", "3", 1.0),
     ("\\boxed{\\sqrt{2}}", "\\sqrt{2}", 1.0),
     ("\\boxed{\\sqrt{3}}", "\\sqrt{2}", 0.0),
+    ("\\boxed{\\frac{\\sqrt3}{2}}", "\\frac{\\sqrt{3}}{2}", 1.0),
     ("<answer>4.2</answer>", "42", 0.0),
     ("\\boxed{(1, 2)}", "The point is $\\boxed{(1,2)}$.", 1.0),
     ("The answer: -7", "-7", 1.0),
@@ -153,6 +154,8 @@ def test_weighted_rewards_give_one_column_per_reward():
     assert (values * rewards.weight_tensor()).sum(-1).tolist() == [2.25, 0.0, 2.0]
     assert rewards.names == ("answer_match", "strict_format") and rewards.weights == (2.0, 0.5)
     assert build_rewards(["sudoku"], None, trust_remote_code=False).weights == (1.0,)
+    from_form = build_rewards("answer_match, tag_count", None, trust_remote_code=False)
+    assert from_form.names == ("answer_match", "tag_count")
     assert WeightedRewards(("answer_match",), (1,))(["p"], ["3"], {"answer": ["3"]}).tolist() == [[1.0]]
     assert rewards([], [], {"answer": []}).shape == (0, 2)
 
