@@ -137,6 +137,15 @@ class GRPOConfig(TrainerConfig):
         group="method",
         ui_help="On: advantages are (reward - group mean) / group std (GRPO); off: reward - group mean (Dr. GRPO).",
     )
+    leave_one_out: bool = setting(
+        False,
+        title="Leave-one-out baseline",
+        group="method",
+        ui_help=(
+            "Compare each reward with the mean of the other completions of its prompt instead of the whole group's "
+            "(DiffuCoder's coupled-GRPO); the advantages grow by group / (group - 1)."
+        ),
+    )
     loss_type: str = setting(
         "grpo",
         title="Loss normalisation",

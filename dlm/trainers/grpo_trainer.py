@@ -148,7 +148,9 @@ class DiffusionGRPOTrainer(Trainer):
         rewards = self._rewards(inputs["rows"], completion_ids)
         self._seconds["rollout_time"] += time.perf_counter() - start
         total = (rewards * self.reward_weights).sum(dim=1)
-        advantages = group_advantages(total, group, scale_rewards=self.config.scale_rewards)
+        advantages = group_advantages(
+            total, group, scale_rewards=self.config.scale_rewards, leave_one_out=self.config.leave_one_out
+        )
         self._log_rollouts(rollouts, rewards.to(self.args.device), total.to(self.args.device))
         seeds = [self._seed("masks", step, micro, i) for i in range(self.config.num_iterations)]
         return {

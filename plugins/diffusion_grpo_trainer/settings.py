@@ -45,6 +45,7 @@ ORDER = (
     "epsilon",
     "epsilon_high",
     "scale_rewards",
+    "leave_one_out",
     "loss_type",
     "logp_estimator",
     "p_mask_prompt",

@@ -91,6 +91,7 @@ def test_the_config_from_the_forms_strings(tmp_path):
             "beta": "0",
             "epsilon_high": "0.28",
             "scale_rewards": "false",
+            "leave_one_out": "true",
             "reward_funcs": "answer_match,soft_format",
             "reward_weights": "1, 0.5",
             "logp_estimator": "coupled",
@@ -100,7 +101,7 @@ def test_the_config_from_the_forms_strings(tmp_path):
         tmp_path,
     )
     assert (built.num_generations, built.num_iterations, built.beta) == (6, 2, 0.0)
-    assert (built.epsilon, built.clip_high, built.scale_rewards) == (0.2, 0.28, False)
+    assert (built.epsilon, built.clip_high, built.scale_rewards, built.leave_one_out) == (0.2, 0.28, False, True)
     assert built.reward_funcs == ("answer_match", "soft_format") and built.reward_weights == (1.0, 0.5)
     sampler = built.sampler_settings()
     assert (sampler.max_new_tokens, sampler.cache, sampler.parallel_threshold) == (128, "prefix", 0.9)
