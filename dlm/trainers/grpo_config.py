@@ -46,6 +46,7 @@ class GRPOConfig(TrainerConfig):
         group="rewards",
         items={"type": "string", "enum": list(REWARD_NAMES)},
         unique_items=True,
+        widget="checkboxes",
         ui_help=(
             "The rewards each completion gets, several at once; their weighted sum is the reward. answer_match "
             "(the default) compares the completion's final answer (\\boxed{}, after ####, the <answer> tag or the "
