@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import dlm.eval_models
+import dlm.trainers.dpo_trainer as dpo_trainer
 import dlm.trainers.sft_trainer as sft_trainer
 from dlm.data import IGNORE
 from dlm.families import get_family
@@ -27,7 +28,7 @@ from plugin_sdk.job import run_job
 from plugin_sdk.params import Params, coerce_and_validate
 from tests.plugins.test_bad_inputs import PLUGINS, plugin_work
 
-EVAL, SFT = "diffusion_evaluator", "diffusion_llm_trainer"
+EVAL, SFT, DPO = "diffusion_evaluator", "diffusion_llm_trainer", "diffusion_dpo_trainer"
 
 
 class Recorded(Exception):
@@ -307,25 +308,33 @@ class TrainCall:
     encoded_validation: list[dict[str, list[int]]] | None = None
 
 
-def sft_call(workspace: Path, tmp_path: Path, values: dict[str, str], *, encode: bool = True) -> TrainCall:
+def train_call(
+    plugin: str, module: Any, run: str, workspace: Path, data: Path, values: dict[str, str], *, encode: bool = True
+) -> TrainCall:
+    """The job of a trainer plugin up to its Trainer: what `module.<run>` and its `_build_trainer` were handed."""
     call = TrainCall()
-    real_run_sft = sft_trainer.run_sft
+    real_run = getattr(module, run)
 
     def record_rows(config, train_rows, validation_rows, reporter):
         call.config, call.train, call.validation = config, list(train_rows), validation_rows
         if not encode:
             raise Recorded
-        return real_run_sft(config, train_rows, validation_rows, reporter)
+        return real_run(config, train_rows, validation_rows, reporter)
 
-    def record_encoded(config, loaded, model, train, validation, callbacks):
+    def record_encoded(config, loaded, model, train, validation, *rest):
         call.encoded_train, call.encoded_validation = list(train), validation
         raise Recorded
 
-    base = {"model_name": "tiny-llada", "dataset": str(write_jsonl(tmp_path / "sft.jsonl", SFT_ROWS))}
-    base |= {"train_device": "cpu", "dtype": "float32", "num_train_epochs": "1", "adaptor_name": tmp_path.name}
-    spies = {(sft_trainer, "run_sft"): record_rows, (sft_trainer, "_build_trainer"): record_encoded}
-    run_recorded(SFT, workspace, {**base, **values}, spies)
+    base = {"model_name": "tiny-llada", "dataset": str(data), "train_device": "cpu", "dtype": "float32"}
+    base |= {"num_train_epochs": "1", "adaptor_name": f"paths_{data.parent.name}"}
+    spies = {(module, run): record_rows, (module, "_build_trainer"): record_encoded}
+    run_recorded(plugin, workspace, {**base, **values}, spies)
     return call
+
+
+def sft_call(workspace: Path, tmp_path: Path, values: dict[str, str], *, encode: bool = True) -> TrainCall:
+    data = values.get("dataset") or str(write_jsonl(tmp_path / "sft.jsonl", SFT_ROWS))
+    return train_call(SFT, sft_trainer, "run_sft", workspace, Path(data), values, encode=encode)
 
 
 @pytest.fixture(scope="module")
@@ -400,3 +409,52 @@ def test_the_instruction_templates_make_the_messages(workspace, tmp_path):
 def test_every_sft_data_edit_differs_from_the_default():
     defaults, edited = form_params(SFT, {}), form_params(SFT, SFT_DATA_EDITS)
     assert [name for name in SFT_DATA_EDITS if edited[name] == defaults[name]] == []
+
+
+# ---- the DPO trainer's data settings ---------------------------------------------------------------------------
+def preference_rows(count: int, tag: str) -> list[dict[str, str]]:
+    """Prompt / chosen / rejected rows; every third prompt is long, every fourth chosen answer too."""
+    return [
+        {
+            "prompt": (f"{tag} question {i}: " + "context " * (30 if i % 3 == 0 else 0)).strip(),
+            "chosen": f"yes {i}" + " indeed" * (40 if i % 4 == 0 else 0),
+            "rejected": f"no {i}",
+        }
+        for i in range(count)
+    ]
+
+
+DPO_DATA_EDITS = {
+    "dataset_split": "test",
+    "random_sample_size": "6",
+    "validation_fraction": "0.5",
+    "max_length": "48",
+    "max_prompt_length": "24",
+}
+
+
+@pytest.fixture(scope="module")
+def dpo_data_call(workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainCall:
+    data = tmp_path_factory.mktemp("dpo_data") / "pairs"
+    write_jsonl(data / "train.jsonl", preference_rows(4, "train"))
+    write_jsonl(data / "test.jsonl", preference_rows(10, "test"))
+    values = {**DPO_DATA_EDITS, "batch_size": "2", "warmup_steps": "0"}
+    return train_call(DPO, dpo_trainer, "run_dpo", workspace, data / "train.jsonl", {**values, "dataset": str(data)})
+
+
+def test_dataset_split_random_sample_size_and_validation_fraction_choose_the_pairs(dpo_data_call):
+    pairs = dpo_data_call.train + dpo_data_call.validation
+    assert {pair.prompt[-1]["content"].split()[0] for pair in pairs} == {"test"}  # not the train file's
+    assert len(pairs) == 6 and len(dpo_data_call.validation) == 3
+
+
+def test_max_length_and_max_prompt_length_bound_the_encoded_pairs(dpo_data_call):
+    rows = dpo_data_call.encoded_train + dpo_data_call.encoded_validation
+    assert max(len(row["prompt_ids"]) for row in rows) == 24  # the long prompts, cut from the left
+    assert max(len(row["prompt_ids"]) + len(row["chosen_ids"]) for row in rows) == 48  # the long answers, clipped
+    assert max(len(row["prompt_ids"]) + len(row["rejected_ids"]) for row in rows) <= 48
+
+
+def test_every_dpo_data_edit_differs_from_the_default():
+    defaults, edited = form_params(DPO, {}), form_params(DPO, DPO_DATA_EDITS)
+    assert [name for name in DPO_DATA_EDITS if edited[name] == defaults[name]] == []
