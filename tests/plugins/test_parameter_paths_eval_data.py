@@ -156,20 +156,30 @@ def dream_sampler(call: EvalCall) -> Any:
     return build_sampler(get_family("dream"), call.settings.sampler)
 
 
-def attribute(build: Callable[[EvalCall], Any], name: str) -> Callable[[EvalCall], Any]:
-    def observable(call: EvalCall) -> Any:
-        return getattr(build(call) if build is not None else call, name)
+def eval_settings(call: EvalCall) -> Any:
+    return call.settings
 
-    observable.__name__ = f"{getattr(build, '__name__', 'call')}.{name}"
+
+def lm_eval_options(call: EvalCall) -> Any:
+    return call.lm_eval
+
+
+def load_options(call: EvalCall) -> Any:
+    return call.load
+
+
+def attribute(part: Callable[[EvalCall], Any], name: str) -> Callable[[EvalCall], Any]:
+    """The observable `part(call).name`, named so in the test ids."""
+
+    def observable(call: EvalCall) -> Any:
+        return getattr(part(call), name)
+
+    observable.__name__ = f"{part.__name__}.{name}"
     return observable
 
 
-def setting(name: str) -> Callable[[EvalCall], Any]:
-    def observable(call: EvalCall) -> Any:
-        return getattr(call.settings, name)
-
-    observable.__name__ = f"settings.{name}"
-    return observable
+def example_count(call: EvalCall) -> int:
+    return len(call.examples)
 
 
 def example_prompts(call: EvalCall) -> list[str]:
@@ -223,18 +233,18 @@ EVAL_CASES = [
     ("alg_temp", attribute(dream_sampler, "alg_temp"), 0.3),
     ("top_p", attribute(dream_sampler, "top_p"), 0.9),
     ("top_k", attribute(dream_sampler, "top_k"), 5),
-    ("metrics", setting("metrics"), ("perplexity", "task_accuracy")),
-    ("num_samples", lambda call: len(call.examples), 4),
-    ("limit", attribute(lambda call: call.lm_eval, "limit"), 3),
-    ("num_fewshot", attribute(lambda call: call.lm_eval, "num_fewshot"), 2),
-    ("trust_remote_code", attribute(lambda call: call.lm_eval, "trust_remote_code"), True),
-    ("trust_remote_code", attribute(lambda call: call.load, "trust_remote_code"), True),
-    ("dtype", attribute(lambda call: call.load, "dtype"), "float32"),
-    ("mc_num", setting("mc_num"), 3),
-    ("mask_ratios", setting("mask_ratios"), (0.25, 0.75)),
-    ("batch_size", setting("batch_size"), 5),
-    ("seed", setting("seed"), 11),
-    ("apply_chat_template", setting("apply_chat_template"), False),
+    ("metrics", attribute(eval_settings, "metrics"), ("perplexity", "task_accuracy")),
+    ("num_samples", example_count, 4),
+    ("limit", attribute(lm_eval_options, "limit"), 3),
+    ("num_fewshot", attribute(lm_eval_options, "num_fewshot"), 2),
+    ("trust_remote_code", attribute(lm_eval_options, "trust_remote_code"), True),
+    ("trust_remote_code", attribute(load_options, "trust_remote_code"), True),
+    ("dtype", attribute(load_options, "dtype"), "float32"),
+    ("mc_num", attribute(eval_settings, "mc_num"), 3),
+    ("mask_ratios", attribute(eval_settings, "mask_ratios"), (0.25, 0.75)),
+    ("batch_size", attribute(eval_settings, "batch_size"), 5),
+    ("seed", attribute(eval_settings, "seed"), 11),
+    ("apply_chat_template", attribute(eval_settings, "apply_chat_template"), False),
     ("max_length", scored_lengths, [12, 12, 12, 12]),  # each body is over 20 tokens: all cut to 12
     ("answer_extraction", regex_scores, [True, False, False]),  # group 1 of the regex, not the whole answer
     ("answer_regex", regex_scores, [True, False, False]),
