@@ -359,8 +359,7 @@ def training_arguments(config: DPOConfig, checkpoint_dir: Path, has_validation: 
     """What `transformers.Trainer` needs; the DPO settings stay in `config`, where the trainer reads them."""
     return TrainingArguments(
         **common_training_arguments(config, checkpoint_dir),
-        # warmup_steps below 1 is a fraction of training
-        warmup_steps=config.warmup_steps if config.warmup_steps > 0 else min(config.warmup_ratio, 0.999),
+        warmup_steps=config.warmup,
         adam_beta2=config.adam_beta2,
         eval_strategy="steps" if has_validation and config.eval_steps > 0 else "no",
         eval_steps=step_interval(config.eval_steps) if has_validation and config.eval_steps > 0 else None,

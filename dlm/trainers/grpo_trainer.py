@@ -280,7 +280,7 @@ def training_arguments(config: GRPOConfig, checkpoint_dir: Path) -> TrainingArgu
     """What `transformers.Trainer` needs; the GRPO settings stay in `config`, where the trainer reads them."""
     return TrainingArguments(
         **common_training_arguments(config, checkpoint_dir),
-        warmup_steps=min(config.warmup_ratio, 0.999),  # below 1: a fraction of training
+        warmup_steps=config.warmup,
         eval_strategy="no",
     )
 
