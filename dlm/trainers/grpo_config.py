@@ -59,7 +59,10 @@ class GRPOConfig(TrainerConfig):
         title="Reward weights",
         group="rewards",
         items={"type": "number"},
-        ui_help="Comma-separated weights, one per reward in the order above (and the reward file's last); empty: 1 each.",
+        ui_help=(
+            "Comma-separated weights, one per reward in the order above, the reward file's functions last; empty: "
+            "1 each."
+        ),
         widget="TextWidget",
         placeholder="1.0, 0.5",
     )
@@ -361,6 +364,8 @@ class GRPOConfig(TrainerConfig):
     def check(self) -> None:
         """Raise GRPOError naming the setting when the settings cannot work (before anything is loaded)."""
         super().check()
+        if isinstance(self.reward_funcs, str):  # "a,b" as a config file may give it
+            self.reward_funcs = tuple(name.strip() for name in self.reward_funcs.split(",") if name.strip())
         self.reward_funcs = tuple(self.reward_funcs)
         self.reward_weights = tuple(self.reward_weights)
         choices = {"loss_type": GRPO_LOSS_TYPES, "logp_estimator": LOGP_ESTIMATORS}
@@ -387,7 +392,8 @@ class GRPOConfig(TrainerConfig):
                 f"epsilon_high={self.epsilon_high} is below epsilon={self.epsilon}: clip-higher widens the upper "
                 "bound; set it to epsilon or more, or 0 for the same as epsilon"
             )
-        check_decoding(self.cache, self.parallel_threshold or None)  # the family's own rules: once the model loads
+        # a known cache mode and a threshold that is a probability; the family's own rules once the model is loaded
+        check_decoding(self.cache, self.parallel_threshold or None)
         self.build_rewards()  # the rewards' own checks (names, weights, the file, trust_remote_code), now
 
     def build_rewards(self) -> WeightedRewards:
