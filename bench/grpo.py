@@ -1,55 +1,48 @@
 """One diffusion GRPO step (rollouts, then the update) against dllm's diffu-GRPO trainer, side by side in one process.
 
-dllm (https://github.com/ZHZisZZ/dllm) ships `DiffuGRPOTrainer` (`dllm/pipelines/rl/grpo/trainer.py`), a subclass of
-TRL's `GRPOTrainer` whose overrides fit TRL 0.19 only: from 0.20 on TRL's loss calls `_get_per_token_logps_and_
-entropies`, not dllm's `_get_per_token_logps`, so causal log-probabilities would silently replace the diffusion ones.
-So dllm runs on TRL 0.19.1, kept out of the project's environment (no project dependency) in a folder on PYTHONPATH:
+dllm's `DiffuGRPOTrainer` (https://github.com/ZHZisZZ/dllm, `dllm/pipelines/rl/grpo/trainer.py`) subclasses TRL's
+`GRPOTrainer` with overrides that fit TRL 0.19 only (from 0.20 on TRL's loss calls `_get_per_token_logps_and_
+entropies`, not dllm's `_get_per_token_logps`: causal log-probabilities would silently replace the diffusion ones).
+So it runs on TRL 0.19.1, kept out of the project's environment in a folder on PYTHONPATH:
 
     pip install --no-deps --target /tmp/trl-0.19.1 trl==0.19.1      # its other needs are the project's
     git -C <dllm mirror> archive HEAD dllm | tar -x -C /tmp/dllm      # or any dllm checkout
     PYTHONPATH=$PWD:/tmp/trl-0.19.1 DLLM_DIR=/tmp/dllm python bench/grpo.py                # CPU: a few minutes
     PYTHONPATH=$PWD:/tmp/trl-0.19.1 DLLM_DIR=/tmp/dllm python bench/grpo.py --device cuda  # bigger defaults
 
-Two shims let TRL 0.19 run under transformers 5, changing nothing it computes: its optional-package flags (a
-(found, version) pair from transformers 5, which it reads as a bool) become bools, and the model gets the
-`warnings_issued` dict transformers 4 models had. dllm's package `__init__` files are skipped (they import every
-pipeline), as in bench/bd3lm.py; its trainer module runs as it is.
+Two shims let TRL 0.19 run under transformers 5 without changing what it computes: its optional-package flags (a
+(found, version) pair under transformers 5, which it reads as a bool) become bools, and the model gets the
+`warnings_issued` dict of transformers 4 models. dllm's package `__init__` files are skipped, as in bench/bd3lm.py.
 
-Both sides train LoRA adapters (rank `--lora-r`, alpha twice that, no dropout, the LLaDA family's default targets, the
-head excluded; peft's plain `PeftModel` on both, as `dlm.lora` makes it: our LLaDA class has no `generate`, which the
-causal-LM wrapper of dllm's example needs) on their own copy of one random tiny LLaDA (`dlm.models`) with the same
-initial weights and adapters (lora_B non-zero, as after some training, so the policy is not the reference). d1's
-recipe: `--group` completions per prompt, `--num-iterations` updates per rollout batch, KL penalty `--beta` to the
-reference (the adapters disabled), the one-step estimator (prompt tokens masked with probability `--p-mask-prompt`),
-advantages not divided by the group's std, the `bnpo` loss, AdamW at a constant rate, gradients clipped to norm 1.
-The reward, one function on both sides, is the share of a completion's words with an even id (it varies within a
-group). Both take the same prompts (`--prompts` per step, cycling over `--batches` sets) and sample at `--temperature`
-in blocks of `--block-length` with `--diffusion-steps` steps (d1: half the completion length).
+Both sides train LoRA adapters (rank `--lora-r`, alpha 2r, no dropout, the LLaDA family's default targets, a plain
+`PeftModel` as `dlm.lora` makes: our LLaDA class has no `generate` for the causal-LM wrapper of dllm's example) on
+their own copy of one random tiny LLaDA (`dlm.models`), with the same weights and adapters (lora_B non-zero, as after
+some training). d1's recipe: `--group` completions per prompt, `--num-iterations` updates per rollout batch, KL
+`--beta` to the reference (adapters disabled), the one-step estimator (`--p-mask-prompt`), advantages not divided by
+the group's std, the `bnpo` loss, AdamW at a constant rate, gradients clipped to norm 1. The reward, one function on
+both sides, is the share of a completion's words with an even id. Same prompts (`--prompts` per step, cycling over
+`--batches` sets), sampled at `--temperature` in blocks of `--block-length` with `--diffusion-steps` steps.
+- dllm: `DiffuGRPOTrainer` as its LLaDA example builds it (its `MDLMSampler`), fed what its dataloader gives.
+- ours: `dlm.trainers.grpo_trainer.DiffusionGRPOTrainer` as `run_grpo` builds it, fed what its collator gives;
+  rollouts batched over the group with the cached settings (`--cache` dual, `--parallel-threshold` 0.9; `--cache none
+  --parallel-threshold 0` times the exact sampler instead).
 
-- dllm: `DiffuGRPOTrainer` as its LLaDA example builds it (its `MDLMSampler` from the arguments, `peft_config`), fed
-  what its dataloader gives (each prompt `--group` times).
-- ours: `dlm.trainers.grpo_trainer.DiffusionGRPOTrainer` as `run_grpo` builds it, fed what its collator gives; its
-  rollouts, batched over the whole group, use the cached settings (`--cache` dual, `--parallel-threshold` 0.9).
+A GRPO step is `--num-iterations` optimizer steps on one rollout batch, each what `transformers.Trainer`'s loop does
+(`training_step`: `_prepare_inputs`, which samples and scores the rollouts at the first, then loss and backward;
+clipping; optimizer and scheduler steps). Rollout time is the sampler's call alone (dllm's `MDLMSampler.sample`, our
+sampler's `answer`); the rest is the update. Peak memory of a step is measured as bench/common.py describes, in a
+step of its own. Steps alternate, order flipped each round, after the checked steps; times are medians.
 
-A GRPO step is `--num-iterations` optimizer steps on one rollout batch, each what `transformers.Trainer`'s loop does:
-`training_step` (`_prepare_inputs`, which samples and scores the rollouts at the first, then loss and backward),
-gradient clipping, optimizer and scheduler steps. The rollout time is the sampler's call alone (dllm's
-`MDLMSampler.sample`, our sampler's `answer`); the rest (rewards, the reference's and the policy's log-probabilities,
-backward, AdamW) is the update. Peak memory of a step is measured as bench/common.py describes (CUDA:
-`max_memory_allocated`; CPU: live tensor bytes) in a step of its own. Steps alternate, in reverse order every other
-round, after the checked steps; times are medians.
+Same loss: the sides' rollouts differ, so dllm's are fed to our loss. In the first `--check-steps` steps, whenever
+dllm's `_compute_loss` runs, `dlm.logprob_estimators.one_step_logps` scores its completions on the same model with the
+prompt positions its forward process masked (its seed, its draw), adapters on and off, and `dlm.grpo_loss.grpo_loss`
+takes its advantages (and rollout-policy log-probabilities). dllm's model attends the prompt and completion masks,
+ours every position (as LLaDA trains): prompts all have `--prompt-length` words and the end and mask tokens are never
+sampled (output bias -1e4), so both see the same.
 
-Same loss: a random model's rollouts differ between the sides, so dllm's rollouts are fed to our loss. In the first
-`--check-steps` steps, whenever dllm's `_compute_loss` runs, `dlm.logprob_estimators.one_step_logps` scores dllm's
-completions on the same model with the prompt positions dllm's forward process masked (its seed, its draw), with the
-adapters on and off, and `dlm.grpo_loss.grpo_loss` takes dllm's advantages (and rollout-policy log-probabilities).
-dllm's model attends the prompt and completion masks, our LLaDA family every position (as LLaDA trains); prompts all
-have `--prompt-length` words and the end and mask tokens are never sampled (output bias -1e4), so both see the same.
-
-The last line is a JSON object with the ratios ours / dllm `step_time_ratio`, `rollout_time_ratio`,
-`update_time_ratio`, `memory_ratio`, and `max_loss_diff`, the largest relative difference of the two losses, beside
-`max_loss_abs_diff` (the losses are small: every completion has the full length, so at an update with ratio 1 the
-clipped term sums to 0 over a group and the loss is beta times the KL).
+The last line is a JSON object: ratios ours / dllm `step_time_ratio`, `rollout_time_ratio`, `update_time_ratio`,
+`memory_ratio`; `max_loss_diff`, the largest relative difference of the two losses, and `max_loss_abs_diff` (the
+losses are small: completions all have the full length, so at ratio 1 the clipped term sums to 0 over a group).
 """
 
 from __future__ import annotations
@@ -63,6 +56,7 @@ import sys
 import tempfile
 import time
 import types
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -178,38 +172,45 @@ def lora_config(args: argparse.Namespace, model: torch.nn.Module) -> dict[str, A
 
 
 # ---- the two trainers ----------------------------------------------------------------------------------------------
+def shared_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings both configs name alike (TRL's names), d1's recipe."""
+    return {
+        "num_generations": args.group,
+        "num_iterations": args.num_iterations,
+        "beta": args.beta,
+        "epsilon": EPSILON,
+        "scale_rewards": False,
+        "loss_type": "bnpo",
+        "p_mask_prompt": args.p_mask_prompt,
+        "max_prompt_length": args.prompt_length,
+        "max_completion_length": args.completion_length,
+        "steps": args.diffusion_steps,
+        "temperature": args.temperature,
+        "learning_rate": LEARNING_RATE,
+        "seed": args.seed,
+    }
+
+
 def our_trainer(args: argparse.Namespace, tokenizer: Any, out: Path) -> tuple[Any, list[dict]]:
     """Our GRPO trainer as `run_grpo` builds it, and a batch per prompt set (what its collator gives)."""
     config = GRPOConfig(
+        **shared_settings(args),
         model_name="random-llada",
         output_dir=str(out),
         num_train_epochs=0,
         train_steps=1000,
         batch_size=args.prompts,
-        num_generations=args.group,
-        num_iterations=args.num_iterations,
-        beta=args.beta,
-        epsilon=EPSILON,
-        scale_rewards=False,
-        loss_type="bnpo",
         logp_estimator="one_step",
-        p_mask_prompt=args.p_mask_prompt,
-        max_prompt_length=args.prompt_length,
-        max_completion_length=args.completion_length,
         max_length=args.prompt_length + args.completion_length,
-        steps=args.diffusion_steps,
         block_length=args.block_length,
-        temperature=args.temperature,
         cache=args.cache,
         parallel_threshold=args.parallel_threshold,
-        learning_rate=LEARNING_RATE,
         lora=True,
         lora_r=args.lora_r,
         lora_alpha=2 * args.lora_r,
         lora_dropout=0.0,
         train_device="cpu" if args.device == "cpu" else "cuda",
         dtype="float32",
-        seed=args.seed,
     )
     model = random_policy(args)
     family = get_family("llada")
@@ -251,22 +252,11 @@ def dllm_trainer(
     model.warnings_issued = {}  # transformers 4 models had it; TRL 0.19 writes to it
     texts = prompt_batches(args)
     config = dllm.DiffuGRPOConfig(
+        **shared_settings(args),
         output_dir=str(out),
         per_device_train_batch_size=args.prompts * args.group,
         gradient_accumulation_steps=1,
-        num_generations=args.group,
-        num_iterations=args.num_iterations,
-        beta=args.beta,
-        epsilon=EPSILON,
-        scale_rewards=False,
-        loss_type="bnpo",
-        p_mask_prompt=args.p_mask_prompt,
-        max_prompt_length=args.prompt_length,
-        max_completion_length=args.completion_length,
-        steps=args.diffusion_steps,
         block_size=args.block_length,
-        temperature=args.temperature,
-        learning_rate=LEARNING_RATE,
         lr_scheduler_type="constant",
         weight_decay=0.0,
         max_grad_norm=1.0,
@@ -275,7 +265,6 @@ def dllm_trainer(
         report_to="none",
         save_strategy="no",
         logging_steps=1,
-        seed=args.seed,
     )
     trainer = dllm.DiffuGRPOTrainer(
         model=model,
@@ -348,12 +337,8 @@ class LossCheck:
         from accelerate.utils import set_seed
 
         args = self.args
-        rollouts = Rollouts(
-            inputs["prompt_ids"],
-            inputs["prompt_mask"].bool(),
-            inputs["completion_ids"],
-            inputs["completion_mask"].bool(),
-        )
+        fields = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
+        rollouts = Rollouts(*(inputs[name].bool() if "mask" in name else inputs[name] for name in fields))
         if not bool(rollouts.completion_mask.all() and rollouts.prompt_mask.all()):
             raise SystemExit("a padded prompt or an ended completion: the two attention masks would differ")
         set_seed(seed)  # dllm's forward process: this draw, on the device, read on the prompt columns
@@ -365,87 +350,101 @@ class LossCheck:
         if args.beta:
             with model.disable_adapter():
                 ref = one_step_logps(model, rollouts, prompt_masked, family=family, mask_id=mask_id)
-        out = grpo_loss(
-            logps,
-            old_logps,
-            ref,
-            inputs["advantages"],
-            rollouts.completion_mask,
-            epsilon_low=EPSILON,
-            epsilon_high=EPSILON,
-            beta=args.beta,
-            loss_type="bnpo",
+        scored = (logps, old_logps, ref, inputs["advantages"], rollouts.completion_mask)
+        loss = grpo_loss(*scored, epsilon_low=EPSILON, epsilon_high=EPSILON, beta=args.beta, loss_type="bnpo")
+        return loss.loss.item()
+
+
+@dataclass
+class Side:
+    """One trainer, its batch per prompt set and the clock of its sampler."""
+
+    trainer: Any
+    batches: list
+    clock: RolloutClock
+
+
+def build_sides(args: argparse.Namespace, dllm: types.ModuleType, out: Path) -> tuple[dict[str, Side], LossCheck]:
+    """Both trainers, set up as `Trainer.train` sets them up before its loop, and the check on dllm's loss."""
+    tokenizer = word_tokenizer(args.vocab)
+    ours, our_batches = our_trainer(args, tokenizer, out / "ours")
+    adapters = {name: p.detach() for name, p in ours.model.named_parameters() if "lora_" in name}
+    theirs, their_batches = dllm_trainer(args, dllm, tokenizer, adapters, out / "dllm")
+    sides = {
+        "ours": Side(ours, our_batches, RolloutClock(ours.sampler, "answer", args.device)),
+        "dllm": Side(theirs, their_batches, RolloutClock(theirs.sampler, "sample", args.device)),
+    }
+    for side in sides.values():
+        side.trainer.create_optimizer_and_scheduler(num_training_steps=1000)
+        side.trainer.current_gradient_accumulation_steps = 1
+    return sides, LossCheck(theirs, args)
+
+
+def grpo_step(args: argparse.Namespace, side: Side, round_: int) -> tuple[float, float]:
+    """(seconds, rollout seconds) of one GRPO step on prompt set `round_`: `num_iterations` optimizer steps, the
+    first of which samples the rollouts they all update on."""
+    side.clock.seconds = 0.0
+    synchronize(args.device)
+    start = time.perf_counter()
+    for _ in range(args.num_iterations):
+        optimizer_step(side.trainer, side.batches[round_ % len(side.batches)])
+    synchronize(args.device)
+    return time.perf_counter() - start, side.clock.seconds
+
+
+def measure(args: argparse.Namespace, sides: dict[str, Side], check: LossCheck) -> tuple[dict, dict]:
+    """(seconds and rollout seconds of the timed steps, peak bytes of a step) per side: the checked steps first,
+    then a step measured for memory, then the timed steps, alternating."""
+    check.on = True
+    for round_ in range(args.check_steps):
+        for side in sides.values():
+            grpo_step(args, side, round_)
+    check.on = False
+    peaks = {name: peak_bytes(lambda side=side: grpo_step(args, side, 0), args.device) for name, side in sides.items()}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
+    for round_ in range(args.iters):
+        for name in list(sides) if round_ % 2 == 0 else list(reversed(sides)):
+            times[name].append(grpo_step(args, sides[name], round_))
+    return times, peaks
+
+
+def report(times: dict, peaks: dict, pairs: list[tuple[float, float]]) -> dict[str, float]:
+    """Prints each side's median times and peak memory; the result line's figures."""
+    total = {name: statistics.median(t for t, _ in values) for name, values in times.items()}
+    rollout = {name: statistics.median(r for _, r in values) for name, values in times.items()}
+    update = {name: statistics.median(t - r for t, r in values) for name, values in times.items()}
+    for name in times:
+        print(
+            f"{name:>6}: step {total[name]:8.3f} s  (rollout {rollout[name]:8.3f} s, update {update[name]:8.3f} s)"
+            f"  peak {peaks[name] / 2**20:9.1f} MiB",
+            flush=True,
         )
-        return out.loss.item()
+    print(f"losses on dllm's rollouts (dllm, ours): {pairs}", flush=True)
+    return {
+        "step_time_ratio": round(total["ours"] / total["dllm"], 3),
+        "rollout_time_ratio": round(rollout["ours"] / rollout["dllm"], 3),
+        "update_time_ratio": round(update["ours"] / update["dllm"], 3),
+        "memory_ratio": round(peaks["ours"] / peaks["dllm"], 3),
+        "max_loss_diff": max(abs(theirs - ours) / max(abs(theirs), 1e-12) for theirs, ours in pairs),
+        "max_loss_abs_diff": max(abs(theirs - ours) for theirs, ours in pairs),
+    }
 
 
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     dllm = import_dllm(args.dllm_dir)
-    tokenizer = word_tokenizer(args.vocab)
+    print(
+        f"GRPO step: device={args.device} vocab={args.vocab} d_model={args.d_model} layers={args.layers} "
+        f"{args.prompts} prompts x {args.group} completions, prompt {args.prompt_length} + completion "
+        f"{args.completion_length} tokens, {args.diffusion_steps} steps in blocks of {args.block_length}, "
+        f"{args.num_iterations} update(s) per rollout; ours: cache {args.cache}, threshold {args.parallel_threshold}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as out:
-        ours, our_batches = our_trainer(args, tokenizer, Path(out) / "ours")
-        adapters = {name: p.detach() for name, p in ours.model.named_parameters() if "lora_" in name}
-        theirs, their_batches = dllm_trainer(args, dllm, tokenizer, adapters, Path(out) / "dllm")
-        check = LossCheck(theirs, args)
-        sides = {"ours": (ours, our_batches), "dllm": (theirs, their_batches)}
-        clocks = {
-            "ours": RolloutClock(ours.sampler, "answer", args.device),
-            "dllm": RolloutClock(theirs.sampler, "sample", args.device),
-        }
-        for trainer, _ in sides.values():  # what Trainer.train sets up before its loop
-            trainer.create_optimizer_and_scheduler(num_training_steps=1000)
-            trainer.current_gradient_accumulation_steps = 1
-        print(
-            f"GRPO step: device={args.device} vocab={args.vocab} d_model={args.d_model} layers={args.layers} "
-            f"{args.prompts} prompts x {args.group} completions, prompt {args.prompt_length} + completion "
-            f"{args.completion_length} tokens, {args.diffusion_steps} steps in blocks of {args.block_length}; ours: "
-            f"cache {args.cache}, threshold {args.parallel_threshold}",
-            flush=True,
-        )
-
-        def step(name: str, round_: int) -> tuple[float, float]:
-            trainer, batches = sides[name]
-            clocks[name].seconds = 0.0
-            synchronize(args.device)
-            start = time.perf_counter()
-            for _ in range(args.num_iterations):  # the first samples the rollouts, all update on them
-                optimizer_step(trainer, batches[round_ % len(batches)])
-            synchronize(args.device)
-            return time.perf_counter() - start, clocks[name].seconds
-
-        check.on = True
-        for round_ in range(args.check_steps):
-            for name in sides:
-                step(name, round_)
-        check.on = False
-        peaks = {name: peak_bytes(lambda name=name: step(name, 0), args.device) for name in sides}
-        times: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
-        for round_ in range(args.iters):
-            for name in list(sides) if round_ % 2 == 0 else list(reversed(sides)):
-                times[name].append(step(name, round_))
-    total = {name: statistics.median(t for t, _ in values) for name, values in times.items()}
-    rollout = {name: statistics.median(r for _, r in values) for name, values in times.items()}
-    update = {name: statistics.median(t - r for t, r in values) for name, values in times.items()}
-    for name in sides:
-        print(
-            f"{name:>6}: step {total[name]:8.3f} s  (rollout {rollout[name]:8.3f} s, update {update[name]:8.3f} s)"
-            f"  peak {peaks[name] / 2**20:9.1f} MiB",
-            flush=True,
-        )
-    abs_diffs = [abs(theirs_loss - our_loss) for theirs_loss, our_loss in check.pairs]
-    rel_diffs = [abs(t - o) / max(abs(t), 1e-12) for t, o in check.pairs]
-    print(f"losses on dllm's rollouts (dllm, ours): {check.pairs}", flush=True)
-    result = {
-        "step_time_ratio": round(total["ours"] / total["dllm"], 3),
-        "rollout_time_ratio": round(rollout["ours"] / rollout["dllm"], 3),
-        "update_time_ratio": round(update["ours"] / update["dllm"], 3),
-        "memory_ratio": round(peaks["ours"] / peaks["dllm"], 3),
-        "max_loss_diff": max(rel_diffs),
-        "max_loss_abs_diff": max(abs_diffs),
-    }
-    print(json.dumps(result), flush=True)
+        sides, check = build_sides(args, dllm, Path(out))
+        times, peaks = measure(args, sides, check)
+    print(json.dumps(report(times, peaks, check.pairs)), flush=True)
 
 
 def parse_args() -> argparse.Namespace:
