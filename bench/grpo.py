@@ -5,7 +5,7 @@ dllm's `DiffuGRPOTrainer` (https://github.com/ZHZisZZ/dllm, `dllm/pipelines/rl/g
 entropies`, not dllm's `_get_per_token_logps`: causal log-probabilities would silently replace the diffusion ones).
 So it runs on TRL 0.19.1, kept out of the project's environment in a folder on PYTHONPATH:
 
-    pip install --no-deps --target /tmp/trl-0.19.1 trl==0.19.1      # its other needs are the project's
+    pip install --no-deps --target /tmp/trl-0.19.1 trl==0.19.1  # or plain pip install trl==0.19.1: it moves no pin
     git -C <dllm mirror> archive HEAD dllm | tar -x -C /tmp/dllm      # or any dllm checkout
     PYTHONPATH=$PWD:/tmp/trl-0.19.1 DLLM_DIR=/tmp/dllm python bench/grpo.py                # CPU: a few minutes
     PYTHONPATH=$PWD:/tmp/trl-0.19.1 DLLM_DIR=/tmp/dllm python bench/grpo.py --device cuda  # bigger defaults
