@@ -4,6 +4,7 @@ size."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -73,6 +74,11 @@ SMALL["bd3lm.py"] = [
     *("--length", "32", "--block-size", "8", "--iters", "1", "--prompts", "3", "--prompt-length", "9"),
     *("--gen-length", "12", "--rounds", "1"),
 ]
+SMALL["grpo.py"] = [
+    *("--vocab", "1024", "--d-model", "64", "--layers", "1", "--prompts", "2", "--group", "2", "--batches", "2"),
+    *("--prompt-length", "8", "--completion-length", "16", "--block-length", "8", "--num-iterations", "2"),
+    *("--check-steps", "2", "--iters", "1"),
+]
 SMALL["pretrain.py"] = [
     *("--vocab", "512", "--batch", "2", "--length", "32", "--steps", "2", "--warmup", "1"),
     *("--tokens-small", "1000", "--tokens-large", "5000"),
@@ -98,6 +104,10 @@ KEYS = {
         *(f"{r}_v{v}" for r in ("speed_ratio", "memory_ratio") for v in (512, 128)),
     },
     "pretrain.py": {"throughput_ratio", "memory_growth_ratio", "baseline_memory_growth_ratio"},
+    "grpo.py": {
+        *("step_time_ratio", "rollout_time_ratio", "update_time_ratio", "memory_ratio"),
+        *("max_loss_diff", "max_loss_abs_diff"),
+    },
     "bd3lm.py": {
         *("train_throughput_ratio", "train_memory_ratio", "sample_speed_ratio", "outputs_identical"),
         *(
@@ -108,14 +118,19 @@ KEYS = {
         *("sample_outputs_identical", "max_loss_rel_diff"),
     },
 }
-NEEDS_DLLM = {"bd3lm.py"}  # runs dllm's own trainer and sampler from the checkout DLLM_DIR names
+NEEDS_DLLM = {"bd3lm.py", "grpo.py"}  # run dllm's own trainers and sampler from the checkout DLLM_DIR names
+NEEDS_TRL = {"grpo.py"}  # dllm's GRPO trainer is a TRL 0.19 GRPOTrainer (bench/grpo.py says how to install it)
 
 
 def bench_case(script: str):
     if script not in NEEDS_DLLM:
         return script
     reason = "needs a dllm checkout (the folder holding the dllm package) named by DLLM_DIR"
-    return pytest.param(script, marks=pytest.mark.skipif(not os.environ.get("DLLM_DIR"), reason=reason))
+    marks = [pytest.mark.skipif(not os.environ.get("DLLM_DIR"), reason=reason)]
+    if script in NEEDS_TRL:
+        reason = "needs TRL 0.19.1 importable (pip install --no-deps --target <folder> trl==0.19.1; PYTHONPATH)"
+        marks.append(pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason=reason))
+    return pytest.param(script, marks=marks)
 
 
 def test_every_benchmark_is_covered():
