@@ -256,3 +256,39 @@ def test_diffusion_dpo_trainer_under_the_host(host, tmp_path):
     assert {"train/rewards/accuracies", "train/rewards/margins", "train/logps/chosen", "val/rewards/accuracies"} <= set(
         metrics
     )
+
+
+# ---- the GRPO trainer --------------------------------------------------------------------------------------------
+GRPO = REPO / "plugins" / "diffusion_grpo_trainer"
+
+
+def test_diffusion_grpo_trainer_under_the_host(host, tmp_path):
+    """A workbench GRPO job on prompt/answer rows: the default reward, no reward setting, values as the form's
+    strings."""
+    env, workspace = host
+    rows = tmp_path / "sums.jsonl"
+    rows.write_text(
+        "".join(json.dumps({"prompt": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n" for i in range(4))
+    )
+    config = {
+        "model_name": "tiny-llada",
+        "dataset": str(rows),
+        "train_device": "cpu",
+        "num_train_epochs": "0",
+        "train_steps": "2",
+        "batch_size": "2",
+        "num_generations": "2",
+        "max_prompt_length": "32",
+        "max_completion_length": "8",
+        "steps": "8",
+        "block_length": "8",
+        "learning_rate": "0.001",
+        "dtype": "float32",
+    }
+    done, record = launch_trainer(env, workspace, "42", config, GRPO)
+    assert done.returncode == 0, done.stdout
+    assert record["status"] == "COMPLETE" and record["job_data"]["completion_status"] == "success", done.stdout
+    assert record["job_data"]["config"]["reward_funcs"] == ["answer_match"]
+    assert (workspace / "adaptors" / "org_tiny" / "probe" / "adapter_model.safetensors").is_file()
+    metrics = json.loads((workspace / "experiments" / "exp" / "tensorboards" / "probe" / "metrics.json").read_text())
+    assert {"train/reward", "train/rewards/answer_match", "train/kl", "train/rollout_time"} <= set(metrics)

@@ -33,11 +33,12 @@ from plugin_sdk.manifest import load_manifest
 from plugin_sdk.params import coerce_and_validate
 
 REPO = Path(__file__).resolve().parents[2]
-PLUGIN_IDS = ("diffusion_llm_trainer", "diffusion_dpo_trainer", "diffusion_evaluator")
+PLUGIN_IDS = ("diffusion_llm_trainer", "diffusion_dpo_trainer", "diffusion_grpo_trainer", "diffusion_evaluator")
 # Parameters a task carries beyond the plugin's own: what the plugin-era host filled in from its model picker.
 HOST_KEYS = {
     "diffusion_llm_trainer": {"model_name": ""},
     "diffusion_dpo_trainer": {"model_name": ""},
+    "diffusion_grpo_trainer": {"model_name": ""},
     "diffusion_evaluator": {"model_name": "", "model_adapter": ""},
 }
 WRAPPER = Path(sys.executable).with_name("tfl-remote-trap")
@@ -421,6 +422,26 @@ def test_trainer_task_stops_with_a_checkpoint_and_a_new_job_resumes_it(host, tmp
     assert f"resuming from {checkpoint}" in output
     assert f"for {stopped_at + 2} steps" in job["job_data"]["completion_details"]
     assert sorted(logged_losses(output)) == [stopped_at + 1, stopped_at + 2], output
+
+
+@pytest.mark.slow
+def test_grpo_task_trains_prompt_answer_rows_with_the_default_reward(host, tmp_path):
+    env, workspace = host
+    data = tmp_path / "sums.jsonl"
+    data.write_text(
+        "".join(json.dumps({"prompt": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n" for i in range(4))
+    )
+    parameters = {
+        **trainer_parameters(tmp_path, dataset=str(data), train_steps=2),
+        **{"num_generations": 2, "max_prompt_length": 32, "max_completion_length": 8, "steps": 8, "block_length": 8},
+    }
+    job_id = create_job(env, parameters)
+    code, output = run_task(env, tmp_path, "diffusion_grpo_trainer", job_id)
+    job = read_job(workspace, job_id)
+    assert code == 0, output
+    assert job["status"] == "COMPLETE" and "GRPO-trained" in job["job_data"]["completion_details"], output
+    rows = [row["metrics"] for row in metric_rows(workspace, job_id)]
+    assert any({"train/reward", "train/rewards/answer_match", "train/kl"} <= set(m) for m in rows), rows
 
 
 @pytest.mark.slow

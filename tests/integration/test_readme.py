@@ -34,6 +34,7 @@ def block(first_command: str) -> str:
 RUN_HERE = [
     "cat > sft.yaml",
     ".venv/bin/python -m plugin_sdk run diffusion_dpo_trainer",
+    ".venv/bin/python -m plugin_sdk run diffusion_grpo_trainer",
     ".venv/bin/python -m plugin_sdk list",
     ".venv/bin/python -m plugin_sdk run diffusion_llm_trainer --config sft.yaml",
     "for p in plugins/*/",
@@ -106,13 +107,17 @@ def test_terminal_commands_as_written(tmp_path):
     assert models == ["tiny-llada+my_dpo", "tiny-ar"]
 
     listed = bash(block(".venv/bin/python -m plugin_sdk list"), tmp_path).stdout
-    for plugin in ("diffusion_llm_trainer", "diffusion_dpo_trainer", "diffusion_evaluator"):
+    for plugin in ("diffusion_llm_trainer", "diffusion_dpo_trainer", "diffusion_grpo_trainer", "diffusion_evaluator"):
         assert plugin in listed
     assert "gallery and plugins valid" in listed
 
     bash(block(".venv/bin/python -m plugin_sdk run diffusion_llm_trainer --config sft.yaml"), tmp_path)
     assert jobs(workspace)[-1]["status"] == "COMPLETE"
     assert "Relaunching on 2 processes" in (workspace / "jobs" / "4" / "output_4.txt").read_text()
+
+    bash(block(".venv/bin/python -m plugin_sdk run diffusion_grpo_trainer"), tmp_path)
+    assert jobs(workspace)[-1]["status"] == "COMPLETE"
+    assert (workspace / "adaptors" / "tiny-llada" / "my_grpo" / "adapter_config.json").is_file()
 
 
 def test_installing_into_transformer_lab(tmp_path):

@@ -24,7 +24,7 @@ from tests.task_form import STRIPPED, job_parameters, modal_submission
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = sorted((REPO / "tests" / "fixtures" / "task_form").glob("*.json"))
 SCENARIOS = json.loads((REPO / "tests" / "browser" / "task_form" / "scenarios.json").read_text())
-PLUGIN_IDS = ("diffusion_llm_trainer", "diffusion_dpo_trainer", "diffusion_evaluator")
+PLUGIN_IDS = ("diffusion_llm_trainer", "diffusion_dpo_trainer", "diffusion_grpo_trainer", "diffusion_evaluator")
 
 
 def declared(plugin_id: str) -> dict[str, Any]:

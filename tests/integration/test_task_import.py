@@ -26,7 +26,7 @@ from werkzeug.utils import secure_filename
 from tests.integration import tlab_app
 
 REPO = Path(__file__).resolve().parents[2]
-PLUGIN_IDS = ("diffusion_llm_trainer", "diffusion_dpo_trainer", "diffusion_evaluator")
+PLUGIN_IDS = ("diffusion_llm_trainer", "diffusion_dpo_trainer", "diffusion_grpo_trainer", "diffusion_evaluator")
 SWEEP_IDS = ("diffusion_llm_trainer", "diffusion_dpo_trainer")  # trainers with a sweep task, plugins/<id>/sweep
 SWEEP_KEYS = ("run_sweeps", "sweep_config", "sweep_metric", "lower_is_better")
 GALLERY = REPO / "gallery" / "team-gallery.json"
@@ -306,13 +306,14 @@ def gallery_entries() -> list[dict]:
     return json.loads(GALLERY.read_text(encoding="utf-8"))
 
 
-def test_the_gallery_lists_the_three_tasks_the_two_sweeps_and_the_chat():
+def test_the_gallery_lists_the_four_tasks_the_two_sweeps_and_the_chat():
     entries = gallery_entries()
     assert [e["github_repo_dir"] for e in entries] == [
         "plugins/diffusion_llm_trainer",
         "plugins/diffusion_llm_trainer/sweep",
         "plugins/diffusion_dpo_trainer",
         "plugins/diffusion_dpo_trainer/sweep",
+        "plugins/diffusion_grpo_trainer",
         "plugins/diffusion_evaluator",
         "interactive/diffusion_chat",
     ]

@@ -191,7 +191,7 @@ def test_a_fractional_count_is_refused():
         evaluator_main().lm_eval_limit(2.5)
 
 
-@pytest.mark.parametrize("plugin", ["diffusion_llm_trainer", "diffusion_dpo_trainer"])
+@pytest.mark.parametrize("plugin", ["diffusion_llm_trainer", "diffusion_dpo_trainer", "diffusion_grpo_trainer"])
 def test_old_configs_with_merge_adapter_still_save_a_full_model(plugin):
     manifest = load_manifest(REPO / "plugins" / plugin)
     params = coerce_and_validate(

@@ -15,6 +15,7 @@ import yaml
 from dlm.eval_config import EvaluatorConfig
 from dlm.settings import setting
 from dlm.trainers.dpo_config import DPOConfig
+from dlm.trainers.grpo_config import GRPOConfig
 from dlm.trainers.sft_config import SFTConfig
 from plugin_sdk.__main__ import main
 from plugin_sdk.forms import (
@@ -34,6 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 PLUGINS = {
     "diffusion_llm_trainer": SFTConfig,
     "diffusion_dpo_trainer": DPOConfig,
+    "diffusion_grpo_trainer": GRPOConfig,
     "diffusion_evaluator": EvaluatorConfig,
 }
 
@@ -312,13 +314,13 @@ def test_the_repository_and_the_setup_are_written_everywhere_from_one_place(tmp_
     write_forms(tmp_path)
     assert write_forms(tmp_path, check=True) == []
     tasks = sorted(tmp_path.glob("*/*/task.yaml")) + sorted(tmp_path.glob("plugins/*/sweep/task.yaml"))
-    assert len(tasks) == 6
+    assert len(tasks) == 7
     script = [line for line in (REPO / "plugin_sdk" / "task_setup.sh").read_text().splitlines() if line[:1] != "#"]
     for task in tasks:
         document = yaml.safe_load(task.read_text())
         assert document["github_repo_url"] == url, task
         assert document["setup"] == "\n".join(script), task
     entries = [e for gallery in tmp_path.glob("*/*gallery.json") for e in json.loads(gallery.read_text())]
-    assert len(entries) == 7 and {e["github_repo_url"] for e in entries} == {url}
+    assert len(entries) == 8 and {e["github_repo_url"] for e in entries} == {url}
     chat = json.loads((tmp_path / "interactive" / "interactive-gallery.json").read_text())[0]
     assert {f["env_var"]: f.get("placeholder") for f in chat["env_parameters"]}["DLM_SOURCE"] == f"git+{url}"
