@@ -78,12 +78,8 @@ def weight_shapes(folder: str | Path) -> dict[str, tuple[str, tuple[int, ...]]] 
     """`{tensor name: (dtype, shape)}` of a local checkpoint's safetensors weights, read from their headers only
     (a few KiB, whatever the weights' size), or None where the folder holds no safetensors weights."""
     folder = Path(folder)
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted(set(_read_config(index).get("weight_map", {}).values()))
-    elif (folder / "model.safetensors").is_file():
-        files = ["model.safetensors"]
-    else:
+    files = _weight_files(folder)
+    if files is None:
         return None
     shapes: dict[str, tuple[str, tuple[int, ...]]] = {}
     for name in files:
@@ -100,3 +96,30 @@ def weight_shapes(folder: str | Path) -> dict[str, tuple[str, tuple[int, ...]]] 
             if tensor != "__metadata__" and isinstance(entry, dict):
                 shapes[tensor] = (str(entry.get("dtype")), tuple(int(n) for n in entry.get("shape", ())))
     return shapes
+
+
+def _weight_files(folder: Path) -> list[str] | None:
+    """The names of `folder`'s safetensors weight files (from its shard index when it has one), or None."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return sorted(set(_read_config(index).get("weight_map", {}).values()))
+    if (folder / "model.safetensors").is_file():
+        return ["model.safetensors"]
+    return None
+
+
+def cached_weights_folder(hub_id: str) -> Path | None:
+    """The snapshot folder of `hub_id` (revision `main`, as loading takes it) in the local Hugging Face cache
+    (HF_HUB_CACHE) when its config.json and every safetensors weight file are cached; None otherwise (weights still
+    to download cannot be read before from_pretrained fetches them)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        config_file = try_to_load_from_cache(hub_id, "config.json")
+    except ValueError:  # not a hub id (huggingface_hub's validation error is a ValueError)
+        return None
+    if not isinstance(config_file, str):
+        return None
+    folder = Path(config_file).parent
+    files = _weight_files(folder)
+    return folder if files and all((folder / name).is_file() for name in files) else None

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from dlm.errors import DlmError
+from dlm.staging import staging_folder
 
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 JSON_SUFFIXES = (".jsonl", ".json")
@@ -319,8 +319,7 @@ def prepare_corpus(
             f"corpus {source}: the cached token file in {folder} was made by another tokenizer "
             f"({meta.get('tokenizer')}, {meta.get('dtype')}); rebuilding it for {tokenizer_id} ({dtype.name})"
         )
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    staging = staging_folder(folder)
     try:
         with open(staging / "tokens.bin", "wb") as tokens, open(staging / "documents.idx", "wb") as starts:
             num_tokens, num_documents = _tokenize_into(

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dlm.checkpoints import find_checkpoint, weight_shapes
+from dlm.checkpoints import cached_weights_folder, find_checkpoint, weight_shapes
 from dlm.errors import ModelError
 from dlm.families import FAMILIES, detect_family, get_family
 from dlm.families.base import Family
@@ -137,13 +137,14 @@ _PACKED_DTYPES = {"U8", "I8", "U4", "I4", "F8_E4M3", "F8_E5M2"}
 _SIZE_SLACK = 1.05
 
 
-def refuse_oversized_config(source: str, auto_class: Any, config: Any, remote: bool) -> None:
-    """ModelError when `config` describes a model with more parameters than the weights in `source` hold, found
-    from the safetensors headers and the model built on the meta device, before any memory is allocated (a config
-    declaring a 25M vocabulary over small weights allocated 8 GB before the mismatch was noticed)."""
+def refuse_oversized_config(source: str, folder: Path, auto_class: Any, config: Any, remote: bool) -> None:
+    """ModelError when `config` describes a model with more parameters than the weights of `source` (held in the
+    local `folder`: the checkpoint itself, or a hub id's snapshot in the cache) hold, found from the safetensors
+    headers and the model built on the meta device, before any memory is allocated (a config declaring a 25M
+    vocabulary over small weights allocated 8 GB before the mismatch was noticed)."""
     import torch
 
-    shapes = weight_shapes(source)
+    shapes = weight_shapes(folder)
     if (
         not shapes
         or getattr(config, "quantization_config", None)
@@ -165,7 +166,7 @@ def refuse_oversized_config(source: str, auto_class: Any, config: Any, remote: b
         )
         raise ModelError(
             f"checkpoint {source}: its config.json describes a model of {needed:,} parameters ({sizes}), but its "
-            f"weights hold {held:,}; make config.json match the weights it was saved with"
+            f"weights hold {held:,}; make {folder / 'config.json'} match the weights it was saved with"
         )
 
 
@@ -256,9 +257,13 @@ def load_model_and_tokenizer(
     if load_in_4bit or load_in_8bit:
         kwargs["quantization_config"] = _quantization_config(fam, torch_dtype, load_in_4bit)
     auto_class = _auto_class(fam, raw, remote)
-    if Path(str(source)).is_dir():
-        refuse_damaged(Path(str(source)), advice="save or download the model again")
-        refuse_oversized_config(source, auto_class, config, remote)
+    if Path(source).is_dir():
+        folder: Path | None = Path(source)
+        refuse_damaged(folder, advice="save or download the model again")
+    else:  # a hub id: its weights are checked where the cache already holds them
+        folder = cached_weights_folder(source)
+    if folder is not None:
+        refuse_oversized_config(source, folder, auto_class, config, remote)
     # mismatched shapes are reported in `info` (and refused below, by name) rather than as a bare RuntimeError
     model, info = auto_class.from_pretrained(source, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
     refuse_unloaded_weights(source, info)

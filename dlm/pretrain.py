@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from dlm.errors import ModelError
 from dlm.presets.bpe import tokenizer_fingerprint
 from dlm.presets.builders import adapt_tokenizer, family_tokenizer
 from dlm.presets.sizes import ensure_sized_preset, parse_sized_name, train_family_tokenizer
+from dlm.staging import staging_folder
 
 # The usual small-model pre-training recipe (GPT-2/nanoGPT, LLaDA): full training of every weight, a peak learning
 # rate of a few 1e-4, a short warm-up then cosine decay, weight decay 0.1, and a few checkpoints kept.
@@ -88,8 +88,7 @@ def choose_tokenizer(
         return AutoTokenizer.from_pretrained(folder)
     log(f"tokenizer: training a {vocab_size}-token BPE for {family} on up to {train_chars:,} characters of {corpus}")
     tokenizer = train_family_tokenizer(family, sample_texts(corpus, train_chars), vocab_size)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    staging = staging_folder(folder)
     tokenizer.save_pretrained(staging)  # renamed into place whole: a crash never leaves half a tokenizer
     staging.chmod(0o755)
     try:

@@ -96,7 +96,8 @@ def latest_checkpoint(
     """The newest complete checkpoint of this run's folder, else of the sibling folders of earlier runs of the same
     trainer and base model (a job resumed from the workbench is a new job, with its own, still empty folder)."""
     own = [checkpoint_dir] if checkpoint_dir.is_dir() else []
-    siblings = [p for p in checkpoint_dir.parent.glob("*") if p.is_dir() and p != checkpoint_dir]
+    # hidden folders are staging folders (dlm.staging), never a run's
+    siblings = [p for p in checkpoint_dir.parent.glob("[!.]*") if p.is_dir() and p != checkpoint_dir]
     # the latest run first: by run number, then (folders of before run numbers) by the time of their checkpoints
     siblings.sort(
         key=lambda p: (_run_number(p), max((c.stat().st_mtime for c in _checkpoints(p)), default=0)), reverse=True

@@ -23,6 +23,12 @@ def _registered_names(folder: Path) -> set[str]:
     return {n for n in names if isinstance(n, str)}
 
 
+def _is_result(folder: Path) -> bool:
+    """A folder that may hold a finished model: hidden folders are the library's staging folders (a save still
+    under way, or one a killed process left), never a result."""
+    return folder.is_dir() and not folder.name.startswith(".")
+
+
 def registered_model(name: str, workspace_root: str | os.PathLike[str]) -> Path | None:
     """The folder of the model a trainer registered in `<workspace_root>/models/` under `name` (its folder name, or
     the name or model id in its index.json, e.g. `TransformerLab/<name>`), or None when none is. An existing path is
@@ -33,7 +39,7 @@ def registered_model(name: str, workspace_root: str | os.PathLike[str]) -> Path 
     matches = sorted(
         folder
         for folder in models.iterdir()
-        if folder.is_dir() and (folder / "config.json").is_file() and name in _registered_names(folder)
+        if _is_result(folder) and (folder / "config.json").is_file() and name in _registered_names(folder)
     )
     if len(matches) > 1:
         raise ParameterError(

@@ -67,6 +67,7 @@ def tiny_run(workspace: str, out: Path) -> dict[str, Any]:
         "max_length": 64,
         "learning_rate": 1e-3,
         "learning_rate_schedule": "constant",
+        "warmup_ratio": 0.0,  # else `constant` warms up (dlm.trainers.arguments.learning_rate_schedule)
         "logging_steps": 1,
         "save_steps": 1000,
         "train_device": "cpu",

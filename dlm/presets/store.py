@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from dlm.staging import staging_folder
 
 PRESET_VERSION = 1
 MARKER_FILE = "dlm_preset.json"
@@ -38,14 +39,13 @@ def build_in_place(final: Path, marker: dict[str, Any], build: Callable[[Path], 
     another process building the same one) is never taken for a finished one."""
     if _marker(final) == marker:
         return False
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    tmp = staging_folder(final)
     try:
         build(tmp)
         (tmp / MARKER_FILE).write_text(json.dumps(marker))
         tmp.chmod(0o755)  # mkdtemp makes it private; the finished preset is an ordinary folder
         if final.exists() and _marker(final) != marker:
-            stale = Path(tempfile.mkdtemp(prefix=f".{final.name}.stale.", dir=final.parent))
+            stale = staging_folder(final)
             os.replace(final, stale / final.name)
             shutil.rmtree(stale, ignore_errors=True)
         try:

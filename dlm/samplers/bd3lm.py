@@ -25,9 +25,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
 
-from dlm.forward import logits_at_positions, unwrap_model
+from dlm.samplers.block_cache import BlockCausalCache
 from dlm.samplers.common import (
     DiffusionSampler,
     SampleOutput,
@@ -72,70 +71,6 @@ def bd3lm_schedule(mask_count: int, steps: int) -> list[int]:
         if not left:
             break
     return counts
-
-
-def block_causal_mask(key_valid: torch.Tensor, query_valid: torch.Tensor, block_length: int) -> torch.Tensor:
-    """Boolean [B, 1, Q, K]: query q (the last Q of the K columns) sees key k when both are real tokens and k's block
-    (column // `block_length`) is not after q's."""
-    keys, queries = key_valid.shape[1], query_valid.shape[1]
-    key_block = torch.arange(keys, device=key_valid.device) // block_length
-    query_block = key_block[keys - queries :]
-    allowed = key_block.view(1, 1, keys) <= query_block.view(1, queries, 1)
-    return (allowed & key_valid.unsqueeze(1) & query_valid.unsqueeze(2)).unsqueeze(1)
-
-
-def _model_mask(allowed: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
-    """The boolean mask as the attention backend wants it: additive (0 or the dtype's minimum) for eager attention,
-    which adds the mask to the scores; boolean for the others (SDPA, flex)."""
-    config = unwrap_model(model).config
-    if config._attn_implementation != "eager":
-        return allowed
-    dtype = next(model.parameters()).dtype
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
-
-
-class BlockCausalCache:
-    """The exact key/value cache of a block-causal model: every layer's keys and values of the committed columns
-    (the padded prompt, then the finished blocks), which real tokens they hold, and how many real tokens came before
-    (the next RoPE position). The committed length is always a whole number of blocks.
-
-    `peek` runs a block against the cache and leaves the cache unchanged; `commit` runs a block and keeps its keys
-    and values. `forward_passes` counts the model calls."""
-
-    def __init__(self, model: torch.nn.Module, block_length: int, batch: int, device: torch.device) -> None:
-        self.model, self.block_length = model, block_length
-        self.cache = DynamicCache(config=unwrap_model(model).config)
-        self.valid = torch.zeros(batch, 0, dtype=torch.bool, device=device)
-        self.seen = torch.zeros(batch, dtype=torch.long, device=device)
-        self.forward_passes = 0
-
-    def peek(self, ids: torch.Tensor, valid: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [B, n, V] of a block (`valid`: its prompt and answer positions) that follows the cache; only at the
-        positions `where` (bool [B, n]) when given, [N, V] in row-major order: the output head runs there alone."""
-        logits = self._forward(ids, valid, logits_to_keep=0, where=where)
-        self.cache.crop(-ids.shape[1])
-        return logits
-
-    def commit(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Append `ids` [B, n] (`valid`: real tokens) to the cache; return the logits [B, V] at its last column."""
-        logits = self._forward(ids, valid, logits_to_keep=1)
-        self.valid = torch.cat([self.valid, valid], dim=1)
-        self.seen = self.seen + valid.sum(-1)
-        return logits[:, -1]
-
-    def _forward(
-        self, ids: torch.Tensor, valid: torch.Tensor, logits_to_keep: int, where: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        allowed = block_causal_mask(torch.cat([self.valid, valid], dim=1), valid, self.block_length)
-        positions = torch.where(valid, self.seen.unsqueeze(1) + valid.long().cumsum(-1) - 1, 0)
-        inputs = {"position_ids": positions, "past_key_values": self.cache, "use_cache": True}
-        mask = _model_mask(allowed, self.model)
-        if where is not None:
-            logits = logits_at_positions(self.model, ids, mask, where, **inputs)
-        else:
-            logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=logits_to_keep, **inputs).logits
-        self.forward_passes += 1
-        return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
 def check_bd3lm_settings(

@@ -15,6 +15,27 @@ def step_interval(value: float) -> float | int:
     return float(value) if value < 1 else int(value)
 
 
+def learning_rate_schedule(config: TrainerConfig) -> str:
+    """transformers' scheduler for the settings: `constant` with a warm-up is `constant_with_warmup`, since
+    transformers' `constant` ignores the warm-up settings without a word."""
+    if config.learning_rate_schedule == "constant" and config.warmup > 0:
+        return "constant_with_warmup"
+    return config.learning_rate_schedule
+
+
+def schedule_note(config: TrainerConfig) -> str | None:
+    """What the log says when the scheduler used differs from the one set (`learning_rate_schedule`)."""
+    used = learning_rate_schedule(config)
+    if used == config.learning_rate_schedule:
+        return None
+    warmup = f"{config.warmup:g} steps" if config.warmup >= 1 else f"{config.warmup:.1%} of the steps"
+    return (
+        f"learning_rate_schedule={config.learning_rate_schedule} with a warm-up of {warmup}: using {used}, so the "
+        "learning rate rises from 0 over the warm-up and then stays at learning_rate; set the warm-up to 0 for a "
+        "rate constant from the first step"
+    )
+
+
 def common_training_arguments(config: TrainerConfig, checkpoint_dir: Path) -> dict[str, Any]:
     """`TrainingArguments` keywords every dlm trainer shares, from their shared settings."""
     use_cpu = config.train_device == "cpu" or not torch.cuda.is_available()
@@ -25,7 +46,7 @@ def common_training_arguments(config: TrainerConfig, checkpoint_dir: Path) -> di
         "per_device_eval_batch_size": config.batch_size,
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
         "learning_rate": config.learning_rate,
-        "lr_scheduler_type": config.learning_rate_schedule,
+        "lr_scheduler_type": learning_rate_schedule(config),
         "weight_decay": config.weight_decay,
         "max_grad_norm": config.max_grad_norm,
         "num_train_epochs": config.num_train_epochs if config.num_train_epochs > 0 else 1,

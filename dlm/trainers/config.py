@@ -282,3 +282,8 @@ class TrainerConfig(FromParams):
     @property
     def quantized(self) -> bool:
         return self.load_in_4bit or self.load_in_8bit
+
+    @property
+    def warmup(self) -> float | int:
+        """The warm-up as TrainingArguments' `warmup_steps` takes it: below 1 a share of training, else steps."""
+        return min(self.warmup_ratio, 0.999)

@@ -265,6 +265,11 @@ class DPOConfig(TrainerConfig):
             )
 
     @property
+    def warmup(self) -> float | int:
+        """warmup_steps when set, else the share of training of warmup_ratio."""
+        return self.warmup_steps if self.warmup_steps > 0 else super().warmup
+
+    @property
     def reference_mode(self) -> str:
         """The reference actually used: `auto` is disabled_adapters with LoRA, else frozen_copy."""
         if self.reference != "auto":

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from dlm.trainers.eval_masks import FixedEvalMasks
 from dlm.trainers.logs import last_logged, memory_in_use_gb
 from dlm.trainers.model import load_for_training, trainable_model
 from dlm.trainers.outputs import TrainResult
+from dlm.trainers.reference import has_adapters, reference_model
 from dlm.trainers.resuming import train_or_resume
 
 PER_SAMPLE_FROM = 4  # memory_mode=auto back-propagates sample by sample from this many Monte-Carlo samples on
@@ -131,7 +132,7 @@ class DiffusionDPOTrainer(FixedEvalMasks, Trainer):
         mode = self.reference_mode = config.reference_mode
         if mode == "frozen_copy" and ref_model is None:
             raise DPOError("reference=frozen_copy needs a reference model (ref_model)")
-        if mode == "disabled_adapters" and not _has_adapters(self.accelerator.unwrap_model(self.model)):
+        if mode == "disabled_adapters" and not has_adapters(self.accelerator.unwrap_model(self.model)):
             raise DPOError("reference=disabled_adapters needs a model with LoRA adapters (a peft model)")
         self.memory_mode = config.memory_mode
         if self.memory_mode == "auto":
@@ -167,29 +168,10 @@ class DiffusionDPOTrainer(FixedEvalMasks, Trainer):
             return policy, policy
         return policy, draw_pair_masks(inputs, self.config.mc_samples, seed, draw + ":reference", block_size)
 
-    @contextlib.contextmanager
-    def _reference(self) -> Iterator[torch.nn.Module]:
-        """The reference model in eval mode, under the same autocast as the policy's prepared forward."""
-        if self.ref_model is not None:
-            with self.accelerator.autocast():
-                yield self.ref_model
-            return
-        model = self.model
-        # the adapters are switched off on the peft model; the forward still goes through any wrapper around it
-        peft_model = self.accelerator.unwrap_model(model)
-        was_training = model.training
-        model.eval()
-        try:
-            adapters = peft_model.disable_adapter() if _has_adapters(peft_model) else contextlib.nullcontext()
-            with adapters, self.accelerator.autocast():
-                yield model
-        finally:
-            model.train(was_training)
-
     def _reference_logps(self, inputs: Mapping[str, Any], masks: torch.Tensor) -> torch.Tensor:
         if "reference_logps" in inputs:
             return inputs["reference_logps"]
-        with torch.no_grad(), self._reference() as reference:
+        with torch.no_grad(), reference_model(self.model, self.ref_model, self.accelerator) as reference:
             return response_elbos(reference, inputs, masks, self.settings)
 
     def precompute_reference(self, rows: Sequence[Mapping[str, Any]], mode: str) -> list[dict[str, Any]]:
@@ -356,10 +338,6 @@ class DiffusionDPOTrainer(FixedEvalMasks, Trainer):
         super().log(logs, start_time)
 
 
-def _has_adapters(model: torch.nn.Module) -> bool:
-    return callable(getattr(model, "disable_adapter", None))
-
-
 def _encode(config: DPOConfig, loaded: LoadedModel, examples: Sequence[Any], what: str, reporter: Reporter) -> list:
     data = encode_preferences(
         examples, loaded.tokenizer, max_length=config.max_length, max_prompt_length=config.max_prompt_length
@@ -381,8 +359,7 @@ def training_arguments(config: DPOConfig, checkpoint_dir: Path, has_validation: 
     """What `transformers.Trainer` needs; the DPO settings stay in `config`, where the trainer reads them."""
     return TrainingArguments(
         **common_training_arguments(config, checkpoint_dir),
-        # warmup_steps below 1 is a fraction of training
-        warmup_steps=config.warmup_steps if config.warmup_steps > 0 else min(config.warmup_ratio, 0.999),
+        warmup_steps=config.warmup,
         adam_beta2=config.adam_beta2,
         eval_strategy="steps" if has_validation and config.eval_steps > 0 else "no",
         eval_steps=step_interval(config.eval_steps) if has_validation and config.eval_steps > 0 else None,

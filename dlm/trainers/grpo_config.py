@@ -59,7 +59,10 @@ class GRPOConfig(TrainerConfig):
         title="Reward weights",
         group="rewards",
         items={"type": "number"},
-        ui_help="Comma-separated weights, one per reward in the order above (and the reward file's last); empty: 1 each.",
+        ui_help=(
+            "Comma-separated weights, one per reward in the order above, the reward file's functions last; empty: "
+            "1 each."
+        ),
         widget="TextWidget",
         placeholder="1.0, 0.5",
     )

@@ -280,7 +280,7 @@ def training_arguments(config: GRPOConfig, checkpoint_dir: Path) -> TrainingArgu
     """What `transformers.Trainer` needs; the GRPO settings stay in `config`, where the trainer reads them."""
     return TrainingArguments(
         **common_training_arguments(config, checkpoint_dir),
-        warmup_steps=min(config.warmup_ratio, 0.999),  # below 1: a fraction of training
+        warmup_steps=config.warmup,
         eval_strategy="no",
     )
 
@@ -298,7 +298,8 @@ def _check_model(config: GRPOConfig, loaded: LoadedModel) -> None:
 def _summary(config: GRPOConfig, loaded: LoadedModel, trainer: DiffusionGRPOTrainer) -> str:
     return (
         f"GRPO-trained {loaded.family.name} model {config.model_name} for {trainer.state.global_step} steps; "
-        f"final train/reward {last_logged(trainer, 'reward')}, train/kl {last_logged(trainer, 'kl')}"
+        f"final train/reward {last_logged(trainer, 'reward')}, train/kl {last_logged(trainer, 'kl')}; seconds per "
+        f"step: rollouts {last_logged(trainer, 'rollout_time')}, updates {last_logged(trainer, 'update_time')}"
     )
 
 

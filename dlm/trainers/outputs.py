@@ -4,12 +4,12 @@ written whole or not at all."""
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dlm.loading import LoadedModel
+from dlm.staging import staging_folder
 
 
 @dataclass
@@ -43,8 +43,7 @@ def save_outputs(result: TrainResult, *, adaptor_dir: Path | None, full_model_di
 
 def _save_atomically(model: Any, tokenizer: Any, destination: Path) -> Path:
     destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.partial-"))
+    staging = staging_folder(destination)  # removes what a killed save left beside it
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)

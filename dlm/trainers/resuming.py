@@ -9,6 +9,7 @@ from typing import Any
 from dlm.callbacks import Reporter
 from dlm.errors import ModelError
 from dlm.resume import check_checkpoint, check_tensors, disk_full_named, latest_checkpoint, write_owner
+from dlm.trainers.arguments import schedule_note
 from dlm.trainers.config import TrainerConfig
 
 
@@ -36,8 +37,12 @@ def resume_path(config: TrainerConfig, checkpoint_dir: Path, log: Callable[[str]
 
 
 def train_or_resume(trainer: Any, config: TrainerConfig, reporter: Reporter) -> None:
-    """`trainer.train()`, from the checkpoint `resume_from_checkpoint` names, if any; a full disk is named."""
+    """`trainer.train()`, from the checkpoint `resume_from_checkpoint` names, if any; a full disk is named. Says
+    first how the learning-rate schedule set differs from the one used, if it does."""
     checkpoint_dir = Path(config.output_dir)
+    note = schedule_note(config)
+    if note:
+        reporter.log(note)
     resume = resume_path(config, checkpoint_dir, reporter.log)
     if resume:
         check_tensors(Path(resume), trainer.model)

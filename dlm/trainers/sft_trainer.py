@@ -316,7 +316,7 @@ def training_arguments(config: SFTConfig, checkpoint_dir: Path, has_validation: 
     """What `transformers.Trainer` needs; the loss settings stay in `config`, where the trainer reads them."""
     return TrainingArguments(
         **common_training_arguments(config, checkpoint_dir),
-        warmup_steps=min(config.warmup_ratio, 0.999),  # below 1: a fraction of training
+        warmup_steps=config.warmup,
         eval_strategy=config.eval_strategy if has_validation else "no",
         eval_steps=step_interval(config.eval_steps) if config.eval_strategy == "steps" else None,
     )

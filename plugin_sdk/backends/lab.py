@@ -302,7 +302,7 @@ class LabBackend:
         """Adapters (moved) and the evaluation report (copied: job data points at its plot file) become the job's
         artifacts."""
         staging = self.workspace.staging
-        for adapter in sorted((staging / "adaptors").glob("*")):
+        for adapter in sorted((staging / "adaptors").glob("[!.]*")):  # hidden: a save's staging, never a result
             self.lab.save_artifact(str(adapter), name=adapter.name)
             shutil.rmtree(adapter)
         report = staging / "report"

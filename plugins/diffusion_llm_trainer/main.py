@@ -31,6 +31,7 @@ def read_rows(job: Job) -> tuple[list, list | None]:
                 input_template=p.get("input_template"),
                 output_template=p.get("output_template"),
                 system_message=p.get("system_message") or None,
+                chat_column=p.get("chat_column") or None,  # the host's dataset tab names the conversations' column
             )
 
     validation = [convert(r) for r in splits.validation] if splits.validation is not None else None

@@ -17,7 +17,8 @@ from dlm.block_diffusion import block_logits_at_positions
 from dlm.families.a2d import A2D
 from dlm.families.special_ids import SpecialIds
 from dlm.generation import SAMPLERS, SamplerSettings, build_sampler, check_decoding_settings
-from dlm.samplers.bd3lm import BD3LMSampler, BlockCausalCache, bd3lm_schedule
+from dlm.samplers.bd3lm import BD3LMSampler, bd3lm_schedule
+from dlm.samplers.block_cache import BlockCausalCache
 from dlm.samplers.common import SamplingError
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "golden" / "bd3lm-sampler"

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
 from dlm import loading
-from dlm.checkpoints import weight_shapes
+from dlm.checkpoints import cached_weights_folder, weight_shapes
 from dlm.errors import ModelError
 from dlm.loading import load_model_and_tokenizer, refuse_unloaded_weights
 
@@ -79,3 +80,77 @@ def test_the_loading_report_names_the_first_few_tensors() -> None:
     assert "8 missing from its weights (layers.0.weight, layers.1.weight" in message and "and 3 more" in message
     assert "1 of another shape (head (2, 3) in the weights, (4, 3) in the model)" in message
     refuse_unloaded_weights("ckpt", {"missing_keys": set(), "unexpected_keys": {"extra"}, "mismatched_keys": []})
+
+
+def hub_cache_with(
+    tmp_path: Path, monkeypatch, folder: Path, repo: str = "org/tiny-model", shards: bool = False
+) -> Path:
+    """A Hugging Face cache (HF_HUB_CACHE) in tmp_path holding `folder`'s files as the `main` snapshot of `repo`,
+    laid out as huggingface_hub writes it (files are links into blobs/); returns the snapshot folder."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub"
+    repo_folder = cache / f"models--{repo.replace('/', '--')}"
+    snapshot = repo_folder / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    (repo_folder / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    (repo_folder / "refs").mkdir()
+    (repo_folder / "refs" / "main").write_text(snapshot.name)
+    for file in folder.iterdir():
+        blob = repo_folder / "blobs" / f"blob-{file.name}"
+        shutil.copyfile(file, blob)
+        (snapshot / file.name).symlink_to(blob)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return snapshot
+
+
+def test_a_hub_id_from_the_cache_gets_the_same_check_before_loading(tmp_path, monkeypatch) -> None:
+    folder = edited(tmp_path, "llada-tiny", vocab_size=25_000_000, embedding_size=25_000_000)
+    snapshot = hub_cache_with(tmp_path, monkeypatch, folder)
+    from transformers import AutoModel
+
+    pretrained_calls = []
+    original = AutoModel.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        pretrained_calls.append(args)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModel, "from_pretrained", classmethod(spy))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelError) as error:
+            load_model_and_tokenizer("org/tiny-model")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert not pretrained_calls  # refused before from_pretrained
+    assert peak < 200 * 2**20  # the 25M x 64 embedding alone would be 6.4 GB in float32
+    message = str(error.value)
+    assert "org/tiny-model" in message and "vocab_size=25000000" in message
+    assert str(snapshot / "config.json") in message
+
+
+def test_a_matching_hub_id_from_the_cache_loads(tmp_path, monkeypatch) -> None:
+    hub_cache_with(tmp_path, monkeypatch, GOLDEN / "llada-tiny")
+    loaded = load_model_and_tokenizer("org/tiny-model")
+    assert loaded.path == "org/tiny-model"
+    assert loaded.model.get_input_embeddings().weight.shape == (68, 64)
+
+
+def test_a_hub_id_whose_weights_are_not_all_cached_is_checked_once_loaded(tmp_path, monkeypatch) -> None:
+    # online, with only config.json and the shard index cached: the weights would be downloaded by from_pretrained,
+    # so there is nothing to read before it; the check must not refuse a model it cannot see
+    folder = tmp_path / "partial"
+    folder.mkdir()
+    shutil.copy(GOLDEN / "llada-tiny" / "config.json", folder)
+    index = {"weight_map": {"model.transformer.wte.weight": "model-00001-of-00002.safetensors"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    snapshot = hub_cache_with(tmp_path, monkeypatch, folder)
+    assert cached_weights_folder("org/tiny-model") is None
+    (snapshot / "model-00001-of-00002.safetensors").symlink_to(GOLDEN / "llada-tiny" / "model.safetensors")
+    assert cached_weights_folder("org/tiny-model") == snapshot
+    assert cached_weights_folder("not-cached/model") is None
+    assert cached_weights_folder("not a valid id!") is None

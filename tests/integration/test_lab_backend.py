@@ -307,6 +307,7 @@ def trainer_parameters(tmp_path: Path, **values: Any) -> dict:
         "max_length": 64,
         "learning_rate": "0.001",
         "learning_rate_schedule": "constant",
+        "warmup_ratio": "0",
         "logging_steps": 1,
         "dtype": "float32",
         **values,

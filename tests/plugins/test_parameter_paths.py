@@ -284,3 +284,26 @@ def test_latest_resumes_the_newest_of_several_earlier_jobs(workspace, tmp_path):
             then = 1_700_000_000 - age + k
             os.utime(folder / f"checkpoint-{k}", (then, then))
     assert resume_path(config, new, print) == str(tmp_path / "checkpoints_job_3" / "checkpoint-12")
+
+
+# ---- learning_rate_schedule=constant with a warm-up: transformers' `constant` ignores the warm-up -------------------
+@pytest.mark.parametrize(
+    ("plugin", "config_class", "train", "data", "edits"),
+    [
+        ("diffusion_llm_trainer", SFTConfig, run_sft, doubling_conversations(8), {"warmup_ratio": "0.5"}),
+        ("diffusion_dpo_trainer", DPOConfig, run_dpo, pairs(8), {**DPO_FORM, "batch_size": "2", "warmup_steps": "2"}),
+    ],
+    ids=["sft_warmup_ratio", "dpo_warmup_steps"],
+)
+def test_a_constant_schedule_with_a_warm_up_warms_up_and_says_so(
+    workspace, tmp_path, plugin, config_class, train, data, edits
+):
+    form = {**edits, "train_steps": "4", "learning_rate": "0.001", "learning_rate_schedule": "constant"}
+    config = config_class.from_params(form_params(plugin, form), **host_keys(workspace, tmp_path))
+    reporter = Reporter()
+    train(config, data, None, reporter)
+    logged = [metrics["train/lr"] for _, metrics in reporter.metrics if "train/lr" in metrics]
+    # a warm-up of 2 steps (half of 4, or warmup_steps=2): step k (from 1) trains at min(1, (k - 1) / 2) of the rate
+    assert logged == pytest.approx([0.001 * min(1.0, (k - 1) / 2) for k in range(1, 5)])
+    notes = [m for m in reporter.messages if "learning_rate_schedule=constant" in m]
+    assert len(notes) == 1 and "using constant_with_warmup" in notes[0], reporter.messages
