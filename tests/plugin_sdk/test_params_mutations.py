@@ -200,14 +200,14 @@ def test_long_values_are_cut_after_120_characters(length, shown_whole):
 def test_a_missing_attribute_names_at_most_three_close_matches():
     params = Params(steps_a=1, steps_b=2, steps_c=3, steps_d=4)
     with pytest.raises(AttributeError) as info:
-        params.steps_
+        _ = params.steps_
     suggestions = re.search(r"did you mean (.*)\?", str(info.value)).group(1).split(", ")
     assert len(suggestions) == 3 and all(re.fullmatch(r"'steps_[a-d]'", s) for s in suggestions)
 
 
 def test_a_missing_attribute_without_close_matches_has_no_hint():
     with pytest.raises(AttributeError) as info:
-        Params(steps=1).learning_rate
+        _ = Params(steps=1).learning_rate
     assert str(info.value) == (
         "no parameter named 'learning_rate' (use params.get('learning_rate') for an optional value)"
     )
