@@ -1,0 +1,193 @@
+"""Behaviour of plugin_sdk.job's `Job` that mutation testing (mutmut) found unchecked: progress bounds and repeats,
+stop requests, the job log's lines, the metrics a backend receives, how a job's ending is recorded, and the warning
+for an output_dir outside the workspace. A recording backend stands in for the host."""
+
+import io
+from pathlib import Path
+
+import pytest
+
+from plugin_sdk.errors import JobStopped
+from plugin_sdk.job import Job
+from plugin_sdk.params import Params
+from plugin_sdk.safe_files import LinkRefused
+from plugin_sdk.workspace import Workspace
+
+
+class RecordingBackend:
+    """The calls a Job makes on its backend, in order; `stop` answers stop_requested, `raise_on_progress` makes
+    set_progress raise KeyboardInterrupt as the host SDK does for a stop."""
+
+    name = "recording"
+    checkpoint_dir = None
+    sigterm_is_host_stop = False
+
+    def __init__(self, workspace: Workspace) -> None:
+        self.workspace = workspace
+        self.calls: list[tuple] = []
+        self.stop = False
+        self.raise_on_progress = False
+
+    def set_progress(self, progress: int) -> None:
+        self.calls.append(("progress", progress))
+        if self.raise_on_progress:
+            raise KeyboardInterrupt
+
+    def set_status(self, status: str) -> None:
+        self.calls.append(("status", status))
+
+    def set_data(self, key: str, value) -> None:
+        self.calls.append(("data", key, value))
+
+    def set_live(self, status: dict) -> None:
+        self.calls.append(("live", status["phase"]))
+
+    def log_metrics(self, metrics, step: int) -> None:
+        self.calls.append(("metrics", dict(metrics), step))
+
+    def stop_requested(self) -> bool:
+        return self.stop
+
+
+class RecordingTracker:
+    def __init__(self) -> None:
+        self.logged: list[tuple] = []
+
+    def log_metrics(self, metrics, step: int) -> None:
+        self.logged.append((dict(metrics), step))
+
+
+def make_job(tmp_path: Path, *, manifest: dict | None = None, **params) -> Job:
+    backend = RecordingBackend(Workspace(tmp_path / "ws"))
+    return Job(
+        params=Params(params),
+        backend=backend,
+        job_id="5",
+        plugin_dir=tmp_path,
+        manifest=manifest or {"uniqueId": "probe"},
+        experiment="exp",
+        messages=io.StringIO(),
+    )
+
+
+@pytest.fixture(autouse=True)
+def main_process(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+
+
+def test_progress_is_clamped_to_0_100_and_repeats_are_not_sent(tmp_path):
+    job = make_job(tmp_path)
+    for percent in (-5, 0, 0.4, 3.9, 3, 250, 100):
+        job.report_progress(percent)
+    assert job.backend.calls == [("progress", 0), ("progress", 3), ("progress", 100)]
+
+
+def test_the_first_progress_of_zero_is_sent(tmp_path):
+    job = make_job(tmp_path)
+    job.report_progress(0)
+    assert job.backend.calls == [("progress", 0)]
+
+
+def test_progress_is_recorded_only_by_the_main_process(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    job = make_job(tmp_path)
+    job.report_progress(10)
+    job.log("hello")
+    job.log_metrics({"loss": 1.0}, step=1)
+    assert job.backend.calls == [] and job.messages.getvalue() == ""
+
+
+def test_a_stop_signalled_while_recording_progress_is_remembered(tmp_path):
+    job = make_job(tmp_path)
+    job.backend.raise_on_progress = True
+    job.report_progress(10)
+    assert job.stop_requested() is True
+    with pytest.raises(JobStopped, match="stop requested"):
+        job.check_stop()
+
+
+def test_a_stop_asked_through_the_backend_is_seen(tmp_path):
+    job = make_job(tmp_path)
+    assert job.stop_requested() is False
+    job.backend.stop = True
+    assert job.stop_requested() is True
+
+
+def test_log_writes_a_line_to_the_messages(tmp_path):
+    job = make_job(tmp_path)
+    job.log("loading model x")
+    assert job.messages.getvalue() == "loading model x\n"
+
+
+def test_log_goes_to_stdout_without_messages(tmp_path, capsys):
+    job = Job(
+        params=Params(),
+        backend=RecordingBackend(Workspace(tmp_path / "ws")),
+        job_id="5",
+        plugin_dir=tmp_path,
+        manifest={"uniqueId": "probe"},
+        experiment="exp",
+    )
+    job.log("to stdout")
+    assert capsys.readouterr().out == "to stdout\n"
+
+
+def test_log_metrics_reaches_backend_tracker_and_log(tmp_path):
+    job = make_job(tmp_path)
+    job.tracker = RecordingTracker()
+    job.report_status("training", step=0, max_steps=8)
+    job.log_metrics({"loss": 0.5}, step=3)
+    assert job.backend.calls[-1] == ("metrics", {"loss": 0.5}, 3)
+    assert job.tracker.logged == [({"loss": 0.5}, 3)]
+    assert job.messages.getvalue().splitlines()[-1] == "step 3/8: loss=0.5"
+
+
+def test_a_successful_ending_records_full_progress_and_the_end(tmp_path):
+    job = make_job(tmp_path)
+    job._finish("COMPLETE", "success", "done")
+    data = {call[1]: call[2] for call in job.backend.calls if call[0] == "data"}
+    assert set(data) == {"completion_status", "completion_details", "end_time"} and data["end_time"]
+    assert job.backend.calls[-2:] == [("progress", 100), ("status", "COMPLETE")]
+
+
+def test_a_failed_ending_leaves_progress_where_it_was(tmp_path):
+    job = make_job(tmp_path)
+    job._finish("FAILED", "failed", "boom")
+    assert ("progress", 100) not in job.backend.calls
+    assert job.backend.calls[-1] == ("status", "FAILED")
+
+
+def test_a_trainer_without_a_type_writes_under_its_template(tmp_path):
+    job = make_job(tmp_path, manifest={"uniqueId": "probe"})
+    assert job.plugin_type == "trainer"
+    assert job.output_dir == job.workspace.trainer_output_dir("exp", "probe")
+
+
+def test_an_output_dir_outside_the_workspace_is_said(tmp_path):
+    outside = tmp_path / "elsewhere"
+    job = make_job(tmp_path, output_dir=str(outside))
+    job.check_folders()
+    assert job.messages.getvalue() == (
+        f"WARNING: output_dir={outside} is outside the workspace {job.workspace.root}: this job's metrics, "
+        "TensorBoard logs and checkpoints are written there\n"
+    )
+
+
+@pytest.mark.parametrize("inside", [True, False])
+def test_no_warning_for_an_output_dir_inside_the_workspace_or_none(tmp_path, inside):
+    workspace_root = Workspace(tmp_path / "ws").root
+    job = make_job(tmp_path, **({"output_dir": str(workspace_root / "runs" / "a")} if inside else {}))
+    job.check_folders()
+    assert job.messages.getvalue() == ""
+
+
+def test_check_folders_refuses_a_link_in_the_workspace(tmp_path):
+    workspace_root = Workspace(tmp_path / "ws").root
+    workspace_root.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "target").mkdir()
+    (workspace_root / "runs").symlink_to(tmp_path / "target")
+    # two folders below the link: a check that forgets the workspace root looks only at the last two
+    job = make_job(tmp_path, output_dir=str(workspace_root / "runs" / "a" / "b"))
+    with pytest.raises(LinkRefused, match=r"runs is a symbolic link"):
+        job.check_folders()
