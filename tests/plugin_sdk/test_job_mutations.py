@@ -83,10 +83,11 @@ def test_progress_is_clamped_to_0_100_and_repeats_are_not_sent(tmp_path):
     assert job.backend.calls == [("progress", 0), ("progress", 3), ("progress", 100)]
 
 
-def test_the_first_progress_of_zero_is_sent(tmp_path):
+@pytest.mark.parametrize("first", [0, 1])
+def test_the_first_progress_is_sent(tmp_path, first):
     job = make_job(tmp_path)
-    job.report_progress(0)
-    assert job.backend.calls == [("progress", 0)]
+    job.report_progress(first)
+    assert job.backend.calls == [("progress", first)]
 
 
 def test_progress_is_recorded_only_by_the_main_process(tmp_path, monkeypatch):
