@@ -1,14 +1,18 @@
 """Behaviour of plugin_sdk.job's `Job` that mutation testing (mutmut) found unchecked: progress bounds and repeats,
 stop requests, the job log's lines, the metrics a backend receives, how a job's ending is recorded, and the warning
-for an output_dir outside the workspace. A recording backend stands in for the host."""
+for an output_dir outside the workspace, and how the work ends (completed, stopped, crashed, full disk). A recording
+backend stands in for the host."""
 
+import errno
 import io
+import signal
 from pathlib import Path
 
 import pytest
 
+from plugin_sdk.backends.base import EXIT_FAILED
 from plugin_sdk.errors import JobStopped
-from plugin_sdk.job import Job
+from plugin_sdk.job import Job, _fail, _run_work
 from plugin_sdk.params import Params
 from plugin_sdk.safe_files import LinkRefused
 from plugin_sdk.workspace import Workspace
@@ -21,6 +25,7 @@ class RecordingBackend:
     name = "recording"
     checkpoint_dir = None
     sigterm_is_host_stop = False
+    stop_exit_code = 7  # not EXIT_FAILED, so that a stop recorded as a failure shows
 
     def __init__(self, workspace: Workspace) -> None:
         self.workspace = workspace
@@ -192,3 +197,84 @@ def test_check_folders_refuses_a_link_in_the_workspace(tmp_path):
     job = make_job(tmp_path, output_dir=str(workspace_root / "runs" / "a" / "b"))
     with pytest.raises(LinkRefused, match=r"runs is a symbolic link"):
         job.check_folders()
+
+
+# ------------------------------------------------------------------------------------------------ how work ends
+
+
+def run_work(job: Job, work) -> int | None:
+    """`_run_work` as `_run_job` calls it, with `_fail` recording on the job's backend; the exit code, if any."""
+
+    def fail(details: str):
+        _fail(job.backend, details, True, job.messages)
+
+    try:
+        _run_work(job, work, fail)
+    except SystemExit as exit:
+        return exit.code
+    return None
+
+
+def ending(job: Job) -> tuple[str, dict]:
+    statuses = [call[1] for call in job.backend.calls if call[0] == "status"]
+    data = {call[1]: call[2] for call in job.backend.calls if call[0] == "data"}
+    return statuses[-1], data
+
+
+def test_work_that_returns_a_summary_completes_with_it(tmp_path):
+    job = make_job(tmp_path)
+    assert run_work(job, lambda job: "trained 3 steps") is None
+    status, data = ending(job)
+    assert status == "COMPLETE" and data["completion_details"] == "trained 3 steps"
+
+
+def test_work_that_returns_nothing_completes_with_the_default_summary(tmp_path):
+    job = make_job(tmp_path)
+    run_work(job, lambda job: None)
+    assert ending(job)[1]["completion_details"] == "Job completed successfully"
+
+
+def test_a_stopped_job_is_recorded_stopped_with_the_backends_exit_code(tmp_path):
+    def stop(job):
+        raise JobStopped("stop requested")
+
+    job = make_job(tmp_path)
+    assert run_work(job, stop) == RecordingBackend.stop_exit_code
+    status, data = ending(job)
+    assert status == "STOPPED" and data["completion_details"] == "Stopped by user (stop requested)."
+    assert data["end_time"] and "Job stopped: stop requested" in job.messages.getvalue()
+
+
+def test_a_crash_is_recorded_failed_with_its_type_and_message(tmp_path):
+    def crash(job):
+        raise TypeError("bad shape")
+
+    job = make_job(tmp_path)
+    assert run_work(job, crash) == EXIT_FAILED
+    status, data = ending(job)
+    assert status == "FAILED" and data["completion_status"] == "failed"
+    assert data["completion_details"] == "TypeError: bad shape"
+
+
+def test_a_full_disk_is_said_in_words(tmp_path):
+    def full(job):
+        raise OSError(errno.ENOSPC, "No space left on device", "/ws/model.safetensors")
+
+    job = make_job(tmp_path)
+    assert run_work(job, full) == EXIT_FAILED
+    assert ending(job)[1]["completion_details"] == (
+        "no space left on the device while writing /ws/model.safetensors: free space, or use another workspace"
+    )
+
+
+def test_the_signal_handlers_are_restored_after_the_work(tmp_path):
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    seen = {}
+
+    def work(job):
+        seen.update({sig: signal.getsignal(sig) for sig in before})
+
+    job = make_job(tmp_path)
+    run_work(job, work)
+    assert all(handler == job._on_signal for handler in seen.values())
+    assert {sig: signal.getsignal(sig) for sig in before} == before
