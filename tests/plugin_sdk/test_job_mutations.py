@@ -1,7 +1,6 @@
-"""Behaviour of plugin_sdk.job's `Job` that mutation testing (mutmut) found unchecked: progress bounds and repeats,
-stop requests, the job log's lines, the metrics a backend receives, how a job's ending is recorded, and the warning
-for an output_dir outside the workspace, and how the work ends (completed, stopped, crashed, full disk). A recording
-backend stands in for the host."""
+"""Behaviour of plugin_sdk.job that mutation testing (mutmut) found unchecked: progress bounds and repeats, stop
+requests, the job log's lines, the metrics a backend receives, how an ending is recorded (completed, stopped, crashed,
+full disk), the warning for an output_dir outside the workspace. A recording backend stands in for the host."""
 
 import errno
 import io
