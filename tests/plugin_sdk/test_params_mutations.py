@@ -216,3 +216,8 @@ def test_a_missing_attribute_without_close_matches_has_no_hint():
 def test_deleting_a_missing_attribute_names_it():
     with pytest.raises(AttributeError, match="no parameter named 'steps'"):
         del Params().steps
+
+
+def test_an_undeclared_dashed_key_is_kept_under_its_own_name():
+    # only a dashed spelling of a declared name is read as that name; other keys pass through unchanged
+    assert coerce_and_validate({"my-key": "1"}, {"a": {"type": "integer"}}) == {"my-key": "1", "a": None}
