@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from plugin_sdk.backends.base import EXIT_FAILED
-from plugin_sdk.errors import JobStopped
+from plugin_sdk.errors import JobStopped, ParameterError
 from plugin_sdk.job import Job, _fail, _run_work
 from plugin_sdk.params import Params
 from plugin_sdk.safe_files import LinkRefused
@@ -44,7 +44,8 @@ class RecordingBackend:
         self.calls.append(("data", key, value))
 
     def set_live(self, status: dict) -> None:
-        self.calls.append(("live", status["phase"]))
+        assert set(status) == {"phase", "step", "max_steps", "time"} and status["time"] > 0
+        self.calls.append(("live", status["phase"], status["step"], status["max_steps"]))
 
     def log_metrics(self, metrics, step: int) -> None:
         self.calls.append(("metrics", dict(metrics), step))
@@ -277,3 +278,68 @@ def test_the_signal_handlers_are_restored_after_the_work(tmp_path):
     run_work(job, work)
     assert all(handler == job._on_signal for handler in seen.values())
     assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_a_user_error_is_recorded_with_its_own_words(tmp_path):
+    def refuse(job):
+        raise ParameterError("dataset_name: no such dataset")
+
+    job = make_job(tmp_path)
+    assert run_work(job, refuse) == EXIT_FAILED
+    assert ending(job)[1]["completion_details"] == "dataset_name: no such dataset"
+
+
+def test_an_interrupt_without_words_is_recorded_as_interrupted(tmp_path):
+    def interrupt(job):
+        raise KeyboardInterrupt
+
+    job = make_job(tmp_path)
+    run_work(job, interrupt)
+    status, data = ending(job)
+    assert status == "STOPPED" and data["completion_details"] == "Stopped by user (interrupted)."
+    assert "Job stopped: interrupted" in job.messages.getvalue()
+
+
+def test_a_full_disk_without_a_file_name_names_the_outputs(tmp_path):
+    def full(job):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    job = make_job(tmp_path)
+    run_work(job, full)
+    assert ending(job)[1]["completion_details"].startswith("no space left on the device while writing the job outputs")
+
+
+def test_the_work_logs_metrics_into_the_jobs_csv(tmp_path):
+    def work(job):
+        job.log_metrics({"loss": 0.5}, step=1)
+
+    job = make_job(tmp_path)
+    run_work(job, work)
+    assert job.tracker is not None and job.tracker.csv_path.name == "metrics_job_5.csv"
+    assert job.tracker.csv_path.read_text().splitlines()[-1].endswith("0.5")
+
+
+# ------------------------------------------------------------------------------------------------ live status
+
+
+def test_the_log_says_each_phase_once_and_training_with_its_steps(tmp_path):
+    job = make_job(tmp_path)
+    job.report_status("loading model x")
+    job.report_status("loading model x")
+    job.report_status("training", step=0, max_steps=30)
+    job.report_status("training", step=5, max_steps=30)
+    job.report_status("evaluating", step=10, max_steps=30)  # within training: live status only
+    job.report_status("saving outputs")
+    assert job.messages.getvalue().splitlines() == [
+        "loading model x ...",
+        "training 30 steps ...",
+        "saving outputs ...",
+    ]
+    live = [call[1:] for call in job.backend.calls if call[0] == "live"]
+    assert live[2:5] == [("training", 0, 30), ("training", 5, 30), ("evaluating", 10, 30)]
+
+
+def test_training_without_a_step_count_logs_the_phase_alone(tmp_path):
+    job = make_job(tmp_path)
+    job.report_status("training")
+    assert job.messages.getvalue() == "training ...\n"
