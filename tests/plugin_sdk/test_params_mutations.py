@@ -38,7 +38,9 @@ def test_a_lone_double_dash_is_refused_as_unexpected():
 def test_input_file_and_config_together_are_refused(tmp_path):
     job = write(tmp_path / "job.json", "{}")
     config = write(tmp_path / "c.yaml", "a: 1\n")
-    with pytest.raises(ParameterError, match="either --input_file .* or --config .*, not both"):
+    with pytest.raises(
+        ParameterError, match=r"^use either --input_file \(host launch\) or --config \(standalone run\), not both$"
+    ):
         read_raw_parameters(["--input_file", job, "--config", config])
 
 
