@@ -1,4 +1,4 @@
-"""Command line: `python -m demo [--workspace DIR] [--size full|small] [--seed N] [--block-diffusion] [--verbose]`."""
+"""Command line: `python -m demo [--workspace DIR] [--size full|small] [--seed N] [--block-diffusion] [--rl] [--verbose]`."""
 
 from __future__ import annotations
 
@@ -26,6 +26,12 @@ def main(argv: list[str] | None = None) -> int:
         help="also SFT a block-diffusion model (tiny-bd3lm, blocks of 4) with the same data and budget, and "
         "evaluate it beside the others",
     )
+    parser.add_argument(
+        "--rl",
+        action="store_true",
+        help="also train an under-trained SFT of tiny-llada further with GRPO (reward: the exact answer) and "
+        "evaluate both",
+    )
     parser.add_argument("--verbose", action="store_true", help="show every job's log lines")
     args = parser.parse_args(argv)
     try:
@@ -35,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             verbose=args.verbose,
             block_diffusion=args.block_diffusion,
+            rl_stage=args.rl,
         )
     except PluginError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -7,6 +7,8 @@ stage runs as a real job of the plugins through the local runner, with the job r
 3. train tiny-ar with the next-token loss on the same data with the same budget;
 4. DPO the SFT model (ELBO-DPO, LoRA) on preference pairs;
 5. evaluate SFT+DPO, SFT and the causal model side by side.
+With `rl`, an under-trained SFT of tiny-llada is trained further with GRPO on prompt/answer rows and both are
+evaluated (`demo.rl`).
 With `block_diffusion`, a block-diffusion model (`tiny-bd3lm`, tiny-ar converted to blocks of 4) is SFT-ed with the
 same data and budget as tiny-llada (the x_t ⊕ x_0 loss, in blocks of its own size) and evaluated beside the others,
 untrained and trained.
@@ -28,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from demo import rl
 from demo.task import MAX_DIGITS, build_task, write_task
 from dlm.report import ModelResult, comparison_text, write_report
 from plugin_sdk.backends.local import JobRecord
@@ -72,6 +75,8 @@ class DemoSize:
     dpo_steps: int
     dpo_pairs: int
     mc_num: int
+    rl_sft_steps: int = 150  # the RL stage's under-trained start: about half the answers right
+    grpo_steps: int = 300
 
 
 SIZES = {
@@ -93,9 +98,9 @@ class Stage:
     output_dir: Path
 
 
-def recipe(size: DemoSize, *, block_diffusion: bool = False) -> dict[str, dict[str, Any]]:
+def recipe(size: DemoSize, *, block_diffusion: bool = False, rl_stage: bool = False) -> dict[str, dict[str, Any]]:
     """The parameters of every job, as a person would fill the plugins' forms (with `block_diffusion`, the SFT of
-    the block-diffusion model too)."""
+    the block-diffusion model too; with `rl_stage`, the short SFT and GRPO of the RL stage)."""
     # The canvas is as long as the longest answer and its end-of-turn token (one token per digit here). SFT pads a
     # batch only to its longest row, so the model never saw a longer canvas; given one, it ends answers early.
     answer_tokens = MAX_DIGITS + 1
@@ -168,12 +173,17 @@ def recipe(size: DemoSize, *, block_diffusion: bool = False) -> dict[str, dict[s
             "loss_weight_type": "uniform",
             "block_size": 0,
         }
+    if rl_stage:
+        jobs |= rl.rl_jobs(jobs["sft"], size.rl_sft_steps, size.grpo_steps)
     return jobs
 
 
-def write_datasets(workspace: Workspace, size: DemoSize, seed: int) -> dict[str, Any]:
-    """The task's splits as two workspace datasets, stored as the workbench stores uploaded ones."""
+def write_datasets(workspace: Workspace, size: DemoSize, seed: int, *, rl_stage: bool = False) -> dict[str, Any]:
+    """The task's splits as two workspace datasets (a third, of prompt/answer rows, for the RL stage), stored as the
+    workbench stores uploaded ones."""
     task = build_task(size.train, size.validation, size.test, seed=seed)
+    if rl_stage:
+        rl.write_rl_dataset(workspace, task.rows["train"])
     folders = {name: workspace.dataset_dir(name) for name in (SFT_DATASET, PREFERENCE_DATASET)}
     write_task(task, folders[SFT_DATASET], folders[PREFERENCE_DATASET])
     for name, what in ((SFT_DATASET, "instruction/output"), (PREFERENCE_DATASET, "prompt/chosen/rejected")):
@@ -262,6 +272,8 @@ def learning_checks(models: Mapping[str, Mapping[str, Any]], dpo_metrics: Mappin
     ]
     if "bd3lm SFT" in models:
         checks += _block_checks(models["bd3lm untrained"], models["bd3lm SFT"])
+    if rl.LABELS[1] in models:
+        checks += rl.rl_checks(models, lambda model: metric_value(model, "task_accuracy"))
     # Rounded before comparing: differences of accuracies (multiples of 1/n) are not exact in binary.
     return [
         {"check": name, "value": value, "target": target, "passed": value is not None and rule(round(value, 9))}
@@ -302,7 +314,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def run_stages(workspace: Workspace, jobs: Mapping[str, Mapping[str, Any]], *, verbose: bool) -> dict[str, Stage]:
     """The jobs in order, by stage name: evaluate untrained, SFT tiny-llada, train tiny-ar, SFT tiny-bd3lm (when
-    `jobs` has it), DPO, evaluate trained."""
+    `jobs` has it), DPO, evaluate trained; then the RL stage's (when `jobs` has it)."""
 
     def stage(name: str, plugin: str, params: Mapping[str, Any]) -> Stage:
         return run_stage(name, plugin, params, workspace, verbose=verbose)
@@ -311,7 +323,8 @@ def run_stages(workspace: Workspace, jobs: Mapping[str, Mapping[str, Any]], *, v
     trained = [str(workspace.model_dir(f"{base}_{SFT_NAME}")) for base in bases]
     adapter = str(workspace.adaptor_dir(f"tiny-llada_{SFT_NAME}", DPO_NAME))
     # The results of an earlier demo in this workspace: the trainers refuse to write over a result.
-    for folder in [*trained, adapter, *(workspace.adaptor_dir(base, SFT_NAME) for base in bases)]:
+    earlier = rl.rl_result_folders(workspace) if jobs.get("grpo") else []
+    for folder in [*trained, adapter, *(workspace.adaptor_dir(base, SFT_NAME) for base in bases), *earlier]:
         shutil.rmtree(folder, ignore_errors=True)
     evaluate = jobs["evaluate"]
     stages = [
@@ -329,6 +342,8 @@ def run_stages(workspace: Workspace, jobs: Mapping[str, Mapping[str, Any]], *, v
     stages.append(stage("DPO", "diffusion_dpo_trainer", dpo))
     after = {**evaluate, "model_name": trained[0], "model_adapter": adapter, "eval_name": "demo-after"}
     stages.append(stage("evaluate trained", "diffusion_evaluator", {**after, "compare_with": trained}))
+    if jobs.get("grpo"):
+        stages += rl.run_rl_stages(workspace, jobs, evaluate, stage)
     return {s.name: s for s in stages}
 
 
@@ -337,7 +352,10 @@ def all_evaluated_models(stages: Mapping[str, Stage]) -> dict[str, dict[str, Any
     block = ["bd3lm"] if BLOCK_STAGE in stages else []
     models = evaluated_models(stages["evaluate untrained"], [f"{f} untrained" for f in ("llada", "ar", *block)])
     labels = ["llada SFT+DPO", *(f"{f} SFT" for f in ("llada", "ar", *block))]
-    return models | evaluated_models(stages["evaluate trained"], labels)
+    models |= evaluated_models(stages["evaluate trained"], labels)
+    if rl.EVALUATE_STAGE in stages:
+        models |= evaluated_models(stages[rl.EVALUATE_STAGE], list(rl.LABELS))
+    return models
 
 
 def model_results(
@@ -360,6 +378,10 @@ def model_results(
     if BLOCK_STAGE in stages:
         extra_metrics["bd3lm SFT"] = [_job_seconds(stages[BLOCK_STAGE])]
         order += ["bd3lm untrained", "bd3lm SFT"]
+    if rl.GRPO_STAGE in stages:
+        extra_metrics[rl.LABELS[0]] = [_job_seconds(stages[rl.SHORT_SFT_STAGE])]
+        extra_metrics[rl.LABELS[1]] = [_job_seconds(stages[rl.GRPO_STAGE])]
+        order += list(rl.LABELS)
     return [_model_result(models[label], extra_metrics.get(label, [])) for label in order]
 
 
@@ -370,6 +392,8 @@ def training_curves(stages: Mapping[str, Stage]) -> dict[str, list[tuple[float, 
     }
     if BLOCK_STAGE in stages:
         curves["SFT bd3lm train/loss"] = curve(stages[BLOCK_STAGE], "train/loss")
+    if rl.GRPO_STAGE in stages:
+        curves["GRPO train/reward"] = curve(stages[rl.GRPO_STAGE], "train/reward")
     return curves | {
         "DPO train/loss": curve(stages["DPO"], "train/loss"),
         "DPO val/rewards/accuracies": curve(stages["DPO"], "val/rewards/accuracies"),
@@ -383,13 +407,15 @@ def run_demo(
     seed: int = 0,
     verbose: bool = False,
     block_diffusion: bool = False,
+    rl_stage: bool = False,
 ) -> dict:
     """Run every stage and write the report into `<workspace>/demo/`; returns the report's paths, the learning
-    checks and the wall time. `block_diffusion` adds the block-diffusion model (`BLOCK_MODEL`)."""
+    checks and the wall time. `block_diffusion` adds the block-diffusion model (`BLOCK_MODEL`), `rl_stage` the RL
+    stage (`demo.rl`)."""
     size = SIZES[size_name]
-    jobs = recipe(size, block_diffusion=block_diffusion)
+    jobs = recipe(size, block_diffusion=block_diffusion, rl_stage=rl_stage)
     started = time.perf_counter()
-    task = write_datasets(workspace, size, seed)
+    task = write_datasets(workspace, size, seed, rl_stage=rl_stage)
     print(f"Demo ({size_name}) in workspace {workspace.root}; task: {task}", flush=True)
     stages = run_stages(workspace, jobs, verbose=verbose)
     dpo_metrics = json.loads((stages["DPO"].output_dir / "metrics.json").read_text(encoding="utf-8"))

@@ -412,9 +412,10 @@ def _run_work(job: Job, work: Callable[[Job], str | None], fail: Callable[[str],
         job._finish("COMPLETE", "success", summary or "Job completed successfully")
     except (JobStopped, KeyboardInterrupt) as exc:
         failed = False
-        job.log(f"Job stopped: {exc or 'interrupted'}")
+        reason = str(exc) or "interrupted"  # a Ctrl-C's KeyboardInterrupt has no words
+        job.log(f"Job stopped: {reason}")
         if job.is_main_process:
-            backend.set_data("completion_details", f"Stopped by user ({exc or 'interrupted'}).")
+            backend.set_data("completion_details", f"Stopped by user ({reason}).")
             backend.set_data("end_time", now())
             backend.set_status("STOPPED")
         raise SystemExit(backend.stop_exit_code) from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from dlm.rewards.answers import answers_equal, completion_answer, last_boxed, reference_answer
+from dlm.rewards.answers import answers_equal, completion_answer, last_boxed, normalise, reference_answer
 
 CORRECT = 1.0
 INTEGER_SCORE = 0.5  # d1's score for an integer in the answer tag
@@ -13,9 +13,12 @@ INTEGER_SCORE = 0.5  # d1's score for an integer in the answer tag
 
 def answer_match(completion: str, row: Mapping[str, Any]) -> float:
     """1 when the completion's final answer (`\\boxed{}`, `####`, `<answer>` tag or last number) equals the row's
-    `answer` as text or as a number, else 0."""
+    `answer` as text or as a number, or when the whole completion is that answer (a list, a word: answers that are
+    not numbers), else 0."""
     found = completion_answer(completion)
     expected = reference_answer(row["answer"])
+    if normalise(completion) == normalise(expected):
+        return CORRECT
     return CORRECT if found is not None and answers_equal(found, expected) else 0.0
 
 

@@ -109,6 +109,11 @@ ANSWER_MATCH_CASES = [
     ("The answer is 42", 42, 1.0),
     ("\\boxed{\\text{(B)}}", "(B)", 1.0),
     ("\\boxed{B}", "(C)", 0.0),
+    # an answer that is not a number: the whole completion is it (the demo's sorted digits)
+    ("0 8 9 9", "0 8 9 9", 1.0),
+    (" 0 8  9 9\n", "0 8 9 9", 1.0),
+    ("0 8 9 9 9", "0 8 9 9", 0.0),
+    ("0 9 8 9", "0 8 9 9", 0.0),
 ]
 
 

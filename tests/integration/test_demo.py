@@ -10,15 +10,20 @@ from collections import Counter
 
 import pytest
 
+from demo import rl
 from demo.run import (
     MAX_DPO_ACCURACY_DROP,
     MIN_DPO_REWARD_ACCURACY,
     MIN_SFT_ACCURACY,
     MIN_SFT_GAIN,
+    SIZES,
     DemoError,
+    evaluated_models,
     learning_checks,
+    recipe,
     run_demo,
     run_stage,
+    write_datasets,
 )
 from demo.task import DemoTaskError, build_task, is_correct, write_task, wrong_answer
 from plugin_sdk.data import load_dataset_splits, load_rows
@@ -202,3 +207,66 @@ def test_small_demo_learns_through_the_plugins(tmp_path, capsys):
     assert "llada SFT+DPO" in outcome["paths"]["html"].read_text()
     for path in outcome["paths"].values():
         assert str(path) in out
+
+
+def test_rl_checks_hold_grpo_to_a_gain_over_its_start():
+    def model(accuracy: float) -> dict:
+        return {"metrics": [{"name": "task_accuracy", "value": accuracy}]}
+
+    models = {"llada untrained": model(0), "llada SFT": model(1), "llada SFT+DPO": model(1)}
+    dpo = {"val/rewards/accuracies": 0.9}
+    learned = {**models, "llada short SFT": model(0.49), "llada short SFT+GRPO": model(0.71)}
+    (check,) = learning_checks(learned, dpo)[4:]
+    assert check["check"] == "task accuracy gained by GRPO"
+    assert check["value"] == pytest.approx(0.22) and check["passed"]
+    flat = {**learned, "llada short SFT+GRPO": model(0.55)}
+    assert not learning_checks(flat, dpo)[4]["passed"]
+
+
+def test_rl_recipe_and_dataset(tmp_path):
+    """The RL stage's jobs: the main SFT's settings with fewer steps, then GRPO on prompt/answer rows (the default
+    reward, no reward setting); its dataset is the training split in that shape."""
+    size = SIZES["small"]
+    jobs = recipe(size, rl_stage=True)
+    short = jobs["short_sft"]
+    assert short["train_steps"] == size.rl_sft_steps < jobs["sft"]["train_steps"]
+    assert {k: v for k, v in short.items() if k not in ("train_steps", "save_steps", "eval_strategy")} == {
+        **{k: v for k, v in jobs["sft"].items() if k not in ("train_steps", "save_steps", "eval_strategy")},
+        "template_name": "demo-sft-short",
+        "adaptor_name": rl.SHORT_SFT_NAME,
+    }
+    assert jobs["grpo"]["train_steps"] == size.grpo_steps and "reward_funcs" not in jobs["grpo"]
+    assert "grpo" not in recipe(size)
+    workspace = Workspace(tmp_path)
+    task = write_datasets(workspace, size, 0, rl_stage=True)
+    rows = [
+        json.loads(line) for line in (workspace.dataset_dir(rl.RL_DATASET) / "train.jsonl").read_text().splitlines()
+    ]
+    train = build_task(size.train, size.validation, size.test, seed=task["seed"]).rows["train"]
+    assert rows == [{"prompt": r["instruction"], "answer": r["output"]} for r in train]
+
+
+@pytest.mark.slow
+def test_small_demo_rl_stage_raises_accuracy(tmp_path, capsys):
+    """The RL stage as `--rl` runs it: GRPO from the short SFT raises held-out task accuracy by the check's margin."""
+    workspace, size = Workspace(tmp_path), SIZES["small"]
+    jobs = recipe(size, rl_stage=True)
+    write_datasets(workspace, size, 0, rl_stage=True)
+    stages = rl.run_rl_stages(
+        workspace,
+        jobs,
+        jobs["evaluate"],
+        lambda name, plugin, params: run_stage(name, plugin, params, workspace, verbose=False),
+    )
+    models = evaluated_models(stages[-1], list(rl.LABELS))
+    accuracy = {label: models[label]["metrics"] for label in rl.LABELS}
+    values = {
+        label: next(m["value"] for m in metrics if m["name"] == "task_accuracy") for label, metrics in accuracy.items()
+    }
+    (check,) = rl.rl_checks(
+        models, lambda model: next(m["value"] for m in model["metrics"] if m["name"] == "task_accuracy")
+    )
+    assert check[1] == pytest.approx(values["llada short SFT+GRPO"] - values["llada short SFT"])
+    assert check[3](round(check[1], 9)), (values, capsys.readouterr().out)
+    grpo_log = (tmp_path / "jobs" / stages[1].job_id / f"output_{stages[1].job_id}.txt").read_text()
+    assert "estimator coupled, rewards answer_match" in grpo_log
