@@ -395,7 +395,7 @@ class EvaluatorConfig(FromParams):
             compile_answer_regex(self.answer_extraction, self.answer_regex)
 
     def sampler_settings(self) -> SamplerSettings:
-        return SamplerSettings(
+        return SamplerSettings.from_form(
             steps=self.steps,
             max_new_tokens=self.max_new_tokens,
             block_length=self.block_length,
@@ -403,12 +403,12 @@ class EvaluatorConfig(FromParams):
             remasking=self.remasking,
             cfg_scale=self.cfg_scale,
             alg=self.alg,
-            alg_temp=self.alg_temp or None,
-            top_p=self.top_p if self.top_p < 1 else None,
-            top_k=self.top_k or None,
+            alg_temp=self.alg_temp,
+            top_p=self.top_p,
+            top_k=self.top_k,
             suppress_eos_confidence=self.suppress_eos_confidence,
             cache=self.cache,
-            parallel_threshold=self.parallel_threshold or None,
+            parallel_threshold=self.parallel_threshold,
             grow_canvas=self.grow_canvas,
         )
 

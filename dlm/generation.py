@@ -43,6 +43,20 @@ class SamplerSettings:
     parallel_threshold: float | None = None  # diffusion samplers: also reveal every position this confident
     grow_canvas: int = 0  # LLaDA-style samplers: grow the canvas this many tokens at a time, stop at the end token
 
+    @classmethod
+    def from_form(
+        cls, *, alg_temp: float, top_p: float, top_k: int, parallel_threshold: float, **fields: Any
+    ) -> SamplerSettings:
+        """Settings from a form's values, whose "off" values (alg_temp 0, top_p 1, top_k 0, threshold 0) are the
+        samplers' None."""
+        return cls(
+            alg_temp=alg_temp or None,
+            top_p=top_p if top_p < 1 else None,
+            top_k=top_k or None,
+            parallel_threshold=parallel_threshold or None,
+            **fields,
+        )
+
 
 Sampler = LladaSampler | DreamSampler | CausalSampler | BD3LMSampler | SDARSampler | LLaDA2Sampler
 # `Family.sampler` names one of these

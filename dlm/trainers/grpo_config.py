@@ -413,18 +413,17 @@ class GRPOConfig(TrainerConfig):
         return self.epsilon_high or self.epsilon
 
     def sampler_settings(self) -> SamplerSettings:
-        """The rollout sampler's settings; the form's "off" values (alg_temp 0, top_p 1, top_k 0, threshold 0)
-        are the sampler's None."""
-        return SamplerSettings(
+        """The rollout sampler's settings (`SamplerSettings.from_form`: the form's "off" values are None)."""
+        return SamplerSettings.from_form(
             steps=self.steps,
             max_new_tokens=self.max_completion_length,
             block_length=self.block_length,
             temperature=self.temperature,
             remasking=self.remasking,
             alg=self.alg,
-            alg_temp=self.alg_temp or None,
-            top_p=self.top_p if self.top_p < 1 else None,
-            top_k=self.top_k or None,
+            alg_temp=self.alg_temp,
+            top_p=self.top_p,
+            top_k=self.top_k,
             cache=self.cache,
-            parallel_threshold=self.parallel_threshold or None,
+            parallel_threshold=self.parallel_threshold,
         )
