@@ -42,18 +42,28 @@ class SamplerSettings:
     cache: str = "none"  # diffusion samplers: "prefix"/"dual" approximate key/value caches (LLaDA and Dream)
     parallel_threshold: float | None = None  # diffusion samplers: also reveal every position this confident
     grow_canvas: int = 0  # LLaDA-style samplers: grow the canvas this many tokens at a time, stop at the end token
+    stop_at_end: bool = False  # diffusion samplers: a row stops once its answer has ended (answers unchanged)
+    suffix_window: int | None = None  # LLaDA-style samplers: positions after the block kept in view (DPad)
 
     @classmethod
     def from_form(
-        cls, *, alg_temp: float, top_p: float, top_k: int, parallel_threshold: float, **fields: Any
+        cls,
+        *,
+        alg_temp: float,
+        top_p: float,
+        top_k: int,
+        parallel_threshold: float,
+        suffix_window: int = -1,
+        **fields: Any,
     ) -> SamplerSettings:
-        """Settings from a form's values, whose "off" values (alg_temp 0, top_p 1, top_k 0, threshold 0) are the
-        samplers' None."""
+        """Settings from a form's values, whose "off" values (alg_temp 0, top_p 1, top_k 0, threshold 0, suffix
+        window -1) are the samplers' None."""
         return cls(
             alg_temp=alg_temp or None,
             top_p=top_p if top_p < 1 else None,
             top_k=top_k or None,
             parallel_threshold=parallel_threshold or None,
+            suffix_window=suffix_window if suffix_window >= 0 else None,
             **fields,
         )
 

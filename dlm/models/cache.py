@@ -18,13 +18,14 @@ class CanvasCache:
     Passed empty to a model's forward (`past_key_values=`), it records every layer's keys and values. Passed filled,
     the forward's input is the span [span_start, span_start + n) of the same canvas: positions (RoPE) start at
     `span_start`, a 2-D attention mask still covers all L keys, and each layer attends to its fresh keys/values in the
-    span and the cached ones elsewhere. Replays leave the cache as recorded.
+    span and the cached ones elsewhere. Replays leave the cache as recorded. `span_start` is one int for the whole
+    batch, or a LongTensor [B] of each row's own start (rows decoding different blocks).
     """
 
-    def __init__(self) -> None:
-        self.keys: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
-        self.span_start = 0
+    def __init__(self, keys: list[torch.Tensor] | None = None, values: list[torch.Tensor] | None = None) -> None:
+        self.keys: list[torch.Tensor] = keys or []
+        self.values: list[torch.Tensor] = values or []
+        self.span_start: int | torch.Tensor = 0
 
     @property
     def filled(self) -> bool:
@@ -43,12 +44,18 @@ class CanvasCache:
         return self._splice(self.keys[layer_idx], key), self._splice(self.values[layer_idx], value)
 
     def _splice(self, cached: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.span_start, torch.Tensor):
+            columns = self.positions(fresh.shape[2], fresh.device)[:, None, :, None].expand_as(fresh)
+            return cached.scatter(2, columns, fresh)
         end = self.span_start + fresh.shape[2]
         return torch.cat([cached[:, :, : self.span_start], fresh, cached[:, :, end:]], dim=2)
 
     def positions(self, span_length: int, device: torch.device) -> torch.Tensor:
-        """Positions [n] of the span's tokens on the canvas."""
-        return torch.arange(self.span_start, self.span_start + span_length, device=device)
+        """Positions of the span's tokens on the canvas: [n], or [B, n] with per-row starts."""
+        steps = torch.arange(span_length, device=device)
+        if isinstance(self.span_start, torch.Tensor):
+            return self.span_start.to(device)[:, None] + steps
+        return self.span_start + steps
 
     def attention_bias(
         self, attention_mask: torch.Tensor | None, batch: int, span_length: int, dtype: torch.dtype

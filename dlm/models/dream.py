@@ -144,7 +144,8 @@ class DreamModel(Qwen2PreTrainedModel):
             embeds = self.model.embed_tokens(inputs["input_ids"])
         batch, length = embeds.shape[:2]
         if cache.filled:
-            positions = cache.positions(length, embeds.device)[None]
+            positions = cache.positions(length, embeds.device)
+            positions = positions if positions.dim() == 2 else positions[None]
             mask = cache.attention_bias(attention_mask, batch, length, embeds.dtype)
         else:
             positions = torch.arange(length, device=embeds.device)[None]

@@ -344,8 +344,12 @@ class LLaDAModel(LLaDAPreTrainedModel):
             mask = create_bidirectional_mask(config=self.config, inputs_embeds=x, attention_mask=attention_mask)
             return mask, rotary_cos_sin(self.config, x.shape[1], x.device)
         batch, length = x.shape[:2]
-        cos, sin = rotary_cos_sin(self.config, cache.span_start + length, x.device)
-        rotary = cos[cache.span_start :], sin[cache.span_start :]
+        positions = cache.positions(length, x.device)
+        cos, sin = rotary_cos_sin(self.config, int(positions.max()) + 1, x.device)
+        if positions.dim() == 2:  # per-row spans: tables [B, 1, n, D], broadcast over heads
+            rotary = cos[positions][:, None], sin[positions][:, None]
+        else:
+            rotary = cos[positions], sin[positions]
         return cache.attention_bias(attention_mask, batch, length, x.dtype), rotary
 
 

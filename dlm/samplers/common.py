@@ -48,6 +48,7 @@ class SampleOutput:
     sequences: torch.Tensor
     nfe: int
     generated_tokens: torch.Tensor
+    row_nfe: torch.Tensor | None = None  # [B] each row's network evaluations, where rows advance on their own
 
 
 def divisors(n: int) -> list[int]:
@@ -151,8 +152,11 @@ def count_generated(generated: torch.Tensor, end_ids: Sequence[int | None]) -> t
     return keep.sum(dim=-1)
 
 
-def check_decoding(cache: str, parallel_threshold: float | None) -> None:
-    """Validate the fast-decoding settings: a known cache mode, a threshold that is a probability."""
+def check_decoding(cache: str, parallel_threshold: float | None, suffix_window: int | None = None) -> None:
+    """Validate the fast-decoding settings: a known cache mode, a threshold that is a probability, a window that
+    is not negative."""
+    if suffix_window is not None and suffix_window < 0:
+        raise SamplingError(f"suffix_window must be >= 0 (positions after the block kept in view), got {suffix_window}")
     if cache not in CACHE_MODES:
         raise SamplingError(f"cache={cache!r} is unknown; choose one of: {', '.join(CACHE_MODES)}")
     if parallel_threshold is not None and not 0 < parallel_threshold <= 1:
@@ -199,37 +203,88 @@ def masked_canvas(prompt_ids: torch.Tensor, length: int, mask_id: int, infill: t
 
 
 class BlockLogits:
-    """Logits [rows, n, V] (at least float32) predicting the tokens of canvas block [start, end); one forward pass
-    per call.
+    """Logits [rows, n, V] (at least float32) predicting the tokens of each selected row's block [start, start + n);
+    one forward pass per call, over the selected rows only (finished rows leave the batch).
 
     `cache` 'none' runs the whole canvas every time (the exact samplers). With 'prefix' or 'dual', a `refresh` call
-    runs the whole canvas and records every layer's keys and values; the calls after it run only the block and
-    everything after it ('prefix') or the block alone ('dual') and attend to the recorded keys elsewhere. Dream reads
-    token i's logits at position i - 1 (`shift`), so its span starts one position earlier.
+    runs the whole canvas and records every layer's keys and values for its rows; the calls after it run only the
+    block and everything after it ('prefix'; rows at one start) or the block alone ('dual'; each row at its own
+    start) and attend to the recorded keys elsewhere. Dream reads token i's logits at position i - 1 (`shift`), so
+    its span starts one position earlier. `suffix_window` (DPad's suffix pruning; None: off) keeps only that many
+    positions after each row's block in view: the canvas beyond is neither run nor attended to.
     """
 
-    def __init__(self, model: torch.nn.Module, attention_mask: torch.Tensor | None, cache: str, shift: bool) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        attention_mask: torch.Tensor | None,
+        cache: str,
+        shift: bool,
+        block_length: int,
+        suffix_window: int | None = None,
+    ) -> None:
         self.model, self.attention_mask, self.mode, self.shift = model, attention_mask, cache, shift
-        self.cache = CanvasCache()
+        self.block_length, self.suffix_window = block_length, suffix_window
+        self.keys: list[torch.Tensor] = []  # per layer [canvas rows, H_kv, L, D], filled row by row by refreshes
+        self.values: list[torch.Tensor] = []
 
-    def __call__(self, x: torch.Tensor, start: int, end: int, refresh: bool) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, rows: torch.Tensor, starts: torch.Tensor, refresh: bool) -> torch.Tensor:
+        n = self.block_length
+        reach = starts + n + (self.suffix_window if self.suffix_window is not None else x.shape[1])
+        width = min(x.shape[1], int(reach.max()))
+        keep = self._key_mask(rows, reach, width)
         if self.mode == "none" or refresh:
-            positions = torch.zeros_like(x, dtype=torch.bool)
-            positions[:, start:end] = True
-            recording = {}
-            if self.mode != "none":
-                self.cache = CanvasCache()
-                recording = {"past_key_values": self.cache}
-            logits = logits_at_positions(self.model, x, self.attention_mask, positions, self.shift, **recording)
+            canvas = x[rows, :width]
+            positions = torch.zeros_like(canvas, dtype=torch.bool)
+            positions.scatter_(1, starts[:, None] + torch.arange(n, device=x.device), True)
+            recording = CanvasCache() if self.mode != "none" else None
+            extra = {} if recording is None else {"past_key_values": recording}
+            logits = logits_at_positions(self.model, canvas, keep, positions, self.shift, **extra)
+            if recording is not None:
+                self._store(recording, rows, width, x.shape)
         else:
-            span_start = start - int(self.shift)
-            span_end = end if self.mode == "dual" else x.shape[1]
-            self.cache.span_start = span_start
-            positions = torch.zeros(x.shape[0], span_end - span_start, dtype=torch.bool, device=x.device)
-            positions[:, : end - start] = True
-            span = x[:, span_start:span_end]
-            logits = logits_at_positions(self.model, span, self.attention_mask, positions, past_key_values=self.cache)
-        return _at_least_float32(logits).reshape(x.shape[0], end - start, -1)
+            logits = self._replay(x, rows, starts, width, keep)
+        return _at_least_float32(logits).reshape(len(rows), n, -1)
+
+    def _key_mask(self, rows: torch.Tensor, reach: torch.Tensor, width: int) -> torch.Tensor | None:
+        """[rows, width]: real (unpadded) keys within each row's reach; None when every key is."""
+        pruned = bool((reach < width).any())
+        if self.attention_mask is None and not pruned:
+            return None
+        keep = torch.ones(len(rows), width, dtype=torch.long, device=rows.device)
+        if self.attention_mask is not None:
+            keep = self.attention_mask[rows, :width].to(keep)
+        if pruned:
+            keep = keep * (torch.arange(width, device=rows.device) < reach[:, None])
+        return keep
+
+    def _store(self, recording: CanvasCache, rows: torch.Tensor, width: int, canvas: torch.Size) -> None:
+        for layer, (key, value) in enumerate(zip(recording.keys, recording.values, strict=True)):
+            if layer == len(self.keys):
+                shape = (canvas[0], key.shape[1], canvas[1], key.shape[3])
+                self.keys.append(key.new_zeros(shape))
+                self.values.append(value.new_zeros(shape))
+            self.keys[layer][rows, :, :width] = key
+            self.values[layer][rows, :, :width] = value
+
+    def _replay(
+        self, x: torch.Tensor, rows: torch.Tensor, starts: torch.Tensor, width: int, keep: torch.Tensor | None
+    ) -> torch.Tensor:
+        """A pass over each row's span against its refreshed keys elsewhere."""
+        span_starts = starts - int(self.shift)
+        if self.mode == "dual":
+            span_length = self.block_length + int(self.shift)
+        else:
+            if bool((starts != starts[0]).any()):
+                raise ValueError("a prefix-cache pass needs rows at one block start")
+            span_length = width - int(span_starts[0])
+        view = CanvasCache([k[rows, :, :width] for k in self.keys], [v[rows, :, :width] for v in self.values])
+        uniform = not bool((span_starts != span_starts[0]).any())
+        view.span_start = int(span_starts[0]) if uniform else span_starts
+        span = x[rows].gather(1, span_starts[:, None] + torch.arange(span_length, device=x.device))
+        positions = torch.zeros_like(span, dtype=torch.bool)
+        positions[:, : self.block_length] = True
+        return logits_at_positions(self.model, span, keep, positions, past_key_values=view)
 
 
 def parallel_reveal(

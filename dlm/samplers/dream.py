@@ -168,7 +168,8 @@ class _DreamRun:
             plan = self.plan(masked, times[step], times[step + 1], step == steps - 1)
             if plan is None:
                 continue
-            logits = self.logits(self.x, start, end, refresh=nfe == 0)
+            rows = torch.arange(self.x.shape[0], device=self.x.device)
+            logits = self.logits(self.x, rows, torch.full_like(rows, start), refresh=nfe == 0)
             nfe += 1
             x0, confidence, probability = self.choose(logits)
             reveal = plan if self.choose.alg == "origin" else self.rank(confidence, masked, plan, start, end)
@@ -305,7 +306,7 @@ class DreamSampler(DiffusionSampler):
             x=masked_canvas(prompt_ids, max_new_tokens, mask_id, infill),
             offsets=offsets,
             mask_id=mask_id,
-            logits=BlockLogits(model, padding_mask(attention_mask, max_new_tokens), cache, shift=True),
+            logits=BlockLogits(model, padding_mask(attention_mask, max_new_tokens), cache, True, block_length),
             choose=_DreamChoice(self.temperature, self.top_p, self.top_k, self.alg, tuple(suppress_tokens), generator),
             alg_temp=self.alg_temp,
             eps=self.eps,

@@ -112,17 +112,26 @@ class _LladaChoice:
         return x0, confidence, probability
 
 
-def _stochastic_count(masked: torch.Tensor, steps_left: int, generator: torch.Generator | None) -> torch.Tensor:
+def _stochastic_count(
+    masked: torch.Tensor, steps_left: torch.Tensor, generator: torch.Generator | None
+) -> torch.Tensor:
     """Per row, a Binomial(masks left, 1 / steps left) count: the linear schedule's expected count, at random;
-    the last step reveals everything left."""
-    if steps_left == 1:
+    a row's last step reveals everything left."""
+    if bool((steps_left == 1).all()):
         return masked.sum(-1)
-    return ((rand(masked.shape, generator, masked.device) < 1 / steps_left) & masked).sum(-1)
+    drawn = ((rand(masked.shape, generator, masked.device) < 1 / steps_left[:, None]) & masked).sum(-1)
+    return torch.where(steps_left == 1, masked.sum(-1), drawn)
 
 
 @dataclass
 class _LladaRun:
-    """One LLaDA sampling run: the canvas, how logits are computed and how tokens are chosen."""
+    """One LLaDA sampling run: the canvas, how logits are computed and how tokens are chosen.
+
+    Every row moves through its blocks on its own: a row whose block has no masks left (a parallel threshold can
+    finish it early) starts its next block at once instead of waiting for the batch, and a row that has finished,
+    or whose answer has ended (`end_ids`), leaves the batch. Rows at the same block and step share one pass, so with
+    the exact schedule every pass holds the whole batch, as the official sampler's.
+    """
 
     x: torch.Tensor
     prompt_len: int
@@ -133,45 +142,126 @@ class _LladaRun:
     cfg_scale: float
     threshold: float | None
     stochastic: bool
+    blocks: int
+    steps: int  # per block
+    end_ids: tuple[int, ...] = ()  # stop a row once its answer has ended (empty: decode every block)
     on_step: StepHook | None = None
-    blocks_done: int = 0  # the index of the block being denoised, for `on_step`
 
-    def block(self, start: int, end: int, steps: int) -> int:
-        """Denoise block [start, end) in at most `steps` forward passes, the first of which refreshes the cache;
-        return the network evaluations."""
-        counts = llada_transfer_counts((self.x[:, start:end] == self.mask_id).sum(-1), steps)
-        nfe = 0
-        for step in range(steps):
-            masked = self.x[:, start:end] == self.mask_id
-            if not bool(masked.any()):
-                continue
-            logits = self.guided_logits(start, end, refresh=nfe == 0)
-            nfe += 2 if self.cfg_scale > 0 else 1
-            count = (
-                _stochastic_count(masked, steps - step, self.choose.generator) if self.stochastic else counts[:, step]
-            )
-            self.reveal(logits, masked, start, end, count)
-            if self.on_step is not None:
-                self.on_step(self.x, step, self.blocks_done)
-        self.blocks_done += 1
+    def __post_init__(self) -> None:
+        batch, device = self.x.shape[0], self.x.device
+        self.block = torch.zeros(batch, dtype=torch.long, device=device)
+        self.step = torch.zeros_like(self.block)
+        self.fresh = torch.ones(batch, dtype=torch.bool, device=device)  # the block's first pass refreshes the cache
+        self.done = torch.zeros_like(self.fresh)
+        self.counts = torch.zeros(batch, self.steps, dtype=torch.long, device=device)
+
+    @property
+    def block_length(self) -> int:
+        return self.logits.block_length
+
+    def decode(self) -> torch.Tensor:
+        """Denoise every row to its end; return each row's network evaluations [B]."""
+        rows = torch.arange(self.x.shape[0], device=self.x.device)
+        self._enter(rows)
+        self._advance(rows)
+        nfe = torch.zeros_like(self.block)
+        while bool((~self.done).any()):
+            active = (~self.done).nonzero()[:, 0]
+            for group, refresh in self._groups(active):
+                nfe[group] += 2 if self.cfg_scale > 0 else 1
+                self._step(group, refresh)
+            self.step[active] += 1
+            self.fresh[active] = False
+            self._advance(active)
         return nfe
 
-    def guided_logits(self, start: int, end: int, refresh: bool) -> torch.Tensor:
-        if self.cfg_scale <= 0:
-            return self.logits(self.x, start, end, refresh)
-        unconditional = self.x.clone()
-        unconditional[:, : self.prompt_len] = self.mask_id
-        cond, uncond = self.logits(torch.cat([self.x, unconditional]), start, end, refresh).chunk(2)
-        return uncond + (self.cfg_scale + 1) * (cond - uncond)
+    def _columns(self, rows: torch.Tensor) -> torch.Tensor:
+        """Canvas columns [rows, block_length] of each row's current block."""
+        starts = self.prompt_len + self.block[rows] * self.block_length
+        return starts[:, None] + torch.arange(self.block_length, device=self.x.device)
 
-    def reveal(self, logits: torch.Tensor, masked: torch.Tensor, start: int, end: int, count: torch.Tensor) -> None:
+    def _enter(self, rows: torch.Tensor) -> None:
+        """Plan the reveal counts of the rows' current blocks."""
+        masks = (self.x[rows[:, None], self._columns(rows)] == self.mask_id).sum(-1)
+        self.counts[rows] = llada_transfer_counts(masks, self.steps)
+
+    def _advance(self, rows: torch.Tensor) -> None:
+        """Rows whose answer has ended are done; rows whose block has no masks left start the next one."""
+        while len(rows):
+            if self.end_ids:
+                ended = rows[_answers_ended(self.x[rows, self.prompt_len :], self.mask_id, self.end_ids)]
+                self.done[ended] = True
+                _end_rows(self.x, ended, self.prompt_len, self.end_ids)
+                rows = rows[~self.done[rows]]
+            finished = ~(self.x[rows[:, None], self._columns(rows)] == self.mask_id).any(-1)
+            rows = rows[finished]
+            self.block[rows] += 1
+            self.step[rows] = 0
+            self.fresh[rows] = True
+            self.done[rows[self.block[rows] == self.blocks]] = True
+            rows = rows[~self.done[rows]]
+            if len(rows):
+                self._enter(rows)
+
+    def _groups(self, active: torch.Tensor) -> list[tuple[torch.Tensor, bool]]:
+        """The passes of one round: (rows, refresh). Without a cache one full pass; with one, the rows starting a
+        block refresh together and the others replay (a prefix cache: per block, as their spans differ)."""
+        if self.logits.mode == "none":
+            return [(active, False)]
+        refresh = self.fresh[active]
+        groups = [(active[refresh], True)] if bool(refresh.any()) else []
+        replay = active[~refresh]
+        if self.logits.mode == "dual":
+            return groups + ([(replay, False)] if len(replay) else [])
+        return groups + [(replay[self.block[replay] == b], False) for b in self.block[replay].unique().tolist()]
+
+    def _step(self, rows: torch.Tensor, refresh: bool) -> None:
+        columns = self._columns(rows)
+        current = self.x[rows[:, None], columns]
+        masked = current == self.mask_id
+        logits = self.guided_logits(rows, columns[:, 0], refresh)
+        steps_left = self.steps - self.step[rows]
+        if self.stochastic:
+            count = _stochastic_count(masked, steps_left, self.choose.generator)
+        else:
+            count = self.counts[rows, self.step[rows]]
         x0, confidence, probability = self.choose(logits)
-        canvas_confidence = torch.full(self.x.shape, -torch.inf, device=self.x.device)
-        canvas_confidence[:, start:end] = confidence.masked_fill(~masked, -torch.inf)
-        reveal = reveal_top(canvas_confidence, count, self.offsets)[:, start:end]
+        canvas_confidence = torch.full((len(rows), self.x.shape[1]), -torch.inf, device=self.x.device)
+        canvas_confidence.scatter_(1, columns, confidence.masked_fill(~masked, -torch.inf))
+        reveal = reveal_top(canvas_confidence, count, self.offsets[rows]).gather(1, columns)
         not_last = confidence >= 0  # tokens ranked last (EOS when suppressed) wait for the schedule
         reveal = parallel_reveal(reveal, masked, probability, self.threshold, not_last) & masked
-        self.x[:, start:end] = torch.where(reveal, x0, self.x[:, start:end])
+        self.x[rows[:, None], columns] = torch.where(reveal, x0, current)
+        if self.on_step is not None:
+            self.on_step(self.x, int(self.step[rows[0]]), int(self.block[rows[0]]))
+
+    def guided_logits(self, rows: torch.Tensor, starts: torch.Tensor, refresh: bool) -> torch.Tensor:
+        if self.cfg_scale <= 0:
+            return self.logits(self.x, rows, starts, refresh)
+        unconditional = self.x.clone()
+        unconditional[:, : self.prompt_len] = self.mask_id
+        both_rows = torch.cat([rows, rows + self.x.shape[0]])
+        both = self.logits(torch.cat([self.x, unconditional]), both_rows, starts.repeat(2), refresh)
+        cond, uncond = both.chunk(2)
+        return uncond + (self.cfg_scale + 1) * (cond - uncond)
+
+
+def _answers_ended(generated: torch.Tensor, mask_id: int, end_ids: tuple[int, ...]) -> torch.Tensor:
+    """Bool [rows]: the answer has ended, an end token revealed with nothing masked before it, so no later step can
+    change the answer (revealed tokens stay)."""
+    is_end = torch.isin(generated, torch.tensor(end_ids, device=generated.device))
+    first_end = torch.where(is_end.any(-1), is_end.int().argmax(-1), generated.shape[1])
+    before = torch.arange(generated.shape[1], device=generated.device) < first_end[:, None]
+    return is_end.any(-1) & ~((generated == mask_id) & before).any(-1)
+
+
+def _end_rows(x: torch.Tensor, rows: torch.Tensor, prompt_len: int, end_ids: tuple[int, ...]) -> None:
+    """Fill every position after each row's first end token with the first of `end_ids` (the rest of its canvas
+    is not decoded)."""
+    for row in rows.tolist():
+        generated = x[row, prompt_len:]
+        first_end = int(torch.isin(generated, torch.tensor(end_ids, device=x.device)).int().argmax())
+        generated[first_end + 1 :] = end_ids[0]
 
 
 @dataclass(frozen=True)
@@ -195,8 +285,12 @@ class LladaSampler(DiffusionSampler):
     `stochastic_transfer` draws each step's count from Binomial(masks left, 1 / steps left); `cache` ('prefix',
     'dual': Fast-dLLM's approximate key/value caches, refreshed by the first pass of every block);
     `parallel_threshold` also reveals every masked position whose chosen token's probability reaches it, so a block
-    can finish in fewer steps (with steps = gen_length this is Fast-dLLM's threshold decoding); `grow_canvas`
-    (see `_grow`) decodes a canvas that grows that many tokens at a time and stops once every row has ended.
+    can finish in fewer steps (with steps = gen_length this is Fast-dLLM's threshold decoding); `stop_at_end`
+    stops each row once its answer has ended (an end token with nothing masked before it; the rest of the row is
+    filled with `eos_id`, or `eot_id`), which leaves every answer as it was; `suffix_window` (DPad) keeps only that
+    many positions after each row's block in view; `grow_canvas` decodes blocks of that many tokens with nothing
+    after them in view and stops each row at its end (`block_length` = grow_canvas, `suffix_window` = 0,
+    `stop_at_end`). Rows advance on their own (`_LladaRun`); `row_nfe` counts each row's passes.
     """
 
     blockwise: ClassVar[bool] = True  # decodes block by block whatever the cache
@@ -213,13 +307,15 @@ class LladaSampler(DiffusionSampler):
     cache: str = "none"
     parallel_threshold: float | None = None
     grow_canvas: int = 0
+    stop_at_end: bool = False
+    suffix_window: int | None = None
 
     def __post_init__(self) -> None:
         check_llada_settings(
             self.steps, self.gen_length, self.block_length, self.temperature, self.remasking, self.cfg_scale
         )
         check_growth(self.steps, self.gen_length, self.grow_canvas)
-        check_decoding(self.cache, self.parallel_threshold)
+        check_decoding(self.cache, self.parallel_threshold, self.suffix_window)
 
     @classmethod
     def from_settings(cls, settings: SamplerSettings, family: Family) -> LladaSampler:
@@ -237,13 +333,15 @@ class LladaSampler(DiffusionSampler):
             cache=settings.cache,
             parallel_threshold=settings.parallel_threshold,
             grow_canvas=settings.grow_canvas,
+            stop_at_end=settings.stop_at_end,
+            suffix_window=settings.suffix_window,
         )
 
     @classmethod
     def check_decoding_settings(cls, settings: SamplerSettings, family: Family) -> None:
         """The fast-decoding settings alone (cache, threshold, growing canvas), for callers that set the lengths
         later."""
-        check_decoding(settings.cache, settings.parallel_threshold)
+        check_decoding(settings.cache, settings.parallel_threshold, settings.suffix_window)
         check_family_cache(settings.cache, family)
         check_growth(settings.steps, settings.max_new_tokens, settings.grow_canvas)
 
@@ -266,8 +364,9 @@ class LladaSampler(DiffusionSampler):
         the canvas after every step that revealed tokens."""
         steps, gen_length, block_length = self.steps, self.gen_length, self.block_length
         cache, grow_canvas = self.cache, self.grow_canvas
-        if grow_canvas and eos_id is None and eot_id is None:
-            raise SamplingError("grow_canvas needs eos_id or eot_id: it stops once every row holds one")
+        if (grow_canvas or self.stop_at_end) and eos_id is None and eot_id is None:
+            setting = "grow_canvas" if grow_canvas else "stop_at_end"
+            raise SamplingError(f"{setting} needs eos_id or eot_id: a row stops once its answer holds one")
         check_model_cache(cache, model)
         offsets = check_prompt(prompt_ids, attention_mask, mask_id)
         if (self.suppress_eos_in_logits and eos_id is None) or (
@@ -277,33 +376,39 @@ class LladaSampler(DiffusionSampler):
         canvas_mask = padding_mask(attention_mask, gen_length)
         if self.cfg_scale > 0 and canvas_mask is not None:
             canvas_mask = torch.cat([canvas_mask, canvas_mask])
+        end_ids = tuple(i for i in (eos_id, eot_id) if i is not None)
+        growing = 0 < grow_canvas < gen_length
+        block_length = grow_canvas if growing else block_length
+        window = 0 if growing else self.suffix_window
         run = _LladaRun(
             x=masked_canvas(prompt_ids, gen_length, mask_id, infill),
             prompt_len=prompt_ids.shape[1],
             offsets=offsets,
             mask_id=mask_id,
-            logits=BlockLogits(model, canvas_mask, cache, shift=False),
+            logits=BlockLogits(model, canvas_mask, cache, False, block_length, window),
             choose=_LladaChoice(
                 self.temperature,
                 self.remasking,
                 banned=(*suppress_tokens, *([eos_id] if self.suppress_eos_in_logits else [])),
-                last=tuple(i for i in (eos_id, eot_id) if i is not None) if self.suppress_eos_in_confidence else (),
+                last=end_ids if self.suppress_eos_in_confidence else (),
                 generator=generator,
             ),
             cfg_scale=self.cfg_scale,
             threshold=self.parallel_threshold,
             stochastic=self.stochastic_transfer,
+            blocks=gen_length // block_length,
+            steps=steps // (gen_length // block_length),
+            end_ids=end_ids if growing or self.stop_at_end else (),
             on_step=on_step,
         )
-        if 0 < grow_canvas < gen_length:
-            end_ids = tuple(i for i in (eos_id, eot_id) if i is not None)
-            nfe = _grow(run, model, canvas_mask, cache, steps // (gen_length // grow_canvas), grow_canvas, end_ids)
-        else:
-            steps_per_block = steps // (gen_length // block_length)
-            starts = range(run.prompt_len, run.prompt_len + gen_length, block_length)
-            nfe = sum(run.block(start, start + block_length, steps_per_block) for start in starts)
+        row_nfe = run.decode()
         generated = run.x[:, run.prompt_len :]
-        return SampleOutput(sequences=run.x, nfe=nfe, generated_tokens=count_generated(generated, (eos_id, eot_id)))
+        return SampleOutput(
+            sequences=run.x,
+            nfe=int(row_nfe.max()),
+            generated_tokens=count_generated(generated, (eos_id, eot_id)),
+            row_nfe=row_nfe,
+        )
 
 
 def generate_llada(
@@ -328,6 +433,8 @@ def generate_llada(
     cache: str = "none",
     parallel_threshold: float | None = None,
     grow_canvas: int = 0,
+    stop_at_end: bool = False,
+    suffix_window: int | None = None,
     generator: torch.Generator | None = None,
 ) -> SampleOutput:
     """LLaDA sampling in one call: a `LladaSampler` with these settings, run on `prompt_ids`."""
@@ -344,6 +451,8 @@ def generate_llada(
         cache=cache,
         parallel_threshold=parallel_threshold,
         grow_canvas=grow_canvas,
+        stop_at_end=stop_at_end,
+        suffix_window=suffix_window,
     )
     return sampler.sample(
         model,
@@ -356,31 +465,3 @@ def generate_llada(
         infill=infill,
         generator=generator,
     )
-
-
-def _grow(
-    run: _LladaRun,
-    model: torch.nn.Module,
-    canvas_mask: torch.Tensor | None,
-    cache: str,
-    steps: int,
-    chunk: int,
-    end_ids: tuple[int, ...],
-) -> int:
-    """Decode a canvas that holds the prompt, the chunks decoded so far and one new chunk of masks (one block,
-    `steps` passes), never the masks beyond; stop once every row holds an end token and fill the rest with the
-    first of `end_ids`. A model trained on rows padded only to their batch's longest one never saw masks far
-    beyond its answers; this keeps them out of its view. Return the network evaluations."""
-    canvas = run.x
-    nfe = 0
-    for end in range(run.prompt_len + chunk, canvas.shape[1] + 1, chunk):
-        run.x = canvas[:, :end]  # a view: the run writes into the whole canvas
-        mask = None if canvas_mask is None else canvas_mask[:, :end]
-        run.logits = BlockLogits(model, mask, cache, shift=False)
-        nfe += run.block(end - chunk, end, steps)
-        ended = torch.isin(canvas[:, run.prompt_len : end], torch.tensor(end_ids, device=canvas.device)).any(-1)
-        if bool(ended.all()):
-            canvas[:, end:] = end_ids[0]
-            break
-    run.x = canvas
-    return nfe

@@ -25,9 +25,9 @@ from dlm.generation import SamplerSettings, generate
 from dlm.lm_eval.model import settings_for_length
 from dlm.metrics.result import EvaluationError
 from dlm.models.cache import CanvasCache
-from dlm.samplers.common import SamplingError
+from dlm.samplers.common import SamplingError, masked_canvas
 from dlm.samplers.dream import generate_dream
-from dlm.samplers.llada import generate_llada, llada_transfer_counts
+from dlm.samplers.llada import LladaSampler, generate_llada, llada_transfer_counts
 from dlm.trainers.sft_config import SFTConfig
 from dlm.trainers.sft_trainer import run_sft
 from plugin_sdk.params import ParameterError, coerce_and_validate
@@ -97,6 +97,27 @@ def test_replayed_span_logits_equal_uncached(models: dict[str, nn.Module], famil
         ).logits
     torch.testing.assert_close(recorded, uncached, rtol=0, atol=0)
     torch.testing.assert_close(replayed, uncached[:, span[0] : span[1]], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_rows_replay_spans_at_their_own_starts(models: dict[str, nn.Module], family: str) -> None:
+    """Per-row span starts (rows decoding different blocks): each row's replayed logits equal the uncached ones at
+    its own span."""
+    model = models[family]
+    ids, attention = _batch()
+    canvas = torch.cat([ids, torch.randint(5, 60, (3, 12))], dim=1)
+    canvas[:, 9:17] = model.config.mask_token_id
+    starts = torch.tensor([7, 11, 9])
+    full_mask = attention_mask(attention, 12)
+    with torch.no_grad():
+        uncached = model(canvas, attention_mask=full_mask).logits
+        cache = CanvasCache()
+        model(canvas, attention_mask=full_mask, past_key_values=cache)
+        cache.span_start = starts
+        spans = canvas.gather(1, starts[:, None] + torch.arange(4))
+        replayed = model(spans, attention_mask=full_mask, past_key_values=cache).logits
+    for row, start in enumerate(starts.tolist()):
+        torch.testing.assert_close(replayed[row], uncached[row, start : start + 4], rtol=1e-5, atol=1e-5)
 
 
 def attention_mask(prompt_mask: torch.Tensor, generated: int) -> torch.Tensor:
@@ -220,21 +241,28 @@ def test_infilled_tokens_stay_and_only_masks_are_generated(models: dict[str, nn.
 
 def test_stochastic_transfer_counts_are_seeded_and_finish_each_block(llada: nn.Module) -> None:
     def run(seed: int) -> tuple[torch.Tensor, list[list[int]]]:
-        spy = Spy(llada)
+        """The sequences and each row's reveal counts, step by step (rows advance on their own)."""
         generator = torch.Generator().manual_seed(seed)
-        out = _sample(
-            spy, "llada", steps=8, gen_length=16, block_length=8, stochastic_transfer=True, generator=generator
+        prompt, attention = _batch()
+        sampler = LladaSampler(steps=8, gen_length=16, block_length=8, stochastic_transfer=True)
+        canvases = [masked_canvas(prompt, 16, llada.config.mask_token_id, None)]
+        out = sampler.sample(
+            llada,
+            prompt,
+            mask_id=llada.config.mask_token_id,
+            attention_mask=attention,
+            generator=generator,
+            on_step=lambda x, *_: canvases.append(x.clone()),
         )
-        canvases = [call["ids"] for call in spy.calls] + [out.sequences]
-        masks = [(c[:, 7:] == llada.config.mask_token_id).sum(-1) for c in canvases]
-        return out.sequences, [(a - b).tolist() for a, b in zip(masks, masks[1:], strict=False)]
+        masks = torch.stack([(c[:, 7:] == llada.config.mask_token_id).sum(-1) for c in canvases])
+        return out.sequences, [[int(d) for d in column if d] for column in (masks[:-1] - masks[1:]).T]
 
     sequences, counts = run(0)
     assert torch.equal(run(0)[0], sequences)
     assert not bool((sequences == llada.config.mask_token_id).any())
     schedule = llada_transfer_counts(torch.tensor([8]), 4)[0].tolist()  # [2, 2, 2, 2] per block, deterministic
-    per_row = list(zip(*counts, strict=True))
-    assert any(list(row) != schedule * 2 for row in per_row), "the counts never left the deterministic schedule"
+    assert all(sum(row) == 16 for row in counts)
+    assert any(row != schedule * 2 for row in counts), "the counts never left the deterministic schedule"
     assert {run(seed)[1].__repr__() for seed in (1, 2, 3)}.__len__() > 1
 
 

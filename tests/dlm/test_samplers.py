@@ -13,7 +13,7 @@ from torch import nn
 import dlm  # noqa: F401  (registers LLaDA and Dream with the Auto classes)
 from dlm.samplers.common import SamplingError
 from dlm.samplers.dream import generate_dream
-from dlm.samplers.llada import generate_llada, llada_transfer_counts
+from dlm.samplers.llada import LladaSampler, generate_llada, llada_transfer_counts
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "golden"
 PAD = 2  # a token id that is neither mask (3 for LLaDA, 4 for Dream) nor used in the prompts
@@ -345,14 +345,21 @@ def test_growing_canvas_equals_chunk_by_chunk_runs(llada: nn.Module) -> None:
     assert [canvas.shape[1] for canvas in recorder.inputs] == [9, 9, 13, 13, 17, 17]
 
 
-def test_growing_canvas_stops_once_every_row_has_ended(llada: nn.Module) -> None:
+def test_growing_canvas_stops_each_row_once_its_answer_has_ended(llada: nn.Module) -> None:
+    """Made the end token, the first generated token ends the answer the step it is revealed: the run stops there
+    (its forward passes are those of the full run up to that step) and fills the rest with the end token."""
     prompt = _prompts([5])[0].unsqueeze(0)
-    first = _llada(llada, prompt, steps=6, gen_length=12, block_length=12, grow_canvas=4, eos_id=99)
-    end_token = int(first.sequences[0, 5])  # the first generated token, made the end token
+    canvases: list[torch.Tensor] = []
+    sampler = LladaSampler(steps=6, gen_length=12, block_length=12, grow_canvas=4)
+    first = sampler.sample(
+        llada, prompt, mask_id=llada.config.mask_token_id, eos_id=99, on_step=lambda x, *_: canvases.append(x.clone())
+    )
+    end_token = int(first.sequences[0, 5])
+    revealed_at = next(i for i, canvas in enumerate(canvases) if canvas[0, 5] != llada.config.mask_token_id) + 1
     out = _llada(llada, prompt, steps=6, gen_length=12, block_length=12, grow_canvas=4, eos_id=end_token)
-    assert out.nfe == 2
-    assert torch.equal(out.sequences[0, :9], first.sequences[0, :9])
-    assert out.sequences[0, 9:].tolist() == [end_token] * 8
+    assert out.nfe == revealed_at < first.nfe
+    assert torch.equal(out.sequences[0, :6], first.sequences[0, :6])
+    assert out.sequences[0, 6:].tolist() == [end_token] * 11
 
 
 @pytest.mark.parametrize(
