@@ -42,7 +42,8 @@ class SamplerSettings:
     cache: str = "none"  # diffusion samplers: "prefix"/"dual" approximate key/value caches (LLaDA and Dream)
     parallel_threshold: float | None = None  # diffusion samplers: also reveal every position this confident
     grow_canvas: int = 0  # LLaDA-style samplers: grow the canvas this many tokens at a time, stop at the end token
-    stop_at_end: bool = False  # diffusion samplers: a row stops once its answer has ended (answers unchanged)
+    # diffusion samplers: a row stops once its answer has ended; answers are unchanged, only the canvas after them
+    stop_at_end: bool = True
     suffix_window: int | None = None  # LLaDA-style samplers: positions after the block kept in view (DPad)
 
     @classmethod
