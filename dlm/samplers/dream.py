@@ -33,6 +33,7 @@ from dlm.samplers.common import (
     rand,
     reveal_top,
 )
+from dlm.samplers.rows import RowRun
 
 if TYPE_CHECKING:
     from dlm.families.base import Family
@@ -142,66 +143,65 @@ class _DreamChoice:
         return x0, probability, probability
 
 
-@dataclass
-class _DreamRun:
-    """One Dream sampling run: the canvas, how logits are computed and how tokens are chosen."""
+@dataclass(kw_only=True)
+class _DreamRun(RowRun):
+    """One Dream sampling run: the canvas (`RowRun`: each row at its own block) and how tokens are chosen. Each
+    block is denoised over times linspace(1, eps, steps + 1)."""
 
-    x: torch.Tensor
-    offsets: torch.Tensor
-    mask_id: int
-    logits: BlockLogits
     choose: _DreamChoice
     alg_temp: float | None
     eps: float
     threshold: float | None
-    on_step: StepHook | None = None
-    blocks_done: int = 0  # the index of the block being denoised, for `on_step`
 
-    def block(self, start: int, end: int, steps: int) -> int:
-        """Denoise block [start, end) over times linspace(1, eps, steps + 1) (each block's first pass refreshes the
-        cache); return the network evaluations."""
+    def __post_init__(self) -> None:
+        super().__post_init__()
         # float32 on the canvas' device as the official code, so int(masks * (1 - s/t)) rounds the same way
-        times = torch.linspace(1, self.eps, steps + 1, device=self.x.device)
-        nfe = 0
-        for step in range(steps):
-            masked = self.x[:, start:end] == self.mask_id
-            plan = self.plan(masked, times[step], times[step + 1], step == steps - 1)
-            if plan is None:
-                continue
-            rows = torch.arange(self.x.shape[0], device=self.x.device)
-            logits = self.logits(self.x, rows, torch.full_like(rows, start), refresh=nfe == 0)
-            nfe += 1
-            x0, confidence, probability = self.choose(logits)
-            reveal = plan if self.choose.alg == "origin" else self.rank(confidence, masked, plan, start, end)
-            reveal = parallel_reveal(reveal, masked, probability, self.threshold) & masked
-            self.x[:, start:end] = torch.where(reveal, x0, self.x[:, start:end])
-            if self.on_step is not None:
-                self.on_step(self.x, step, self.blocks_done)
-        self.blocks_done += 1
-        return nfe
+        self.times = torch.linspace(1, self.eps, self.steps + 1, device=self.x.device)
 
-    def plan(self, masked: torch.Tensor, t: torch.Tensor, s: torch.Tensor, last: bool) -> torch.Tensor | None:
+    def _step(self, rows: torch.Tensor, refresh: bool) -> bool:
+        columns = self.columns(rows)
+        current = self.x[rows[:, None], columns]
+        masked = current == self.mask_id
+        step = self.step[rows]
+        plan = self.plan(masked, self.times[step], self.times[step + 1], step == self.steps - 1)
+        if plan is None:
+            return False
+        logits = self.logits(self.x, rows, columns[:, 0], refresh)
+        x0, confidence, probability = self.choose(logits)
+        reveal = plan if self.choose.alg == "origin" else self.rank(confidence, masked, plan, rows, columns)
+        reveal = parallel_reveal(reveal, masked, probability, self.threshold) & masked
+        self.x[rows[:, None], columns] = torch.where(reveal, x0, current)
+        if self.on_step is not None:
+            self.on_step(self.x, int(step[0]), int(self.block[rows[0]]))
+        return True
+
+    def plan(self, masked: torch.Tensor, t: torch.Tensor, s: torch.Tensor, last: torch.Tensor) -> torch.Tensor | None:
         """`origin`: the positions to reveal (each with probability 1 - s/t); other algorithms: how many per row
-        (at least one with a parallel threshold). None when the step has nothing to do."""
+        (at least one with a parallel threshold). Each row at its own time t -> s; None when the step has nothing
+        to do."""
         if self.choose.alg == "origin":
             if not bool(masked.any()):
                 return None
-            return masked if last else masked & (rand(masked.shape, self.choose.generator, masked.device) < 1 - s / t)
+            if bool(last.all()):
+                return masked
+            drawn = rand(masked.shape, self.choose.generator, masked.device) < (1 - s / t)[:, None]
+            return masked & (drawn | last[:, None])
         left = masked.sum(-1)
-        counts = left if last else (left.float() * (1 - s / t)).long()
+        counts = torch.where(last, left, (left.float() * (1 - s / t)).long())
         if self.threshold is not None:
             counts = torch.maximum(counts, (left > 0).long())
         return counts if bool(counts.any()) else None
 
     def rank(
-        self, confidence: torch.Tensor, masked: torch.Tensor, counts: torch.Tensor, start: int, end: int
+        self, confidence: torch.Tensor, masked: torch.Tensor, counts: torch.Tensor, rows: torch.Tensor, columns
     ) -> torch.Tensor:
         """The `counts` masked positions of highest confidence per row, or with `alg_temp` a sample of them."""
-        canvas_confidence = torch.full(self.x.shape, -torch.inf, device=self.x.device)
-        canvas_confidence[:, start:end] = confidence.masked_fill(~masked, -torch.inf)
+        block_confidence = confidence.masked_fill(~masked, -torch.inf)
         if not self.alg_temp:
-            return reveal_top(canvas_confidence, counts, self.offsets)[:, start:end]
-        weights = F.softmax(canvas_confidence[:, start:end] / self.alg_temp, dim=-1)
+            canvas_confidence = torch.full((len(rows), self.x.shape[1]), -torch.inf, device=self.x.device)
+            canvas_confidence.scatter_(1, columns, block_confidence)
+            return reveal_top(canvas_confidence, counts, self.offsets[rows]).gather(1, columns)
+        weights = F.softmax(block_confidence / self.alg_temp, dim=-1)
         reveal = torch.zeros_like(masked)
         for row in range(masked.shape[0]):
             if counts[row]:
@@ -226,7 +226,10 @@ class DreamSampler(DiffusionSampler):
     block by block (Fast-dLLM's Dream), each block over its share of `steps` with the whole schedule; `cache`
     ('prefix', 'dual') keeps approximate keys/values, refreshed by the first pass of every block;
     `parallel_threshold` (not with `origin`) also reveals every masked position whose chosen token's probability
-    reaches it, and at least one position per step.
+    reaches it, and at least one position per step; `stop_at_end` stops each row once its answer has ended (answers
+    unchanged; the rest of the row is filled with `eos_id`, or `eot_id`); `suffix_window` (DPad) keeps only that
+    many positions after each row's block in view. Rows advance on their own (`dlm.samplers.rows`); `row_nfe`
+    counts each row's passes.
     """
 
     blockwise: ClassVar[bool] = False  # decodes block by block whatever the cache
@@ -242,6 +245,8 @@ class DreamSampler(DiffusionSampler):
     block_length: int | None = None
     cache: str = "none"
     parallel_threshold: float | None = None
+    stop_at_end: bool = False
+    suffix_window: int | None = None
 
     def __post_init__(self) -> None:
         check_dream_settings(
@@ -250,7 +255,7 @@ class DreamSampler(DiffusionSampler):
         check_dream_blocks(
             self.steps, self.max_new_tokens, self.block_length or self.max_new_tokens, self.alg, self.parallel_threshold
         )
-        check_decoding(self.cache, self.parallel_threshold)
+        check_decoding(self.cache, self.parallel_threshold, self.suffix_window)
 
     @classmethod
     def from_settings(cls, settings: SamplerSettings, family: Family) -> DreamSampler:
@@ -268,12 +273,14 @@ class DreamSampler(DiffusionSampler):
             block_length=_block_length(settings),
             cache=settings.cache,
             parallel_threshold=settings.parallel_threshold,
+            stop_at_end=settings.stop_at_end,
+            suffix_window=settings.suffix_window,
         )
 
     @classmethod
     def check_decoding_settings(cls, settings: SamplerSettings, family: Family) -> None:
         """The fast-decoding settings alone (cache, threshold, blocks), for callers that set the lengths later."""
-        check_decoding(settings.cache, settings.parallel_threshold)
+        check_decoding(settings.cache, settings.parallel_threshold, settings.suffix_window)
         check_family_cache(settings.cache, family)
         block_length = _block_length(settings) or settings.max_new_tokens
         check_dream_blocks(
@@ -302,22 +309,34 @@ class DreamSampler(DiffusionSampler):
         check_model_cache(cache, model)
         offsets = check_prompt(prompt_ids, attention_mask, mask_id)
         prompt_len = prompt_ids.shape[1]
+        end_ids = tuple(i for i in (eos_id, eot_id) if i is not None)
+        if self.stop_at_end and not end_ids:
+            raise SamplingError("stop_at_end needs eos_id or eot_id: a row stops once its answer holds one")
         run = _DreamRun(
             x=masked_canvas(prompt_ids, max_new_tokens, mask_id, infill),
+            prompt_len=prompt_len,
             offsets=offsets,
             mask_id=mask_id,
-            logits=BlockLogits(model, padding_mask(attention_mask, max_new_tokens), cache, True, block_length),
+            logits=BlockLogits(
+                model, padding_mask(attention_mask, max_new_tokens), cache, True, block_length, self.suffix_window
+            ),
+            blocks=max_new_tokens // block_length,
+            steps=self.steps // (max_new_tokens // block_length),
+            end_ids=end_ids if self.stop_at_end else (),
+            on_step=on_step,
             choose=_DreamChoice(self.temperature, self.top_p, self.top_k, self.alg, tuple(suppress_tokens), generator),
             alg_temp=self.alg_temp,
             eps=self.eps,
             threshold=self.parallel_threshold,
-            on_step=on_step,
         )
-        steps_per_block = self.steps // (max_new_tokens // block_length)
-        starts = range(prompt_len, prompt_len + max_new_tokens, block_length)
-        nfe = sum(run.block(start, start + block_length, steps_per_block) for start in starts)
+        row_nfe = run.decode()
         generated = run.x[:, prompt_len:]
-        return SampleOutput(sequences=run.x, nfe=nfe, generated_tokens=count_generated(generated, (eos_id, eot_id)))
+        return SampleOutput(
+            sequences=run.x,
+            nfe=int(row_nfe.max()),
+            generated_tokens=count_generated(generated, (eos_id, eot_id)),
+            row_nfe=row_nfe,
+        )
 
 
 def _block_length(settings: SamplerSettings) -> int | None:
@@ -346,6 +365,8 @@ def generate_dream(
     block_length: int | None = None,
     cache: str = "none",
     parallel_threshold: float | None = None,
+    stop_at_end: bool = False,
+    suffix_window: int | None = None,
     generator: torch.Generator | None = None,
 ) -> SampleOutput:
     """Dream sampling in one call: a `DreamSampler` with these settings, run on `prompt_ids`."""
@@ -361,6 +382,8 @@ def generate_dream(
         block_length=block_length,
         cache=cache,
         parallel_threshold=parallel_threshold,
+        stop_at_end=stop_at_end,
+        suffix_window=suffix_window,
     )
     return sampler.sample(
         model,

@@ -33,6 +33,7 @@ from dlm.samplers.common import (
     rand,
     reveal_top,
 )
+from dlm.samplers.rows import RowRun
 
 if TYPE_CHECKING:
     from dlm.families.base import Family
@@ -123,106 +124,30 @@ def _stochastic_count(
     return torch.where(steps_left == 1, masked.sum(-1), drawn)
 
 
-@dataclass
-class _LladaRun:
-    """One LLaDA sampling run: the canvas, how logits are computed and how tokens are chosen.
+@dataclass(kw_only=True)
+class _LladaRun(RowRun):
+    """One LLaDA sampling run: the canvas (`RowRun`: each row at its own block) and how tokens are chosen."""
 
-    Every row moves through its blocks on its own: a row whose block has no masks left (a parallel threshold can
-    finish it early) starts its next block at once instead of waiting for the batch, and a row that has finished,
-    or whose answer has ended (`end_ids`), leaves the batch. Rows at the same block and step share one pass, so with
-    the exact schedule every pass holds the whole batch, as the official sampler's.
-    """
-
-    x: torch.Tensor
-    prompt_len: int
-    offsets: torch.Tensor
-    mask_id: int
-    logits: BlockLogits
     choose: _LladaChoice
     cfg_scale: float
     threshold: float | None
     stochastic: bool
-    blocks: int
-    steps: int  # per block
-    end_ids: tuple[int, ...] = ()  # stop a row once its answer has ended (empty: decode every block)
-    on_step: StepHook | None = None
 
     def __post_init__(self) -> None:
-        batch, device = self.x.shape[0], self.x.device
-        self.block = torch.zeros(batch, dtype=torch.long, device=device)
-        self.step = torch.zeros_like(self.block)
-        self.fresh = torch.ones(batch, dtype=torch.bool, device=device)  # the block's first pass refreshes the cache
-        self.done = torch.zeros_like(self.fresh)
-        self.counts = torch.zeros(batch, self.steps, dtype=torch.long, device=device)
-
-    @property
-    def block_length(self) -> int:
-        return self.logits.block_length
-
-    def decode(self) -> torch.Tensor:
-        """Denoise every row to its end; return each row's network evaluations [B]."""
-        rows = torch.arange(self.x.shape[0], device=self.x.device)
-        self._enter(rows)
-        self._advance(rows)
-        nfe = torch.zeros_like(self.block)
-        while bool((~self.done).any()):
-            active = (~self.done).nonzero()[:, 0]
-            for group, refresh in self._groups(active):
-                nfe[group] += 2 if self.cfg_scale > 0 else 1
-                self._step(group, refresh)
-            self.step[active] += 1
-            self.fresh[active] = False
-            self._advance(active)
-        return nfe
-
-    def _columns(self, rows: torch.Tensor) -> torch.Tensor:
-        """Canvas columns [rows, block_length] of each row's current block."""
-        starts = self.prompt_len + self.block[rows] * self.block_length
-        return starts[:, None] + torch.arange(self.block_length, device=self.x.device)
+        super().__post_init__()
+        self.counts = torch.zeros(self.x.shape[0], self.steps, dtype=torch.long, device=self.x.device)
 
     def _enter(self, rows: torch.Tensor) -> None:
-        """Plan the reveal counts of the rows' current blocks."""
-        masks = (self.x[rows[:, None], self._columns(rows)] == self.mask_id).sum(-1)
+        masks = (self.x[rows[:, None], self.columns(rows)] == self.mask_id).sum(-1)
         self.counts[rows] = llada_transfer_counts(masks, self.steps)
 
-    def _advance(self, rows: torch.Tensor) -> None:
-        """Rows whose answer has ended are done; rows whose block has no masks left start the next one."""
-        while len(rows):
-            if self.end_ids:
-                ended = rows[_answers_ended(self.x[rows, self.prompt_len :], self.mask_id, self.end_ids)]
-                self.done[ended] = True
-                _end_rows(self.x, ended, self.prompt_len, self.end_ids)
-                rows = rows[~self.done[rows]]
-            finished = ~(self.x[rows[:, None], self._columns(rows)] == self.mask_id).any(-1)
-            rows = rows[finished]
-            self.block[rows] += 1
-            self.step[rows] = 0
-            self.fresh[rows] = True
-            self.done[rows[self.block[rows] == self.blocks]] = True
-            rows = rows[~self.done[rows]]
-            if len(rows):
-                self._enter(rows)
-
-    def _groups(self, active: torch.Tensor) -> list[tuple[torch.Tensor, bool]]:
-        """The passes of one round: (rows, refresh). Without a cache one full pass; with one, the rows starting a
-        block refresh together and the others replay (a prefix cache: per block, as their spans differ)."""
-        if self.logits.mode == "none":
-            return [(active, False)]
-        refresh = self.fresh[active]
-        groups = [(active[refresh], True)] if bool(refresh.any()) else []
-        replay = active[~refresh]
-        if self.logits.mode == "dual":
-            return groups + ([(replay, False)] if len(replay) else [])
-        return groups + [(replay[self.block[replay] == b], False) for b in self.block[replay].unique().tolist()]
-
-    def _step(self, rows: torch.Tensor, refresh: bool) -> None:
-        columns = self._columns(rows)
+    def _step(self, rows: torch.Tensor, refresh: bool) -> bool:
+        columns = self.columns(rows)
         current = self.x[rows[:, None], columns]
         masked = current == self.mask_id
         logits = self.guided_logits(rows, columns[:, 0], refresh)
-        steps_left = self.steps - self.step[rows]
         if self.stochastic:
-            count = _stochastic_count(masked, steps_left, self.choose.generator)
+            count = _stochastic_count(masked, self.steps - self.step[rows], self.choose.generator)
         else:
             count = self.counts[rows, self.step[rows]]
         x0, confidence, probability = self.choose(logits)
@@ -234,6 +159,7 @@ class _LladaRun:
         self.x[rows[:, None], columns] = torch.where(reveal, x0, current)
         if self.on_step is not None:
             self.on_step(self.x, int(self.step[rows[0]]), int(self.block[rows[0]]))
+        return True
 
     def guided_logits(self, rows: torch.Tensor, starts: torch.Tensor, refresh: bool) -> torch.Tensor:
         if self.cfg_scale <= 0:
@@ -244,24 +170,6 @@ class _LladaRun:
         both = self.logits(torch.cat([self.x, unconditional]), both_rows, starts.repeat(2), refresh)
         cond, uncond = both.chunk(2)
         return uncond + (self.cfg_scale + 1) * (cond - uncond)
-
-
-def _answers_ended(generated: torch.Tensor, mask_id: int, end_ids: tuple[int, ...]) -> torch.Tensor:
-    """Bool [rows]: the answer has ended, an end token revealed with nothing masked before it, so no later step can
-    change the answer (revealed tokens stay)."""
-    is_end = torch.isin(generated, torch.tensor(end_ids, device=generated.device))
-    first_end = torch.where(is_end.any(-1), is_end.int().argmax(-1), generated.shape[1])
-    before = torch.arange(generated.shape[1], device=generated.device) < first_end[:, None]
-    return is_end.any(-1) & ~((generated == mask_id) & before).any(-1)
-
-
-def _end_rows(x: torch.Tensor, rows: torch.Tensor, prompt_len: int, end_ids: tuple[int, ...]) -> None:
-    """Fill every position after each row's first end token with the first of `end_ids` (the rest of its canvas
-    is not decoded)."""
-    for row in rows.tolist():
-        generated = x[row, prompt_len:]
-        first_end = int(torch.isin(generated, torch.tensor(end_ids, device=x.device)).int().argmax())
-        generated[first_end + 1 :] = end_ids[0]
 
 
 @dataclass(frozen=True)
@@ -400,6 +308,7 @@ class LladaSampler(DiffusionSampler):
             steps=steps // (gen_length // block_length),
             end_ids=end_ids if growing or self.stop_at_end else (),
             on_step=on_step,
+            pass_cost=2 if self.cfg_scale > 0 else 1,
         )
         row_nfe = run.decode()
         generated = run.x[:, run.prompt_len :]

@@ -583,7 +583,7 @@ def test_sampler_settings_are_checked_once_per_evaluation(presets, monkeypatch) 
     settings = EvalSettings(metrics=("generation",), batch_size=1, mc_num=2, sampler=sampler)
     check_models(model_specs(loaded.path), settings)
     evaluate(loaded, _examples(), settings)  # 3 batches
-    assert checks == [("none", 0.9)]
+    assert checks == [("none", 0.9, None)]
     with pytest.raises(EvaluationError, match=r"parallel_threshold must be in \(0, 1\]"):
         check_models(
             model_specs(loaded.path), dataclasses.replace(settings, sampler=SamplerSettings(parallel_threshold=2.0))

@@ -309,7 +309,17 @@ def test_generation_passes_cache_and_threshold_on(models: dict[str, nn.Module], 
     settings = SamplerSettings(steps=8, max_new_tokens=8, block_length=4, alg="entropy")
     fast = SamplerSettings(**{**settings.__dict__, "cache": "dual", "parallel_threshold": 0.3})
     out = generate(model, get_family(family), special, ids, attention, fast)
-    direct = _sample(model, family, steps=8, gen_length=8, block_length=4, cache="dual", parallel_threshold=0.3)
+    direct = _sample(
+        model,
+        family,
+        steps=8,
+        gen_length=8,
+        block_length=4,
+        cache="dual",
+        parallel_threshold=0.3,
+        eos_id=PAD,
+        stop_at_end=True,
+    )
     assert torch.equal(out.sequences, direct.sequences) and out.nfe == direct.nfe
     exact = generate(model, get_family(family), special, ids, attention, settings)
     assert (exact.nfe, exact.sequences.tolist()) != (out.nfe, out.sequences.tolist())

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from dlm.samplers.common import SamplingError
+from dlm.samplers.dream import generate_dream
 from dlm.samplers.llada import generate_llada
 
 PAD = 2
@@ -115,17 +116,29 @@ def test_rows_stop_once_their_answer_has_ended(llada: nn.Module) -> None:
         assert _answers(out, ids.shape[1])[row][:cut] == answer[:cut]
 
 
+def _generate(family: str, model: nn.Module, prompt: torch.Tensor, **settings: Any) -> Any:
+    if family == "llada":
+        return generate_llada(model, prompt, mask_id=model.config.mask_token_id, **settings)
+    length = settings.pop("gen_length")
+    return generate_dream(model, prompt, mask_id=model.config.mask_token_id, max_new_tokens=length, **settings)
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
 @pytest.mark.parametrize("cache", ["dual", "prefix"])
-def test_cached_rows_decode_as_each_prompt_alone(llada: nn.Module, cache: str) -> None:
-    """With a cache and a threshold, rows refresh and replay at their own blocks: the batch gives each row the
-    tokens and forward passes it gets alone."""
+def test_cached_rows_decode_as_each_prompt_alone(llada: nn.Module, dream: nn.Module, family: str, cache: str) -> None:
+    """With a cache, a threshold, a suffix window and an end token, rows refresh, replay and stop at their own
+    blocks: the batch gives each row the tokens and forward passes it gets alone."""
+    model = {"llada": llada, "dream": dream}[family]
     ids, attention = _batch()
     settings = {"gen_length": 16, "block_length": 4, "steps": 16, "cache": cache, "parallel_threshold": 0.999}
-    mask_id = llada.config.mask_token_id
-    out = generate_llada(llada, ids, mask_id=mask_id, attention_mask=attention, suffix_window=4, **settings)
+    settings |= {"suffix_window": 4, **({"alg": "entropy"} if family == "dream" else {})}
+    full = _generate(family, model, ids, attention_mask=attention, **settings)
+    end_id = int(full.sequences[1, ids.shape[1] + 5])  # a token of row 1's second block
+    settings |= {"eos_id": end_id, "stop_at_end": True}
+    out = _generate(family, model, ids, attention_mask=attention, **settings)
     assert len(set(out.row_nfe.tolist())) > 1, "the rows never went their own ways"
     for row, prompt in enumerate(PROMPTS):
-        alone = generate_llada(llada, torch.tensor([prompt]), mask_id=mask_id, suffix_window=4, **settings)
+        alone = _generate(family, model, torch.tensor([prompt]), **settings)
         assert _answers(out, ids.shape[1])[row] == _answers(alone, len(prompt))[0]
         assert int(out.row_nfe[row]) == alone.nfe
 
