@@ -1,28 +1,28 @@
-"""Sampler speed on one device: dlm's batched LLaDA sampler, exact and in its fast modes, against the official
-LLaDA `generate.py` loop run batched (8 prompts per call, as the official code does), written below as plainly as
-the original.
+"""Sampler speed on one device: dlm's batched LLaDA sampler, exact and in its fast modes.
 
-Part 1, exact: ours against the official batched loop on random-weight LLaDAs of tiny-llada's size at a 32k and at
-a small vocabulary (prompts of different lengths, left-padded with an attention mask on both sides): tokens/s and
-whether every output token matches. The official loop runs the full model (logits at every position) each step;
-ours applies the output head only to the current block.
+Part 1, exact: ours against the official LLaDA `generate.py` loop run batched (8 prompts per call, as the official
+code does), written below as plainly as the original, on random-weight LLaDAs of tiny-llada's size at a 32k and at a
+small vocabulary (prompts of different lengths, left-padded with an attention mask on both sides): tokens/s and
+whether every output token matches.
 
-Part 2, fast modes against our exact sampler on one model, 8 prompts, `--gen-length` (256) new tokens, blocks of
-`--block-length` (32), one token per step: `prefix` and `dual` key/value caches, and `dual` with
-`--threshold` (0.9) parallel decoding. The model is the demo's trained tiny-llada when `--demo-model DIR` is given
-(prompts: its held-out test problems; task accuracy per mode over `--problems` of them, at the demo's own answer
-length, as that model answers nothing on longer canvases), else the small-vocabulary random model of part 1.
-Prints answer positions decoded per second (the demo model's long answers are mostly end-of-text, so counting
-non-EOS tokens would say nothing), NFE (forward passes) per answer and speed-ups.
+Part 2, long answers: the counting model (`demo/counting.py`: "Count from 37 to 201" answered with 100-240 numbers,
+a tiny LLaDA trained on canvases of 256 and 1,024 answer positions, built once and cached in the workspace) answers
+`--problems` held-out problems in batches of `--batch`, at 256 and 1,024 new tokens, blocks of 32, one step per
+token, in each mode of `MODES`. For each mode and length: the speed-up over the exact sampler (wall time for the
+same problems), task accuracy (every number right) and its drop against exact, NFE per prompt (each row's own
+forward passes, `SampleOutput.row_nfe`). Batch efficiency: NFE per prompt at batch `--batch` over NFE per prompt
+with each problem alone, for the best mode.
 
-Runs alternate (order flipped each round) after a warm-up, on one thread unless `--threads` says otherwise; times
-are medians. Part 1's tokens per second count generated tokens other than EOS.
+Which modes are exact: `exact` is the official sampler (token ids equal, part 1); `stop` (stop each row once its
+answer has ended) leaves every answer as `exact` gives it; the caches (Fast-dLLM), the threshold and the suffix
+window (DPad) are approximate, and their accuracy cost is what part 2 measures.
 
-The last line printed is one JSON object: ``speedup_prefix``, ``speedup_dual``, ``speedup_dual_parallel`` (speed
-over our exact sampler's), ``nfe_ratio_dual_parallel``, ``outputs_identical_exact`` (ours = official batched at both
-vocabularies), ``official_ratio_vocab_32k``/``official_ratio_small_vocab`` (ours exact over official batched), and
-``accuracy_<mode>`` for each mode (null without `--demo-model`).
-Run: ``python bench/sample.py`` (``--help`` for sizes).
+The last line printed is one JSON object: ``speedup_<length>_<mode>``, ``accuracy_<length>_<mode>``,
+``nfe_<length>_<mode>``; ``speedup_1024_best`` (the fastest mode whose accuracy is within one point of exact at
+1,024), ``best_mode``, ``accuracy_drop_best``, ``batch8_nfe_ratio`` (that mode's NFE per prompt at batch 8 over
+batch 1, at 1,024), ``outputs_identical_exact`` (ours = official batched at both vocabularies) and
+``official_ratio_vocab_32k``/``official_ratio_small_vocab`` (ours exact over official batched, tokens/s).
+Run: ``python bench/sample.py`` (``--help`` for sizes; the first run trains the counting model, a few minutes).
 """
 
 from __future__ import annotations
@@ -32,22 +32,40 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from common import add_threads_argument
+from demo.counting import build_task, chat, counting_model, is_correct
 
 import dlm  # noqa: F401  (registers LLaDA with the Auto classes)
-from demo.run import SIZES
-from demo.task import MAX_DIGITS, build_task, is_correct
 from dlm.generation import decode_answers, encode_prompts
-from dlm.loading import load_model_and_tokenizer
+from dlm.loading import LoadedModel, load_model_and_tokenizer
 from dlm.models import LLaDAConfig, LLaDAModelLM
-from dlm.samplers.common import SampleOutput
 from dlm.samplers.llada import generate_llada
 
-MODES = {"exact": {}, "prefix": {"cache": "prefix"}, "dual": {"cache": "dual"}, "dual_parallel": {"cache": "dual"}}
+LENGTHS = (256, 1024)
+BLOCK_LENGTH = 32
+THRESHOLD = 0.9  # Fast-dLLM's
+WINDOW = 32  # suffix positions kept in view after the block (DPad)
+MAX_ACCURACY_DROP = 0.01
+MODES = {
+    "exact": {},
+    "prefix": {"cache": "prefix"},
+    "dual": {"cache": "dual"},
+    "dual_parallel": {"cache": "dual", "parallel_threshold": THRESHOLD},
+    "stop": {"stop_at_end": True},
+    "dual_parallel_stop": {"cache": "dual", "parallel_threshold": THRESHOLD, "stop_at_end": True},
+    "parallel_stop_window": {"parallel_threshold": THRESHOLD, "stop_at_end": True, "suffix_window": WINDOW},
+    "dual_parallel_stop_window": {
+        "cache": "dual",
+        "parallel_threshold": THRESHOLD,
+        "stop_at_end": True,
+        "suffix_window": WINDOW,
+    },
+}
 
 
 @torch.no_grad()
@@ -155,94 +173,110 @@ def against_official(vocab: int, args: argparse.Namespace) -> tuple[float, bool]
     return rates["ours"] / rates["official"], identical
 
 
-def demo_problems(args: argparse.Namespace) -> tuple[LLaDAModelLM, Callable[[dict], float], tuple[torch.Tensor, ...]]:
-    """The demo's trained model, the prompts of its first `--prompts` held-out test problems (ids, attention), and
-    the task accuracy of sampler options on `--problems` held-out test problems
-    at the answer shape the demo trains and evaluates with (one token per digit and end of turn, two blocks): the
-    demo model never saw a longer canvas, and given one it answers nothing."""
-    loaded = load_model_and_tokenizer(args.demo_model)
-    size = SIZES["small"]  # the small demo's splits: the held-out test problems it evaluates on
-    rows = build_task(size.train, size.validation, size.test).rows["test"][: args.problems]
-    messages = [[{"role": "user", "content": row["instruction"]}] for row in rows]
-    ids, attention = encode_prompts(loaded.tokenizer, messages, loaded.special_ids.pad)
-    shape = {"steps": MAX_DIGITS + 1, "gen_length": MAX_DIGITS + 1, "block_length": (MAX_DIGITS + 1) // 2}
+@dataclass
+class ModeRun:
+    seconds: float
+    accuracy: float
+    nfe_per_prompt: float
 
-    def accuracy(options: dict) -> float:
+
+def counting_problems(args: argparse.Namespace) -> tuple[LoadedModel, list[dict[str, str]]]:
+    """The counting model (trained on first use) and `--problems` of its held-out test problems."""
+    loaded = load_model_and_tokenizer(counting_model(args.workspace))
+    rows = build_task(0, 0, args.problems, seed=args.seed).rows["test"]
+    return loaded, rows
+
+
+def decode_problems(
+    loaded: LoadedModel, rows: list[dict[str, str]], options: dict, gen_length: int, batch: int
+) -> tuple[ModeRun, list[str]]:
+    """Answer `rows` in batches of `batch` with the LLaDA sampler: wall time, accuracy, NFE per prompt; answers."""
+    settings = {"steps": gen_length, "gen_length": gen_length, "block_length": BLOCK_LENGTH}
+    special = loaded.special_ids
+    answers, nfe, seconds = [], 0, 0.0
+    for first in range(0, len(rows), batch):
+        chunk = rows[first : first + batch]
+        ids, attention = encode_prompts(loaded.tokenizer, [chat(row["instruction"]) for row in chunk], special.pad)
+        start = time.perf_counter()
         out = generate_llada(
-            loaded.model, ids, attention_mask=attention, mask_id=loaded.special_ids.mask, **shape, **options
+            loaded.model,
+            ids,
+            attention_mask=attention,
+            mask_id=special.mask,
+            eos_id=special.eos,
+            eot_id=special.eot,
+            **settings,
+            **options,
         )
-        answers = decode_answers(loaded.tokenizer, loaded.special_ids, out.sequences, ids.shape[1])
-        return sum(is_correct(a, row["output"]) for a, row in zip(answers, rows, strict=True)) / len(rows)
+        seconds += time.perf_counter() - start
+        nfe += int(out.row_nfe.sum())
+        answers += decode_answers(loaded.tokenizer, special, out.sequences, ids.shape[1])
+    correct = sum(is_correct(answer, row["output"]) for answer, row in zip(answers, rows, strict=True))
+    return ModeRun(seconds, correct / len(rows), nfe / len(rows)), answers
 
-    return loaded.model.eval(), accuracy, (ids[: args.prompts], attention[: args.prompts])
 
-
-def fast_modes(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """Part 2: decoded positions per second, NFE per answer and (with the demo model) task accuracy per mode."""
-    if args.demo_model:
-        model, accuracy, (ids, attention) = demo_problems(args)
-    else:
-        model, accuracy = random_llada(args.small_vocab), None
-        ids, attention = random_prompts(args.prompts, args.small_vocab, model.config.eos_token_id)
-    settings = {"steps": args.gen_length, "gen_length": args.gen_length, "block_length": args.block_length}
-    options = {
-        mode: {**cache, **({"parallel_threshold": args.threshold} if mode == "dual_parallel" else {})}
-        for mode, cache in MODES.items()
-    }
-
-    def run(mode: str) -> SampleOutput:
-        mask_id = model.config.mask_token_id
-        return generate_llada(model, ids, attention_mask=attention, mask_id=mask_id, **options[mode], **settings)
-
-    seconds, results = time_alternating({mode: lambda m=mode: run(m) for mode in MODES}, args.rounds)
-    positions = args.prompts * args.gen_length
-    report = {mode: {"tokens_per_sec": positions / seconds[mode], "nfe": results[mode].nfe} for mode in MODES}
-    if accuracy is not None:
-        for mode in MODES:
-            report[mode]["accuracy"] = accuracy(options[mode])
-    print(f"fast modes, {args.prompts} prompts x {args.gen_length} positions, block {args.block_length}:")
-    for mode, figures in report.items():
-        speedup = figures["tokens_per_sec"] / report["exact"]["tokens_per_sec"]
-        accuracy_text = f", task accuracy {figures['accuracy']:.3f}" if "accuracy" in figures else ""
-        print(
-            f"  {mode:14s} {figures['tokens_per_sec']:9.1f} positions/s ({speedup:.2f}x), "
-            f"NFE per answer {figures['nfe']}{accuracy_text}"
-        )
-    return report
+def long_answers(args: argparse.Namespace) -> tuple[dict[int, dict[str, ModeRun]], str, float]:
+    """Part 2: every mode at each length; the best mode at 1,024 and its batch efficiency."""
+    loaded, rows = counting_problems(args)
+    loaded.model.eval()
+    decode_problems(loaded, rows[: args.batch], MODES["dual_parallel_stop_window"], 256, args.batch)  # warm-up
+    report: dict[int, dict[str, ModeRun]] = {}
+    for length in LENGTHS:
+        report[length] = {}
+        for mode, options in MODES.items():
+            report[length][mode], _ = decode_problems(loaded, rows, options, length, args.batch)
+            run = report[length][mode]
+            exact = report[length]["exact"]
+            print(
+                f"{length:5d} tokens  {mode:28s} {exact.seconds / run.seconds:7.2f}x  accuracy {run.accuracy:.3f} "
+                f"(drop {exact.accuracy - run.accuracy:+.3f})  NFE per prompt {run.nfe_per_prompt:7.1f}",
+                flush=True,
+            )
+    at_1024 = report[LENGTHS[-1]]
+    safe = [mode for mode, run in at_1024.items() if at_1024["exact"].accuracy - run.accuracy <= MAX_ACCURACY_DROP]
+    best = max(safe, key=lambda mode: at_1024["exact"].seconds / at_1024[mode].seconds)
+    alone, _ = decode_problems(loaded, rows, MODES[best], LENGTHS[-1], 1)
+    ratio = at_1024[best].nfe_per_prompt / alone.nfe_per_prompt
+    print(f"best mode at {LENGTHS[-1]}: {best}; NFE per prompt at batch {args.batch} over batch 1: {ratio:.3f}")
+    return report, best, ratio
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prompts", type=int, default=8)
-    parser.add_argument("--gen-length", type=int, default=256)
-    parser.add_argument("--block-length", type=int, default=32)
+    parser.add_argument("--prompts", type=int, default=8, help="part 1's prompts")
+    parser.add_argument("--block-length", type=int, default=32, help="part 1's block length")
     parser.add_argument("--official-gen-length", type=int, default=64, help="part 1's new tokens")
     parser.add_argument("--small-vocab", type=int, default=1024)
-    parser.add_argument("--threshold", type=float, default=0.9)
-    parser.add_argument("--demo-model", type=Path, default=None, help="the demo's trained tiny-llada folder")
-    parser.add_argument("--problems", type=int, default=64, help="held-out problems scored per mode (demo model)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--problems", type=int, default=16, help="held-out counting problems per mode (part 2)")
+    parser.add_argument("--batch", type=int, default=8, help="part 2's batch size")
+    parser.add_argument("--seed", type=int, default=0, help="the counting task's splits")
+    parser.add_argument("--workspace", type=Path, default=None, help="where the counting model is cached")
+    parser.add_argument("--rounds", type=int, default=3, help="part 1's timed rounds")
     add_threads_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.prompts < 8:
-        parser.error("--prompts must be at least 8")
 
     ratio_32k, identical_32k = against_official(32768, args)
     ratio_small, identical_small = against_official(args.small_vocab, args)
-    report = fast_modes(args)
-    speed = {mode: report[mode]["tokens_per_sec"] / report["exact"]["tokens_per_sec"] for mode in MODES}
+    report, best, batch_ratio = long_answers(args)
+    figures = {}
+    for length, runs in report.items():
+        for mode, run in runs.items():
+            figures[f"speedup_{length}_{mode}"] = round(runs["exact"].seconds / run.seconds, 3)
+            figures[f"accuracy_{length}_{mode}"] = round(run.accuracy, 4)
+            figures[f"nfe_{length}_{mode}"] = round(run.nfe_per_prompt, 2)
+    at_1024 = report[LENGTHS[-1]]
     print(
         json.dumps(
             {
-                "speedup_prefix": round(speed["prefix"], 3),
-                "speedup_dual": round(speed["dual"], 3),
-                "speedup_dual_parallel": round(speed["dual_parallel"], 3),
-                "nfe_ratio_dual_parallel": round(report["dual_parallel"]["nfe"] / report["exact"]["nfe"], 3),
+                "speedup_1024_best": figures[f"speedup_{LENGTHS[-1]}_{best}"],
+                "best_mode": best,
+                "accuracy_drop_best": round(at_1024["exact"].accuracy - at_1024[best].accuracy, 4),
+                "batch8_nfe_ratio": round(batch_ratio, 3),
                 "outputs_identical_exact": identical_32k and identical_small,
                 "official_ratio_vocab_32k": round(ratio_32k, 3),
                 "official_ratio_small_vocab": round(ratio_small, 3),
-                **{f"accuracy_{mode}": report[mode].get("accuracy") for mode in MODES},
+                **figures,
             }
         )
     )
