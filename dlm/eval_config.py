@@ -113,7 +113,7 @@ leaderboard_bbh_tracking_shuffled_objects_three_objects leaderboard_bbh_web_of_l
 @dataclass
 class EvaluatorConfig(FromParams):
     """Everything an evaluation needs besides its data and models; the form's "off" values of the sampler (alg_temp
-    0, top_p 1, top_k 0, parallel_threshold 0) are the samplers' None."""
+    0, top_p 1, top_k 0, parallel_threshold 0, suffix_window -1) are the samplers' None."""
 
     metrics: tuple[str, ...] = setting(
         ("perplexity", "generation", "speed"),
@@ -282,6 +282,17 @@ class EvaluatorConfig(FromParams):
         ),
         minimum=0,
     )
+    suffix_window: int = setting(
+        -1,
+        title="Masked positions in view after the block",
+        group="sampler",
+        help=(
+            "LLaDA and Dream samplers (DPad's suffix pruning): the model sees only this many positions after the "
+            "block being decoded; the rest of the answer window is neither computed nor attended to, so long "
+            "windows cost little. Approximate; -1: the whole window (exact). A growing canvas sees none."
+        ),
+        minimum=-1,
+    )
     parallel_threshold: float = setting(
         0.0,
         title="Parallel decoding threshold",
@@ -410,6 +421,7 @@ class EvaluatorConfig(FromParams):
             cache=self.cache,
             parallel_threshold=self.parallel_threshold,
             grow_canvas=self.grow_canvas,
+            suffix_window=self.suffix_window,
         )
 
     def eval_settings(self) -> EvalSettings:

@@ -84,6 +84,7 @@ ORDER = (
     "max_new_tokens",
     "block_length",
     "grow_canvas",
+    "suffix_window",
     "temperature",
     "remasking",
     "cfg_scale",
