@@ -228,6 +228,9 @@ def test_registered_model_reads_string_arguments(llada):
     )
     assert (lm.mc_num, lm.batch_size) == (2, 4)
     assert lm.sampler == SamplerSettings(steps=8, max_new_tokens=8, block_length=4, temperature=0.5)
+    assert lm.sampler.stop_at_end  # answers are unchanged by it, so on unless switched off
+    fast = cls.create_from_arg_string(f"pretrained={llada.path},suffix_window=16,stop_at_end=false", {})
+    assert (fast.sampler.suffix_window, fast.sampler.stop_at_end) == (16, False)
     with pytest.raises(LmEvalError, match="unknown dlm_diffusion argument.*stepz"):
         cls.create_from_arg_string(f"pretrained={llada.path},stepz=8")
 
