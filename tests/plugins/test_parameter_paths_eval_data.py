@@ -90,6 +90,7 @@ EVAL_EDITS = {
     "cache": "prefix",
     "parallel_threshold": "0.9",
     "grow_canvas": "16",
+    "suffix_window": "8",
     "alg": "maskgit_plus",
     "alg_temp": "0.3",
     "top_p": "0.9",
@@ -229,6 +230,8 @@ EVAL_CASES = [
     ("parallel_threshold", attribute(llada_sampler, "parallel_threshold"), 0.9),
     ("parallel_threshold", attribute(dream_sampler, "parallel_threshold"), 0.9),
     ("grow_canvas", attribute(llada_sampler, "grow_canvas"), 16),
+    ("suffix_window", attribute(llada_sampler, "suffix_window"), 8),
+    ("suffix_window", attribute(dream_sampler, "suffix_window"), 8),
     ("alg", attribute(dream_sampler, "alg"), "maskgit_plus"),
     ("alg_temp", attribute(dream_sampler, "alg_temp"), 0.3),
     ("top_p", attribute(dream_sampler, "top_p"), 0.9),
@@ -273,10 +276,13 @@ def test_every_evaluator_edit_differs_from_the_default_and_is_checked():
 
 
 def test_the_evaluator_defaults_reach_the_sampler_as_off(workspace):
-    """The form's "off" values (alg_temp 0, top_p 1, top_k 0, parallel_threshold 0) reach the sampler as None."""
+    """The form's "off" values (alg_temp 0, top_p 1, top_k 0, parallel_threshold 0, suffix_window -1) reach the
+    sampler as None."""
     call = evaluator_call(workspace, {"metrics": "perplexity"})
+    assert form_params(EVAL, {})["suffix_window"] == -1  # the default sent is the form's "off", not None
     sampler = dream_sampler(call)
     assert (sampler.alg_temp, sampler.top_p, sampler.top_k, sampler.parallel_threshold) == (None, None, None, None)
+    assert sampler.suffix_window is None and llada_sampler(call).suffix_window is None
     assert len(call.examples) == 2  # the test split by default
     assert call.lm_eval.limit is None  # 1: all of each task's examples
 
