@@ -15,8 +15,10 @@ top-p filtered, sampled; at temperature 0 they are the argmax and the confidence
 
 Batches of left-padded prompts of different lengths decode as each prompt alone would: every row's blocks start at
 its own first token (the rows are laid out so their block boundaries line up) and padding is hidden from attention.
-Decoding stops once every row holds an end token (EOS or end of turn), and what a row generates after the block in
-which it ended is filled with the end token; `generate.py` stops likewise (for its single row) and leaves masks.
+A row stops after the block in which it holds an end token (EOS or end of turn), and what it generates after that
+block is filled with the end token; `generate.py` stops likewise (for its single row) and leaves masks. A row that
+has stopped, or whose answer is complete, leaves the batch and the cache; within a block, a row that holds no mask
+sits out the denoising passes left (`_SdarRun`), so each row takes the passes it takes alone (`row_nfe`).
 """
 
 from __future__ import annotations
