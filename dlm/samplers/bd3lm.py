@@ -223,14 +223,16 @@ class _Bd3lmRun:
         self.commit(0, self.canvas.first_block)
 
     def block(self, start: int, end: int, steps: int, index: int, on_step: StepHook | None) -> None:
-        """Denoise block [start, end) with dllm's schedule for `steps` steps, per row for the masks it holds; a row
-        whose block holds no mask leaves the passes (it would reveal nothing), so each live row takes the passes it
-        takes alone."""
+        """Denoise block [start, end) with dllm's schedule for `steps` steps, per row for the masks it holds; under
+        a deterministic choice a row whose block holds no mask sits out the passes (it would reveal nothing), so
+        each live row takes the passes it takes alone."""
         schedule = _row_schedules((self.x[:, start:end] == self.mask_id).sum(-1), steps)
         for step in range(steps):
             stepping = (self.x[self.live, start:end] == self.mask_id).any(-1)
             if not bool(stepping.any()):
                 break
+            if not self.choose.deterministic:  # random draws cover every live row, as dllm's do
+                stepping = torch.ones_like(stepping)
             in_cache = stepping.nonzero().squeeze(-1)
             rows = self.live[in_cache]
             masked = self.x[rows, start:end] == self.mask_id
@@ -318,7 +320,8 @@ class BD3LMSampler(DiffusionSampler):
     (dllm's batch goes on decoding a row that has ended until every row has; the tokens after its end differ).
 
     Rows advance on their own (`_Bd3lmRun`): a row that has stopped or whose answer is complete leaves the batch,
-    and a row whose block holds no mask sits out the block's remaining passes; `row_nfe` counts each row's network
+    and (where no random draw is shared) a row whose block holds no mask sits out the block's remaining passes;
+    `row_nfe` counts each row's network
     evaluations (as for the row alone, where no random draw is shared), `nfe` the batch's passes.
 
     `block_alignment` (module docstring): `sequence_start`, blocks as in training (each row decodes as it would

@@ -17,8 +17,9 @@ Batches of left-padded prompts of different lengths decode as each prompt alone 
 its own first token (the rows are laid out so their block boundaries line up) and padding is hidden from attention.
 A row stops after the block in which it holds an end token (EOS or end of turn), and what it generates after that
 block is filled with the end token; `generate.py` stops likewise (for its single row) and leaves masks. A row that
-has stopped, or whose answer is complete, leaves the batch and the cache; within a block, a row that holds no mask
-sits out the denoising passes left (`_SdarRun`), so each row takes the passes it takes alone (`row_nfe`).
+has stopped, or whose answer is complete, leaves the batch and the cache; within a block at temperature 0, a row that
+holds no mask sits out the denoising passes left (`_SdarRun`), so each row takes the passes it takes alone
+(`row_nfe`).
 """
 
 from __future__ import annotations
@@ -292,9 +293,9 @@ class SDARSampler(DiffusionSampler):
 @dataclass
 class _SdarRun:
     """One sampling run: the canvas and the cache of finished blocks, for the `live` rows alone (a row leaves once
-    its answer has ended or is complete). A denoising pass runs only the live rows whose block still holds a mask
-    (the others wait for the block's caching pass), so each row takes the passes it takes alone; `row_nfe` counts
-    them per row, `nfe` the batch's."""
+    its answer has ended or is complete). At temperature 0 a denoising pass runs only the live rows whose block still
+    holds a mask (the others wait for the block's caching pass), so each row takes the passes it takes alone;
+    `row_nfe` counts them per row, `nfe` the batch's."""
 
     sampler: SDARSampler
     model: torch.nn.Module
@@ -335,6 +336,8 @@ class _SdarRun:
             if not bool(stepping.any()):
                 self._pass(self.live, start, self.cache, False)  # appends the finished block to the cache
                 return
+            if self.sampler.temperature > 0:  # random draws cover every live row, as `generate.py`'s do
+                stepping = torch.ones_like(stepping)
             in_cache = stepping.nonzero().squeeze(-1)
             rows = self.live[in_cache]
             whole = len(rows) == len(self.live)
