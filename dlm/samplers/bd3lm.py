@@ -219,8 +219,10 @@ class _Bd3lmRun:
         return 2 if self.cfg_scale > 0 else 1
 
     def start(self) -> None:
-        """Commit the columns before the first block to decode (the unconditional rows mask their prompt tokens)."""
-        self.commit(0, self.canvas.first_block)
+        """Commit the columns before the first block to decode (the unconditional rows mask their prompt tokens). A
+        row with no real token there (its prompt is shorter than a block) sits the pass out, as alone it makes none."""
+        if self.canvas.first_block:
+            self.commit(0, self.canvas.first_block, only_real=True)
 
     def block(self, start: int, end: int, steps: int, index: int, on_step: StepHook | None) -> None:
         """Denoise block [start, end) with dllm's schedule for `steps` steps, per row for the masks it holds; under
@@ -244,26 +246,33 @@ class _Bd3lmRun:
                 self.cache.peek(block_ids, block_real, self._doubled(where), self._cache_rows(in_cache))
             )
             self.row_nfe[rows] += self.evaluations
-            if self.right_shift:
-                logits = torch.cat([self.last_logits[in_cache].unsqueeze(1), logits[:, :-1]], dim=1)
+            if self.right_shift:  # with nothing committed, the first column is a prompt token: its logits go unread
+                previous = logits[:, 0] if self.last_logits is None else self.last_logits[in_cache]
+                logits = torch.cat([previous.unsqueeze(1), logits[:, :-1]], dim=1)
             self._reveal(logits, masked, rows, start, end, schedule[rows, step], where)
             if on_step is not None:
                 on_step(self.output(), step, index)
 
-    def commit(self, start: int, end: int) -> None:
-        """Append columns [start, end) of the live rows to the cache; generated pad-id tokens become padding."""
+    def commit(self, start: int, end: int, only_real: bool = False) -> None:
+        """Append columns [start, end) of the live rows to the cache (`only_real`: run only the rows with a real
+        token there); generated pad-id tokens become padding."""
         ids, valid = self.x[self.live, start:end], self.canvas.real[self.live, start:end]
         prompt = self.canvas.prompt[self.live, start:end]
         if self.pad_id is not None:
             valid = valid & ~((ids == self.pad_id) & ~prompt)
-        self.last_logits = self._guided(self.cache.commit(self._pass_ids(ids, prompt), self._doubled(valid)))
-        self.row_nfe[self.live] += self.evaluations
+        running = valid.any(-1) if only_real else torch.ones_like(valid[:, 0])
+        in_cache = self._cache_rows(running.nonzero().squeeze(-1))
+        logits = self.cache.commit(self._pass_ids(ids, prompt), self._doubled(valid), in_cache)
+        self.last_logits = self._guided(logits)
+        self.row_nfe[self.live[running]] += self.evaluations
 
     def leave(self, staying: torch.Tensor) -> None:
         """Only the live rows where `staying` (bool [L]) go on."""
         kept = staying.nonzero().squeeze(-1)
         self.cache.keep_rows(self._cache_rows(kept))
-        self.live, self.last_logits = self.live[kept], self.last_logits[kept]
+        self.live = self.live[kept]
+        if self.last_logits is not None:
+            self.last_logits = self.last_logits[kept]
 
     def output(self) -> torch.Tensor:
         """[B, P + gen_length]: the prompts as given, then the answers."""
@@ -437,6 +446,8 @@ class BD3LMSampler(DiffusionSampler):
         `attention_mask` is 0 are padding; generated tokens equal to `pad_id` are padding to the blocks after theirs
         (dllm takes every pad-id token for padding; its prompts arrive unpadded)."""
         check_prompt(prompt_ids, attention_mask, mask_id)
+        if self.stop_at_end and eos_id is None and eot_id is None:
+            raise SamplingError("stop_at_end needs eos_id or eot_id (the tokens that end an answer)")
         prompt_valid = (
             torch.ones_like(prompt_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         )

@@ -35,6 +35,18 @@ def cache_rows(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
     return selected
 
 
+def extend_rows(cache: DynamicCache, part: DynamicCache, rows: torch.Tensor, batch: int, length: int) -> None:
+    """Append to `cache` (of `batch` rows) the last `length` columns of `part`, a cache that a pass over the rows
+    `rows` alone extended; the other rows get zeros there, columns that none of their queries may see."""
+    for index, layer in enumerate(part.layers):
+        columns = []
+        for tensor in (layer.keys, layer.values):
+            full = tensor.new_zeros(batch, *tensor.shape[1:-2], length, tensor.shape[-1])
+            full[rows] = tensor[..., -length:, :]
+            columns.append(full)
+        cache.update(*columns, index)
+
+
 class BlockCausalCache:
     """The exact key/value cache of a block-causal model: every layer's keys and values of the committed columns
     (the padded prompt, then the finished blocks), which real tokens they hold, and how many real tokens came before
@@ -63,7 +75,7 @@ class BlockCausalCache:
         order: the output head runs there alone."""
         if rows is not None and len(rows) == self.valid.shape[0]:
             rows = None  # every row: run against the cache itself
-        logits = self._forward(ids, valid, logits_to_keep=0, where=where, rows=rows)
+        logits = self._forward(ids, valid, logits_to_keep=0, where=where, rows=rows)[0]
         if rows is None:
             self.cache.crop(-ids.shape[1])
         return logits
@@ -73,12 +85,20 @@ class BlockCausalCache:
         self.cache.batch_select_indices(rows)
         self.valid, self.seen = self.valid[rows], self.seen[rows]
 
-    def commit(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Append `ids` [B, n] (`valid`: real tokens) to the cache; return the logits [B, V] at its last column."""
-        logits = self._forward(ids, valid, logits_to_keep=1)
+    def commit(self, ids: torch.Tensor, valid: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Append `ids` [B, n] (`valid`: real tokens) to the cache; return the logits [B, V] at its last column. With
+        `rows` (indices), only those rows run: the others must hold no real token in these columns, which then
+        hold zeros, and get zero logits."""
+        if rows is None or len(rows) == self.valid.shape[0]:
+            logits = self._forward(ids, valid, logits_to_keep=1)[0][:, -1]
+        else:
+            part, batch = self._forward(ids[rows], valid[rows], logits_to_keep=1, rows=rows)
+            extend_rows(self.cache, batch, rows, len(valid), ids.shape[1])
+            logits = part.new_zeros(len(valid), part.shape[-1])
+            logits[rows] = part[:, -1]
         self.valid = torch.cat([self.valid, valid], dim=1)
         self.seen = self.seen + valid.sum(-1)
-        return logits[:, -1]
+        return logits
 
     def _forward(
         self,
@@ -87,9 +107,11 @@ class BlockCausalCache:
         logits_to_keep: int,
         where: torch.Tensor | None = None,
         rows: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, DynamicCache]:
+        """The pass's logits (at least float32) and the cache it extended: the cache itself, or with `rows` a copy of
+        those rows' cache."""
         cache, past, seen = self.cache, self.valid, self.seen
-        if rows is not None:  # a copy of these rows' cache, which the pass extends and which is then dropped
+        if rows is not None:
             cache, past, seen = cache_rows(cache, rows), past[rows], seen[rows]
         allowed = block_causal_mask(torch.cat([past, valid], dim=1), valid, self.block_length)
         positions = torch.where(valid, seen.unsqueeze(1) + valid.long().cumsum(-1) - 1, 0)
@@ -100,4 +122,4 @@ class BlockCausalCache:
         else:
             logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=logits_to_keep, **inputs).logits
         self.forward_passes += 1
-        return logits.to(torch.promote_types(logits.dtype, torch.float32))
+        return logits.to(torch.promote_types(logits.dtype, torch.float32)), cache

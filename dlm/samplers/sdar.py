@@ -31,7 +31,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from dlm.forward import logits_at_positions
-from dlm.samplers.block_cache import cache_rows
+from dlm.samplers.block_cache import cache_rows, extend_rows
 from dlm.samplers.common import (
     DiffusionSampler,
     SampleOutput,
@@ -315,16 +315,22 @@ class _SdarRun:
         self.row_nfe = torch.zeros(rows, dtype=torch.long, device=self.canvas.ids.device)
 
     def prefill(self) -> None:
-        """Cache the prompts' full blocks (hidden positions see themselves alone, so that no query is empty)."""
+        """Cache the prompts' full blocks (hidden positions see themselves alone, so that no query is empty). A row
+        with no full block sits the pass out, as alone it makes none: its columns hold zeros that it never sees."""
         start = self.canvas.start
         if not start:
             return
         blocks = torch.arange(start, device=self.canvas.ids.device) // self.sampler.block_length
         allowed = (blocks.unsqueeze(0) <= blocks.unsqueeze(1)) & self.canvas.real[:, None, :start]
         allowed |= torch.eye(start, dtype=torch.bool, device=self.canvas.ids.device)
-        ids, positions = self.canvas.ids[:, :start], self.canvas.positions[:, :start]
-        _run(self.model, ids, allowed.unsqueeze(1), positions, self.cache, False)
-        self._count(self.live)
+        rows = self.canvas.real[:, :start].any(-1).nonzero().squeeze(-1)
+        whole = len(rows) == len(self.live)
+        cache = self.cache if whole else DynamicCache()
+        ids, positions = self.canvas.ids[rows, :start], self.canvas.positions[rows, :start]
+        _run(self.model, ids, allowed[rows].unsqueeze(1), positions, cache, False)
+        if not whole:
+            extend_rows(self.cache, cache, rows, len(self.live), start)
+        self._count(rows)
 
     def block(self, index: int, start: int) -> None:
         """Denoise the live rows' block at column `start` (at most `denoising_steps` passes), then append it to the
