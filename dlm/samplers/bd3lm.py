@@ -10,8 +10,7 @@ the golden token ids): a model trained as dllm trains then decodes its first ans
 seen (on the demo's task, accuracy 0.5 against TODO). The prompt and every finished block sit in an exact key/value cache (`BlockCausalCache`): a finished block's
 keys and values are computed once, by one forward pass of the block against the cache, and appended. Each
 denoising step of the current block runs the block alone against the cache and leaves the cache as it was. dllm
-recomputes the whole prefix at the start of every block instead; the keys and values are the same. Rows that have
-ended leave the batch and the cache; the rest go on without them.
+recomputes the whole prefix at the start of every block instead; the keys and values are the same.
 
 Padding is neither query nor key and is skipped by the position ids (RoPE positions count real tokens only): the
 prompt's left padding (attention mask 0), and, as in dllm, generated tokens equal to the pad id once their block is
@@ -183,12 +182,8 @@ def _row_schedules(mask_counts: torch.Tensor, steps: int) -> torch.Tensor:
 
 @dataclass
 class _Bd3lmRun:
-    """One sampling run: the canvas, the cache (rows doubled under classifier-free guidance: conditional, then prompt
-    masked) and the decoding rule.
-
-    Rows advance on their own: the cache holds the `live` rows alone (a row leaves once its answer has ended or is
-    complete), each denoising pass runs only the live rows that still hold a mask in the block, and `row_nfe` counts
-    each row's network evaluations."""
+    """One sampling run: the canvas, the cache of the `live` rows (doubled under classifier-free guidance:
+    conditional, then prompt masked), the decoding rule and each row's network evaluations (`row_nfe`)."""
 
     prompt_ids: torch.Tensor
     canvas: _Canvas
@@ -303,7 +298,9 @@ class _Bd3lmRun:
     ) -> None:  # fmt: skip
         x0, confidence, probability = self.choose(logits)
         if where is not None:  # back to the whole block [R, n]: the positions left out are revealed already
-            x0, confidence, probability = (_scatter(where, v) for v in (x0, confidence, probability))
+            x0, confidence, probability = (
+                v.new_zeros(where.shape).masked_scatter(where, v) for v in (x0, confidence, probability)
+            )
         confidence = confidence.masked_fill(~masked, -torch.inf)
         counts = torch.minimum(masked.sum(-1), counts)
         # a row's real columns are a prefix of the block: rank them alone, so that ties break as for the row alone
@@ -325,13 +322,11 @@ class BD3LMSampler(DiffusionSampler):
     committed prefix's last logits). `cfg_scale` > 0 adds rows whose prompt tokens are masked:
     `uncond + (cfg_scale + 1) * (cond - uncond)`. Generation stops after the first block by whose end every row has
     produced an end token (`eos_id`/`eot_id`, as dllm with its EOS); the rest of the canvas is filled with it.
-    `stop_at_end` stops each row so, after its own such block: a batch then gives each row the tokens it gets alone
-    (dllm's batch goes on decoding a row that has ended until every row has; the tokens after its end differ).
+    `stop_at_end` stops each row so, after its own such block (dllm's batch decodes on past a row's end).
 
-    Rows advance on their own (`_Bd3lmRun`): a row that has stopped or whose answer is complete leaves the batch,
-    and (where no random draw is shared) a row whose block holds no mask sits out the block's remaining passes;
-    `row_nfe` counts each row's network
-    evaluations (as for the row alone, where no random draw is shared), `nfe` the batch's passes.
+    Rows advance on their own: a row that has stopped or whose answer is complete leaves the batch and the cache,
+    and (where no random draw is shared) a row whose block holds no mask sits out the block's remaining passes, so
+    each row gets the tokens and network evaluations (`row_nfe`; `nfe`: the batch's) it gets alone.
 
     `block_alignment` (module docstring): `sequence_start`, blocks as in training (each row decodes as it would
     alone: the schedule follows each row's own masks); `prompt_end`, dllm's layout and token ids.
@@ -455,7 +450,7 @@ class BD3LMSampler(DiffusionSampler):
         canvas = _Canvas.lay_out(
             prompt_ids, prompt_valid, self.gen_length, self.block_length, mask_id, filler, self.block_alignment
         )
-        rows = 2 * prompt_ids.shape[0] if self.cfg_scale > 0 else prompt_ids.shape[0]  # the cache's rows
+        rows = 2 * prompt_ids.shape[0] if self.cfg_scale > 0 else prompt_ids.shape[0]
         run = _Bd3lmRun(
             prompt_ids=prompt_ids,
             canvas=canvas,
@@ -502,10 +497,3 @@ class BD3LMSampler(DiffusionSampler):
                 return
             if bool(leaving.any()):
                 run.leave(~leaving)
-
-
-def _scatter(where: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """`values` [N] at the N true positions of `where` [B, n] (row-major), zero elsewhere."""
-    full = torch.zeros(where.shape, dtype=values.dtype, device=values.device)
-    full[where] = values
-    return full
