@@ -20,7 +20,7 @@ committed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -182,8 +182,8 @@ def _row_schedules(mask_counts: torch.Tensor, steps: int) -> torch.Tensor:
 
 @dataclass
 class _Bd3lmRun:
-    """One sampling run: the canvas, the cache (rows doubled under classifier-free guidance: conditional, then prompt
-    masked) and the decoding rule."""
+    """One sampling run: the canvas, the cache of the `live` rows (doubled under classifier-free guidance:
+    conditional, then prompt masked), the decoding rule and each row's network evaluations (`row_nfe`)."""
 
     prompt_ids: torch.Tensor
     canvas: _Canvas
@@ -195,54 +195,96 @@ class _Bd3lmRun:
     cfg_scale: float
     right_shift: bool
     threshold: float | None
-    last_logits: torch.Tensor | None = None  # the committed prefix's last logits (right shift), guided
+    last_logits: torch.Tensor | None = None  # the live rows' committed prefix's last logits (right shift), guided
+    live: torch.Tensor = field(init=False)  # [L] the canvas rows in the cache, in its order
+    row_nfe: torch.Tensor = field(init=False)  # [B]
+
+    def __post_init__(self) -> None:
+        rows = self.canvas.ids.shape[0]
+        self.live = torch.arange(rows, device=self.canvas.ids.device)
+        self.row_nfe = torch.zeros(rows, dtype=torch.long, device=self.canvas.ids.device)
 
     @property
     def x(self) -> torch.Tensor:
         return self.canvas.ids
 
+    @property
+    def evaluations(self) -> int:
+        """Network evaluations of one forward pass per row (a guided pass runs each row twice)."""
+        return 2 if self.cfg_scale > 0 else 1
+
     def start(self) -> None:
-        """Commit the columns before the first block to decode (the unconditional rows mask their prompt tokens)."""
-        self.commit(0, self.canvas.first_block)
+        """Commit the columns before the first block to decode (the unconditional rows mask their prompt tokens). A
+        row with no real token there (its prompt is shorter than a block) sits the pass out, as alone it makes none."""
+        if self.canvas.first_block:
+            self.commit(0, self.canvas.first_block, only_real=True)
 
     def block(self, start: int, end: int, steps: int, index: int, on_step: StepHook | None) -> None:
-        """Denoise block [start, end) with dllm's schedule for `steps` steps, per row for the masks it holds (a step
-        that has nothing left to reveal ends the block early)."""
-        real = self.canvas.real[:, start:end]
+        """Denoise block [start, end) with dllm's schedule for `steps` steps, per row for the masks it holds; under
+        a deterministic choice a row whose block holds no mask sits out the passes (it would reveal nothing), so
+        each live row takes the passes it takes alone."""
         schedule = _row_schedules((self.x[:, start:end] == self.mask_id).sum(-1), steps)
         for step in range(steps):
-            masked = self.x[:, start:end] == self.mask_id
-            if not bool(masked.any()):
+            stepping = (self.x[self.live, start:end] == self.mask_id).any(-1)
+            if not bool(stepping.any()):
                 break
+            if not self.choose.deterministic:  # random draws cover every live row, as dllm's do
+                stepping = torch.ones_like(stepping)
+            in_cache = stepping.nonzero().squeeze(-1)
+            rows = self.live[in_cache]
+            masked = self.x[rows, start:end] == self.mask_id
             # choices that depend on each position alone need the output head only where a row is still masked
             where = masked if self.choose.deterministic and not self.right_shift else None
-            rows_where = None if where is None else self._rows(where)
-            block_ids, block_real = self._rows(self.x[:, start:end], start, end), self._rows(real)
-            logits = self._guided(self.cache.peek(block_ids, block_real, rows_where))
-            if self.right_shift:
-                logits = torch.cat([self.last_logits.unsqueeze(1), logits[:, :-1]], dim=1)
-            self._reveal(logits, masked, start, end, schedule[:, step], where)
+            block_ids = self._pass_ids(self.x[rows, start:end], self.canvas.prompt[rows, start:end])
+            block_real = self._doubled(self.canvas.real[rows, start:end])
+            logits = self._guided(
+                self.cache.peek(block_ids, block_real, self._doubled(where), self._cache_rows(in_cache))
+            )
+            self.row_nfe[rows] += self.evaluations
+            if self.right_shift:  # with nothing committed, the first column is a prompt token: its logits go unread
+                previous = logits[:, 0] if self.last_logits is None else self.last_logits[in_cache]
+                logits = torch.cat([previous.unsqueeze(1), logits[:, :-1]], dim=1)
+            self._reveal(logits, masked, rows, start, end, schedule[rows, step], where)
             if on_step is not None:
                 on_step(self.output(), step, index)
 
-    def commit(self, start: int, end: int) -> None:
-        """Append columns [start, end) to the cache; generated pad-id tokens become padding."""
-        ids, valid = self.x[:, start:end], self.canvas.real[:, start:end]
+    def commit(self, start: int, end: int, only_real: bool = False) -> None:
+        """Append columns [start, end) of the live rows to the cache (`only_real`: run only the rows with a real
+        token there); generated pad-id tokens become padding."""
+        ids, valid = self.x[self.live, start:end], self.canvas.real[self.live, start:end]
+        prompt = self.canvas.prompt[self.live, start:end]
         if self.pad_id is not None:
-            valid = valid & ~((ids == self.pad_id) & ~self.canvas.prompt[:, start:end])
-        self.last_logits = self._guided(self.cache.commit(self._rows(ids, start, end), self._rows(valid)))
+            valid = valid & ~((ids == self.pad_id) & ~prompt)
+        running = valid.any(-1) if only_real else torch.ones_like(valid[:, 0])
+        in_cache = self._cache_rows(running.nonzero().squeeze(-1))
+        logits = self.cache.commit(self._pass_ids(ids, prompt), self._doubled(valid), in_cache)
+        self.last_logits = self._guided(logits)
+        self.row_nfe[self.live[running]] += self.evaluations
+
+    def leave(self, staying: torch.Tensor) -> None:
+        """Only the live rows where `staying` (bool [L]) go on."""
+        kept = staying.nonzero().squeeze(-1)
+        self.cache.keep_rows(self._cache_rows(kept))
+        self.live = self.live[kept]
+        if self.last_logits is not None:
+            self.last_logits = self.last_logits[kept]
 
     def output(self) -> torch.Tensor:
         """[B, P + gen_length]: the prompts as given, then the answers."""
         return torch.cat([self.prompt_ids, self.canvas.answers(self.gen_length)], dim=1)
 
-    def _rows(self, block: torch.Tensor, start: int | None = None, end: int | None = None) -> torch.Tensor:
-        """The block's rows, doubled under guidance; token ids (`start`, `end` given) with the prompt masked in the
-        unconditional copy."""
-        if self.cfg_scale <= 0:
-            return block
-        uncond = block if start is None else block.masked_fill(self.canvas.prompt[:, start:end], self.mask_id)
-        return torch.cat([block, uncond])
+    def _doubled(self, rows: torch.Tensor | None) -> torch.Tensor | None:
+        """Per-row values of a pass, repeated for the unconditional rows under guidance."""
+        return rows if self.cfg_scale <= 0 or rows is None else torch.cat([rows, rows])
+
+    def _pass_ids(self, ids: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        """A pass's token ids, followed under guidance by a copy with the `prompt` positions masked."""
+        return ids if self.cfg_scale <= 0 else torch.cat([ids, ids.masked_fill(prompt, self.mask_id)])
+
+    def _cache_rows(self, positions: torch.Tensor) -> torch.Tensor:
+        """The cache rows of the live rows at `positions`: under guidance, each row's unconditional copy follows
+        the conditional rows."""
+        return positions if self.cfg_scale <= 0 else torch.cat([positions, positions + len(self.live)])
 
     def _guided(self, logits: torch.Tensor) -> torch.Tensor:
         if self.cfg_scale <= 0:
@@ -251,19 +293,21 @@ class _Bd3lmRun:
         return uncond + (self.cfg_scale + 1) * (cond - uncond)
 
     def _reveal(
-        self, logits: torch.Tensor, masked: torch.Tensor, start: int, end: int, counts: torch.Tensor,
-        where: torch.Tensor | None,
+        self, logits: torch.Tensor, masked: torch.Tensor, rows: torch.Tensor, start: int, end: int,
+        counts: torch.Tensor, where: torch.Tensor | None,
     ) -> None:  # fmt: skip
         x0, confidence, probability = self.choose(logits)
-        if where is not None:  # back to the whole block [B, n]: the positions left out are revealed already
-            x0, confidence, probability = (_scatter(where, v) for v in (x0, confidence, probability))
+        if where is not None:  # back to the whole block [R, n]: the positions left out are revealed already
+            x0, confidence, probability = (
+                v.new_zeros(where.shape).masked_scatter(where, v) for v in (x0, confidence, probability)
+            )
         confidence = confidence.masked_fill(~masked, -torch.inf)
         counts = torch.minimum(masked.sum(-1), counts)
         # a row's real columns are a prefix of the block: rank them alone, so that ties break as for the row alone
-        widths = self.canvas.real[:, start:end].sum(-1)
+        widths = self.canvas.real[rows, start:end].sum(-1)
         reveal = reveal_top(confidence, counts, torch.zeros_like(counts), widths)
         reveal = parallel_reveal(reveal, masked, probability, self.threshold) & masked
-        self.x[:, start:end] = torch.where(reveal, x0, self.x[:, start:end])
+        self.x[rows, start:end] = torch.where(reveal, x0, self.x[rows, start:end])
 
 
 @dataclass(frozen=True)
@@ -278,6 +322,11 @@ class BD3LMSampler(DiffusionSampler):
     committed prefix's last logits). `cfg_scale` > 0 adds rows whose prompt tokens are masked:
     `uncond + (cfg_scale + 1) * (cond - uncond)`. Generation stops after the first block by whose end every row has
     produced an end token (`eos_id`/`eot_id`, as dllm with its EOS); the rest of the canvas is filled with it.
+    `stop_at_end` stops each row so, after its own such block (dllm's batch decodes on past a row's end).
+
+    Rows advance on their own: a row that has stopped or whose answer is complete leaves the batch and the cache,
+    and (where no random draw is shared) a row whose block holds no mask sits out the block's remaining passes, so
+    each row gets the tokens and network evaluations (`row_nfe`; `nfe`: the batch's) it gets alone.
 
     `block_alignment` (module docstring): `sequence_start`, blocks as in training (each row decodes as it would
     alone: the schedule follows each row's own masks); `prompt_end`, dllm's layout and token ids.
@@ -297,6 +346,7 @@ class BD3LMSampler(DiffusionSampler):
     right_shift_logits: bool = False
     parallel_threshold: float | None = None
     block_alignment: str = "sequence_start"
+    stop_at_end: bool = False
 
     def __post_init__(self) -> None:
         check_bd3lm_settings(
@@ -391,6 +441,8 @@ class BD3LMSampler(DiffusionSampler):
         `attention_mask` is 0 are padding; generated tokens equal to `pad_id` are padding to the blocks after theirs
         (dllm takes every pad-id token for padding; its prompts arrive unpadded)."""
         check_prompt(prompt_ids, attention_mask, mask_id)
+        if self.stop_at_end and eos_id is None and eot_id is None:
+            raise SamplingError("stop_at_end needs eos_id or eot_id (the tokens that end an answer)")
         prompt_valid = (
             torch.ones_like(prompt_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         )
@@ -413,37 +465,35 @@ class BD3LMSampler(DiffusionSampler):
         )
         run.start()
         ends = [i for i in (eos_id, eot_id) if i is not None]
-        end = self._generate(run, torch.tensor(ends, dtype=prompt_ids.dtype, device=prompt_ids.device), on_step)
-        if end < canvas.ids.shape[1]:  # every row has ended: the answer positions not decoded are its end token
-            canvas.ids[:, end:] = torch.where(canvas.real[:, end:], ends[0], canvas.ids[:, end:])
+        self._generate(run, torch.tensor(ends, dtype=prompt_ids.dtype, device=prompt_ids.device), on_step)
         sequences = run.output()
-        nfe = run.cache.forward_passes * (2 if self.cfg_scale > 0 else 1)
         return SampleOutput(
             sequences=sequences,
-            nfe=nfe,
+            nfe=run.cache.forward_passes * run.evaluations,
             generated_tokens=count_generated(sequences[:, prompt_ids.shape[1] :], (eos_id, eot_id)),
+            row_nfe=run.row_nfe,
         )
 
-    def _generate(self, run: _Bd3lmRun, end_ids: torch.Tensor, on_step: StepHook | None) -> int:
-        """Denoise block after block, committing each finished one, until every answer position is decoded or every
-        row has ended; return the end of the last decoded block."""
+    def _generate(self, run: _Bd3lmRun, end_ids: torch.Tensor, on_step: StepHook | None) -> None:
+        """Denoise block after block, committing each finished one for the rows that go on. After each block, a row
+        leaves once its answer is complete, or has ended (it has produced an end token; with `stop_at_end` at once,
+        else once every row has): its answer positions after the block become the first end token."""
         canvas = run.canvas
-        done = torch.zeros(canvas.ids.shape[0], dtype=torch.bool, device=canvas.ids.device)
         width = canvas.ids.shape[1]
+        ended = torch.zeros(canvas.ids.shape[0], dtype=torch.bool, device=canvas.ids.device)
         for index, start in enumerate(range(canvas.first_block, width, self.block_length)):
             end = min(start + self.block_length, width)
             if index:
                 run.commit(start - self.block_length, start)
             run.block(start, end, self.steps_per_block, index, on_step)
-            answer = canvas.answer_positions(start, end, self.gen_length)
-            done |= (torch.isin(canvas.ids[:, start:end], end_ids) & answer).any(-1)
-            if bool(done.all()):
-                return end
-        return width
-
-
-def _scatter(where: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """`values` [N] at the N true positions of `where` [B, n] (row-major), zero elsewhere."""
-    full = torch.zeros(where.shape, dtype=values.dtype, device=values.device)
-    full[where] = values
-    return full
+            rows = run.live
+            answer = canvas.answer_positions(start, end, self.gen_length)[rows]
+            ended[rows] |= (torch.isin(canvas.ids[rows, start:end], end_ids) & answer).any(-1)
+            stopped = ended[rows] if self.stop_at_end else ended.all().expand(len(rows))
+            leaving = stopped | (canvas.answer_start[rows] + self.gen_length <= end)
+            for row in rows[stopped].tolist():
+                canvas.ids[row, end:] = torch.where(canvas.real[row, end:], end_ids[0], canvas.ids[row, end:])
+            if bool(leaving.all()):
+                return
+            if bool(leaving.any()):
+                run.leave(~leaving)

@@ -10,13 +10,14 @@ Within a block, each of at most `steps` passes picks every masked position's tok
 draw from the temperature-scaled, top-k/top-p filtered distribution) with its probability, then reveals every masked
 position whose probability exceeds `threshold` when there are at least as many as the step's share of the block
 (block_size split evenly over the steps, remainder first), and otherwise the share's most probable masked positions.
-A block ends when it holds no mask (or after `steps` passes).
+A block ends when it holds no mask (or after `steps` passes). With `stop_at_end`, a row ends after the block in which
+its answer holds an end token, as the official `generate` does, and leaves the batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache
 
 from dlm.forward import logits_at_positions
+from dlm.samplers.block_cache import cache_rows
 from dlm.samplers.common import (
     DiffusionSampler,
     SampleOutput,
@@ -75,7 +77,11 @@ def check_llada2_settings(steps: int, gen_length: int, block_size: int, temperat
 
 @dataclass
 class _BlockRun:
-    """One sampling run: the canvas, the cache of finished blocks and how a pass turns logits into tokens."""
+    """One sampling run: the canvas, the cache of finished blocks and how a pass turns logits into tokens.
+
+    Rows advance on their own: the cache holds the `live` rows alone (a row leaves once its answer has ended), a
+    pass runs only the live rows whose block is not done (every live row where tokens are drawn at random), and
+    `row_nfe` counts each row's passes."""
 
     model: torch.nn.Module
     x: torch.Tensor
@@ -87,48 +93,77 @@ class _BlockRun:
     generator: torch.Generator | None
     cache: DynamicCache | None = None
     final: int = 0  # the cache's keys/values of canvas positions [0, final) come from their final tokens
+    live: torch.Tensor = field(init=False)  # [L] the canvas rows in the cache, in its order
+    row_nfe: torch.Tensor = field(init=False)  # [B]
 
-    def block_logits(self, start: int, end: int) -> torch.Tensor:
-        """Logits [B, block, V] of block [start, end). The input runs from the end of the final part of the cache
-        to `end` under the block-causal mask (the first pass of a block thus also computes the previous block's
-        final keys); afterwards everything before `start` is final."""
+    def __post_init__(self) -> None:
+        self.live = torch.arange(self.x.shape[0], device=self.x.device)
+        self.row_nfe = torch.zeros(self.x.shape[0], dtype=torch.long, device=self.x.device)
+
+    def block_logits(self, start: int, end: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [R, block, V] of block [start, end) for the live rows at `rows` (indices into `live`; None: all).
+        The input runs from the end of the final part of the cache to `end` under the block-causal mask (the first
+        pass of a block, which runs every live row, thus also computes the previous block's final keys); afterwards
+        everything before `start` is final. A pass over some rows extends a copy of their cache."""
         if self.cache is None or self.final == 0:
             self.cache = DynamicCache()
         elif self.cache.get_seq_length() > self.final:
             self.cache.crop(self.final - self.cache.get_seq_length())
-        span = self.x[:, self.final : end]
+        cache, canvas_rows = self.cache, self.live
+        if rows is not None and len(rows) < len(self.live):
+            canvas_rows = self.live[rows]
+            if self.final:
+                cache = cache_rows(self.cache, rows)
+        span = self.x[canvas_rows, self.final : end]
         selected = torch.zeros_like(span, dtype=torch.bool)
         selected[:, start - self.final :] = True
         logits = logits_at_positions(
             self.model,
             span,
-            self._mask(self.final, end),
+            self._mask(self.final, end, canvas_rows),
             selected,
-            past_key_values=self.cache,
-            position_ids=self._positions(self.final, end),
+            past_key_values=cache,
+            position_ids=self._positions(self.final, end, canvas_rows),
             use_cache=True,
         )
         self.final = start
+        self.row_nfe[canvas_rows] += 1
         return logits.view(span.shape[0], end - start, -1).to(torch.promote_types(logits.dtype, torch.float32))
 
-    def _mask(self, query_start: int, end: int) -> torch.Tensor | None:
-        """Bool [B, 1, queries, keys] for queries [query_start, end) over keys [0, end); None when every key is
-        visible to every query (one block over finished blocks, nothing padded)."""
+    def passing(self, needed: torch.Tensor) -> torch.Tensor:
+        """Indices into `live` of the rows a pass runs: those that `needed` (bool [L]) marks, or every live row when
+        tokens are drawn at random (the draws then follow the reference's, which covers the whole batch)."""
+        if self.sampler.temperature > 0:
+            return torch.arange(len(self.live), device=self.live.device)
+        return needed.nonzero().squeeze(-1)
+
+    def leave(self, staying: torch.Tensor) -> None:
+        """Only the live rows where `staying` (bool [L]) go on."""
+        kept = staying.nonzero().squeeze(-1)
+        if self.final:
+            self.cache.batch_select_indices(kept)
+        else:  # nothing final is cached yet: the next pass starts a new cache
+            self.cache = None
+        self.live = self.live[kept]
+
+    def _mask(self, query_start: int, end: int, rows: torch.Tensor) -> torch.Tensor | None:
+        """Bool [R, 1, queries, keys] for queries [query_start, end) over keys [0, end) of canvas rows `rows`; None
+        when every key is visible to every query (one block over finished blocks, nothing padded)."""
         if end - query_start <= self.block_size and self.keep is None:
             return None
         blocks = torch.arange(end, device=self.x.device) // self.block_size
         visible = blocks[None, :] <= blocks[query_start:end, None]
-        visible = visible[None, None].expand(self.x.shape[0], 1, -1, -1)
+        visible = visible[None, None].expand(len(rows), 1, -1, -1)
         if self.keep is not None:
-            visible = visible & self.keep[:, None, None, :end]
+            visible = visible & self.keep[rows, None, None, :end]
         return visible
 
-    def _positions(self, start: int, end: int) -> torch.Tensor:
-        """Position ids [B, n]: canvas columns counted from each row's first real token."""
-        columns = torch.arange(start, end, device=self.x.device)[None, :].expand(self.x.shape[0], -1)
+    def _positions(self, start: int, end: int, rows: torch.Tensor) -> torch.Tensor:
+        """Position ids [R, n] of canvas rows `rows`: canvas columns counted from each row's first real token."""
+        columns = torch.arange(start, end, device=self.x.device)[None, :].expand(len(rows), -1)
         if self.keep is None:
             return columns
-        offsets = (~self.keep).sum(-1, keepdim=True)
+        offsets = (~self.keep[rows]).sum(-1, keepdim=True)
         return (columns - offsets).clamp_min(0)
 
     def choose(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,6 +207,12 @@ class LLaDA2Sampler(DiffusionSampler):
     every generated token of the block whose new choice differs and has a probability above `editing_threshold`.
     A row's block ends at the first pass after its last mask that edits nothing, or after `max_post_steps` such
     passes. Rows decide alone, so a batch gives each row's single-prompt result (the reference takes one prompt).
+
+    `stop_at_end` stops a row after the block in which its answer holds an end token (`eos_id`/`eot_id`), as the
+    official `generate` stops after the block holding EOS (dllm's sampler decodes every block): the rest of the row
+    becomes the first end token. Rows advance on their own (`_BlockRun`): a row that has stopped leaves the batch and
+    the cache, and at temperature 0 a row whose block is done sits out the block's remaining passes; `row_nfe`
+    counts each row's passes, `nfe` the batch's.
     """
 
     blockwise: ClassVar[bool] = False  # any generated length: the canvas is rounded up to whole blocks
@@ -186,6 +227,7 @@ class LLaDA2Sampler(DiffusionSampler):
     editing_threshold: float | None = None
     max_post_steps: int = 16
     tokens_per_step: int = 1
+    stop_at_end: bool = False
 
     def __post_init__(self) -> None:
         check_llada2_settings(self.steps, self.gen_length, self.block_size, self.temperature, self.threshold)
@@ -220,6 +262,7 @@ class LLaDA2Sampler(DiffusionSampler):
             threshold=DEFAULT_THRESHOLD if settings.parallel_threshold is None else settings.parallel_threshold,
             top_k=settings.top_k,
             top_p=settings.top_p,
+            stop_at_end=settings.stop_at_end,
         )
 
     @classmethod
@@ -245,6 +288,8 @@ class LLaDA2Sampler(DiffusionSampler):
         """Sample continuations of left-padded prompts [B, P]: sequences [B, P + gen_length]; `on_step(canvas,
         step, block)` sees the canvas after every pass."""
         offsets = check_prompt(prompt_ids, attention_mask, mask_id)
+        if self.stop_at_end and eos_id is None and eot_id is None:
+            raise SamplingError("stop_at_end needs eos_id or eot_id (the tokens that end an answer)")
         prompt_len, block = prompt_ids.shape[1], self.block_size
         blocks = -(-(prompt_len + self.gen_length) // block)
         x = prompt_ids.new_full((prompt_ids.shape[0], blocks * block), mask_id)
@@ -254,54 +299,72 @@ class LLaDA2Sampler(DiffusionSampler):
             keep = torch.arange(x.shape[1], device=x.device)[None, :] >= offsets.to(x.device)[:, None]
         run = _BlockRun(model, x, block, mask_id, keep, prompt_len, self, generator)
         schedule = even_schedule(block, min(self.steps, self.gen_length))
+        end_ids = torch.tensor([i for i in (eos_id, eot_id) if i is not None], device=x.device)
         nfe = 0
         for index in range(prompt_len // block, blocks):
             if self.editing_threshold is None:
                 nfe += self._block(run, index, schedule, on_step)
             else:
                 nfe += self._editing_block(run, index, on_step)
+            if self.stop_at_end and not self._stop_ended_rows(run, (index + 1) * block, end_ids):
+                break
         generated = x[:, prompt_len : prompt_len + self.gen_length]
         return SampleOutput(
             sequences=x[:, : prompt_len + self.gen_length],
             nfe=nfe,
             generated_tokens=count_generated(generated, (eos_id, eot_id)),
+            row_nfe=run.row_nfe,
         )
+
+    def _stop_ended_rows(self, run: _BlockRun, end: int, end_ids: torch.Tensor) -> bool:
+        """After the block ending at column `end`: the live rows whose answer holds an end token stop (the rest of
+        their canvas becomes the first end token) and leave the batch; whether any row goes on."""
+        answer = run.x[run.live, run.prompt_len : min(end, run.prompt_len + self.gen_length)]
+        ended = torch.isin(answer, end_ids).any(-1)
+        if bool(ended.any()):
+            run.x[run.live[ended], end:] = end_ids[0]
+            run.leave(~ended)
+        return len(run.live) > 0
 
     def _block(self, run: _BlockRun, index: int, schedule: Sequence[int], on_step: StepHook | None) -> int:
         start, end = index * run.block_size, (index + 1) * run.block_size
         passes = 0
         for step, count in enumerate(schedule):
-            active = run.x[:, start:end] == run.mask_id
-            if not bool(active.any()):
+            active = run.x[run.live, start:end] == run.mask_id
+            stepping = active.any(-1)
+            if not bool(stepping.any()):
                 break
-            tokens, probs = run.choose(run.block_logits(start, end))
+            rows = run.passing(stepping)
+            canvas_rows = run.live[rows]
+            tokens, probs = run.choose(run.block_logits(start, end, rows))
             passes += 1
-            reveal = run.reveal(tokens, probs, active, count)
-            run.x[:, start:end] = torch.where(reveal, tokens, run.x[:, start:end])
+            reveal = run.reveal(tokens, probs, active[rows], count)
+            run.x[canvas_rows, start:end] = torch.where(reveal, tokens, run.x[canvas_rows, start:end])
             if on_step is not None:
                 on_step(run.x, step, index)
         return passes
 
     def _editing_block(self, run: _BlockRun, index: int, on_step: StepHook | None) -> int:
         start, end = index * run.block_size, (index + 1) * run.block_size
-        rows = run.x.shape[0]
+        live = run.live
         generated = (torch.arange(start, end, device=run.x.device) >= run.prompt_len)[None, :]
-        post_passes = torch.zeros(rows, dtype=torch.long, device=run.x.device)
-        done = torch.zeros(rows, dtype=torch.bool, device=run.x.device)
+        post_passes = torch.zeros(len(live), dtype=torch.long, device=run.x.device)
+        done = torch.zeros(len(live), dtype=torch.bool, device=run.x.device)
         passes = 0
         while True:
-            old = run.x[:, start:end].clone()
+            old = run.x[live, start:end]
             active = old == run.mask_id
             unmasked = ~active.any(-1)
             post_passes += (unmasked & ~done).long()
             done |= post_passes > self.max_post_steps
             if bool(done.all()):
                 return passes
-            tokens, probs = run.choose(run.block_logits(start, end))
-            reveal = run.reveal(tokens, probs, active, self.tokens_per_step)
-            edit = (probs > self.editing_threshold) & ~active & generated & (tokens != old)
-            run.x[:, start:end] = torch.where((reveal | edit) & ~done[:, None], tokens, old)
-            done |= unmasked & ~edit.any(-1)
+            rows = run.passing(~done)
+            tokens, probs = run.choose(run.block_logits(start, end, rows))
+            reveal = run.reveal(tokens, probs, active[rows], self.tokens_per_step)
+            edit = (probs > self.editing_threshold) & ~active[rows] & generated & (tokens != old[rows])
+            run.x[live[rows], start:end] = torch.where((reveal | edit) & ~done[rows, None], tokens, old[rows])
+            done[rows] |= unmasked[rows] & ~edit.any(-1)
             if on_step is not None:
                 on_step(run.x, passes, index)
             passes += 1

@@ -15,19 +15,23 @@ top-p filtered, sampled; at temperature 0 they are the argmax and the confidence
 
 Batches of left-padded prompts of different lengths decode as each prompt alone would: every row's blocks start at
 its own first token (the rows are laid out so their block boundaries line up) and padding is hidden from attention.
-Decoding stops once every row holds an end token (EOS or end of turn), and what a row generates after the block in
-which it ended is filled with the end token; `generate.py` stops likewise (for its single row) and leaves masks.
+A row stops after the block in which it holds an end token (EOS or end of turn), and what it generates after that
+block is filled with the end token; `generate.py` stops likewise (for its single row) and leaves masks. A row that
+has stopped, or whose answer is complete, leaves the batch and the cache; within a block at temperature 0, a row that
+holds no mask sits out the denoising passes left (`_SdarRun`), so each row takes the passes it takes alone
+(`row_nfe`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from transformers.cache_utils import DynamicCache
 
 from dlm.forward import logits_at_positions
+from dlm.samplers.block_cache import cache_rows, extend_rows
 from dlm.samplers.common import (
     DiffusionSampler,
     SampleOutput,
@@ -255,49 +259,122 @@ class SDARSampler(DiffusionSampler):
         """Sample continuations of left-padded prompts [B, P] (module docstring); `on_step(canvas, step, block)`
         sees the prompts and answers so far after every denoising pass."""
         offsets = check_prompt(prompt_ids, attention_mask, mask_id)
-        bs, gen_length = self.block_length, self.gen_length
-        canvas = _Canvas.lay_out(prompt_ids, offsets, gen_length, bs, mask_id)
+        canvas = _Canvas.lay_out(prompt_ids, offsets, self.gen_length, self.block_length, mask_id)
         end_ids = torch.tensor([i for i in (eos_id, eot_id) if i is not None], device=prompt_ids.device)
-        cache, nfe, start = DynamicCache(), 0, canvas.start
-        if start:
-            blocks = torch.arange(start, device=prompt_ids.device) // bs
-            allowed = (blocks.unsqueeze(0) <= blocks.unsqueeze(1)) & canvas.real[:, None, :start]
-            allowed |= torch.eye(start, dtype=torch.bool, device=prompt_ids.device)
-            _run(model, canvas.ids[:, :start], allowed.unsqueeze(1), canvas.positions[:, :start], cache, False)
-            nfe += 1
-        counts = sdar_transfer_counts(bs, self.denoising_steps)
+        run = _SdarRun(self, model, canvas, prompt_ids, mask_id, generator, on_step)
+        run.prefill()
         stopped_at = torch.full_like(offsets, canvas.ids.shape[1])
-        for index, block_start in enumerate(range(start, canvas.ids.shape[1], bs)):
-            end = block_start + bs
-            block, positions = canvas.ids[:, block_start:end], canvas.positions[:, block_start:end]
-            mask = canvas.real[:, None, None, :end].expand(-1, 1, bs, -1)
-            for step in range(len(counts) + 1):
-                masked = block == mask_id
-                if not bool(masked.any()):
-                    _run(model, block, mask, positions, cache, False)  # appends the finished block to the cache
-                    nfe += 1
-                    break
-                logits = _run(model, block, mask, positions, cache, True)
-                cache.crop(-bs)  # a denoising pass reads the cache without keeping its own keys and values
-                nfe += 1
-                tokens, confidence = choose_tokens(logits, self.temperature, self.top_k, self.top_p, generator)
-                reveal = self._transfer(masked, confidence, counts[step] if step < len(counts) else 0)
-                block[reveal] = tokens[reveal]
-                if on_step is not None:
-                    on_step(torch.cat([prompt_ids, canvas.answers(gen_length)], dim=1), step, index)
+        for index, block_start in enumerate(range(canvas.start, canvas.ids.shape[1], self.block_length)):
+            end = block_start + self.block_length
+            run.block(index, block_start)
+            answer_start = canvas.start + canvas.rest[run.live]
+            ended = torch.zeros_like(answer_start, dtype=torch.bool)
             if len(end_ids):
-                answer_start = start + canvas.rest.unsqueeze(-1)
-                span = torch.arange(end, device=prompt_ids.device) >= answer_start
-                ended = (torch.isin(canvas.ids[:, :end], end_ids) & span).any(-1)
-                stopped_at = torch.where(ended & (stopped_at > end), end, stopped_at)
-                if bool(ended.all()):
-                    break
+                span = torch.arange(end, device=prompt_ids.device) >= answer_start.unsqueeze(-1)
+                ended = (torch.isin(canvas.ids[run.live, :end], end_ids) & span).any(-1)
+            stopped_at[run.live] = torch.where(ended, end, stopped_at[run.live])
+            leaving = ended | (answer_start + self.gen_length <= end)
+            if bool(leaving.all()):
+                break
+            if bool(leaving.any()):
+                run.leave(~leaving)
         after = torch.arange(canvas.ids.shape[1], device=prompt_ids.device) >= stopped_at.unsqueeze(-1)
         if len(end_ids):
             canvas.ids.masked_fill_(after, int(end_ids[0]))
-        generated = canvas.answers(gen_length)
+        generated = canvas.answers(self.gen_length)
         return SampleOutput(
             sequences=torch.cat([prompt_ids, generated], dim=1),
-            nfe=nfe,
+            nfe=run.nfe,
             generated_tokens=count_generated(generated, (eos_id, eot_id)),
+            row_nfe=run.row_nfe,
         )
+
+
+@dataclass
+class _SdarRun:
+    """One sampling run: the canvas and the cache of finished blocks, for the `live` rows alone (a row leaves once
+    its answer has ended or is complete). At temperature 0 a denoising pass runs only the live rows whose block still
+    holds a mask (the others wait for the block's caching pass), so each row takes the passes it takes alone;
+    `row_nfe` counts them per row, `nfe` the batch's."""
+
+    sampler: SDARSampler
+    model: torch.nn.Module
+    canvas: _Canvas
+    prompt_ids: torch.Tensor
+    mask_id: int
+    generator: torch.Generator | None
+    on_step: StepHook | None
+    cache: DynamicCache = field(default_factory=DynamicCache)
+    nfe: int = 0
+    live: torch.Tensor = field(init=False)  # [L] the canvas rows in the cache, in its order
+    row_nfe: torch.Tensor = field(init=False)  # [B]
+
+    def __post_init__(self) -> None:
+        rows = self.canvas.ids.shape[0]
+        self.live = torch.arange(rows, device=self.canvas.ids.device)
+        self.row_nfe = torch.zeros(rows, dtype=torch.long, device=self.canvas.ids.device)
+
+    def prefill(self) -> None:
+        """Cache the prompts' full blocks (hidden positions see themselves alone, so that no query is empty). A row
+        with no full block sits the pass out, as alone it makes none: its columns hold zeros that it never sees."""
+        start = self.canvas.start
+        if not start:
+            return
+        blocks = torch.arange(start, device=self.canvas.ids.device) // self.sampler.block_length
+        allowed = (blocks.unsqueeze(0) <= blocks.unsqueeze(1)) & self.canvas.real[:, None, :start]
+        allowed |= torch.eye(start, dtype=torch.bool, device=self.canvas.ids.device)
+        rows = self.canvas.real[:, :start].any(-1).nonzero().squeeze(-1)
+        whole = len(rows) == len(self.live)
+        cache = self.cache if whole else DynamicCache()
+        ids, positions = self.canvas.ids[rows, :start], self.canvas.positions[rows, :start]
+        _run(self.model, ids, allowed[rows].unsqueeze(1), positions, cache, False)
+        if not whole:
+            extend_rows(self.cache, cache, rows, len(self.live), start)
+        self._count(rows)
+
+    def block(self, index: int, start: int) -> None:
+        """Denoise the live rows' block at column `start` (at most `denoising_steps` passes), then append it to the
+        cache."""
+        end, canvas = start + self.sampler.block_length, self.canvas
+        counts = sdar_transfer_counts(self.sampler.block_length, self.sampler.denoising_steps)
+        for step in range(len(counts) + 1):
+            stepping = (canvas.ids[self.live, start:end] == self.mask_id).any(-1)
+            if not bool(stepping.any()):
+                self._pass(self.live, start, self.cache, False)  # appends the finished block to the cache
+                return
+            if self.sampler.temperature > 0:  # random draws cover every live row, as `generate.py`'s do
+                stepping = torch.ones_like(stepping)
+            in_cache = stepping.nonzero().squeeze(-1)
+            rows = self.live[in_cache]
+            whole = len(rows) == len(self.live)
+            logits = self._pass(rows, start, self.cache if whole else cache_rows(self.cache, in_cache), True)
+            if whole:
+                self.cache.crop(-self.sampler.block_length)  # a denoising pass reads the cache, keeps nothing
+            sampler, block = self.sampler, canvas.ids[rows, start:end]
+            tokens, confidence = choose_tokens(
+                logits, sampler.temperature, sampler.top_k, sampler.top_p, self.generator
+            )
+            reveal = sampler._transfer(block == self.mask_id, confidence, counts[step] if step < len(counts) else 0)
+            canvas.ids[rows, start:end] = torch.where(reveal, tokens, block)
+            if self.on_step is not None:
+                on_step_canvas = torch.cat([self.prompt_ids, canvas.answers(sampler.gen_length)], dim=1)
+                self.on_step(on_step_canvas, step, index)
+
+    def leave(self, staying: torch.Tensor) -> None:
+        """Only the live rows where `staying` (bool [L]) go on."""
+        kept = staying.nonzero().squeeze(-1)
+        self.cache.batch_select_indices(kept)
+        self.live = self.live[kept]
+
+    def _pass(self, rows: torch.Tensor, start: int, cache: DynamicCache, logits: bool) -> torch.Tensor:
+        """One forward pass of `rows`' block at column `start` against `cache`."""
+        end = start + self.sampler.block_length
+        mask = self.canvas.real[rows, None, None, :end].expand(-1, 1, end - start, -1)
+        ids, positions = self.canvas.ids[rows, start:end], self.canvas.positions[rows, start:end]
+        out = _run(self.model, ids, mask, positions, cache, logits)
+        self._count(rows)
+        return out
+
+    def _count(self, rows: torch.Tensor) -> None:
+        self.nfe += 1
+        self.row_nfe[rows] += 1
