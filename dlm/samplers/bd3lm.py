@@ -391,6 +391,7 @@ class BD3LMSampler(DiffusionSampler):
             cfg_scale=settings.cfg_scale,
             right_shift_logits=family.shift_logits,
             parallel_threshold=settings.parallel_threshold,
+            stop_at_end=settings.stop_at_end,
         )
 
     @classmethod

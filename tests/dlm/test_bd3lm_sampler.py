@@ -250,7 +250,13 @@ def test_built_from_settings() -> None:
     settings = SamplerSettings(steps=8, max_new_tokens=12, block_length=4, temperature=0.5, parallel_threshold=0.9)
     sampler = build_sampler(family, settings)
     assert sampler == BD3LMSampler(
-        steps=8, gen_length=12, block_length=4, temperature=0.5, right_shift_logits=True, parallel_threshold=0.9
+        steps=8,
+        gen_length=12,
+        block_length=4,
+        temperature=0.5,
+        right_shift_logits=True,
+        parallel_threshold=0.9,
+        stop_at_end=True,
     )
     # 12 tokens in blocks of 4: three blocks from a block boundary, four from inside the prompt's last block
     assert sampler.steps_per_block == 3 and sampler.forward_passes == 4 * (3 + 1)
