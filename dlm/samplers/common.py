@@ -31,7 +31,8 @@ CACHE_MODES = CANVAS_CACHES  # every `cache` mode a sampler knows; a family list
 
 
 # `on_step(canvas, step, block)`: called after every denoising step with the live canvas [B, prompt + generated]
-# (copy it to keep it), the step within the block and the block's index; it must not write to the canvas.
+# (copy it to keep it), the step within the block and the block's index (where rows decode different blocks, those
+# of the row furthest behind); it must not write to the canvas.
 StepHook = Callable[[torch.Tensor, int, int], None]
 
 

@@ -171,8 +171,6 @@ class _DreamRun(RowRun):
         reveal = plan if self.choose.alg == "origin" else self.rank(confidence, masked, plan, rows, columns)
         reveal = parallel_reveal(reveal, masked, probability, self.threshold) & masked
         self.x[rows[:, None], columns] = torch.where(reveal, x0, current)
-        if self.on_step is not None:
-            self.on_step(self.x, int(step[0]), int(self.block[rows[0]]))
         return True
 
     def plan(self, masked: torch.Tensor, t: torch.Tensor, s: torch.Tensor, last: torch.Tensor) -> torch.Tensor | None:

@@ -157,8 +157,6 @@ class _LladaRun(RowRun):
         not_last = confidence >= 0  # tokens ranked last (EOS when suppressed) wait for the schedule
         reveal = parallel_reveal(reveal, masked, probability, self.threshold, not_last) & masked
         self.x[rows[:, None], columns] = torch.where(reveal, x0, current)
-        if self.on_step is not None:
-            self.on_step(self.x, int(self.step[rows[0]]), int(self.block[rows[0]]))
         return True
 
     def guided_logits(self, rows: torch.Tensor, starts: torch.Tensor, refresh: bool) -> torch.Tensor:

@@ -29,7 +29,7 @@ class RowRun:
     blocks: int
     steps: int  # per block
     end_ids: tuple[int, ...] = ()  # stop a row once its answer has ended (empty: decode every block)
-    on_step: StepHook | None = None
+    on_step: StepHook | None = None  # after every round, with the step and block of the row furthest behind
     pass_cost: int = 1  # network evaluations per row and pass (two with classifier-free guidance)
 
     def __post_init__(self) -> None:
@@ -51,10 +51,15 @@ class RowRun:
         nfe = torch.zeros_like(self.block)
         while bool((~self.done).any()):
             active = (~self.done).nonzero()[:, 0]
+            stepped = False
             for group, refresh in self._groups(active):
                 if self._step(group, refresh):
                     nfe[group] += self.pass_cost
                     self.fresh[group] = False
+                    stepped = True
+            if stepped and self.on_step is not None:
+                last = active[self.block[active].argmin()]  # the row furthest behind: blocks never go back
+                self.on_step(self.x, int(self.step[last]), int(self.block[last]))
             self.step[active] += 1
             self._advance(active)
         return nfe
