@@ -21,7 +21,6 @@ from demo.run import (
     evaluated_models,
     learning_checks,
     recipe,
-    run_demo,
     run_stage,
     write_datasets,
 )
@@ -165,10 +164,9 @@ def test_block_diffusion_checks_hold_the_block_model_to_the_same_bar():
 
 
 @pytest.mark.slow
-def test_small_demo_learns_through_the_plugins(tmp_path, capsys):
+def test_small_demo_learns_through_the_plugins(small_demo):
     """The small demo with its block-diffusion model (one run covers both: the flag adds a stage)."""
-    outcome = run_demo(Workspace(tmp_path), "small", block_diffusion=True)
-    out = capsys.readouterr().out
+    outcome, out, root = small_demo.outcome, small_demo.printed, small_demo.workspace.root
     document = json.loads(outcome["paths"]["results"].read_text())
     models = {m["label"]: {x["name"]: x for x in m["metrics"]} for m in document["models"]}
     assert list(models) == [
@@ -201,7 +199,7 @@ def test_small_demo_learns_through_the_plugins(tmp_path, capsys):
     assert models["llada SFT"]["tokens_per_sec"]["value"] > 0 and models["ar SFT"]["tokens_per_sec"]["value"] > 0
     # every stage ran as a job the workbench would show, and the report says where it is
     for stage in document["demo"]["stages"]:
-        record = json.loads((tmp_path / "jobs" / stage["job_id"] / "index.json").read_text())
+        record = json.loads((root / "jobs" / stage["job_id"] / "index.json").read_text())
         assert record["job_data"]["completion_status"] == "success", stage
     assert outcome["paths"]["chart"].read_bytes().startswith(b"\x89PNG")
     assert "llada SFT+DPO" in outcome["paths"]["html"].read_text()
