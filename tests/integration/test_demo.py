@@ -166,9 +166,9 @@ def test_block_diffusion_checks_hold_the_block_model_to_the_same_bar():
 
 @pytest.mark.slow
 def test_small_demo_learns_through_the_plugins(small_demo):
-    """The small demo with its block-diffusion model (one run covers both: the flag adds a stage)."""
+    """The small demo with its block-diffusion model, as `python -m demo --size small --block-diffusion` runs it (one
+    run covers both: the flag adds a stage)."""
     out, root = small_demo.printed, small_demo.workspace.root
-    assert small_demo.returncode == 0, out  # python -m demo exits 0 only when every learning check passes
     # the report's files, where the demo says they are
     paths = dict(re.findall(r"^(results|chart|html): (.+)$", out, flags=re.M))
     assert {kind: Path(path) for kind, path in paths.items()} == {
@@ -212,6 +212,7 @@ def test_small_demo_learns_through_the_plugins(small_demo):
         assert record["job_data"]["completion_status"] == "success", stage
     assert (root / "demo" / "metrics.png").read_bytes().startswith(b"\x89PNG")
     assert "llada SFT+DPO" in (root / "demo" / "report.html").read_text()
+    assert small_demo.returncode == 0, out  # python -m demo exits 0 only when every learning check passes
 
 
 def test_rl_checks_hold_grpo_to_a_gain_over_its_start():
