@@ -9,6 +9,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -122,15 +124,18 @@ NEEDS_DLLM = {"bd3lm.py", "grpo.py"}  # run dllm's own trainers and sampler from
 NEEDS_TRL = {"grpo.py"}  # dllm's GRPO trainer is a TRL 0.19 GRPOTrainer (bench/grpo.py says how to install it)
 
 
+def missing(script: str) -> str | None:
+    """What this machine lacks to run `script`, if anything."""
+    if script in NEEDS_DLLM and not os.environ.get("DLLM_DIR"):
+        return "needs a dllm checkout (the folder holding the dllm package) named by DLLM_DIR"
+    if script in NEEDS_TRL and importlib.util.find_spec("trl") is None:
+        return "needs TRL 0.19.1 importable (pip install --no-deps --target <folder> trl==0.19.1; PYTHONPATH)"
+    return None
+
+
 def bench_case(script: str):
-    if script not in NEEDS_DLLM:
-        return script
-    reason = "needs a dllm checkout (the folder holding the dllm package) named by DLLM_DIR"
-    marks = [pytest.mark.skipif(not os.environ.get("DLLM_DIR"), reason=reason)]
-    if script in NEEDS_TRL:
-        reason = "needs TRL 0.19.1 importable (pip install --no-deps --target <folder> trl==0.19.1; PYTHONPATH)"
-        marks.append(pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason=reason))
-    return pytest.param(script, marks=marks)
+    reason = missing(script)
+    return pytest.param(script, marks=[pytest.mark.skip(reason=reason)] if reason else [])
 
 
 def test_every_benchmark_is_covered():
@@ -160,10 +165,27 @@ def test_models_bench_runs_llada_own_code_with_our_weights():
     assert result["max_logit_diff_official"] <= 1e-5  # the same weights give the same logits
 
 
+@pytest.fixture(scope="module")
+def bench_results(request) -> Iterator[dict[str, Future]]:
+    """The result lines of the benchmarks this session runs, two at a time (each runs its sides one after the other
+    in processes of one thread: CI's two cores run two benchmarks at once), all started by the first test."""
+    selected = {
+        item.callspec.params["script"]
+        for item in request.session.items
+        if getattr(item, "originalname", None) == "test_benchmark_prints_its_result_line"
+    }
+    runnable = sorted((s for s in selected if not missing(s)), key=lambda s: (s != "pretrain.py", s))  # longest first
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = {script: pool.submit(run_bench, script, LLADA_MODELING_DIR="") for script in runnable}
+        yield runs
+        for run in runs.values():
+            run.cancel()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("script", [bench_case(script) for script in sorted(SMALL)])
-def test_benchmark_prints_its_result_line(script):
-    result = run_bench(script, LLADA_MODELING_DIR="")
+def test_benchmark_prints_its_result_line(script, bench_results):
+    result = bench_results[script].result()
     assert KEYS[script] <= set(result)
     measured = {k: v for k, v in result.items() if v is not None}  # None: not measured at this size
     assert all(isinstance(v, bool) or v > 0 for k, v in measured.items() if not k.startswith("max_"))

@@ -7,6 +7,7 @@ import json
 import random
 import re
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +22,6 @@ from demo.run import (
     evaluated_models,
     learning_checks,
     recipe,
-    run_demo,
     run_stage,
     write_datasets,
 )
@@ -165,11 +165,18 @@ def test_block_diffusion_checks_hold_the_block_model_to_the_same_bar():
 
 
 @pytest.mark.slow
-def test_small_demo_learns_through_the_plugins(tmp_path, capsys):
-    """The small demo with its block-diffusion model (one run covers both: the flag adds a stage)."""
-    outcome = run_demo(Workspace(tmp_path), "small", block_diffusion=True)
-    out = capsys.readouterr().out
-    document = json.loads(outcome["paths"]["results"].read_text())
+def test_small_demo_learns_through_the_plugins(small_demo):
+    """The small demo with its block-diffusion model, as `python -m demo --size small --block-diffusion` runs it (one
+    run covers both: the flag adds a stage)."""
+    out, root = small_demo.printed, small_demo.workspace.root
+    # the report's files, where the demo says they are
+    paths = dict(re.findall(r"^(results|chart|html): (.+)$", out, flags=re.M))
+    assert {kind: Path(path) for kind, path in paths.items()} == {
+        "results": root / "demo" / "results.json",
+        "chart": root / "demo" / "metrics.png",
+        "html": root / "demo" / "report.html",
+    }, out
+    document = json.loads((root / "demo" / "results.json").read_text())
     models = {m["label"]: {x["name"]: x for x in m["metrics"]} for m in document["models"]}
     assert list(models) == [
         "llada untrained", "llada SFT", "llada SFT+DPO", "ar untrained", "ar SFT", "bd3lm untrained", "bd3lm SFT"
@@ -201,12 +208,11 @@ def test_small_demo_learns_through_the_plugins(tmp_path, capsys):
     assert models["llada SFT"]["tokens_per_sec"]["value"] > 0 and models["ar SFT"]["tokens_per_sec"]["value"] > 0
     # every stage ran as a job the workbench would show, and the report says where it is
     for stage in document["demo"]["stages"]:
-        record = json.loads((tmp_path / "jobs" / stage["job_id"] / "index.json").read_text())
+        record = json.loads((root / "jobs" / stage["job_id"] / "index.json").read_text())
         assert record["job_data"]["completion_status"] == "success", stage
-    assert outcome["paths"]["chart"].read_bytes().startswith(b"\x89PNG")
-    assert "llada SFT+DPO" in outcome["paths"]["html"].read_text()
-    for path in outcome["paths"].values():
-        assert str(path) in out
+    assert (root / "demo" / "metrics.png").read_bytes().startswith(b"\x89PNG")
+    assert "llada SFT+DPO" in (root / "demo" / "report.html").read_text()
+    assert small_demo.returncode == 0, out  # python -m demo exits 0 only when every learning check passes
 
 
 def test_rl_checks_hold_grpo_to_a_gain_over_its_start():
@@ -247,17 +253,11 @@ def test_rl_recipe_and_dataset(tmp_path):
 
 
 @pytest.mark.slow
-def test_small_demo_rl_stage_raises_accuracy(tmp_path, capsys):
+def test_small_demo_rl_stage_raises_accuracy(small_demo_rl):
     """The RL stage as `--rl` runs it: GRPO from the short SFT raises held-out task accuracy by the check's margin."""
-    workspace, size = Workspace(tmp_path), SIZES["small"]
-    jobs = recipe(size, rl_stage=True)
-    write_datasets(workspace, size, 0, rl_stage=True)
-    stages = rl.run_rl_stages(
-        workspace,
-        jobs,
-        jobs["evaluate"],
-        lambda name, plugin, params: run_stage(name, plugin, params, workspace, verbose=False),
-    )
+    if small_demo_rl.error is not None:
+        raise small_demo_rl.error
+    stages = small_demo_rl.stages
     models = evaluated_models(stages[-1], list(rl.LABELS))
     accuracy = {label: models[label]["metrics"] for label in rl.LABELS}
     values = {
@@ -267,6 +267,6 @@ def test_small_demo_rl_stage_raises_accuracy(tmp_path, capsys):
         models, lambda model: next(m["value"] for m in model["metrics"] if m["name"] == "task_accuracy")
     )
     assert check[1] == pytest.approx(values["llada short SFT+GRPO"] - values["llada short SFT"])
-    assert check[3](round(check[1], 9)), (values, capsys.readouterr().out)
-    grpo_log = (tmp_path / "jobs" / stages[1].job_id / f"output_{stages[1].job_id}.txt").read_text()
-    assert "estimator coupled, rewards answer_match" in grpo_log
+    assert check[3](round(check[1], 9)), (values, small_demo_rl.printed)
+    grpo_log = small_demo_rl.workspace.job_dir(stages[1].job_id) / f"output_{stages[1].job_id}.txt"
+    assert "estimator coupled, rewards answer_match" in grpo_log.read_text()

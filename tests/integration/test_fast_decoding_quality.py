@@ -1,33 +1,35 @@
-"""Fast decoding keeps the demo model's task accuracy: tiny-llada trained by the small demo's own SFT job (a few CPU
-minutes, hence slow) answers the 200 held-out test problems with the exact sampler and with each cache plus a
-parallel threshold; each fast mode scores within one point of the exact one and needs fewer forward passes. With the
-evaluator's default window (far longer than the training rows) its growing canvas keeps the short window's accuracy."""
+"""Fast decoding keeps the demo model's task accuracy: tiny-llada trained by the small demo's own SFT job (the run
+of conftest.py's `small_demo` that test_demo.py checks: minutes, hence slow) answers the demo's held-out test
+problems with the exact sampler and with each cache plus a parallel threshold; each fast mode scores within one point
+of the exact one and needs fewer forward passes. With the evaluator's default window (far longer than the training
+rows) its growing canvas keeps the short window's accuracy."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from demo.run import SFT_NAME, SIZES, recipe, run_stage, write_datasets
+from demo.run import SFT_NAME, SIZES
 from demo.task import MAX_DIGITS, build_task, is_correct
 from dlm.generation import SamplerSettings, decode_answers, encode_prompts, generate
 from dlm.loading import LoadedModel, load_model_and_tokenizer
-from plugin_sdk.workspace import Workspace
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import DemoRun
 
 ANSWER = MAX_DIGITS + 1  # digits and end of turn: the canvas the demo trains and evaluates with
 EXACT = SamplerSettings(steps=ANSWER, max_new_tokens=ANSWER, block_length=ANSWER // 2)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[LoadedModel, list[dict[str, str]]]:
-    workspace = Workspace(tmp_path_factory.mktemp("demo"))
+def trained(small_demo: DemoRun) -> tuple[LoadedModel, list[dict[str, str]]]:
+    """The small demo's tiny-llada after SFT (the run test_demo.py checks) and the demo's test problems."""
     size = SIZES["small"]
-    write_datasets(workspace, size, seed=0)
-    run_stage("SFT tiny-llada", "diffusion_llm_trainer", recipe(size)["sft"], workspace, verbose=False)
-    rows = build_task(size.train, size.validation, size.test, seed=0).rows["test"]
-    return load_model_and_tokenizer(workspace.model_dir(f"tiny-llada_{SFT_NAME}")), rows
+    rows = build_task(size.train, size.validation, size.test, seed=0).rows["test"]  # the demo's default seed
+    return load_model_and_tokenizer(small_demo.workspace.model_dir(f"tiny-llada_{SFT_NAME}")), rows
 
 
 def _accuracy(loaded: LoadedModel, rows: list[dict[str, str]], settings: SamplerSettings) -> tuple[float, int]:

@@ -17,7 +17,8 @@ BLOCKS = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
 
 # Blocks run elsewhere, by their first command.
 ELSEWHERE = {
-    "./setup.sh demo": "the demo itself: tests/integration/test_demo.py at the small size; its wiring: test_setup_runs_the_demo",
+    "./setup.sh demo": "the demo itself: tests/integration/test_demo.py at the small size (python -m demo, run by "
+    "conftest.py's small_demo); its wiring: test_setup_runs_the_demo",
     "./setup.sh test": ".ci/run",
     "examples/seed_workflow.sh": "tests/integration/test_seed_workflow.py, at the smallest settings",
     ".venv/bin/python -m dlm.lm_eval_cli": "tests/dlm/test_lm_eval_adapter.py::test_stock_lm_eval_command_line_runs_"
@@ -48,7 +49,8 @@ def test_every_block_is_run_here_or_named_as_run_elsewhere():
     ci = (REPO / ".ci" / "run").read_text()
     assert "./setup.sh test" in ci and ".venv/bin/ruff check . && .venv/bin/ruff format --check ." in ci
     assert ".venv/bin/ruff check . && .venv/bin/ruff format --check ." in block("./setup.sh test -m")
-    assert "run_demo(" in (REPO / "tests" / "integration" / "test_demo.py").read_text()
+    # test_demo.py's run of the demo command
+    assert '"-m", "demo", "--size", "small"' in (REPO / "tests" / "integration" / "conftest.py").read_text()
 
 
 @pytest.mark.slow
