@@ -136,11 +136,13 @@ class TrainSettings:
 
     hidden: int = 128
     heads: int = 4
-    layers: int = 3
+    layers: int = 2
     intermediate: int = 256
-    steps: int = 600
+    rope_theta: float = 10000.0  # finer relative positions than LLaDA's 500,000: the rule is "one more than the left"
+    steps: int = 1600
     batch_size: int = 8
     learning_rate: float = 3e-3
+    loss_weight_type: str = "scheduler"  # dlm.losses: `scheduler` (LLaDA's 1/t) or `uniform`
     canvases: tuple[int, ...] = (256, 1024)
     long_share: float = 0.25  # share of batches padded to the longest canvas (they cost several short ones)
     train_size: int = 4000
@@ -190,7 +192,7 @@ def train(model: Any, tokenizer: Any, mask_id: int, eos_id: int, settings: Train
     from dlm.losses import LossConfig, diffusion_loss, draw_mask
 
     rows = build_task(settings.train_size, 0, 0, seed=settings.seed).rows["train"]
-    config = LossConfig.for_family("llada", mask_id)
+    config = LossConfig.for_family("llada", mask_id, loss_weight_type=settings.loss_weight_type)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.0)
     warmup = max(1, settings.steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -235,6 +237,7 @@ def build_counting_model(dst: Path, settings: TrainSettings) -> dict[str, float]
         build_llada(dst, settings.dims(), counting_tokenizer())
         loaded = load_model_and_tokenizer(dst, dtype="float32")
         loaded.model.config.max_sequence_length = max(settings.canvases) + 64  # prompt + the longest canvas
+        loaded.model.config.rope_theta = settings.rope_theta
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.seed)
             stats = train(loaded.model, loaded.tokenizer, loaded.special_ids.mask, loaded.special_ids.eos, settings)

@@ -121,6 +121,8 @@ def test_the_model_is_built_once_and_rebuilt_for_other_settings(tmp_path, monkey
     folder = counting_model(tmp_path, TINY)
     assert folder == tmp_path / "models" / MODEL_NAME and built == [TINY]
     assert counting_model(tmp_path, TINY) == folder and built == [TINY]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["rope_theta"] == TINY.rope_theta and config["max_sequence_length"] >= 256 + 13
     record = json.loads((folder / counting.TRAIN_RECORD).read_text())
     assert record["settings"]["steps"] == 2 and record["train_seconds"] > 0
     other = TrainSettings(**{**TINY.__dict__, "steps": 3})
