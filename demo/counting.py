@@ -144,10 +144,9 @@ class TrainSettings:
     learning_rate: float = 3e-3
     loss_weight_type: str = "scheduler"  # dlm.losses: `scheduler` (LLaDA's 1/t) or `uniform`
     canvases: tuple[int, ...] = (256, 1024)
-    long_share: float = 0.25  # share of batches padded to the longest canvas (they cost several short ones)
+    long_share: float = 0.25  # share of batches padded to the longest canvas (with fewer rows: see training_batches)
     train_size: int = 4000
     seed: int = 0
-    threads: int = 2
 
     def dims(self) -> Dims:
         return Dims(self.hidden, self.heads, self.layers, self.intermediate)
@@ -224,15 +223,16 @@ def train(model: Any, tokenizer: Any, mask_id: int, eos_id: int, settings: Train
     return {"loss": loss.item(), "train_seconds": time.perf_counter() - began}
 
 
-def build_counting_model(dst: Path, settings: TrainSettings) -> dict[str, float]:
-    """Build a random tiny LLaDA over the counting tokenizer in `dst`, train it there and save it."""
+def build_counting_model(dst: Path, settings: TrainSettings, threads: int = 2) -> dict[str, float]:
+    """Build a random tiny LLaDA over the counting tokenizer in `dst`, train it there on `threads` CPU threads and
+    save it."""
     import torch
 
     from dlm.loading import load_model_and_tokenizer
     from dlm.presets.builders import build_llada
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(settings.threads)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
         build_llada(dst, settings.dims(), counting_tokenizer())
         loaded = load_model_and_tokenizer(dst, dtype="float32")
@@ -244,16 +244,18 @@ def build_counting_model(dst: Path, settings: TrainSettings) -> dict[str, float]
         loaded.model.save_pretrained(dst)
         (dst / TRAIN_RECORD).write_text(json.dumps({**stats, "settings": asdict(settings)}, indent=1))
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads_before)
     return stats
 
 
-def counting_model(workspace: str | Path | None = None, settings: TrainSettings | None = None) -> Path:
+def counting_model(
+    workspace: str | Path | None = None, settings: TrainSettings | None = None, threads: int = 2
+) -> Path:
     """The folder of the trained counting model in `workspace` (`$DLM_WORKSPACE`, else `./workspace`), trained
-    first when missing or built with other settings."""
+    first (on `threads` CPU threads) when missing or built with other settings."""
     settings = settings or TrainSettings()
     final = models_dir(workspace) / MODEL_NAME
     # as JSON reads it back (tuples become lists), so that a finished build is recognised
     marker = json.loads(json.dumps({"preset": MODEL_NAME, "version": MODEL_VERSION, "settings": asdict(settings)}))
-    build_in_place(final, marker, lambda dst: build_counting_model(dst, settings))
+    build_in_place(final, marker, lambda dst: build_counting_model(dst, settings, threads))
     return final

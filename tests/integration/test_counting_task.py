@@ -117,7 +117,9 @@ TINY = TrainSettings(
 def test_the_model_is_built_once_and_rebuilt_for_other_settings(tmp_path, monkeypatch):
     built = []
     original = counting.build_counting_model
-    monkeypatch.setattr(counting, "build_counting_model", lambda dst, s: built.append(s) or original(dst, s))
+    monkeypatch.setattr(
+        counting, "build_counting_model", lambda dst, s, threads: built.append(s) or original(dst, s, threads)
+    )
     folder = counting_model(tmp_path, TINY)
     assert folder == tmp_path / "models" / MODEL_NAME and built == [TINY]
     assert counting_model(tmp_path, TINY) == folder and built == [TINY]
