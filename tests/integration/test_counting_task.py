@@ -113,7 +113,6 @@ TINY = TrainSettings(
 )
 
 
-@pytest.mark.slow
 def test_the_model_is_built_once_and_rebuilt_for_other_settings(tmp_path, monkeypatch):
     built = []
     original = counting.build_counting_model
@@ -131,7 +130,6 @@ def test_the_model_is_built_once_and_rebuilt_for_other_settings(tmp_path, monkey
     assert counting_model(tmp_path, other) == folder and built == [TINY, other]
 
 
-@pytest.mark.slow
 def test_the_built_model_loads_and_answers_a_chat_prompt_on_a_long_canvas(tmp_path):
     from dlm.generation import decode_answers, encode_prompts
     from dlm.loading import load_model_and_tokenizer
