@@ -1,0 +1,265 @@
+"""A task with long, exactly checkable answers, and a tiny LLaDA model trained on it, for measuring decoders.
+
+"Count from 37 to 201" is answered "37 38 39 ... 201": 100 to 240 numbers, each a single token of a word-level
+tokenizer, so an answer fills most of a 256-token canvas and a fifth of a 1,024-token one. Every answer token
+follows from its neighbours (one more than the left one) and where the answer ends follows from the prompt. Splits
+come from one seed, drawn without replacement, so no problem appears in two splits.
+
+Status (measured, not yet good enough for the bench): with the default settings (3,200 steps, about 12 CPU
+minutes on one contended thread) the model has learnt the local rule (the token after n is n + 1, read from the
+left neighbour) but not to read the prompt: answers start at a guessed number and count on to the largest one
+instead of stopping at the end; exact-match accuracy is 0 at 256 and 1,024 new tokens.
+
+`counting_model(workspace)` trains the model once and caches it in `<workspace>/models/counting-llada/` like the
+tiny presets (`dlm.presets.store.build_in_place`); it loads with `dlm.loading.load_model_and_tokenizer` and answers
+chat prompts with the LLaDA sampler. Training rows are padded with EOS to the canvases the bench decodes with (256
+and 1,024 answer positions), as LLaDA's SFT pads them: a model that never saw a long canvas of masks answers nothing
+on one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from demo.task import is_correct, normalize
+from dlm.errors import DlmError
+from dlm.presets.shapes import Dims
+from dlm.presets.store import build_in_place, models_dir
+
+__all__ = ["is_correct", "normalize"]
+log = logging.getLogger(__name__)
+
+INSTRUCTION = "Count from {start} to {end}"
+INSTRUCTION_WORDS = ("Count", "from", "to")
+MAX_NUMBER = 319  # numbers 0..MAX_NUMBER are single tokens
+MIN_COUNT = 100
+MAX_COUNT = 240
+SPLITS = ("train", "validation", "test")
+MODEL_NAME = "counting-llada"
+MODEL_VERSION = 1
+LOG_EVERY = 50
+TRAIN_RECORD = "counting_train.json"  # the settings and measured training time, beside the weights
+
+
+class CountingTaskError(DlmError, ValueError):
+    """Task sizes that cannot be built; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class CountingTask:
+    """Rows `{"instruction", "output"}` per split."""
+
+    rows: dict[str, list[dict[str, str]]]
+    settings: dict[str, int] = field(default_factory=dict)
+
+
+def solve(start: int, end: int) -> str:
+    """The correct answer: every number from `start` to `end`, space separated."""
+    return " ".join(str(n) for n in range(start, end + 1))
+
+
+def problems_available(min_count: int = MIN_COUNT, max_count: int = MAX_COUNT) -> int:
+    """How many (start, end) problems with `min_count`..`max_count` numbers stay within 0..MAX_NUMBER."""
+    return sum(MAX_NUMBER + 2 - n for n in range(min_count, max_count + 1))
+
+
+def build_task(
+    train_size: int,
+    validation_size: int,
+    test_size: int,
+    *,
+    min_count: int = MIN_COUNT,
+    max_count: int = MAX_COUNT,
+    seed: int = 0,
+) -> CountingTask:
+    """Disjoint train/validation/test splits of counting problems whose answers hold `min_count`..`max_count`
+    numbers."""
+    if not 1 <= min_count <= max_count <= MAX_NUMBER + 1:
+        raise CountingTaskError(
+            f"need 1 <= min_count <= max_count <= {MAX_NUMBER + 1}, got min_count={min_count}, max_count={max_count}"
+        )
+    sizes = {"train": train_size, "validation": validation_size, "test": test_size}
+    if any(n < 0 for n in sizes.values()):
+        raise CountingTaskError(f"split sizes must be >= 0, got {sizes}")
+    available = problems_available(min_count, max_count)
+    wanted = sum(sizes.values())
+    if wanted > available // 2:  # rejection sampling stays fast while at most half of the problems are taken
+        raise CountingTaskError(
+            f"{wanted} problems asked for, but only {available} counts of {min_count}-{max_count} numbers exist "
+            f"within 0..{MAX_NUMBER}; ask for at most {available // 2}"
+        )
+    rng = random.Random(seed)
+    seen: set[tuple[int, int]] = set()
+    rows: dict[str, list[dict[str, str]]] = {}
+    for split in SPLITS:
+        rows[split] = []
+        while len(rows[split]) < sizes[split]:
+            count = rng.randint(min_count, max_count)
+            start = rng.randint(0, MAX_NUMBER + 1 - count)
+            problem = (start, start + count - 1)
+            if problem in seen:
+                continue
+            seen.add(problem)
+            rows[split].append(
+                {"instruction": INSTRUCTION.format(start=problem[0], end=problem[1]), "output": solve(*problem)}
+            )
+    settings = {**sizes, "min_count": min_count, "max_count": max_count, "seed": seed}
+    return CountingTask(rows=rows, settings=settings)
+
+
+def chat(instruction: str) -> list[dict[str, str]]:
+    """The chat prompt of one problem."""
+    return [{"role": "user", "content": instruction}]
+
+
+def counting_tokenizer() -> Any:
+    """LLaDA's special tokens and chat template over a word-level vocabulary: the chat roles, the instruction's
+    words and the numbers 0..MAX_NUMBER, one token each (the mask token is the last id, as in the presets)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from dlm.presets.builders import LLADA_SPECIALS, _llada_tokenizer
+
+    words = [*LLADA_SPECIALS, "<unk>", "system", "user", "assistant", *INSTRUCTION_WORDS]
+    words += [str(n) for n in range(MAX_NUMBER + 1)]
+    word_level = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return _llada_tokenizer(with_mask=True, bpe=word_level)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How the cached model is built: its shape, the training budget and the canvases it is padded to."""
+
+    hidden: int = 128
+    heads: int = 4
+    layers: int = 2
+    intermediate: int = 256
+    rope_theta: float = 10000.0  # finer relative positions than LLaDA's 500,000: the rule is "one more than the left"
+    steps: int = 3200
+    batch_size: int = 8
+    learning_rate: float = 3e-3
+    loss_weight_type: str = "scheduler"  # dlm.losses: `scheduler` (LLaDA's 1/t) or `uniform`
+    canvases: tuple[int, ...] = (256, 1024)
+    long_share: float = 0.25  # share of batches padded to the longest canvas (with fewer rows: see training_batches)
+    train_size: int = 4000
+    seed: int = 0
+
+    def dims(self) -> Dims:
+        return Dims(self.hidden, self.heads, self.layers, self.intermediate)
+
+
+def encode_row(tokenizer: Any, row: dict[str, str], canvas: int, eos_id: int) -> tuple[list[int], int]:
+    """Ids of prompt + answer (ending with its end-of-turn token) padded with EOS to `canvas` answer positions, and
+    the prompt length."""
+    from dlm.data import encode_conversation
+
+    messages = [*chat(row["instruction"]), {"role": "assistant", "content": row["output"]}]
+    encoded = encode_conversation(messages, tokenizer, max_length=10**6)
+    ids, prompt_length = encoded["input_ids"], encoded["prompt_length"]
+    if len(ids) - prompt_length > canvas:
+        raise CountingTaskError(f"an answer of {len(ids) - prompt_length} tokens does not fit a canvas of {canvas}")
+    return ids + [eos_id] * (prompt_length + canvas - len(ids)), prompt_length
+
+
+def training_batches(tokenizer: Any, rows: Sequence[dict[str, str]], settings: TrainSettings, eos_id: int) -> Iterator:
+    """Endless batches `{"input_ids", "labels"}`, each padded to one canvas (the longest for `long_share` of them)
+    and holding `batch_size` rows of the shortest canvas or as many answer positions of a longer one; the prompt is
+    never masked, the answer and its EOS padding are."""
+    import torch
+
+    rng = random.Random(settings.seed)
+    shortest = min(settings.canvases)
+    while True:
+        canvas = max(settings.canvases) if rng.random() < settings.long_share else shortest
+        size = max(1, settings.batch_size * shortest // canvas)  # every batch holds about as many answer positions
+        encoded = [encode_row(tokenizer, row, canvas, eos_id) for row in rng.sample(list(rows), size)]
+        ids = torch.tensor([row for row, _ in encoded])
+        labels = ids.clone()
+        for i, (_, prompt_length) in enumerate(encoded):
+            labels[i, :prompt_length] = -100
+        yield {"input_ids": ids, "labels": labels}
+
+
+def train(model: Any, tokenizer: Any, mask_id: int, eos_id: int, settings: TrainSettings) -> dict[str, float]:
+    """Train `model` in place with the masked-diffusion loss; returns the last loss and the seconds taken."""
+    import torch
+
+    from dlm.losses import LossConfig, diffusion_loss, draw_mask
+
+    rows = build_task(settings.train_size, 0, 0, seed=settings.seed).rows["train"]
+    config = LossConfig.for_family("llada", mask_id, loss_weight_type=settings.loss_weight_type)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.0)
+    warmup = max(1, settings.steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / settings.steps))
+    )
+    generator = torch.Generator().manual_seed(settings.seed)
+    batches = training_batches(tokenizer, rows, settings, eos_id)
+    model.train()
+    began = time.perf_counter()
+    loss = torch.tensor(0.0)
+    for step in range(settings.steps):
+        batch = next(batches)
+        t, masked = draw_mask(batch, config, generator)
+        loss = diffusion_loss(model, batch, masked=masked, t=t, config=config).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        if (step + 1) % LOG_EVERY == 0:
+            log.info(
+                "counting model: step %d/%d, loss %.4f, %.0f s",
+                step + 1,
+                settings.steps,
+                loss.item(),
+                time.perf_counter() - began,
+            )
+    model.eval()
+    return {"loss": loss.item(), "train_seconds": time.perf_counter() - began}
+
+
+def build_counting_model(dst: Path, settings: TrainSettings, threads: int = 2) -> dict[str, float]:
+    """Build a random tiny LLaDA over the counting tokenizer in `dst`, train it there on `threads` CPU threads and
+    save it."""
+    import torch
+
+    from dlm.loading import load_model_and_tokenizer
+    from dlm.presets.builders import build_llada
+
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        build_llada(dst, settings.dims(), counting_tokenizer())
+        loaded = load_model_and_tokenizer(dst, dtype="float32")
+        loaded.model.config.max_sequence_length = max(settings.canvases) + 64  # prompt + the longest canvas
+        loaded.model.config.rope_theta = settings.rope_theta
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(settings.seed)
+            stats = train(loaded.model, loaded.tokenizer, loaded.special_ids.mask, loaded.special_ids.eos, settings)
+        loaded.model.save_pretrained(dst)
+        (dst / TRAIN_RECORD).write_text(json.dumps({**stats, "settings": asdict(settings)}, indent=1))
+    finally:
+        torch.set_num_threads(threads_before)
+    return stats
+
+
+def counting_model(
+    workspace: str | Path | None = None, settings: TrainSettings | None = None, threads: int = 2
+) -> Path:
+    """The folder of the trained counting model in `workspace` (`$DLM_WORKSPACE`, else `./workspace`), trained
+    first (on `threads` CPU threads) when missing or built with other settings."""
+    settings = settings or TrainSettings()
+    final = models_dir(workspace) / MODEL_NAME
+    # as JSON reads it back (tuples become lists), so that a finished build is recognised
+    marker = json.loads(json.dumps({"preset": MODEL_NAME, "version": MODEL_VERSION, "settings": asdict(settings)}))
+    build_in_place(final, marker, lambda dst: build_counting_model(dst, settings, threads))
+    return final
