@@ -8,7 +8,8 @@ come from one seed, drawn without replacement, so no problem appears in two spli
 Status (measured, not yet good enough for the bench): with the default settings (3,200 steps, about 12 CPU
 minutes on one contended thread) the model has learnt the local rule (the token after n is n + 1, read from the
 left neighbour) but not to read the prompt: answers start at a guessed number and count on to the largest one
-instead of stopping at the end; exact-match accuracy is 0 at 256 and 1,024 new tokens.
+instead of stopping at the end; exact-match accuracy is 0 at 256 and 1,024 new tokens (also with
+`loss_weight_type="uniform"`).
 
 `counting_model(workspace)` trains the model once and caches it in `<workspace>/models/counting-llada/` like the
 tiny presets (`dlm.presets.store.build_in_place`); it loads with `dlm.loading.load_model_and_tokenizer` and answers
