@@ -83,6 +83,7 @@ SMALL["pretrain.py"] = [
     *("--vocab", "512", "--batch", "2", "--length", "32", "--steps", "2", "--warmup", "1"),
     *("--tokens-small", "1000", "--tokens-large", "5000"),
 ]
+SMALL["fast_dllm_reference.py"] = ["--gen-lengths", "6", "16", "--block-length", "8", "--batch", "2", "--rounds", "1"]
 KEYS = {
     "sft.py": {
         *("throughput_ratio", "memory_ratio", "max_loss_diff"),
@@ -104,6 +105,14 @@ KEYS = {
         *(f"{r}_v{v}" for r in ("speed_ratio", "memory_ratio") for v in (512, 128)),
     },
     "pretrain.py": {"throughput_ratio", "memory_growth_ratio", "baseline_memory_growth_ratio"},
+    "fast_dllm_reference.py": {
+        "max_logit_diff",
+        *(
+            f"{k}_{mode}"
+            for k in ("ids_identical", "speed_ratio")
+            for mode in ("exact", "prefix", "dual", "dual_parallel")
+        ),
+    },
     "grpo.py": {
         *("step_time_ratio", "rollout_time_ratio", "update_time_ratio", "memory_ratio"),
         *("max_loss_diff", "max_loss_abs_diff"),
@@ -123,6 +132,9 @@ NEEDS_TRL = {"grpo.py"}  # dllm's GRPO trainer is a TRL 0.19 GRPOTrainer (bench/
 
 
 def bench_case(script: str):
+    if script == "fast_dllm_reference.py":
+        reason = "needs a Fast-dLLM checkout (git clone https://github.com/NVlabs/Fast-dLLM) named by FAST_DLLM_DIR"
+        return pytest.param(script, marks=pytest.mark.skipif(not os.environ.get("FAST_DLLM_DIR"), reason=reason))
     if script not in NEEDS_DLLM:
         return script
     reason = "needs a dllm checkout (the folder holding the dllm package) named by DLLM_DIR"
@@ -175,5 +187,7 @@ def test_benchmark_prints_its_result_line(script):
         assert result["max_loss_rel_diff"] <= 1e-5
     if "max_rel_diff" in result:
         assert result["max_rel_diff"] <= 1e-6
-    for key in [k for k in result if k.startswith("outputs_identical")]:
+    if "max_logit_diff" in result:
+        assert result["max_logit_diff"] <= 1e-5
+    for key in [k for k in result if k.startswith(("outputs_identical", "ids_identical"))]:
         assert result[key] is True, key
