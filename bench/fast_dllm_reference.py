@@ -117,7 +117,7 @@ def load_fast_dllm(checkout: str | Path) -> FastDllm:
             "llada/model/modeling_llada.py in it"
         )
     loaded = sys.modules.get("model")
-    if loaded is not None and Path(loaded.__file__).parent != llada / "model":
+    if loaded is not None and Path(loaded.__file__).resolve().parent != (llada / "model").resolve():
         raise RuntimeError(f"a module named 'model' is already imported from {loaded.__file__}; Fast-dLLM needs it")
     if importlib.util.find_spec("einops") is None:
         sys.modules["einops"] = _einops_stand_in()

@@ -33,10 +33,12 @@ def bench() -> ModuleType:
 
 @pytest.fixture(scope="module")
 def decoders(bench: ModuleType):
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny forwards: one thread is as fast, and the machine may be shared
     fast_dllm = bench.load_fast_dllm(os.environ["FAST_DLLM_DIR"])
     ours = bench.random_llada(vocab=1024, d_model=128, layers=2, heads=4, head_scale=64.0, seed=0)
-    return bench.Decoders(ours, bench.reference_model(fast_dllm, ours), fast_dllm)
+    yield bench.Decoders(ours, bench.reference_model(fast_dllm, ours), fast_dllm)
+    torch.set_num_threads(threads)
 
 
 def prompts(bench: ModuleType, batch: int) -> torch.Tensor:
