@@ -72,3 +72,11 @@ def test_threshold_reveals_several_tokens_at_a_step(bench, decoders):
         _, nfe_dual = side("dual", ids[:1], 16, 8)
         _, nfe_parallel = side("dual_parallel", ids[:1], 16, 8)
         assert nfe_parallel < nfe_dual == 16
+
+
+def test_the_four_modes_decode_differently(bench, decoders):
+    """The caches' approximations and the threshold change these outputs, so matching one mode is not matching
+    another: a sampler that fell back to the exact loop (or ignored the threshold) would fail the comparison."""
+    ids = prompts(bench, 8)
+    outputs = [decoders.reference(mode, ids, 16, 8)[0] for mode in MODES]
+    assert not any(torch.equal(a, b) for i, a in enumerate(outputs) for b in outputs[i + 1 :])
