@@ -2,7 +2,8 @@
 same weights and prompts: token ids, which must be identical, and speed, side by side.
 
 Modes (ours: `dlm.samplers.llada.generate_llada`; Fast-dLLM: its `generate.py` functions), all at temperature 0
-with low-confidence remasking and one token per step (steps = gen_length):
+with low-confidence remasking and one token per step (steps = gen_length), in blocks of the largest divisor of
+each length not above `--block-length`:
 
     exact          cache="none"                               generate
     prefix         cache="prefix"                             generate_with_prefix_cache
@@ -10,7 +11,8 @@ with low-confidence remasking and one token per step (steps = gen_length):
     dual_parallel  cache="dual", parallel_threshold=0.9       generate_with_dual_cache(threshold=0.9)
 
 Fast-dLLM is imported unchanged from the checkout that `--fast-dllm-dir` (default: env `FAST_DLLM_DIR`) names; get
-one with ``git clone https://github.com/NVlabs/Fast-dLLM`` (not part of this project). Its `llada/model` package is
+one with ``git clone https://github.com/NVlabs/Fast-dLLM`` (not part of this project; written against its commit
+24cc59e of June 2025). Its `llada/model` package is
 registered as `model`, the name its `generate.py` imports it by. Two things are bridged so that it imports under
 transformers 5 beside `dlm`: its modeling file registers ``"llada"`` with transformers' Auto classes, which `dlm`
 has already done (those two registrations are skipped while it imports; nothing here loads through the Auto
@@ -28,7 +30,8 @@ a single row, and no attention mask is taken. So batch 1 is compared directly, a
 length, no padding) compares our batched run with Fast-dLLM's run on each prompt alone. Speed is timed at batch 1
 only (like for like): after one warm-up run each, `--rounds` rounds alternate the two sides (order flipped every
 round); times are medians of this process's CPU time on `--threads` torch threads (wall time on CUDA). Every timed
-output is checked too.
+output is checked too. Forward passes may differ by one per block where a block's first pass reveals all of it:
+Fast-dLLM's cached loops then run one more pass, which reveals nothing.
 
 The last line printed is a JSON object: ``ids_identical_<mode>`` (every length, batch 1 and batch `--batch`),
 ``speed_ratio_<mode>`` (Fast-dLLM's time over ours at the longest length, batch 1; above 1: ours is faster),
