@@ -38,15 +38,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from common import add_threads_argument
-from demo.counting import build_task, chat, counting_model, is_correct
 
 import dlm  # noqa: F401  (registers LLaDA with the Auto classes)
+from demo.counting import TrainSettings, build_task, chat, counting_model, is_correct
 from dlm.generation import decode_answers, encode_prompts
 from dlm.loading import LoadedModel, load_model_and_tokenizer
 from dlm.models import LLaDAConfig, LLaDAModelLM
 from dlm.samplers.llada import generate_llada
 
-LENGTHS = (256, 1024)
 BLOCK_LENGTH = 32
 THRESHOLD = 0.9  # Fast-dLLM's
 WINDOW = 32  # suffix positions kept in view after the block (DPad)
@@ -182,7 +181,8 @@ class ModeRun:
 
 def counting_problems(args: argparse.Namespace) -> tuple[LoadedModel, list[dict[str, str]]]:
     """The counting model (trained on first use) and `--problems` of its held-out test problems."""
-    loaded = load_model_and_tokenizer(counting_model(args.workspace))
+    settings = TrainSettings() if args.train_steps is None else TrainSettings(steps=args.train_steps)
+    loaded = load_model_and_tokenizer(counting_model(args.workspace, settings, threads=args.threads))
     rows = build_task(0, 0, args.problems, seed=args.seed).rows["test"]
     return loaded, rows
 
@@ -191,7 +191,7 @@ def decode_problems(
     loaded: LoadedModel, rows: list[dict[str, str]], options: dict, gen_length: int, batch: int
 ) -> tuple[ModeRun, list[str]]:
     """Answer `rows` in batches of `batch` with the LLaDA sampler: wall time, accuracy, NFE per prompt; answers."""
-    settings = {"steps": gen_length, "gen_length": gen_length, "block_length": BLOCK_LENGTH}
+    settings = {"steps": gen_length, "gen_length": gen_length, "block_length": min(BLOCK_LENGTH, gen_length)}
     special = loaded.special_ids
     answers, nfe, seconds = [], 0, 0.0
     for first in range(0, len(rows), batch):
@@ -219,9 +219,9 @@ def long_answers(args: argparse.Namespace) -> tuple[dict[int, dict[str, ModeRun]
     """Part 2: every mode at each length; the best mode at 1,024 and its batch efficiency."""
     loaded, rows = counting_problems(args)
     loaded.model.eval()
-    decode_problems(loaded, rows[: args.batch], MODES["dual_parallel_stop_window"], 256, args.batch)  # warm-up
+    decode_problems(loaded, rows[: args.batch], MODES["dual_parallel_stop_window"], args.lengths[0], args.batch)
     report: dict[int, dict[str, ModeRun]] = {}
-    for length in LENGTHS:
+    for length in args.lengths:
         report[length] = {}
         for mode, options in MODES.items():
             report[length][mode], _ = decode_problems(loaded, rows, options, length, args.batch)
@@ -232,12 +232,12 @@ def long_answers(args: argparse.Namespace) -> tuple[dict[int, dict[str, ModeRun]
                 f"(drop {exact.accuracy - run.accuracy:+.3f})  NFE per prompt {run.nfe_per_prompt:7.1f}",
                 flush=True,
             )
-    at_1024 = report[LENGTHS[-1]]
+    at_1024 = report[args.lengths[-1]]
     safe = [mode for mode, run in at_1024.items() if at_1024["exact"].accuracy - run.accuracy <= MAX_ACCURACY_DROP]
     best = max(safe, key=lambda mode: at_1024["exact"].seconds / at_1024[mode].seconds)
-    alone, _ = decode_problems(loaded, rows, MODES[best], LENGTHS[-1], 1)
+    alone, _ = decode_problems(loaded, rows, MODES[best], args.lengths[-1], 1)
     ratio = at_1024[best].nfe_per_prompt / alone.nfe_per_prompt
-    print(f"best mode at {LENGTHS[-1]}: {best}; NFE per prompt at batch {args.batch} over batch 1: {ratio:.3f}")
+    print(f"best mode at {args.lengths[-1]}: {best}; NFE per prompt at batch {args.batch} over batch 1: {ratio:.3f}")
     return report, best, ratio
 
 
@@ -251,6 +251,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="part 2's batch size")
     parser.add_argument("--seed", type=int, default=0, help="the counting task's splits")
     parser.add_argument("--workspace", type=Path, default=None, help="where the counting model is cached")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024], help="part 2's new tokens")
+    parser.add_argument("--train-steps", type=int, default=None, help="the counting model's (default: its own)")
     parser.add_argument("--rounds", type=int, default=3, help="part 1's timed rounds")
     add_threads_argument(parser)
     args = parser.parse_args()
@@ -265,11 +267,11 @@ def main() -> None:
             figures[f"speedup_{length}_{mode}"] = round(runs["exact"].seconds / run.seconds, 3)
             figures[f"accuracy_{length}_{mode}"] = round(run.accuracy, 4)
             figures[f"nfe_{length}_{mode}"] = round(run.nfe_per_prompt, 2)
-    at_1024 = report[LENGTHS[-1]]
+    at_1024 = report[args.lengths[-1]]
     print(
         json.dumps(
             {
-                "speedup_1024_best": figures[f"speedup_{LENGTHS[-1]}_{best}"],
+                "speedup_1024_best": figures[f"speedup_{args.lengths[-1]}_{best}"],
                 "best_mode": best,
                 "accuracy_drop_best": round(at_1024["exact"].accuracy - at_1024[best].accuracy, 4),
                 "batch8_nfe_ratio": round(batch_ratio, 3),

@@ -45,8 +45,8 @@ SMALL = {
         *("--mc-num", "8", "--samples-per-forward", "4", "8", "--rounds", "1"),
     ],
     "sample.py": [
-        *("--gen-length", "8", "--block-length", "4", "--official-gen-length", "8", "--small-vocab", "256"),
-        *("--rounds", "1"),
+        *("--block-length", "4", "--official-gen-length", "8", "--small-vocab", "256", "--rounds", "1"),
+        *("--lengths", "8", "16", "--problems", "2", "--batch", "2", "--train-steps", "2"),
     ],
     "models.py": [
         "--vocab",
@@ -85,6 +85,7 @@ SMALL["pretrain.py"] = [
     *("--vocab", "512", "--batch", "2", "--length", "32", "--steps", "2", "--warmup", "1"),
     *("--tokens-small", "1000", "--tokens-large", "5000"),
 ]
+SMALL["fast_dllm_reference.py"] = ["--gen-lengths", "6", "16", "--block-length", "8", "--batch", "2", "--rounds", "1"]
 KEYS = {
     "sft.py": {
         *("throughput_ratio", "memory_ratio", "max_loss_diff"),
@@ -97,8 +98,9 @@ KEYS = {
         "max_rel_diff",
     },
     "sample.py": {
-        *("speedup_prefix", "speedup_dual", "speedup_dual_parallel", "nfe_ratio_dual_parallel"),
-        *("outputs_identical_exact", "official_ratio_vocab_32k", "official_ratio_small_vocab", "accuracy_exact"),
+        *("speedup_1024_best", "best_mode", "accuracy_drop_best", "batch8_nfe_ratio"),
+        *("outputs_identical_exact", "official_ratio_vocab_32k", "official_ratio_small_vocab"),
+        *(f"{k}_16_{mode}" for k in ("speedup", "accuracy", "nfe") for mode in ("exact", "dual_parallel_stop_window")),
     },
     "models.py": {
         "speed_ratio",
@@ -106,6 +108,14 @@ KEYS = {
         *(f"{r}_v{v}" for r in ("speed_ratio", "memory_ratio") for v in (512, 128)),
     },
     "pretrain.py": {"throughput_ratio", "memory_growth_ratio", "baseline_memory_growth_ratio"},
+    "fast_dllm_reference.py": {
+        "max_logit_diff",
+        *(
+            f"{k}_{mode}"
+            for k in ("ids_identical", "speed_ratio")
+            for mode in ("exact", "prefix", "dual", "dual_parallel")
+        ),
+    },
     "grpo.py": {
         *("step_time_ratio", "rollout_time_ratio", "update_time_ratio", "memory_ratio"),
         *("max_loss_diff", "max_loss_abs_diff"),
@@ -126,6 +136,8 @@ NEEDS_TRL = {"grpo.py"}  # dllm's GRPO trainer is a TRL 0.19 GRPOTrainer (bench/
 
 def missing(script: str) -> str | None:
     """What this machine lacks to run `script`, if anything."""
+    if script == "fast_dllm_reference.py" and not os.environ.get("FAST_DLLM_DIR"):
+        return "needs a Fast-dLLM checkout (git clone https://github.com/NVlabs/Fast-dLLM) named by FAST_DLLM_DIR"
     if script in NEEDS_DLLM and not os.environ.get("DLLM_DIR"):
         return "needs a dllm checkout (the folder holding the dllm package) named by DLLM_DIR"
     if script in NEEDS_TRL and importlib.util.find_spec("trl") is None:
@@ -176,7 +188,11 @@ def bench_results(request) -> Iterator[dict[str, Future]]:
     }
     runnable = sorted((s for s in selected if not missing(s)), key=lambda s: (s != "pretrain.py", s))  # longest first
     with ThreadPoolExecutor(max_workers=2) as pool:
-        runs = {script: pool.submit(run_bench, script, LLADA_MODELING_DIR="") for script in runnable}
+        workspace = str(request.getfixturevalue("tmp_path_factory").mktemp("bench-workspace"))  # the counting model
+        runs = {
+            script: pool.submit(run_bench, script, LLADA_MODELING_DIR="", DLM_WORKSPACE=workspace)
+            for script in runnable
+        }
         yield runs
         for run in runs.values():
             run.cancel()
@@ -188,7 +204,9 @@ def test_benchmark_prints_its_result_line(script, bench_results):
     result = bench_results[script].result()
     assert KEYS[script] <= set(result)
     measured = {k: v for k, v in result.items() if v is not None}  # None: not measured at this size
-    assert all(isinstance(v, bool) or v > 0 for k, v in measured.items() if not k.startswith("max_"))
+    rates = {k: v for k, v in measured.items() if not isinstance(v, bool | str) and not k.startswith("max_")}
+    assert all(v > 0 for k, v in rates.items() if not k.startswith("accuracy"))
+    assert all(0 <= v <= 1 for k, v in rates.items() if k.startswith("accuracy_") and "drop" not in k)
     if "max_loss_diff" in result:
         assert result["max_loss_diff"] <= 1e-5
     if "max_abs_diff" in result:
@@ -197,5 +215,7 @@ def test_benchmark_prints_its_result_line(script, bench_results):
         assert result["max_loss_rel_diff"] <= 1e-5
     if "max_rel_diff" in result:
         assert result["max_rel_diff"] <= 1e-6
-    for key in [k for k in result if k.startswith("outputs_identical")]:
+    if "max_logit_diff" in result:
+        assert result["max_logit_diff"] <= 1e-5
+    for key in [k for k in result if k.startswith(("outputs_identical", "ids_identical"))]:
         assert result[key] is True, key
