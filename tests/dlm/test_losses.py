@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import math
 
 import pytest
@@ -334,6 +336,10 @@ def test_ddp_wrapped_model_goes_through_the_wrapper_forward(tmp_path) -> None:
         assert calls == [1]
         reference = full_logits_loss(model, batch, masked, t, LossConfig(MASK_ID))
         torch.testing.assert_close(out.loss.detach(), reference.detach(), rtol=1e-5, atol=1e-6)
+        # the reducer holds the process group: free it while the group is alive (a gloo group freed last by a
+        # reducer's destructor once hung joining its threads)
+        del ddp, out
+        gc.collect()
     finally:
         torch.distributed.destroy_process_group()
 
