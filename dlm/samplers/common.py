@@ -279,7 +279,11 @@ class BlockLogits:
             if bool((starts != starts[0]).any()):
                 raise ValueError("a prefix-cache pass needs rows at one block start")
             span_length = width - int(span_starts[0])
-        view = CanvasCache([k[rows, :, :width] for k in self.keys], [v[rows, :, :width] for v in self.values])
+        # every row of the cache (in order: rows are sorted active ones) needs no copy, a subset is gathered
+        every = len(rows) == self.keys[0].shape[0]
+        view = CanvasCache(
+            *([t[:, :, :width] if every else t[rows, :, :width] for t in ts] for ts in (self.keys, self.values))
+        )
         uniform = not bool((span_starts != span_starts[0]).any())
         view.span_start = int(span_starts[0]) if uniform else span_starts
         span = x[rows].gather(1, span_starts[:, None] + torch.arange(span_length, device=x.device))
