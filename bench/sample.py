@@ -5,7 +5,7 @@ code does), written below as plainly as the original, on random-weight LLaDAs of
 small vocabulary (prompts of different lengths, left-padded with an attention mask on both sides): tokens/s and
 whether every output token matches.
 
-Part 2, long answers: the counting model (`demo/counting.py`: "Count from 37 to 201" answered with 100-240 numbers,
+Part 2, long answers: the counting model (`demo/counting.py`: "Count from 118 to 0" answered with 100-240 numbers,
 a tiny LLaDA trained on canvases of 256 and 1,024 answer positions, built once and cached in the workspace) answers
 `--problems` held-out problems in batches of `--batch`, at 256 and 1,024 new tokens, blocks of 32, one step per
 token, in each mode of `MODES`. For each mode and length: the speed-up over the exact sampler (wall time for the
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from common import add_threads_argument
 
 import dlm  # noqa: F401  (registers LLaDA with the Auto classes)
-from demo.counting import TrainSettings, build_task, chat, counting_model, is_correct
+from demo.counting import TEST_SIZE, TrainSettings, build_task, chat, counting_model, is_correct
 from dlm.generation import decode_answers, encode_prompts
 from dlm.loading import LoadedModel, load_model_and_tokenizer
 from dlm.models import LLaDAConfig, LLaDAModelLM
@@ -183,8 +183,7 @@ def counting_problems(args: argparse.Namespace) -> tuple[LoadedModel, list[dict[
     """The counting model (trained on first use) and `--problems` of its held-out test problems."""
     settings = TrainSettings() if args.train_steps is None else TrainSettings(steps=args.train_steps)
     loaded = load_model_and_tokenizer(counting_model(args.workspace, settings, threads=args.threads))
-    rows = build_task(0, 0, args.problems, seed=args.seed).rows["test"]
-    return loaded, rows
+    return loaded, build_task(seed=settings.seed).rows["test"][: args.problems]
 
 
 def decode_problems(
@@ -249,13 +248,14 @@ def main() -> None:
     parser.add_argument("--small-vocab", type=int, default=1024)
     parser.add_argument("--problems", type=int, default=16, help="held-out counting problems per mode (part 2)")
     parser.add_argument("--batch", type=int, default=8, help="part 2's batch size")
-    parser.add_argument("--seed", type=int, default=0, help="the counting task's splits")
     parser.add_argument("--workspace", type=Path, default=None, help="where the counting model is cached")
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024], help="part 2's new tokens")
     parser.add_argument("--train-steps", type=int, default=None, help="the counting model's (default: its own)")
     parser.add_argument("--rounds", type=int, default=3, help="part 1's timed rounds")
     add_threads_argument(parser)
     args = parser.parse_args()
+    if not 1 <= args.problems <= TEST_SIZE:
+        parser.error(f"--problems must be 1..{TEST_SIZE} (the held-out test problems), got {args.problems}")
     torch.set_num_threads(args.threads)
 
     ratio_32k, identical_32k = against_official(32768, args)

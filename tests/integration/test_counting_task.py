@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 
 import pytest
@@ -10,8 +11,11 @@ import torch
 
 from demo import counting
 from demo.counting import (
+    MAX_COUNT,
     MAX_NUMBER,
+    MIN_COUNT,
     MODEL_NAME,
+    TEST_SIZE,
     CountingTaskError,
     TrainSettings,
     build_task,
@@ -20,6 +24,7 @@ from demo.counting import (
     counting_tokenizer,
     encode_row,
     is_correct,
+    short_problem,
 )
 
 PROBLEM = re.compile(r"Count from (\d+) to (\d+)")
@@ -32,29 +37,60 @@ def _bounds(instruction: str) -> tuple[int, int]:
 
 
 def test_same_seed_same_splits_other_seed_other_splits():
-    assert build_task(50, 10, 10, seed=3) == build_task(50, 10, 10, seed=3)
-    assert build_task(50, 10, 10, seed=3).rows["test"] != build_task(50, 10, 10, seed=4).rows["test"]
+    assert build_task(seed=3) == build_task(seed=3)
+    assert build_task(seed=3).rows["test"] != build_task(seed=4).rows["test"]
 
 
-def test_splits_have_their_sizes_and_share_no_problem():
-    rows = build_task(400, 60, 70).rows
-    assert [len(rows[s]) for s in ("train", "validation", "test")] == [400, 60, 70]
+def test_splits_have_their_sizes_share_no_problem_and_cover_every_count():
+    rows = build_task(test_size=20, validation_size=10).rows
     problems = [{r["instruction"] for r in rows[s]} for s in ("train", "validation", "test")]
-    assert sum(map(len, problems)) == 530  # no repeat inside a split either
+    assert list(map(len, problems)) == [MAX_COUNT - MIN_COUNT + 1 - 30, 10, 20]  # no repeat inside a split either
     assert not (problems[0] & problems[1] or problems[0] & problems[2] or problems[1] & problems[2])
+    assert {_bounds(p)[0] + 1 for p in set.union(*problems)} == set(range(MIN_COUNT, MAX_COUNT + 1))
 
 
-def test_answers_count_from_start_to_end_within_the_sizes():
-    for row in build_task(300, 0, 0, min_count=100, max_count=240).rows["train"]:
+def test_the_held_out_problems_do_not_depend_on_how_many_are_asked_for():
+    assert build_task(test_size=8).rows["test"] == build_task().rows["test"][:8] and TEST_SIZE == 32
+
+
+def test_answers_count_down_from_the_start_to_0_within_the_sizes():
+    for row in build_task(test_size=5, min_count=100, max_count=120).rows["train"]:
         start, end = _bounds(row["instruction"])
         numbers = [int(w) for w in row["output"].split(" ")]
-        assert numbers == list(range(start, end + 1)) and 0 <= start and end <= MAX_NUMBER
-        assert 100 <= len(numbers) <= 240
+        assert end == 0 and numbers == list(range(start, -1, -1)) and 100 <= len(numbers) <= 120
 
 
 def test_lengths_vary_so_rows_of_a_batch_end_apart():
-    lengths = {len(r["output"].split()) for r in build_task(200, 0, 0).rows["train"]}
-    assert len(lengths) > 50 and min(lengths) < 130 and max(lengths) > 210
+    lengths = {len(r["output"].split()) for r in build_task().rows["train"]}
+    assert len(lengths) > 50 and min(lengths) < 110 and max(lengths) > 230
+
+
+def test_short_problems_count_down_within_their_size_and_are_never_bench_problems():
+    rng = random.Random(0)
+    bench = {r["instruction"] for split in build_task().rows.values() for r in split}
+    rows = [short_problem(rng, 31) for _ in range(2000)]
+    counts = set()
+    for row in rows:
+        start, end = _bounds(row["instruction"])
+        numbers = [int(w) for w in row["output"].split(" ")]
+        assert numbers == list(range(start, end - 1, -1)) and start <= MAX_NUMBER and end >= 0
+        counts.add(len(numbers))
+    assert counts == set(range(1, 32)) and not bench & {r["instruction"] for r in rows}
+    with pytest.raises(CountingTaskError, match="short_max_count"):
+        short_problem(rng, MIN_COUNT)
+
+
+def test_training_batches_mix_short_counts_on_their_canvas_with_long_ones():
+    tokenizer = counting_tokenizer()
+    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    settings = TrainSettings(batch_size=4, canvases=(256, 1024), short_share=0.5, short_canvases=(32,))
+    rows = build_task().rows["train"]
+    batches = counting.training_batches(tokenizer, rows, settings, eos)
+    shapes = [tuple(next(batches)["input_ids"].shape) for _ in range(200)]
+    prompt = 13
+    short, long = shapes.count((32, prompt + 32)), shapes.count((1, prompt + 1024))
+    assert shapes.count((4, prompt + 256)) + short + long == 200  # 4 x 256 answer positions per batch
+    assert 70 < short < 130 and 10 < long < 40
 
 
 def test_is_correct_is_exact_up_to_whitespace():
@@ -70,15 +106,14 @@ def test_is_correct_is_exact_up_to_whitespace():
         ({"min_count": 0}, "min_count"),
         ({"min_count": 50, "max_count": 40}, "max_count"),
         ({"max_count": MAX_NUMBER + 2}, "max_count"),
-        ({"train_size": -1}, "split sizes"),
-        ({"train_size": 10**6}, "at most"),
+        ({"test_size": -1}, "test_size=-1"),
+        ({"validation_size": -1}, "validation_size=-1"),
+        ({"test_size": 100, "validation_size": 41}, "leave problems to train on"),
     ],
 )
 def test_sizes_that_cannot_be_built_are_refused_by_name(kwargs, named):
-    sizes = {"train_size": 5, "validation_size": 5, "test_size": 5}
-    sizes.update({k: kwargs.pop(k) for k in list(kwargs) if k.endswith("_size")})
     with pytest.raises(CountingTaskError, match=named):
-        build_task(**sizes, **kwargs)
+        build_task(**kwargs)
 
 
 def test_every_number_is_one_token_and_answers_decode_back():
@@ -108,9 +143,7 @@ def test_rows_are_padded_with_eos_to_the_canvas_after_the_end_of_turn():
         encode_row(tokenizer, row, 64, eos)
 
 
-TINY = TrainSettings(
-    hidden=16, heads=2, layers=1, intermediate=32, steps=2, batch_size=2, canvases=(256,), train_size=20
-)
+TINY = TrainSettings(hidden=16, heads=2, layers=1, intermediate=32, steps=2, batch_size=2, canvases=(256,))
 
 
 def test_the_model_is_built_once_and_rebuilt_for_other_settings(tmp_path, monkeypatch):
