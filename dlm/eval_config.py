@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from dlm.evaluation.settings import METRIC_GROUPS, EvalSettings
-from dlm.generation import SamplerSettings
+from dlm.generation import AUTO_CACHE, SamplerSettings
 from dlm.loading import DTYPES
 from dlm.metrics.text import ANSWER_EXTRACTIONS, compile_answer_regex
 from dlm.samplers.common import CACHE_MODES
@@ -260,15 +260,17 @@ class EvaluatorConfig(FromParams):
         ),
     )
     cache: str = setting(
-        "none",
+        AUTO_CACHE,
         title="Decoding cache",
         group="sampler",
         help=(
             "Diffusion samplers (LLaDA and Dream families only): approximate key/value cache refreshed at every "
-            "block (Fast-dLLM). none: exact; prefix: the prompt and finished blocks are encoded once per block; "
-            "dual: the blocks after the current one too. Dream decodes block by block (block_length) when cached."
+            "block (Fast-dLLM). auto: the fastest mode measured to keep answers, the dual cache with a parallel "
+            "threshold of 0.99 unless one is set (LLaDA, Dream; none for other families); none: exact; prefix: the "
+            "prompt and finished blocks are encoded once per block; dual: the blocks after the current one too. "
+            "Dream decodes block by block (block_length) when cached."
         ),
-        choices=CACHE_MODES,
+        choices=(AUTO_CACHE, *CACHE_MODES),
     )
     grow_canvas: int = setting(
         8,
@@ -300,7 +302,7 @@ class EvaluatorConfig(FromParams):
         help=(
             "Diffusion samplers: at each step also reveal every masked position whose chosen token has at least "
             "this probability (at least one per step), so blocks finish in fewer steps; 0: off (the exact "
-            "schedule). Fast-dLLM uses 0.9 with steps = max_new_tokens."
+            "schedule; with cache auto, 0.99). Fast-dLLM uses 0.9 with steps = max_new_tokens."
         ),
         minimum=0.0,
         maximum=1.0,

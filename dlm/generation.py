@@ -23,6 +23,10 @@ from dlm.samplers.llada import LladaSampler
 from dlm.samplers.llada2 import LLaDA2Sampler
 from dlm.samplers.sdar import SDARSampler
 
+AUTO_CACHE = "auto"  # the family's fastest decoding measured to keep answers (`resolve_auto`)
+# Fast-dLLM's 0.9 lost 3 answers of 16 at 1,024 tokens on the counting bench, 0.99 none (bench/sample.py, README)
+FAST_THRESHOLD = 0.99
+
 
 @dataclass(frozen=True)
 class SamplerSettings:
@@ -39,7 +43,7 @@ class SamplerSettings:
     top_p: float | None = None
     top_k: int | None = None
     suppress_eos_confidence: bool = False
-    cache: str = "none"  # diffusion samplers: "prefix"/"dual" approximate key/value caches (LLaDA and Dream)
+    cache: str = "none"  # diffusion samplers: "prefix"/"dual" approximate key/value caches (LLaDA and Dream), "auto"
     parallel_threshold: float | None = None  # diffusion samplers: also reveal every position this confident
     grow_canvas: int = 0  # LLaDA-style samplers: grow the canvas this many tokens at a time, stop at the end token
     # diffusion samplers: a row stops once its answer has ended; answers are unchanged, only the canvas after them
@@ -81,11 +85,22 @@ SAMPLERS: dict[str, type[Sampler]] = {
 }
 
 
+def resolve_auto(family: Family, settings: SamplerSettings) -> SamplerSettings:
+    """`cache="auto"` as the family decodes it: the dual cache with the `FAST_THRESHOLD` (unless a threshold is set)
+    where the family's models serve it (LLaDA, Dream), else no cache. Other settings are returned as they are."""
+    if settings.cache != AUTO_CACHE:
+        return settings
+    if "dual" not in family.cache_modes:
+        return dataclasses.replace(settings, cache="none")
+    threshold = settings.parallel_threshold or FAST_THRESHOLD
+    return dataclasses.replace(settings, cache="dual", parallel_threshold=threshold)
+
+
 @cache
 def build_sampler(family: Family, settings: SamplerSettings) -> Sampler:
-    """The family's sampler with `settings`, checked once (equal settings give the same, cached sampler):
-    `SamplingError` names a setting that cannot work and what would."""
-    return SAMPLERS[family.sampler].from_settings(settings, family)
+    """The family's sampler with `settings` (`cache="auto"` resolved), checked once (equal settings give the same,
+    cached sampler): `SamplingError` names a setting that cannot work and what would."""
+    return SAMPLERS[family.sampler].from_settings(resolve_auto(family, settings), family)
 
 
 def decoding_settings(family: Family, model: Any, settings: SamplerSettings) -> SamplerSettings:
@@ -103,13 +118,13 @@ def check_decoding_settings(family: Family, settings: SamplerSettings) -> None:
     """`SamplingError` for cache/threshold settings the family's sampler rejects, before the generated length is
     known. Causal LMs ignore them (their `generate` caches exactly), so one setting can serve a comparison of
     diffusion and causal models."""
-    SAMPLERS[family.sampler].check_decoding_settings(settings, family)
+    SAMPLERS[family.sampler].check_decoding_settings(resolve_auto(family, settings), family)
 
 
 def in_blocks(family: Family, settings: SamplerSettings) -> bool:
     """Whether the family's sampler decodes block by block (`block_length`), so the generated length must be a
     multiple of it: LLaDA-style samplers always, Dream with a cache."""
-    return SAMPLERS[family.sampler].blockwise or settings.cache != "none"
+    return SAMPLERS[family.sampler].blockwise or resolve_auto(family, settings).cache != "none"
 
 
 def encode_prompts(

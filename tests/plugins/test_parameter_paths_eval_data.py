@@ -276,15 +276,36 @@ def test_every_evaluator_edit_differs_from_the_default_and_is_checked():
 
 
 def test_the_evaluator_defaults_reach_the_sampler_as_off(workspace):
-    """The form's "off" values (alg_temp 0, top_p 1, top_k 0, parallel_threshold 0, suffix_window -1) reach the
-    sampler as None."""
+    """The form's "off" values (alg_temp 0, top_p 1, top_k 0, suffix_window -1) reach the sampler as None."""
     call = evaluator_call(workspace, {"metrics": "perplexity"})
     assert form_params(EVAL, {})["suffix_window"] == -1  # the default sent is the form's "off", not None
     sampler = dream_sampler(call)
-    assert (sampler.alg_temp, sampler.top_p, sampler.top_k, sampler.parallel_threshold) == (None, None, None, None)
+    assert (sampler.alg_temp, sampler.top_p, sampler.top_k) == (None, None, None)
     assert sampler.suffix_window is None and llada_sampler(call).suffix_window is None
     assert len(call.examples) == 2  # the test split by default
     assert call.lm_eval.limit is None  # 1: all of each task's examples
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_the_default_cache_auto_is_the_dual_cache_with_threshold_0_99_where_a_family_has_it(workspace, family):
+    """The form's default `cache` "auto" with its default threshold (0, off) decodes LLaDA and Dream with the dual
+    cache and a threshold of 0.99; a threshold set in the form is kept."""
+    assert form_params(EVAL, {})["cache"] == "auto" and form_params(EVAL, {})["parallel_threshold"] == 0
+    sampler = build_sampler(get_family(family), evaluator_call(workspace, {"metrics": "perplexity"}).settings.sampler)
+    assert (sampler.cache, sampler.parallel_threshold) == ("dual", 0.99)
+    edited = evaluator_call(workspace, {"metrics": "perplexity", "parallel_threshold": "0.5"})
+    assert build_sampler(get_family(family), edited.settings.sampler).parallel_threshold == 0.5
+
+
+@pytest.mark.parametrize("family", ["ar", "bd3lm", "sdar", "llada2"])
+def test_the_default_cache_auto_leaves_families_without_a_canvas_cache_as_they_decode(workspace, family):
+    from dlm.generation import check_decoding_settings, in_blocks, resolve_auto
+
+    settings = evaluator_call(workspace, {"metrics": "perplexity"}).settings.sampler
+    resolved = resolve_auto(get_family(family), settings)
+    assert settings.cache == "auto" and resolved.cache == "none" and resolved.parallel_threshold is None
+    check_decoding_settings(get_family(family), settings)  # no SamplingError for a cache the family lacks
+    assert in_blocks(get_family(family), settings) == in_blocks(get_family(family), resolved)
 
 
 # ---- the SFT trainer's data settings ---------------------------------------------------------------------------
