@@ -122,13 +122,13 @@ def counting_tokenizer() -> Any:
     words and the numbers 0..MAX_NUMBER, one token each (the mask token is the last id, as in the presets)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from dlm.presets.builders import LLADA_SPECIALS, _llada_tokenizer
+    from dlm.presets.builders import LLADA_SPECIALS, llada_tokenizer
 
     words = [*LLADA_SPECIALS, "<unk>", "system", "user", "assistant", *INSTRUCTION_WORDS]
     words += [str(n) for n in range(MAX_NUMBER + 1)]
     word_level = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return _llada_tokenizer(with_mask=True, bpe=word_level)
+    return llada_tokenizer(with_mask=True, bpe=word_level)
 
 
 @dataclass(frozen=True)

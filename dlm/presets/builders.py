@@ -53,7 +53,9 @@ BERT_CHAT_MARKERS = ("[SYS]", "[/SYS]", "[Question]", "[/Question]", "[Answer]",
 TINY_BLOCK_SIZE = 4  # tiny-bd3lm: short blocks, so that the short answers of tests span several
 
 
-def _llada_tokenizer(with_mask: bool, bpe: Any = None):
+def llada_tokenizer(with_mask: bool, bpe: Any = None) -> Any:
+    """LLaDA's special tokens and chat template over `bpe` (a `tokenizers.Tokenizer`; None: the presets' generated-text
+    BPE), with LLaDA's mask token as the last id when `with_mask`."""
     tokenizer = fast_tokenizer(
         LLADA_SPECIALS,
         read_template("llada.jinja"),
@@ -68,7 +70,7 @@ def _llada_tokenizer(with_mask: bool, bpe: Any = None):
 
 
 def build_llada(dst: Path, dims: Dims = TINY, tokenizer: Any = None) -> None:
-    tokenizer = tokenizer or _llada_tokenizer(with_mask=True)
+    tokenizer = tokenizer or llada_tokenizer(with_mask=True)
     config = _llada_config(dims, padded(len(tokenizer)), **special_token_ids(tokenizer))
     save_random_model("AutoModel", config, tokenizer, dst)
 
@@ -221,7 +223,7 @@ def build_bert(dst: Path) -> None:
 
 
 def build_ar(dst: Path, dims: Dims = TINY, tokenizer: Any = None) -> None:
-    tokenizer = tokenizer or _llada_tokenizer(with_mask=False)
+    tokenizer = tokenizer or llada_tokenizer(with_mask=False)
     special_ids = special_token_ids(tokenizer)
     del special_ids["mask_token_id"]  # a causal model has none
     config = _ar_config(dims, len(tokenizer), **special_ids)
@@ -282,7 +284,7 @@ class FamilyPreset:
 
 _CAUSAL = {
     "specials": LLADA_SPECIALS,
-    "tokenizer": lambda bpe: _llada_tokenizer(with_mask=False, bpe=bpe),
+    "tokenizer": lambda bpe: llada_tokenizer(with_mask=False, bpe=bpe),
     "config": _ar_config,
     "auto_class": "AutoModelForCausalLM",
     "sized": True,
@@ -292,7 +294,7 @@ _CAUSAL = {
 FAMILY_PRESETS: dict[str, FamilyPreset] = {
     "llada": FamilyPreset(
         specials=(*LLADA_SPECIALS, LLADA_MASK),
-        tokenizer=lambda bpe: _llada_tokenizer(with_mask=True, bpe=bpe),
+        tokenizer=lambda bpe: llada_tokenizer(with_mask=True, bpe=bpe),
         build=build_llada,
         config=_llada_config,
         auto_class="AutoModel",
