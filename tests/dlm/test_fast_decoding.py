@@ -333,7 +333,8 @@ def _evaluator_settings(**values: str) -> Any:
 
 
 def test_the_evaluator_form_sets_cache_and_threshold() -> None:
-    assert (_evaluator_settings().cache, _evaluator_settings().parallel_threshold) == ("none", None)
+    # the default "auto" is resolved per family when the sampler is built (tests/plugins/test_parameter_paths_eval_data)
+    assert (_evaluator_settings().cache, _evaluator_settings().parallel_threshold) == ("auto", None)
     chosen = _evaluator_settings(cache="dual", parallel_threshold="0.9")
     assert (chosen.cache, chosen.parallel_threshold) == ("dual", 0.9)
     for bad, field in (({"parallel_threshold": "1.5"}, "parallel_threshold"), ({"cache": "full"}, "cache")):
