@@ -104,10 +104,11 @@ def build_sampler(family: Family, settings: SamplerSettings) -> Sampler:
 
 
 def decoding_settings(family: Family, model: Any, settings: SamplerSettings) -> SamplerSettings:
-    """`settings` as `model` decodes them: a block-diffusion model decodes in the blocks it was trained with (its
-    config's `block_size`, else the family's), whatever `block_length` says; its attention is block-causal, so other
-    blocks are a layout it never saw (a BD3LM trained in blocks of 4 and sampled in blocks of 6: 42% of the demo's
-    answers right, against 95%). Other models decode as given."""
+    """`settings` as `model` decodes them (`cache="auto"` resolved): a block-diffusion model decodes in the blocks it
+    was trained with (its config's `block_size`, else the family's), whatever `block_length` says; its attention is
+    block-causal, so other blocks are a layout it never saw (a BD3LM trained in blocks of 4 and sampled in blocks of
+    6: 42% of the demo's answers right, against 95%). Other models decode as given."""
+    settings = resolve_auto(family, settings)
     block_size = model_block_size(family, model)
     if block_size is None or block_size == settings.block_length:
         return settings

@@ -379,6 +379,22 @@ def test_speed_counts_non_eos_tokens_and_nfe_equals_steps(presets) -> None:
     assert speed.details["sampler"]["steps"] == 8 and speed.details["sampler"]["block_length"] == 4
 
 
+def test_cache_auto_is_reported_as_decoded_and_decodes_as_the_dual_cache_with_threshold_0_99(presets) -> None:
+    loaded = presets["tiny-llada"]
+    auto = SamplerSettings(steps=8, max_new_tokens=8, block_length=4, cache="auto")
+    out = evaluate(loaded, _examples(), EvalSettings(metrics=("speed",), batch_size=3, sampler=auto))
+    speed = next(m for m in out.metrics if m.name == "tokens_per_sec")
+    assert (speed.details["sampler"]["cache"], speed.details["sampler"]["parallel_threshold"]) == ("dual", 0.99)
+    dual = SamplerSettings(steps=8, max_new_tokens=8, block_length=4, cache="dual", parallel_threshold=0.99)
+    special = loaded.special_ids
+    ids, attention = encode_prompts(loaded.tokenizer, PROMPTS, special.pad)
+    expected = generate(loaded.model, loaded.family, special, ids, attention, dual)
+    assert [s["nfe"] for s in out.samples] == expected.row_nfe.tolist()
+    assert [s["output"] for s in out.samples] == decode_answers(
+        loaded.tokenizer, special, expected.sequences, ids.shape[1]
+    )
+
+
 def test_empty_answers_are_counted_not_silent(presets, monkeypatch) -> None:
     loaded = presets["tiny-llada"]
     special = loaded.special_ids
@@ -598,10 +614,11 @@ def test_a_block_diffusion_model_decodes_in_its_own_blocks(preset_workspace) -> 
     loaded = load_model_and_tokenizer("tiny-bd3lm", workspace=preset_workspace)
     loaded.model.eval()
     assert loaded.model.config.block_size == 4
-    asked = SamplerSettings(steps=6, max_new_tokens=6, block_length=6)
+    asked = SamplerSettings(steps=6, max_new_tokens=6, block_length=6, cache="auto")
     out = evaluate(loaded, _examples(), EvalSettings(metrics=("speed",), batch_size=3, sampler=asked))
     speed = next(m for m in out.metrics if m.name == "tokens_per_sec")
     assert speed.details["sampler"]["block_length"] == 4
+    assert speed.details["sampler"]["cache"] == "none"  # "auto" reported as decoded: BD3LM has no canvas cache
     special = loaded.special_ids
     ids, attention = encode_prompts(loaded.tokenizer, PROMPTS, special.pad)
     direct = BD3LMSampler(steps=6, gen_length=6, block_length=4).answer(loaded.model, special, ids, attention)
