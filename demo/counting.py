@@ -9,8 +9,8 @@ positions away.) The bench problems are split by one seed: the test problems are
 Training mixes in short counts down ("Count from 57 to 41", as many numbers as a short canvas holds, never a bench
 problem): in a long answer the first number, the one position that must read the prompt, is one of ~200, too rare a
 signal to learn to copy it; with short counts half the batches teach it. With the default settings (9,600 steps,
-about 21 minutes on one CPU thread) the model answers all 32 held-out problems right with the exact sampler at 256
-new tokens (`bench/sample.py` reports 256 and 1,024).
+about 21 minutes on one CPU thread) the model answers the bench's 16 held-out problems right with the exact sampler
+at 256 and at 1,024 new tokens (`bench/sample.py`).
 
 `counting_model(workspace)` trains the model once and caches it in `<workspace>/models/counting-llada/` like the
 tiny presets (`dlm.presets.store.build_in_place`); it loads with `dlm.loading.load_model_and_tokenizer` and answers
