@@ -19,6 +19,7 @@ from dlm.samplers.bd3lm import BD3LMSampler
 from dlm.samplers.causal import CausalSampler
 from dlm.samplers.common import SampleOutput, StepHook
 from dlm.samplers.dream import DreamSampler
+from dlm.samplers.elastic import REFRESH_SIMILARITY
 from dlm.samplers.llada import LladaSampler
 from dlm.samplers.llada2 import LLaDA2Sampler
 from dlm.samplers.sdar import SDARSampler
@@ -49,6 +50,7 @@ class SamplerSettings:
     # diffusion samplers: a row stops once its answer has ended; answers are unchanged, only the canvas after them
     stop_at_end: bool = True
     suffix_window: int | None = None  # LLaDA-style samplers: positions after the block kept in view (DPad)
+    refresh_similarity: float = REFRESH_SIMILARITY  # cache "elastic": refresh where attention drifts below this
 
     @classmethod
     def from_form(

@@ -13,6 +13,8 @@ CAUSAL_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalL
 CAUSAL_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 NO_CACHE = ("none",)
 CANVAS_CACHES = ("none", "prefix", "dual")  # the sampler's `cache` modes a `dlm.models` CanvasCache serves
+# and Elastic-Cache's adaptive refresh, for models that hand their attention queries to the cache (LLaDA)
+WATCHED_CACHES = (*CANVAS_CACHES, "elastic")
 MASK_ID_HINT = "set mask_token_id in its config.json or mask_token in its tokenizer_config.json"
 
 

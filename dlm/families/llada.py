@@ -1,6 +1,6 @@
 """LLaDA: a masked-diffusion LM trained from scratch, sampled block by block with low-confidence remasking."""
 
-from dlm.families.base import CANVAS_CACHES, Family
+from dlm.families.base import WATCHED_CACHES, Family
 
 LLADA = Family(
     name="llada",
@@ -19,5 +19,5 @@ LLADA = Family(
     output_head="model.transformer.ff_out",
     default_loss_weight="scheduler",
     sampler="llada",
-    cache_modes=CANVAS_CACHES,
+    cache_modes=WATCHED_CACHES,
 )

@@ -9,6 +9,8 @@ span and to the cached ones outside it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -72,3 +74,56 @@ class CanvasCache:
             )
         hidden = ~attention_mask.bool()[:, None, None, :].expand(batch, 1, span_length, self.length)
         return torch.zeros(hidden.shape, dtype=dtype, device=device).masked_fill(hidden, torch.finfo(dtype).min)
+
+
+# `observe(layer, probabilities)`: the attention probabilities [B, H, m, L] of a pass's watched queries at `layer`
+AttentionObserver = Callable[[int, torch.Tensor], None]
+
+
+class WatchedCanvasCache(CanvasCache):
+    """A `CanvasCache` that also shows the attention of some of a pass's queries over the whole canvas, layer by
+    layer (Elastic-Cache's drift test), for models that hand the cache their queries with the keys (LLaDA:
+    ``update(k, v, layer, {"query": q})``).
+
+    `watch` [B, m]: which of the pass's input positions to watch; `observe(layer, probabilities [B, H, m, L])` gets
+    their softmax attention (float32; `key_bias` [B, L] adds the padding mask: 0, or the minimum on padded keys).
+    Without `keys` the cache records: the pass runs the whole canvas and may start at any layer (a forward resumed
+    from a layer), and `computed[layer]` holds every layer's keys and values. With `keys` it replays a span as
+    `CanvasCache` does, and `computed[layer]` holds the span's fresh keys and values.
+    """
+
+    def __init__(
+        self,
+        watch: torch.Tensor,
+        observe: AttentionObserver,
+        key_bias: torch.Tensor | None = None,
+        keys: list[torch.Tensor] | None = None,
+        values: list[torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__(keys, values)
+        self.watch, self.observe, self.key_bias = watch, observe, key_bias
+        self.replaying = keys is not None
+        self.computed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def filled(self) -> bool:
+        return self.replaying
+
+    def update(
+        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, cache_kwargs: dict | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        self.computed[layer_idx] = (key, value)
+        if self.replaying:
+            key, value = self._splice(self.keys[layer_idx], key), self._splice(self.values[layer_idx], value)
+        query = (cache_kwargs or {}).get("query")
+        if query is not None:
+            self.observe(layer_idx, self._probabilities(query, key))
+        return key, value
+
+    def _probabilities(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        watched = query.gather(2, self.watch[:, None, :, None].expand(-1, query.shape[1], -1, query.shape[3]))
+        key = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)
+        scores = watched.float() @ key.float().transpose(2, 3) * query.shape[-1] ** -0.5
+        if self.key_bias is not None:
+            scores = scores + self.key_bias[:, None, None, :]
+        return scores.softmax(-1)

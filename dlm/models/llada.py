@@ -244,7 +244,7 @@ class LLaDABlock(GradientCheckpointingLayer):
         q = _apply_rotary(q, cos, sin, self.config.rope_full_precision)
         k = _apply_rotary(k, cos, sin, self.config.rope_full_precision)
         if cache is not None:
-            k, v = cache.update(k, v, self.layer_idx)
+            k, v = cache.update(k, v, self.layer_idx, {"query": q})
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         att, _ = attention(
             self,
@@ -305,21 +305,30 @@ class LLaDAModel(LLaDAPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         past_key_values: CanvasCache | None = None,
+        first_layer: int = 0,
     ) -> BaseModelOutput | tuple:
-        """Hidden states after ``ln_f``; ``hidden_states`` = (embeddings, outputs of blocks 0..n-2, post-``ln_f``).
+        """Hidden states after ``ln_f``; ``hidden_states`` = (embeddings, outputs of blocks 0..n-2, post-``ln_f``),
+        i.e. each block's input, then the final output.
 
         ``past_key_values``: a `CanvasCache`, recorded when empty; when filled, the input is a span of the cached
-        canvas and ``attention_mask`` covers the whole canvas (see `dlm.models.cache`)."""
+        canvas and ``attention_mask`` covers the whole canvas (see `dlm.models.cache`). ``first_layer`` > 0 resumes
+        a pass at that block: ``inputs_embeds`` are the hidden states entering it (``hidden_states[first_layer]`` of
+        an earlier pass), and ``hidden_states`` starts there."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("LLaDA forward: pass exactly one of input_ids or inputs_embeds")
+        if not 0 <= first_layer < self.config.n_layers or (first_layer and inputs_embeds is None):
+            raise ValueError(
+                f"LLaDA forward: first_layer must be in [0, {self.config.n_layers}) and, when > 0, come with the "
+                f"hidden states entering that block as inputs_embeds; got {first_layer}"
+            )
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         x = self.transformer.wte(input_ids) if inputs_embeds is None else inputs_embeds
-        if self.config.input_emb_norm:
+        if self.config.input_emb_norm and not first_layer:
             x = x * self.config.d_model**0.5
-        x = self.transformer.emb_drop(x)
+        x = self.transformer.emb_drop(x) if not first_layer else x
         if attention_mask is not None and attention_mask.dim() != 2:
             raise ValueError(
                 f"LLaDA forward: attention_mask must be 2-D [batch, length] with 1 for real tokens, "
@@ -327,7 +336,7 @@ class LLaDAModel(LLaDAPreTrainedModel):
             )
         mask, rotary = self._mask_and_rotary(x, attention_mask, past_key_values)
         hidden_states: tuple[torch.Tensor, ...] = ()
-        for block in self.transformer.blocks:
+        for block in self.transformer.blocks[first_layer:]:
             if output_hidden_states:
                 hidden_states += (x,)
             x = block(x, rotary=rotary, attention_mask=mask, cache=past_key_values)

@@ -18,7 +18,7 @@ import torch
 
 from dlm.errors import DlmError
 from dlm.families import FAMILIES
-from dlm.families.base import CANVAS_CACHES
+from dlm.families.base import WATCHED_CACHES
 from dlm.forward import logits_at_positions, unwrap_model
 from dlm.models import DreamModel, LLaDAModelLM
 from dlm.models.cache import CanvasCache
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from dlm.families.base import Family
     from dlm.families.special_ids import SpecialIds
 
-CACHE_MODES = CANVAS_CACHES  # every `cache` mode a sampler knows; a family lists those its models serve
+CACHE_MODES = WATCHED_CACHES  # every `cache` mode a sampler knows; a family lists those its models serve
 
 
 # `on_step(canvas, step, block)`: called after every denoising step with the live canvas [B, prompt + generated]
@@ -167,12 +167,18 @@ def check_decoding(cache: str, parallel_threshold: float | None, suffix_window: 
         )
 
 
-def refuse_cache(cache: str, holder: str) -> None:
-    """`SamplingError`: `holder` (a family or a model class) cannot serve the known cache mode `cache`."""
+def refuse_cache(cache: str, holder: str, fallback: str = "none") -> None:
+    """`SamplingError`: `holder` (a family or a model class) cannot serve the known cache mode `cache`; `fallback`
+    is the mode to suggest."""
     able = [f.name for f in FAMILIES.values() if cache in f.cache_modes]
+    need = (
+        "hands its attention queries to its key/value cache"
+        if cache == "elastic"
+        else "can return and accept a key/value cache"
+    )
     raise SamplingError(
-        f"cache={cache!r} needs a model that can return and accept a key/value cache, which the "
-        f"{' and '.join(able)} families can; {holder} cannot: use cache='none'"
+        f"cache={cache!r} needs a model that {need}, which the {' and '.join(able)} families can; {holder} "
+        f"cannot: use cache={fallback!r}"
     )
 
 
@@ -180,12 +186,15 @@ def check_family_cache(cache: str, family: Family) -> None:
     """A known `cache` mode that `family`'s models cannot serve is an error (unknown modes are left to
     `check_decoding`)."""
     if cache in CACHE_MODES and cache not in family.cache_modes:
-        refuse_cache(cache, family.name)
+        refuse_cache(cache, family.name, "dual" if "dual" in family.cache_modes else "none")
 
 
 def check_model_cache(cache: str, model: torch.nn.Module) -> None:
-    """`cache` other than 'none' needs a `dlm.models` model, whose forward records and replays a `CanvasCache`."""
+    """`cache` other than 'none' needs a `dlm.models` model, whose forward records and replays a `CanvasCache`;
+    'elastic' one that hands the cache its attention queries (LLaDA)."""
     base = unwrap_model(model)
+    if cache == "elastic" and not isinstance(base, LLaDAModelLM):
+        refuse_cache(cache, type(base).__name__, "dual" if isinstance(base, DreamModel) else "none")
     if cache in CACHE_MODES and cache != "none" and not isinstance(base, LLaDAModelLM | DreamModel):
         refuse_cache(cache, type(base).__name__)
 

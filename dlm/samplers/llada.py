@@ -33,6 +33,7 @@ from dlm.samplers.common import (
     rand,
     reveal_top,
 )
+from dlm.samplers.elastic import REFRESH_SIMILARITY, ElasticLogits, check_elastic
 from dlm.samplers.rows import RowRun
 
 if TYPE_CHECKING:
@@ -196,7 +197,10 @@ class LladaSampler(DiffusionSampler):
     filled with `eos_id`, or `eot_id`), which leaves every answer as it was; `suffix_window` (DPad) keeps only that
     many positions after each row's block in view; `grow_canvas` decodes blocks of that many tokens with nothing
     after them in view and stops each row at its end (`block_length` = grow_canvas, `suffix_window` = 0,
-    `stop_at_end`). Rows advance on their own (`_LladaRun`); `row_nfe` counts each row's passes.
+    `stop_at_end`); `cache='elastic'` (LLaDA models; `dlm.samplers.elastic`) runs the whole canvas once per row,
+    then a window of two blocks, and recomputes the layers after the first one whose attention drifted below
+    `refresh_similarity` (Elastic-Cache). Rows advance on their own (`_LladaRun`); `row_nfe` counts each row's
+    passes.
     """
 
     blockwise: ClassVar[bool] = True  # decodes block by block whatever the cache
@@ -215,6 +219,7 @@ class LladaSampler(DiffusionSampler):
     grow_canvas: int = 0
     stop_at_end: bool = False
     suffix_window: int | None = None
+    refresh_similarity: float = REFRESH_SIMILARITY
 
     def __post_init__(self) -> None:
         check_llada_settings(
@@ -222,6 +227,7 @@ class LladaSampler(DiffusionSampler):
         )
         check_growth(self.steps, self.gen_length, self.grow_canvas)
         check_decoding(self.cache, self.parallel_threshold, self.suffix_window)
+        check_elastic(self.cache, self.refresh_similarity, self.suffix_window, self.grow_canvas)
 
     @classmethod
     def from_settings(cls, settings: SamplerSettings, family: Family) -> LladaSampler:
@@ -241,6 +247,7 @@ class LladaSampler(DiffusionSampler):
             grow_canvas=settings.grow_canvas,
             stop_at_end=settings.stop_at_end,
             suffix_window=settings.suffix_window,
+            refresh_similarity=settings.refresh_similarity,
         )
 
     @classmethod
@@ -250,6 +257,7 @@ class LladaSampler(DiffusionSampler):
         check_decoding(settings.cache, settings.parallel_threshold, settings.suffix_window)
         check_family_cache(settings.cache, family)
         check_growth(settings.steps, settings.max_new_tokens, settings.grow_canvas)
+        check_elastic(settings.cache, settings.refresh_similarity, settings.suffix_window, settings.grow_canvas)
 
     @torch.no_grad()
     def sample(
@@ -291,7 +299,9 @@ class LladaSampler(DiffusionSampler):
             prompt_len=prompt_ids.shape[1],
             offsets=offsets,
             mask_id=mask_id,
-            logits=BlockLogits(model, canvas_mask, cache, False, block_length, window),
+            logits=ElasticLogits(model, canvas_mask, block_length, self.refresh_similarity, mask_id)
+            if cache == "elastic"
+            else BlockLogits(model, canvas_mask, cache, False, block_length, window),
             choose=_LladaChoice(
                 self.temperature,
                 self.remasking,
@@ -342,6 +352,7 @@ def generate_llada(
     grow_canvas: int = 0,
     stop_at_end: bool = False,
     suffix_window: int | None = None,
+    refresh_similarity: float = REFRESH_SIMILARITY,
     generator: torch.Generator | None = None,
 ) -> SampleOutput:
     """LLaDA sampling in one call: a `LladaSampler` with these settings, run on `prompt_ids`."""
@@ -360,6 +371,7 @@ def generate_llada(
         grow_canvas=grow_canvas,
         stop_at_end=stop_at_end,
         suffix_window=suffix_window,
+        refresh_similarity=refresh_similarity,
     )
     return sampler.sample(
         model,

@@ -97,8 +97,9 @@ class RowRun:
 
     def _groups(self, active: torch.Tensor) -> list[tuple[torch.Tensor, bool]]:
         """The passes of one round, (rows, refresh): without a cache one full pass; with one, the rows starting a
-        block refresh together and the others replay (a prefix cache: per block, as their spans differ)."""
-        if self.logits.mode == "none":
+        block refresh together and the others replay (a prefix cache: per block, as their spans differ); the elastic
+        cache takes every row in one pass."""
+        if self.logits.mode in ("none", "elastic"):  # the elastic cache decides per row what to recompute
             return [(active, False)]
         refresh = self.fresh[active]
         groups = [(active[refresh], True)] if bool(refresh.any()) else []
