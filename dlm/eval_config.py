@@ -11,6 +11,7 @@ from dlm.generation import AUTO_CACHE, SamplerSettings
 from dlm.loading import DTYPES
 from dlm.metrics.text import ANSWER_EXTRACTIONS, compile_answer_regex
 from dlm.samplers.common import CACHE_MODES
+from dlm.samplers.elastic import REFRESH_SIMILARITY
 from dlm.samplers.llada import LLADA_REMASKING
 from dlm.settings import FromParams, setting
 
@@ -272,6 +273,19 @@ class EvaluatorConfig(FromParams):
         ),
         choices=(AUTO_CACHE, *CACHE_MODES),
     )
+    refresh_similarity: float = setting(
+        REFRESH_SIMILARITY,
+        title="Elastic cache refresh similarity",
+        group="sampler",
+        help=(
+            "With cache elastic (LLaDA family; Elastic-Cache): after each pass, how similar (cosine) the block's "
+            "attention on its most-attended cached token must stay for the cache to be kept; below it, the layers "
+            "from the first drifting one on are recomputed over the whole canvas. Higher: more refreshes, closer "
+            "to no cache; 0: never refresh."
+        ),
+        minimum=0.0,
+        maximum=1.0,
+    )
     grow_canvas: int = setting(
         8,
         title="Grow the answer window by",
@@ -424,6 +438,7 @@ class EvaluatorConfig(FromParams):
             parallel_threshold=self.parallel_threshold,
             grow_canvas=self.grow_canvas,
             suffix_window=self.suffix_window,
+            refresh_similarity=self.refresh_similarity,
         )
 
     def eval_settings(self) -> EvalSettings:

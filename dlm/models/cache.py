@@ -85,7 +85,8 @@ class WatchedCanvasCache(CanvasCache):
     layer (Elastic-Cache's drift test), for models that hand the cache their queries with the keys (LLaDA:
     ``update(k, v, layer, {"query": q})``).
 
-    `watch` [B, m]: which of the pass's input positions to watch; `observe(layer, probabilities [B, H, m, L])` gets
+    `watch` [B, m]: which of the pass's input positions to watch (None: all); `observe(layer, probabilities
+    [B, H, m, L])` gets
     their softmax attention (float32; `key_bias` [B, L] adds the padding mask: 0, or the minimum on padded keys).
     Without `keys` the cache records: the pass runs the whole canvas and may start at any layer (a forward resumed
     from a layer), and `computed[layer]` holds every layer's keys and values. With `keys` it replays a span as
@@ -94,7 +95,7 @@ class WatchedCanvasCache(CanvasCache):
 
     def __init__(
         self,
-        watch: torch.Tensor,
+        watch: torch.Tensor | None,
         observe: AttentionObserver,
         key_bias: torch.Tensor | None = None,
         keys: list[torch.Tensor] | None = None,
@@ -121,7 +122,9 @@ class WatchedCanvasCache(CanvasCache):
         return key, value
 
     def _probabilities(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-        watched = query.gather(2, self.watch[:, None, :, None].expand(-1, query.shape[1], -1, query.shape[3]))
+        watched = query
+        if self.watch is not None:
+            watched = query.gather(2, self.watch[:, None, :, None].expand(-1, query.shape[1], -1, query.shape[3]))
         key = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)
         scores = watched.float() @ key.float().transpose(2, 3) * query.shape[-1] ** -0.5
         if self.key_bias is not None:

@@ -28,7 +28,7 @@ from dlm.forward import unwrap_model
 from dlm.models.cache import WatchedCanvasCache
 from dlm.samplers.common import SamplingError
 
-REFRESH_SIMILARITY = 0.9  # the paper's γ
+REFRESH_SIMILARITY = 0.9  # γ: below it, a layer's attention has drifted
 
 
 def check_elastic(cache: str, similarity: float, suffix_window: int | None, grow_canvas: int) -> None:
@@ -163,21 +163,23 @@ class ElasticLogits:
         unchanged = self.watched_masks[rows] & in_window[:, None]
         unchanged &= x[rows].gather(1, earlier_columns) == self.mask_id  # still masks: the same query tokens
         current = self._watch(x, rows, starts) - window_starts[:, None]
-        watch = torch.cat([earlier.clamp(0, width - 1), current], dim=1)
+        earlier = earlier.clamp(0, width - 1)
         similarity = torch.ones(len(rows), self.layers, device=x.device)
         anchors, signatures = {}, {}
-        m = self.watch_length
 
         def observe(layer: int, probabilities: torch.Tensor) -> None:
-            now = watched_attention(probabilities[:, :, :m], self.anchor[rows, layer]) * unchanged[:, None]
+            """`probabilities` of every query of the window: the earlier and the current watched ones among them."""
+            on_anchor = watched_attention(probabilities, self.anchor[rows, layer])
+            now = on_anchor.gather(2, earlier[:, None].expand(-1, on_anchor.shape[1], -1)) * unchanged[:, None]
             before = self.signature[rows, layer] * unchanged[:, None]
             cosine = torch.cosine_similarity(now.flatten(1), before.flatten(1), dim=1)
             similarity[:, layer] = torch.where(unchanged.any(1), cosine, 1.0)  # no evidence: no drift
-            anchors[layer], signatures[layer] = self._most_attended(probabilities[:, :, m:], starts)
+            index = current[:, None, :, None].expand(-1, probabilities.shape[1], -1, probabilities.shape[3])
+            anchors[layer], signatures[layer] = self._most_attended(probabilities.gather(2, index), starts)
 
-        cache = WatchedCanvasCache(
-            watch, observe, self._key_bias(rows), [k[rows] for k in self.keys], [v[rows] for v in self.values]
-        )
+        every = len(rows) == len(self.ready) and bool((rows == torch.arange(len(rows), device=rows.device)).all())
+        keys, values = (self.keys, self.values) if every else ([t[rows] for t in ts] for ts in (self.keys, self.values))
+        cache = WatchedCanvasCache(None, observe, self._key_bias(rows), list(keys), list(values))
         cache.span_start = window_starts
         span = self._columns(window_starts, width)
         output = self.base.model(
@@ -238,7 +240,7 @@ class ElasticLogits:
         if columns is None:
             self.keys[layer][rows], self.values[layer][rows], self.inputs[layer][rows] = key, value, inputs
             return
-        heads = columns[:, None, :, None]
-        self.keys[layer][rows] = self.keys[layer][rows].scatter(2, heads.expand_as(key), key)
-        self.values[layer][rows] = self.values[layer][rows].scatter(2, heads.expand_as(value), value)
-        self.inputs[layer][rows] = self.inputs[layer][rows].scatter(1, columns[..., None].expand_as(inputs), inputs)
+        at = (rows[:, None], slice(None), columns)  # indexes [R, w, H, D]: in place, no copy of the cache
+        self.keys[layer][at] = key.transpose(1, 2)
+        self.values[layer][at] = value.transpose(1, 2)
+        self.inputs[layer][rows[:, None], columns] = inputs

@@ -44,7 +44,8 @@ class RowRun:
         return self.logits.block_length
 
     def decode(self) -> torch.Tensor:
-        """Denoise every row to its end; return each row's network evaluations [B]."""
+        """Denoise every row to its end; return each row's network evaluations [B] (an elastic-cache refresh counts
+        as one more)."""
         rows = torch.arange(self.x.shape[0], device=self.x.device)
         self._enter(rows)
         self._advance(rows)
@@ -62,6 +63,9 @@ class RowRun:
                 self.on_step(self.x, int(self.step[last]), int(self.block[last]))
             self.step[active] += 1
             self._advance(active)
+        refreshes = getattr(self.logits, "refreshes", None)  # the elastic cache's extra passes
+        if refreshes is not None:
+            nfe += refreshes.view(-1, len(nfe)).sum(0)
         return nfe
 
     def _step(self, rows: torch.Tensor, refresh: bool) -> bool:

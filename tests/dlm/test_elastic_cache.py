@@ -192,7 +192,7 @@ def test_every_pass_equals_the_by_hand_elastic_cache(
 ) -> None:
     ids, attention = _batch()
     passes = _record_passes(monkeypatch)
-    generate_llada(
+    out = generate_llada(
         model,
         ids,
         mask_id=MASK,
@@ -213,6 +213,8 @@ def test_every_pass_equals_the_by_hand_elastic_cache(
             expected = by_hand.full(canvas, start, 0) if by_hand.inputs is None else by_hand.window(canvas, start)
             torch.testing.assert_close(made["logits"][index].double(), expected, atol=2e-4, rtol=1e-4)
     depths = [layer for row in rows for layer in row.refresh_layers[1:]]  # after each row's first, full pass
+    # a pass, and a refresh within it, each count as a network evaluation
+    assert out.row_nfe.tolist() == [row.windows + len(row.refresh_layers) for row in rows]
     if similarity == 0.0:
         assert depths == [], "a similarity of 0 never refreshes"
     if similarity == 0.9995:  # between the similarities this model shows
