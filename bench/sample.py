@@ -14,8 +14,10 @@ forward passes, `SampleOutput.row_nfe`). Batch efficiency: NFE per prompt at bat
 with each problem alone, for the best mode.
 
 Which modes are exact: `exact` is the official sampler (token ids equal, part 1); `stop` (stop each row once its
-answer has ended) leaves every answer as `exact` gives it; the caches (Fast-dLLM), the threshold and the suffix
-window (DPad) are approximate, and their accuracy cost is what part 2 measures. Thresholds: Fast-dLLM's 0.9, and
+answer has ended) leaves every answer as `exact` gives it; the caches (Fast-dLLM's prefix and dual, the elastic
+cache after Elastic-Cache, at its default refresh similarity), the threshold and the suffix window (DPad) are
+approximate, and their accuracy cost is what part 2 measures. NFE counts an elastic-cache refresh as one more
+forward pass. Thresholds: Fast-dLLM's 0.9, and
 0.99 (`parallel99`), which keeps every answer on the counting model at 1,024 tokens where 0.9 loses 3 of 16.
 
 The last line printed is one JSON object: ``speedup_<length>_<mode>``, ``accuracy_<length>_<mode>``,
@@ -70,6 +72,9 @@ MODES = {
     "parallel99_stop": {"parallel_threshold": HIGH_THRESHOLD, "stop_at_end": True},
     "prefix_parallel99_stop": {"cache": "prefix", "parallel_threshold": HIGH_THRESHOLD, "stop_at_end": True},
     "dual_parallel99_stop": {"cache": "dual", "parallel_threshold": HIGH_THRESHOLD, "stop_at_end": True},
+    "elastic": {"cache": "elastic"},
+    "elastic_parallel_stop": {"cache": "elastic", "parallel_threshold": THRESHOLD, "stop_at_end": True},
+    "elastic_parallel99_stop": {"cache": "elastic", "parallel_threshold": HIGH_THRESHOLD, "stop_at_end": True},
 }
 
 

@@ -275,8 +275,9 @@ class GRPOConfig(TrainerConfig):
         help=(
             "LLaDA and Dream families: approximate key/value cache refreshed at every block (Fast-dLLM), which "
             "makes rollouts several times faster. none: exact; prefix: the prompt and finished blocks are encoded "
-            "once per block; dual: the blocks after the current one too. Block-diffusion families always cache "
-            "their finished blocks exactly."
+            "once per block; dual: the blocks after the current one too; elastic (LLaDA): refreshed only from the "
+            "layer where attention drifts (Elastic-Cache). Block-diffusion families always cache their finished "
+            "blocks exactly."
         ),
         choices=CACHE_MODES,
     )

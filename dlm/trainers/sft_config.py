@@ -170,7 +170,7 @@ class SFTConfig(TrainerConfig):
         group="logging and validation",
         help=(
             "Sample logging with LLaDA or Dream models: approximate key/value cache refreshed at every block "
-            "(Fast-dLLM); none: the exact sampler."
+            "(Fast-dLLM prefix or dual), or where attention drifts (elastic, LLaDA); none: the exact sampler."
         ),
         choices=CACHE_MODES,
     )

@@ -94,6 +94,7 @@ ORDER = (
     "top_k",
     "suppress_eos_confidence",
     "cache",
+    "refresh_similarity",
     "parallel_threshold",
     "apply_chat_template",
     "mc_num",
