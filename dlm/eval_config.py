@@ -265,12 +265,13 @@ class EvaluatorConfig(FromParams):
         title="Decoding cache",
         group="sampler",
         help=(
-            "Diffusion samplers (LLaDA and Dream families only): approximate key/value cache. auto: the dual cache "
-            "with a parallel threshold of 0.99 unless one is set (LLaDA, Dream; none for other families); none: "
-            "exact; prefix: the prompt and finished blocks are encoded once per block (Fast-dLLM); dual: the "
-            "blocks after the current one too; elastic (LLaDA): the whole answer once, then the blocks around the "
-            "current one, refreshed from the layer where attention drifts (Elastic-Cache; faster than dual on long "
-            "answers, not with grow_canvas). Dream decodes block by block (block_length) when cached."
+            "Diffusion samplers (LLaDA and Dream families only): approximate key/value cache. auto: the fastest "
+            "mode measured to keep answers, with a parallel threshold of 0.99 unless one is set: elastic for LLaDA "
+            "over the whole answer window (grow_canvas 0), else dual (Dream; LLaDA with a growing canvas or a "
+            "suffix window); none for other families. none: exact; prefix: the prompt and finished blocks are "
+            "encoded once per block (Fast-dLLM); dual: the blocks after the current one too; elastic (LLaDA): the "
+            "whole canvas once, then the blocks around the current one, refreshed from the layer where attention "
+            "drifts (Elastic-Cache). Dream decodes block by block (block_length) when cached."
         ),
         choices=(AUTO_CACHE, *CACHE_MODES),
     )

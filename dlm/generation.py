@@ -20,7 +20,7 @@ from dlm.samplers.causal import CausalSampler
 from dlm.samplers.common import SampleOutput, StepHook
 from dlm.samplers.dream import DreamSampler
 from dlm.samplers.elastic import REFRESH_SIMILARITY
-from dlm.samplers.llada import LladaSampler
+from dlm.samplers.llada import LladaSampler, growing
 from dlm.samplers.llada2 import LLaDA2Sampler
 from dlm.samplers.sdar import SDARSampler
 
@@ -88,14 +88,18 @@ SAMPLERS: dict[str, type[Sampler]] = {
 
 
 def resolve_auto(family: Family, settings: SamplerSettings) -> SamplerSettings:
-    """`cache="auto"` as the family decodes it: the dual cache with the `FAST_THRESHOLD` (unless a threshold is set)
-    where the family's models serve it (LLaDA, Dream), else no cache. Other settings are returned as they are."""
+    """`cache="auto"` as the family decodes it, with the `FAST_THRESHOLD` unless a threshold is set: the elastic
+    cache where the family's models serve it (LLaDA) and the whole answer window is decoded (no growing canvas, no
+    suffix window), else the dual cache where they serve that (Dream; LLaDA with a growing canvas or a window), else
+    no cache. Other settings are returned as they are."""
     if settings.cache != AUTO_CACHE:
         return settings
     if "dual" not in family.cache_modes:
         return dataclasses.replace(settings, cache="none")
+    whole_window = settings.suffix_window is None and not growing(settings.grow_canvas, settings.max_new_tokens)
+    cache = "elastic" if "elastic" in family.cache_modes and whole_window else "dual"
     threshold = settings.parallel_threshold or FAST_THRESHOLD
-    return dataclasses.replace(settings, cache="dual", parallel_threshold=threshold)
+    return dataclasses.replace(settings, cache=cache, parallel_threshold=threshold)
 
 
 @cache

@@ -85,8 +85,8 @@ class WatchedCanvasCache(CanvasCache):
     layer (Elastic-Cache's drift test), for models that hand the cache their queries with the keys (LLaDA:
     ``update(k, v, layer, {"query": q})``).
 
-    `watch` [B, m]: which of the pass's input positions to watch (None: all); `observe(layer, probabilities
-    [B, H, m, L])` gets
+    `watch` [B, m]: which of the pass's input positions to watch (None: all), at layers below `watched_layers`;
+    `observe(layer, probabilities [B, H, m, L])` gets
     their softmax attention (float32; `key_bias` [B, L] adds the padding mask: 0, or the minimum on padded keys).
     Without `keys` the cache records: the pass runs the whole canvas and may start at any layer (a forward resumed
     from a layer), and `computed[layer]` holds every layer's keys and values. With `keys` it replays a span as
@@ -97,12 +97,13 @@ class WatchedCanvasCache(CanvasCache):
         self,
         watch: torch.Tensor | None,
         observe: AttentionObserver,
+        watched_layers: int,
         key_bias: torch.Tensor | None = None,
         keys: list[torch.Tensor] | None = None,
         values: list[torch.Tensor] | None = None,
     ) -> None:
         super().__init__(keys, values)
-        self.watch, self.observe, self.key_bias = watch, observe, key_bias
+        self.watch, self.observe, self.watched_layers, self.key_bias = watch, observe, watched_layers, key_bias
         self.replaying = keys is not None
         self.computed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -117,7 +118,7 @@ class WatchedCanvasCache(CanvasCache):
         if self.replaying:
             key, value = self._splice(self.keys[layer_idx], key), self._splice(self.values[layer_idx], value)
         query = (cache_kwargs or {}).get("query")
-        if query is not None:
+        if query is not None and layer_idx < self.watched_layers:
             self.observe(layer_idx, self._probabilities(query, key))
         return key, value
 

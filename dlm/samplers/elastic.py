@@ -2,22 +2,26 @@
 Need for KV Cache in Diffusion LLMs"), for LLaDA models: the sampler's `cache="elastic"`.
 
 Fast-dLLM's dual cache recomputes the whole canvas at the start of every block, whether or not anything drifted.
-Here a row runs the whole canvas once, at its first pass; every later pass runs only a window of two blocks (the
-block being decoded and the one before it, whose tokens were just revealed) against the cached keys and values of
-the rest of the canvas, and writes the window's fresh keys, values and layer inputs into the cache. Whether the rest
-of the cache has gone stale is read from attention, layer by layer: at every layer the pass watches how the block's
-queries attend to the cached key they attended to most (the most-attended token, whose keys drift least), as a
-vector over heads and queries, and compares it with the same vector at the row's next pass (the same queries, now
-in the window's first or second block). Where the cosine similarity first falls below `similarity`, at layer l,
-layers l and after are recomputed over the whole canvas in the same step, from the layer-l inputs the cache keeps
-(fresh in the window, cached elsewhere: outputs of layers that did not drift); layers before l keep their cache.
-Shallow layers drift least, so refreshes are partial.
+Here a row runs the whole canvas once, at its first pass; every later pass runs only a window of three blocks (the
+one before the block being decoded, whose last tokens were just revealed, the block, and the one after it) against
+the cached keys and values of the rest of the canvas, and writes the window's fresh keys, values and layer inputs
+into the cache. Whether the rest of the cache has gone stale is read from attention, layer by layer: each pass
+watches the queries of the block and the next one, finds the cached key they attend to most (the most-attended
+token, whose keys drift least) and keeps their attention on it, a vector over heads and queries; the row's next
+pass compares it, by cosine similarity, with the attention the same queries pay the same key now, over the
+queries that were masks both times (their tokens did not change, so any change comes from the context).
+Where the cosine similarity first falls below `similarity`, at layer l,
+the outputs of layer l over the canvas have gone stale, and with them the keys of every later layer: layers l and
+after rerun over the whole canvas in the same step, from the layer-l inputs the cache keeps (fresh in the window,
+cached elsewhere: outputs of layers that did not drift), which refreshes the keys from layer l + 1 on; layers up to
+l keep theirs. Shallow layers drift least, so refreshes are partial. The last layer is not watched: no key depends
+on its outputs.
 
 Kept from the paper: the drift test (most-attended token, cosine similarity against `similarity`, the paper's γ)
-and the depth-aware refresh of the deeper layers only. Adapted: the refresh starts at the drifting layer itself,
-whose outputs over the whole canvas the next layer's keys need; the window is the current and the previous block
-rather than a sliding run of masks; the paper's off-window masks are simply cached. Approximate like every cache:
-`similarity` 0 never refreshes, 1 recomputes the whole canvas whenever attention moved at all (as no cache).
+and the depth-aware refresh (keys from the layer after the drifting one). Adapted to block decoding: the window is
+the block before, the block and the block after rather than a sliding run of masks, the watched queries are those
+still masked at both passes, and the paper's off-window masks are simply cached. Approximate like every cache;
+`similarity` 0 never refreshes.
 """
 
 from __future__ import annotations
@@ -31,14 +35,15 @@ from dlm.samplers.common import SamplingError
 REFRESH_SIMILARITY = 0.9  # γ: below it, a layer's attention has drifted
 
 
-def check_elastic(cache: str, similarity: float, suffix_window: int | None, grow_canvas: int) -> None:
-    """`refresh_similarity` is a cosine similarity in [0, 1]; the elastic cache keeps the whole canvas in view."""
+def check_elastic(cache: str, similarity: float, suffix_window: int | None, growing: bool) -> None:
+    """`refresh_similarity` is a cosine similarity in [0, 1]; the elastic cache keeps the whole canvas in view (no
+    suffix window, no growing canvas)."""
     if not 0 <= similarity <= 1:
         raise SamplingError(
             f"refresh_similarity must be in [0, 1] (a cosine similarity of attention; 0 never refreshes), got "
             f"{similarity}"
         )
-    if cache == "elastic" and (suffix_window is not None or grow_canvas):
+    if cache == "elastic" and (suffix_window is not None or growing):
         setting = "suffix_window" if suffix_window is not None else "grow_canvas"
         raise SamplingError(
             f"cache='elastic' keeps the whole canvas in view and cannot be combined with {setting}; use cache='dual' "
@@ -71,6 +76,8 @@ class ElasticLogits:
     ) -> None:
         self.base = unwrap_model(model)
         self.layers = self.base.config.n_layers
+        # the last layer's drift is not watched: refreshing it would change no key a later pass reads
+        self.watched_layers = self.layers - 1
         self.attention_mask, self.block_length, self.similarity = attention_mask, block_length, similarity
         self.mask_id = mask_id
         self.watch_length = 2 * block_length
@@ -100,9 +107,9 @@ class ElasticLogits:
         self.ready = torch.zeros(batch, dtype=torch.bool, device=device)
         self.watched = torch.zeros(batch, dtype=torch.long, device=device)
         self.watched_masks = torch.zeros(batch, self.watch_length, dtype=torch.bool, device=device)
-        self.anchor = torch.zeros(batch, self.layers, dtype=torch.long, device=device)
+        self.anchor = torch.zeros(batch, self.watched_layers, dtype=torch.long, device=device)
         heads = self.base.config.n_heads
-        self.signature = torch.zeros(batch, self.layers, heads, self.watch_length, device=device)
+        self.signature = torch.zeros(batch, self.watched_layers, heads, self.watch_length, device=device)
         self.refreshes = torch.zeros(batch, dtype=torch.long, device=device)
         self.refreshed_layers = torch.zeros_like(self.refreshes)
 
@@ -137,7 +144,7 @@ class ElasticLogits:
         def observe(layer: int, probabilities: torch.Tensor) -> None:
             anchors[layer], signatures[layer] = self._most_attended(probabilities, starts)
 
-        cache = WatchedCanvasCache(watch, observe, self._key_bias(rows))
+        cache = WatchedCanvasCache(watch, observe, self.watched_layers, self._key_bias(rows))
         inputs = {"input_ids": x[rows]} if first_layer == 0 else {"inputs_embeds": self.inputs[first_layer][rows]}
         output = self.base.model(
             **inputs,
@@ -148,6 +155,7 @@ class ElasticLogits:
         )
         for layer in range(first_layer, self.layers):
             self._store(layer, rows, None, *cache.computed[layer], output.hidden_states[layer - first_layer])
+        for layer in range(first_layer, self.watched_layers):
             self.anchor[rows, layer], self.signature[rows, layer] = anchors[layer], signatures[layer]
         return self._block_logits(output.last_hidden_state, self._columns(starts, self.block_length))
 
@@ -164,7 +172,7 @@ class ElasticLogits:
         unchanged &= x[rows].gather(1, earlier_columns) == self.mask_id  # still masks: the same query tokens
         current = self._watch(x, rows, starts) - window_starts[:, None]
         earlier = earlier.clamp(0, width - 1)
-        similarity = torch.ones(len(rows), self.layers, device=x.device)
+        similarity = torch.ones(len(rows), self.watched_layers, device=x.device)
         anchors, signatures = {}, {}
 
         def observe(layer: int, probabilities: torch.Tensor) -> None:
@@ -179,7 +187,7 @@ class ElasticLogits:
 
         every = len(rows) == len(self.ready) and bool((rows == torch.arange(len(rows), device=rows.device)).all())
         keys, values = (self.keys, self.values) if every else ([t[rows] for t in ts] for ts in (self.keys, self.values))
-        cache = WatchedCanvasCache(None, observe, self._key_bias(rows), list(keys), list(values))
+        cache = WatchedCanvasCache(None, observe, self.watched_layers, self._key_bias(rows), list(keys), list(values))
         cache.span_start = window_starts
         span = self._columns(window_starts, width)
         output = self.base.model(
@@ -190,11 +198,13 @@ class ElasticLogits:
         )
         for layer in range(self.layers):
             self._store(layer, rows, span, *cache.computed[layer], output.hidden_states[layer])
+        for layer in range(self.watched_layers):
             self.anchor[rows, layer], self.signature[rows, layer] = anchors[layer], signatures[layer]
         logits = self._block_logits(output.last_hidden_state, self._columns(starts - window_starts, n))
         drifted = similarity < self.similarity
-        # from the first drifting layer on, outputs are stale (its inputs, from layers that did not drift, are
-        # trusted); a row whose watched queries left the window starts over
+        # the first drifting layer's outputs over the canvas are stale, and with them the keys of every layer after
+        # it: it reruns on its kept inputs (outputs of layers that did not drift); a row whose watched queries left
+        # the window starts over
         restart = torch.where(drifted.any(1), drifted.int().argmax(1), self.layers)
         restart = torch.where(in_window, restart, 0)
         for layer in restart.unique().tolist():

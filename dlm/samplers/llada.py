@@ -53,12 +53,17 @@ def llada_transfer_counts(mask_counts: torch.Tensor, steps: int) -> torch.Tensor
     return base.unsqueeze(-1) + extra.long()
 
 
+def growing(grow_canvas: int, gen_length: int) -> bool:
+    """Whether `grow_canvas` grows the canvas (0, or at least `gen_length`, decodes the whole window at once)."""
+    return 0 < grow_canvas < gen_length
+
+
 def check_growth(steps: int, gen_length: int, grow_canvas: int) -> None:
     """A growing canvas (`grow_canvas` tokens at a time; 0, or at least `gen_length`, = off) must divide `gen_length` into chunks that share
     `steps` evenly."""
     if grow_canvas < 0:
         raise SamplingError(f"grow_canvas must be >= 0 (0 decodes the whole window at once), got {grow_canvas}")
-    if grow_canvas == 0 or grow_canvas >= gen_length:
+    if not growing(grow_canvas, gen_length):
         return
     if gen_length % grow_canvas:
         raise SamplingError(
@@ -227,7 +232,9 @@ class LladaSampler(DiffusionSampler):
         )
         check_growth(self.steps, self.gen_length, self.grow_canvas)
         check_decoding(self.cache, self.parallel_threshold, self.suffix_window)
-        check_elastic(self.cache, self.refresh_similarity, self.suffix_window, self.grow_canvas)
+        check_elastic(
+            self.cache, self.refresh_similarity, self.suffix_window, growing(self.grow_canvas, self.gen_length)
+        )
 
     @classmethod
     def from_settings(cls, settings: SamplerSettings, family: Family) -> LladaSampler:
@@ -257,7 +264,12 @@ class LladaSampler(DiffusionSampler):
         check_decoding(settings.cache, settings.parallel_threshold, settings.suffix_window)
         check_family_cache(settings.cache, family)
         check_growth(settings.steps, settings.max_new_tokens, settings.grow_canvas)
-        check_elastic(settings.cache, settings.refresh_similarity, settings.suffix_window, settings.grow_canvas)
+        check_elastic(
+            settings.cache,
+            settings.refresh_similarity,
+            settings.suffix_window,
+            growing(settings.grow_canvas, settings.max_new_tokens),
+        )
 
     @torch.no_grad()
     def sample(
@@ -291,9 +303,9 @@ class LladaSampler(DiffusionSampler):
         if self.cfg_scale > 0 and canvas_mask is not None:
             canvas_mask = torch.cat([canvas_mask, canvas_mask])
         end_ids = tuple(i for i in (eos_id, eot_id) if i is not None)
-        growing = 0 < grow_canvas < gen_length
-        block_length = grow_canvas if growing else block_length
-        window = 0 if growing else self.suffix_window
+        grows = growing(grow_canvas, gen_length)
+        block_length = grow_canvas if grows else block_length
+        window = 0 if grows else self.suffix_window
         run = _LladaRun(
             x=masked_canvas(prompt_ids, gen_length, mask_id, infill),
             prompt_len=prompt_ids.shape[1],
@@ -314,7 +326,7 @@ class LladaSampler(DiffusionSampler):
             stochastic=self.stochastic_transfer,
             blocks=gen_length // block_length,
             steps=steps // (gen_length // block_length),
-            end_ids=end_ids if growing or self.stop_at_end else (),
+            end_ids=end_ids if grows or self.stop_at_end else (),
             on_step=on_step,
             pass_cost=2 if self.cfg_scale > 0 else 1,
         )

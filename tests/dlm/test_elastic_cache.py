@@ -138,7 +138,8 @@ class ByHand:
         for index in range(first_layer, self.config.n_layers):
             self.inputs[index] = x
             x, probabilities = self.layer(index, x, every, x)
-            self.anchors[index], self.signatures[index] = self.anchor_of(probabilities[:, watched], start)
+            if index < self.config.n_layers - 1:  # no key depends on the last layer's outputs: not watched
+                self.anchors[index], self.signatures[index] = self.anchor_of(probabilities[:, watched], start)
         self.refresh_layers.append(first_layer)
         return self.logits(x[start : start + BLOCK])
 
@@ -159,6 +160,8 @@ class ByHand:
             kept[columns] = x
             self.inputs[index] = kept
             x, probabilities = self.layer(index, x, columns, kept)
+            if index == self.config.n_layers - 1:
+                break
             by_column = torch.zeros(probabilities.shape[0], length, length, dtype=torch.float64)
             by_column[:, columns] = probabilities
             now = by_column[:, earlier, self.anchors[index]] * unchanged

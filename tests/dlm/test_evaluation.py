@@ -379,16 +379,22 @@ def test_speed_counts_non_eos_tokens_and_nfe_equals_steps(presets) -> None:
     assert speed.details["sampler"]["steps"] == 8 and speed.details["sampler"]["block_length"] == 4
 
 
-def test_cache_auto_is_reported_as_decoded_and_decodes_as_the_dual_cache_with_threshold_0_99(presets) -> None:
+@pytest.mark.parametrize(("grow_canvas", "decoded"), [(0, "elastic"), (4, "dual")])
+def test_cache_auto_is_reported_as_decoded_and_decodes_as_that_cache_with_threshold_0_99(
+    presets, grow_canvas: int, decoded: str
+) -> None:
+    """LLaDA decodes `cache` auto with the elastic cache over the whole window, the dual cache with a growing
+    canvas (which the elastic cache cannot serve); the report names what was decoded."""
     loaded = presets["tiny-llada"]
-    auto = SamplerSettings(steps=8, max_new_tokens=8, block_length=4, cache="auto")
+    lengths = {"steps": 8, "max_new_tokens": 8, "block_length": 4, "grow_canvas": grow_canvas}
+    auto = SamplerSettings(**lengths, cache="auto")
     out = evaluate(loaded, _examples(), EvalSettings(metrics=("speed",), batch_size=3, sampler=auto))
     speed = next(m for m in out.metrics if m.name == "tokens_per_sec")
-    assert (speed.details["sampler"]["cache"], speed.details["sampler"]["parallel_threshold"]) == ("dual", 0.99)
-    dual = SamplerSettings(steps=8, max_new_tokens=8, block_length=4, cache="dual", parallel_threshold=0.99)
+    assert (speed.details["sampler"]["cache"], speed.details["sampler"]["parallel_threshold"]) == (decoded, 0.99)
+    direct = SamplerSettings(**lengths, cache=decoded, parallel_threshold=0.99)
     special = loaded.special_ids
     ids, attention = encode_prompts(loaded.tokenizer, PROMPTS, special.pad)
-    expected = generate(loaded.model, loaded.family, special, ids, attention, dual)
+    expected = generate(loaded.model, loaded.family, special, ids, attention, direct)
     assert [s["nfe"] for s in out.samples] == expected.row_nfe.tolist()
     assert [s["output"] for s in out.samples] == decode_answers(
         loaded.tokenizer, special, expected.sequences, ids.shape[1]

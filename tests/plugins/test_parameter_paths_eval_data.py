@@ -290,13 +290,25 @@ def test_the_evaluator_defaults_reach_the_sampler_as_off(workspace):
 
 @pytest.mark.parametrize("family", ["llada", "dream"])
 def test_the_default_cache_auto_is_the_dual_cache_with_threshold_0_99_where_a_family_has_it(workspace, family):
-    """The form's default `cache` "auto" with its default threshold (0, off) decodes LLaDA and Dream with the dual
-    cache and a threshold of 0.99; a threshold set in the form is kept."""
+    """The form's default `cache` "auto" with its default threshold (0, off) and its growing canvas decodes LLaDA
+    and Dream with the dual cache and a threshold of 0.99; a threshold set in the form is kept."""
     assert form_params(EVAL, {})["cache"] == "auto" and form_params(EVAL, {})["parallel_threshold"] == 0
+    assert form_params(EVAL, {})["grow_canvas"] > 0
     sampler = build_sampler(get_family(family), evaluator_call(workspace, {"metrics": "perplexity"}).settings.sampler)
     assert (sampler.cache, sampler.parallel_threshold) == ("dual", 0.99)
     edited = evaluator_call(workspace, {"metrics": "perplexity", "parallel_threshold": "0.5"})
     assert build_sampler(get_family(family), edited.settings.sampler).parallel_threshold == 0.5
+
+
+@pytest.mark.parametrize(("family", "decoded"), [("llada", "elastic"), ("dream", "dual")])
+def test_cache_auto_over_the_whole_window_is_the_elastic_cache_where_a_family_has_it(workspace, family, decoded):
+    """With the growing canvas off (grow_canvas 0 in the form), `cache` auto decodes LLaDA with the elastic cache
+    and the form's refresh similarity, Dream (no elastic cache) with the dual cache; both at threshold 0.99."""
+    call = evaluator_call(workspace, {"metrics": "perplexity", "grow_canvas": "0", "refresh_similarity": "0.6"})
+    sampler = build_sampler(get_family(family), call.settings.sampler)
+    assert (sampler.cache, sampler.parallel_threshold) == (decoded, 0.99)
+    if family == "llada":
+        assert sampler.refresh_similarity == 0.6
 
 
 @pytest.mark.parametrize("family", ["ar", "bd3lm", "sdar", "llada2"])
