@@ -189,10 +189,12 @@ def _record_passes(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     return passes
 
 
-@pytest.mark.parametrize("similarity", [0.0, 0.999, 0.9995])
+@pytest.mark.parametrize(("similarity", "cfg_scale"), [(0.0, 0.0), (0.999, 0.0), (0.9995, 0.0), (0.9995, 1.5)])
 def test_every_pass_equals_the_by_hand_elastic_cache(
-    model: LLaDAModelLM, monkeypatch: pytest.MonkeyPatch, similarity: float
+    model: LLaDAModelLM, monkeypatch: pytest.MonkeyPatch, similarity: float, cfg_scale: float
 ) -> None:
+    """Each canvas row of every pass (with classifier-free guidance, the unconditional rows too) against the by-hand
+    cache; the forward passes each row is charged."""
     ids, attention = _batch()
     passes = _record_passes(monkeypatch)
     out = generate_llada(
@@ -206,9 +208,11 @@ def test_every_pass_equals_the_by_hand_elastic_cache(
         cache="elastic",
         refresh_similarity=similarity,
         parallel_threshold=0.2,
+        cfg_scale=cfg_scale,
     )
     canvas_mask = torch.cat([attention, torch.ones(len(PROMPTS), 24, dtype=torch.long)], dim=1)
-    rows = [ByHand(model, canvas_mask[row], similarity) for row in range(len(PROMPTS))]
+    canvas_mask = canvas_mask.repeat(2 if cfg_scale else 1, 1)  # guidance: the unconditional canvases follow
+    rows = [ByHand(model, mask, similarity) for mask in canvas_mask]
     for made in passes:
         for index, (row, start) in enumerate(zip(made["rows"], made["starts"], strict=True)):
             by_hand = rows[row]
@@ -216,8 +220,9 @@ def test_every_pass_equals_the_by_hand_elastic_cache(
             expected = by_hand.full(canvas, start, 0) if by_hand.inputs is None else by_hand.window(canvas, start)
             torch.testing.assert_close(made["logits"][index].double(), expected, atol=2e-4, rtol=1e-4)
     depths = [layer for row in rows for layer in row.refresh_layers[1:]]  # after each row's first, full pass
-    # a pass, and a refresh within it, each count as a network evaluation
-    assert out.row_nfe.tolist() == [row.windows + len(row.refresh_layers) for row in rows]
+    # a pass, and a refresh within it, each count as a network evaluation (with guidance, of both canvases)
+    charged = [row.windows + len(row.refresh_layers) for row in rows]
+    assert out.row_nfe.tolist() == [sum(charged[row :: len(PROMPTS)]) for row in range(len(PROMPTS))]
     if similarity == 0.0:
         assert depths == [], "a similarity of 0 never refreshes"
     if similarity == 0.9995:  # between the similarities this model shows

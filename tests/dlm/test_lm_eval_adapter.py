@@ -231,6 +231,8 @@ def test_registered_model_reads_string_arguments(llada):
     assert lm.sampler.stop_at_end  # answers are unchanged by it, so on unless switched off
     fast = cls.create_from_arg_string(f"pretrained={llada.path},suffix_window=16,stop_at_end=false", {})
     assert (fast.sampler.suffix_window, fast.sampler.stop_at_end) == (16, False)
+    elastic = cls.create_from_arg_string(f"pretrained={llada.path},cache=elastic,refresh_similarity=0.75", {})
+    assert (elastic.sampler.cache, elastic.sampler.refresh_similarity) == ("elastic", 0.75)
     with pytest.raises(LmEvalError, match="unknown dlm_diffusion argument.*stepz"):
         cls.create_from_arg_string(f"pretrained={llada.path},stepz=8")
 
