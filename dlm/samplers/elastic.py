@@ -62,7 +62,7 @@ class ElasticLogits:
     cache refreshed adaptively (see the module). Keeps, per canvas row: every layer's keys, values and inputs; the
     watched queries of the row's last pass (the block and the next, `watch_length` positions from `watched`, and
     which were masks), and per layer the most-attended key and the watched queries' attention on it.
-    `refreshes` [B] counts each row's refreshes and `refreshed_layers` [B] the layers they recomputed."""
+    `refreshes` [B] counts each row's refreshes (each one more forward pass for `RowRun`'s count)."""
 
     mode = "elastic"
 
@@ -111,7 +111,6 @@ class ElasticLogits:
         heads = self.base.config.n_heads
         self.signature = torch.zeros(batch, self.watched_layers, heads, self.watch_length, device=device)
         self.refreshes = torch.zeros(batch, dtype=torch.long, device=device)
-        self.refreshed_layers = torch.zeros_like(self.refreshes)
 
     def _key_bias(self, rows: torch.Tensor) -> torch.Tensor | None:
         if self.attention_mask is None:
@@ -201,19 +200,21 @@ class ElasticLogits:
         for layer in range(self.watched_layers):
             self.anchor[rows, layer], self.signature[rows, layer] = anchors[layer], signatures[layer]
         logits = self._block_logits(output.last_hidden_state, self._columns(starts - window_starts, n))
-        drifted = similarity < self.similarity
-        # the first drifting layer's outputs over the canvas are stale, and with them the keys of every layer after
-        # it: it reruns on its kept inputs (outputs of layers that did not drift); a row whose watched queries left
-        # the window starts over
-        restart = torch.where(drifted.any(1), drifted.int().argmax(1), self.layers)
-        restart = torch.where(in_window, restart, 0)
+        # a row whose watched queries left the window (it skipped a block) starts over
+        restart = torch.where(in_window, self._first_drifting(similarity), 0)
         for layer in restart.unique().tolist():
             if layer < self.layers:
                 picked = (restart == layer).nonzero()[:, 0]
                 logits[picked] = self._full(x, rows[picked], starts[picked], layer)
                 self.refreshes[rows[picked]] += 1
-                self.refreshed_layers[rows[picked]] += self.layers - layer
         return logits
+
+    def _first_drifting(self, similarity: torch.Tensor) -> torch.Tensor:
+        """Per row, the first layer whose similarity fell below the setting (`layers`: none). Its outputs over the
+        canvas are stale, and with them the keys of every later layer: it reruns on its kept inputs (outputs of
+        layers that did not drift)."""
+        drifted = similarity < self.similarity
+        return torch.where(drifted.any(1), drifted.int().argmax(1), self.layers)
 
     def _most_attended(self, probabilities: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The key the watched queries (from the block at `starts`) attend to most, summed over heads and queries,
