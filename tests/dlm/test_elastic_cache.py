@@ -189,6 +189,20 @@ def _record_passes(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     return passes
 
 
+def _replay_by_hand(
+    model: LLaDAModelLM, passes: list[dict[str, Any]], canvas_mask: torch.Tensor, similarity: float
+) -> list[ByHand]:
+    """Every recorded pass, row by row, by hand: each row's logits must equal the sampler's."""
+    rows = [ByHand(model, mask, similarity) for mask in canvas_mask]
+    for made in passes:
+        for index, (row, start) in enumerate(zip(made["rows"], made["starts"], strict=True)):
+            by_hand = rows[row]
+            canvas = made["x"][row]
+            expected = by_hand.full(canvas, start, 0) if by_hand.inputs is None else by_hand.window(canvas, start)
+            torch.testing.assert_close(made["logits"][index].double(), expected, atol=2e-4, rtol=1e-4)
+    return rows
+
+
 @pytest.mark.parametrize(("similarity", "cfg_scale"), [(0.0, 0.0), (0.999, 0.0), (0.9995, 0.0), (0.9995, 1.5)])
 def test_every_pass_equals_the_by_hand_elastic_cache(
     model: LLaDAModelLM, monkeypatch: pytest.MonkeyPatch, similarity: float, cfg_scale: float
@@ -212,13 +226,7 @@ def test_every_pass_equals_the_by_hand_elastic_cache(
     )
     canvas_mask = torch.cat([attention, torch.ones(len(PROMPTS), 24, dtype=torch.long)], dim=1)
     canvas_mask = canvas_mask.repeat(2 if cfg_scale else 1, 1)  # guidance: the unconditional canvases follow
-    rows = [ByHand(model, mask, similarity) for mask in canvas_mask]
-    for made in passes:
-        for index, (row, start) in enumerate(zip(made["rows"], made["starts"], strict=True)):
-            by_hand = rows[row]
-            canvas = made["x"][row]
-            expected = by_hand.full(canvas, start, 0) if by_hand.inputs is None else by_hand.window(canvas, start)
-            torch.testing.assert_close(made["logits"][index].double(), expected, atol=2e-4, rtol=1e-4)
+    rows = _replay_by_hand(model, passes, canvas_mask, similarity)
     depths = [layer for row in rows for layer in row.refresh_layers[1:]]  # after each row's first, full pass
     # a pass, and a refresh within it, each count as a network evaluation (with guidance, of both canvases)
     charged = [row.windows + len(row.refresh_layers) for row in rows]
@@ -228,6 +236,20 @@ def test_every_pass_equals_the_by_hand_elastic_cache(
     if similarity == 0.9995:  # between the similarities this model shows
         assert len(set(depths)) > 1, f"refreshes at one depth only: {depths}"
         assert 0 < len(depths) < sum(row.windows for row in rows), "every window pass refreshed, or none"
+
+
+def test_a_row_that_skips_a_given_block_starts_over(model: LLaDAModelLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A block given whole (`infill`) is skipped: the queries watched before it leave the window, so the row's next
+    pass refreshes from layer 0 whatever the similarity."""
+    ids, attention = _batch()
+    infill = torch.full((len(PROMPTS), 24), MASK)
+    infill[1, 8:12] = torch.tensor([21, 22, 23, 24])  # row 1's third block
+    passes = _record_passes(monkeypatch)
+    settings = {"steps": 24, "gen_length": 24, "block_length": BLOCK, "cache": "elastic", "refresh_similarity": 0.0}
+    generate_llada(model, ids, mask_id=MASK, attention_mask=attention, infill=infill, **settings)
+    canvas_mask = torch.cat([attention, torch.ones(len(PROMPTS), 24, dtype=torch.long)], dim=1)
+    rows = _replay_by_hand(model, passes, canvas_mask, 0.0)
+    assert [row.refresh_layers[1:] for row in rows] == [[], [0], []]
 
 
 def test_a_forward_resumed_at_a_layer_equals_the_whole_forward(model: LLaDAModelLM) -> None:
