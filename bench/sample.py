@@ -17,14 +17,20 @@ Which modes are exact: `exact` is the official sampler (token ids equal, part 1)
 answer has ended) leaves every answer as `exact` gives it; the caches (Fast-dLLM's prefix and dual, the elastic
 cache after Elastic-Cache, at its default refresh similarity), the threshold and the suffix window (DPad) are
 approximate, and their accuracy cost is what part 2 measures. NFE counts an elastic-cache refresh as one more
-forward pass. Thresholds: Fast-dLLM's 0.9, and
-0.99 (`parallel99`), which keeps every answer on the counting model at 1,024 tokens where 0.9 loses 3 of 16.
+forward pass. Thresholds: Fast-dLLM's 0.9, and 0.99 (`parallel99`), which keeps every answer on the counting model
+at 1,024 tokens where 0.9 loses 3 of 16 without a cache or with the dual cache.
+
+Part 3, what the elastic cache's refreshes buy: at the longest length, with threshold 0.99 and `stop_at_end`, for
+each refresh similarity in `SIMILARITIES` and for the dual cache, every pass is also run without a cache on the same
+canvas: the mean total variation between the two block distributions, how often their argmaxes agree, passes per
+answer (refreshes counted) and accuracy (``fidelity_<measure>_<similarity or "dual">``).
 
 The last line printed is one JSON object: ``speedup_<length>_<mode>``, ``accuracy_<length>_<mode>``,
 ``nfe_<length>_<mode>``; ``speedup_1024_best`` (the fastest mode whose accuracy is within one point of exact at
 1,024), ``best_mode``, ``accuracy_drop_best``, ``batch8_nfe_ratio`` (that mode's NFE per prompt at batch 8 over
 batch 1, at 1,024), ``outputs_identical_exact`` (ours = official batched at both vocabularies) and
 ``official_ratio_vocab_32k``/``official_ratio_small_vocab`` (ours exact over official batched, tokens/s).
+
 Run: ``python bench/sample.py`` (``--help`` for sizes; the first run trains the counting model: about 21 minutes on
 one CPU thread).
 """
@@ -35,7 +41,8 @@ import argparse
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,9 +52,12 @@ from common import add_threads_argument
 
 import dlm  # noqa: F401  (registers LLaDA with the Auto classes)
 from demo.counting import TEST_SIZE, TrainSettings, build_task, chat, counting_model, is_correct
+from dlm.forward import logits_at_positions
 from dlm.generation import decode_answers, encode_prompts
 from dlm.loading import LoadedModel, load_model_and_tokenizer
 from dlm.models import LLaDAConfig, LLaDAModelLM
+from dlm.samplers.common import BlockLogits
+from dlm.samplers.elastic import ElasticLogits
 from dlm.samplers.llada import generate_llada
 
 BLOCK_LENGTH = 32
@@ -55,6 +65,7 @@ THRESHOLD = 0.9  # Fast-dLLM's
 HIGH_THRESHOLD = 0.99  # at 1,024 tokens the counting model is confidently wrong at 0.9 on 3 problems of 16
 WINDOW = 32  # suffix positions kept in view after the block (DPad)
 MAX_ACCURACY_DROP = 0.01
+SIMILARITIES = (0.0, 0.9, 0.95, 1.0)  # the elastic cache's refresh similarities compared in part 3
 MODES = {
     "exact": {},
     "prefix": {"cache": "prefix"},
@@ -251,6 +262,62 @@ def long_answers(args: argparse.Namespace) -> tuple[dict[int, dict[str, ModeRun]
     return report, best, ratio
 
 
+@contextmanager
+def against_uncached(model: torch.nn.Module, cache: type) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """While active, every pass of the cache (`ElasticLogits` or `BlockLogits`) is also run without a cache on the
+    same canvas; the dict collects, per block position, the total variation between the two distributions and
+    whether their argmaxes agree."""
+    seen: dict[str, list[torch.Tensor]] = {"variation": [], "agreement": []}
+    cached_call = cache.__call__
+
+    def compared(self, x, rows, starts, refresh):
+        logits = cached_call(self, x, rows, starts, refresh)
+        columns = starts[:, None] + torch.arange(self.block_length, device=x.device)
+        where = torch.zeros(len(rows), x.shape[1], dtype=torch.bool, device=x.device).scatter(1, columns, True)
+        mask = None if self.attention_mask is None else self.attention_mask[rows]
+        exact = logits_at_positions(model, x[rows], mask, where).float().view_as(logits).softmax(-1)
+        cached = logits.softmax(-1)
+        seen["variation"].append(0.5 * (exact - cached).abs().sum(-1).flatten())
+        seen["agreement"].append((exact.argmax(-1) == cached.argmax(-1)).float().flatten())
+        return logits
+
+    cache.__call__ = compared
+    try:
+        yield seen
+    finally:
+        cache.__call__ = cached_call
+
+
+def refresh_fidelity(args: argparse.Namespace) -> dict[str, float]:
+    """Part 3: what the elastic cache's refreshes buy, at each of `SIMILARITIES`, with the dual cache for reference
+    (threshold 0.99, stop at the end, the longest length): each pass's block distribution against the uncached
+    model's on the same canvas (mean total variation, argmax agreement), passes per answer (refreshes counted) and
+    accuracy."""
+    loaded, rows = counting_problems(args)
+    loaded.model.eval()
+    runs = {"dual": (BlockLogits, {"cache": "dual"})}
+    runs |= {str(s): (ElasticLogits, {"cache": "elastic", "refresh_similarity": s}) for s in SIMILARITIES}
+    figures = {}
+    for name, (cache, options) in runs.items():
+        options |= {"parallel_threshold": HIGH_THRESHOLD, "stop_at_end": True}
+        with against_uncached(loaded.model, cache) as seen:
+            run, _ = decode_problems(loaded, rows, options, args.lengths[-1], args.batch)
+        variation, agreement = torch.cat(seen["variation"]).mean(), torch.cat(seen["agreement"]).mean()
+        print(
+            f"{'dual cache' if name == 'dual' else f'elastic cache, refresh similarity {name}'}: total variation from uncached "
+            f"{variation:.4f}, argmax agreement {agreement:.4f}, passes per answer {run.nfe_per_prompt:.1f}, "
+            f"accuracy {run.accuracy:.3f}",
+            flush=True,
+        )
+        figures |= {
+            f"fidelity_variation_{name}": round(float(variation), 5),
+            f"fidelity_agreement_{name}": round(float(agreement), 5),
+            f"fidelity_nfe_{name}": round(run.nfe_per_prompt, 2),
+            f"fidelity_accuracy_{name}": round(run.accuracy, 4),
+        }
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", type=int, default=8, help="part 1's prompts")
@@ -272,6 +339,7 @@ def main() -> None:
     ratio_32k, identical_32k = against_official(32768, args)
     ratio_small, identical_small = against_official(args.small_vocab, args)
     report, best, batch_ratio = long_answers(args)
+    fidelity = refresh_fidelity(args)
     figures = {}
     for length, runs in report.items():
         for mode, run in runs.items():
@@ -290,6 +358,7 @@ def main() -> None:
                 "official_ratio_vocab_32k": round(ratio_32k, 3),
                 "official_ratio_small_vocab": round(ratio_small, 3),
                 **figures,
+                **fidelity,
             }
         )
     )
