@@ -23,7 +23,8 @@ at 1,024 tokens where 0.9 loses 3 of 16 without a cache or with the dual cache.
 Part 3, what the elastic cache's refreshes buy: at the longest length, with threshold 0.99 and `stop_at_end`, for
 each refresh similarity in `SIMILARITIES` and for the dual cache, every pass is also run without a cache on the same
 canvas: the mean total variation between the two block distributions, how often their argmaxes agree, passes per
-answer (refreshes counted) and accuracy (``fidelity_<measure>_<similarity or "dual">``).
+answer (refreshes counted) and accuracy (``variation_from_uncached_<similarity or "dual">``,
+``agreement_with_uncached_<...>``, ``nfe_refresh_<...>``, ``accuracy_refresh_<...>``).
 
 The last line printed is one JSON object: ``speedup_<length>_<mode>``, ``accuracy_<length>_<mode>``,
 ``nfe_<length>_<mode>``; ``speedup_1024_best`` (the fastest mode whose accuracy is within one point of exact at
@@ -310,10 +311,10 @@ def refresh_fidelity(args: argparse.Namespace) -> dict[str, float]:
             flush=True,
         )
         figures |= {
-            f"fidelity_variation_{name}": round(float(variation), 5),
-            f"fidelity_agreement_{name}": round(float(agreement), 5),
-            f"fidelity_nfe_{name}": round(run.nfe_per_prompt, 2),
-            f"fidelity_accuracy_{name}": round(run.accuracy, 4),
+            f"variation_from_uncached_{name}": round(float(variation), 5),
+            f"agreement_with_uncached_{name}": round(float(agreement), 5),
+            f"nfe_refresh_{name}": round(run.nfe_per_prompt, 2),
+            f"accuracy_refresh_{name}": round(run.accuracy, 4),
         }
     return figures
 
