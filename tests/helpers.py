@@ -1,9 +1,9 @@
-"""Helpers the trainer tests share, imported as `tests.helpers` (tests/ and its folders are packages, so that
+"""Helpers the tests share, imported as `tests.helpers` (tests/ and its folders are packages, so that
 pytest puts only the repository root on sys.path and `tests/dlm` cannot hide the `dlm` package)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +87,14 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 1e-6) -> None:
     worst = max_difference(a, b)
     assert worst <= atol, worst
+
+
+def left_padded(prompts: Sequence[Sequence[int] | torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of different lengths as a left-padded batch: (ids [B, longest], attention mask, 1 on real tokens)."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad)
+    attention = torch.zeros(len(prompts), width, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = torch.as_tensor(prompt)
+        attention[row, width - len(prompt) :] = 1
+    return ids, attention

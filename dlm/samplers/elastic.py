@@ -79,6 +79,11 @@ class ElasticLogits:
         # the last layer's drift is not watched: refreshing it would change no key a later pass reads
         self.watched_layers = self.layers - 1
         self.attention_mask, self.block_length, self.similarity = attention_mask, block_length, similarity
+        # the padding as the watched attention adds it: 0 on real keys, the minimum on padded ones
+        self.key_bias = None
+        if attention_mask is not None:
+            padded = ~attention_mask.bool()
+            self.key_bias = torch.zeros(padded.shape, device=padded.device).masked_fill(padded, torch.finfo().min)
         self.mask_id = mask_id
         self.watch_length = 2 * block_length
         self.keys: list[torch.Tensor] = []
@@ -112,14 +117,11 @@ class ElasticLogits:
         self.signature = torch.zeros(batch, self.watched_layers, heads, self.watch_length, device=device)
         self.refreshes = torch.zeros(batch, dtype=torch.long, device=device)
 
-    def _key_bias(self, rows: torch.Tensor) -> torch.Tensor | None:
-        if self.attention_mask is None:
-            return None
-        hidden = ~self.attention_mask[rows].bool()
-        return torch.zeros(hidden.shape, device=hidden.device).masked_fill(hidden, torch.finfo(torch.float32).min)
-
     def _mask(self, rows: torch.Tensor) -> torch.Tensor | None:
         return None if self.attention_mask is None else self.attention_mask[rows]
+
+    def _key_bias(self, rows: torch.Tensor) -> torch.Tensor | None:
+        return None if self.key_bias is None else self.key_bias[rows]
 
     def _columns(self, starts: torch.Tensor, length: int) -> torch.Tensor:
         return starts[:, None] + torch.arange(length, device=starts.device)
@@ -184,7 +186,7 @@ class ElasticLogits:
             index = current[:, None, :, None].expand(-1, probabilities.shape[1], -1, probabilities.shape[3])
             anchors[layer], signatures[layer] = self._most_attended(probabilities.gather(2, index), starts)
 
-        every = len(rows) == len(self.ready) and bool((rows == torch.arange(len(rows), device=rows.device)).all())
+        every = len(rows) == len(self.ready)  # rows are sorted and distinct: every row of the cache needs no copy
         keys, values = (self.keys, self.values) if every else ([t[rows] for t in ts] for ts in (self.keys, self.values))
         cache = WatchedCanvasCache(None, observe, self.watched_layers, self._key_bias(rows), list(keys), list(values))
         cache.span_start = window_starts

@@ -19,6 +19,7 @@ from dlm.models import LLaDAConfig, LLaDAModelLM
 from dlm.samplers.common import SamplingError
 from dlm.samplers.elastic import ElasticLogits
 from dlm.samplers.llada import generate_llada
+from tests.helpers import left_padded
 
 MASK = 99
 PAD = 2
@@ -53,13 +54,7 @@ def model() -> LLaDAModelLM:
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, PROMPTS))
-    ids = torch.full((len(PROMPTS), width), PAD)
-    attention = torch.zeros_like(ids)
-    for row, prompt in enumerate(PROMPTS):
-        ids[row, width - len(prompt) :] = torch.tensor(prompt)
-        attention[row, width - len(prompt) :] = 1
-    return ids, attention
+    return left_padded(PROMPTS, PAD)
 
 
 def _rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:

@@ -13,19 +13,14 @@ from torch import nn
 from dlm.samplers.common import SamplingError
 from dlm.samplers.dream import generate_dream
 from dlm.samplers.llada import generate_llada
+from tests.helpers import left_padded
 
 PAD = 2
 PROMPTS = ([11, 25, 7, 40, 33, 9, 17], [5, 44, 21, 8], [30, 12, 19, 27, 6, 14])
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, PROMPTS))
-    ids = torch.full((len(PROMPTS), width), PAD)
-    attention = torch.zeros_like(ids)
-    for row, prompt in enumerate(PROMPTS):
-        ids[row, width - len(prompt) :] = torch.tensor(prompt)
-        attention[row, width - len(prompt) :] = 1
-    return ids, attention
+    return left_padded(PROMPTS, PAD)
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ import dlm  # noqa: F401  (registers LLaDA and Dream with the Auto classes)
 from dlm.samplers.common import SamplingError
 from dlm.samplers.dream import generate_dream
 from dlm.samplers.llada import LladaSampler, generate_llada, llada_transfer_counts
+from tests.helpers import left_padded
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "golden"
 PAD = 2  # a token id that is neither mask (3 for LLaDA, 4 for Dream) nor used in the prompts
@@ -39,13 +40,7 @@ def _prompts(lengths: list[int], seed: int = 0) -> list[torch.Tensor]:
 
 
 def _left_pad(prompts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), PAD)
-    attention = torch.zeros(len(prompts), width, dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = prompt
-        attention[row, width - len(prompt) :] = 1
-    return ids, attention
+    return left_padded(prompts, PAD)
 
 
 def _llada(model: nn.Module, prompt: torch.Tensor, **settings: Any) -> Any:
